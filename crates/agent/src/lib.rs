@@ -1,0 +1,1 @@
+//! The host agent: owns the machines on one host.

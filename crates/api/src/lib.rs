@@ -1,0 +1,1 @@
+//! The Fly Machines API v1 HTTP server.

@@ -1,0 +1,1 @@
+//! Machine networking: namespaces, veth, addresses, nftables NAT.

@@ -1,0 +1,1 @@
+//! The catalog: orgs, tokens and apps in SQLite.

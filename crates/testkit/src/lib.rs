@@ -1,0 +1,1 @@
+//! Test harness: registry on loopback, test images, unique host prefixes, leak check.

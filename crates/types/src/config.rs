@@ -1,0 +1,309 @@
+//! `MachineConfig` and its parts. Fields midge acts on are typed; everything
+//! else a client sends is kept verbatim in `extra` so that a GET returns what
+//! was POSTed (clients do GET-modify-POST updates).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::duration::GoDuration;
+use crate::nullable::or_default;
+use crate::signal::Signal;
+
+pub type Extra = Map<String, Value>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineConfig {
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "InitConfig::is_empty")]
+    pub init: InitConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<Guest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_config: Option<StopConfig>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<MachineFile>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<MachineService>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MachineMount>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_destroy: bool,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InitConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl InitConfig {
+    pub fn is_empty(&self) -> bool {
+        self == &InitConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Guest {
+    #[serde(default = "Guest::default_cpu_kind")]
+    pub cpu_kind: String,
+    #[serde(default = "Guest::default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "Guest::default_memory_mb")]
+    pub memory_mb: u32,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Guest {
+            cpu_kind: Self::default_cpu_kind(),
+            cpus: Self::default_cpus(),
+            memory_mb: Self::default_memory_mb(),
+            extra: Extra::new(),
+        }
+    }
+}
+
+impl Guest {
+    fn default_cpu_kind() -> String {
+        "shared".into()
+    }
+    fn default_cpus() -> u32 {
+        1
+    }
+    fn default_memory_mb() -> u32 {
+        256
+    }
+
+    /// Fly's size presets: `shared-cpu-Nx` (N × 256 MB) and `performance-Nx`
+    /// (N × 2048 MB).
+    pub fn preset(name: &str) -> Option<Guest> {
+        let (kind, per_cpu, count) = if let Some(rest) = name.strip_prefix("shared-cpu-") {
+            ("shared", 256, rest)
+        } else if let Some(rest) = name.strip_prefix("performance-") {
+            ("performance", 2048, rest)
+        } else {
+            return None;
+        };
+        let cpus: u32 = count.strip_suffix('x')?.parse().ok()?;
+        let allowed: &[u32] = if kind == "shared" { &[1, 2, 4, 6, 8] } else { &[1, 2, 4, 6, 8, 10, 12, 14, 16] };
+        allowed.contains(&cpus).then(|| Guest {
+            cpu_kind: kind.into(),
+            cpus,
+            memory_mb: cpus * per_cpu,
+            extra: Extra::new(),
+        })
+    }
+}
+
+/// `no`, `always` or `on-failure` (plus the retired `spot-price`, taken as
+/// `on-failure`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RestartConfig {
+    #[serde(default)]
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    Always,
+    OnFailure { max_retries: u32 },
+}
+
+/// Fly's default for on-failure: 10 retries within five minutes.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+
+impl MachineConfig {
+    pub fn restart_policy(&self) -> RestartPolicy {
+        let Some(restart) = &self.restart else {
+            return RestartPolicy::OnFailure { max_retries: DEFAULT_MAX_RETRIES };
+        };
+        match restart.policy.as_str() {
+            "no" => RestartPolicy::No,
+            "always" => RestartPolicy::Always,
+            _ => RestartPolicy::OnFailure { max_retries: restart.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) },
+        }
+    }
+
+    pub fn stop_signal(&self) -> Signal {
+        self.stop_config.as_ref().and_then(|s| s.signal).unwrap_or(Signal::INT)
+    }
+
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        self.stop_config
+            .as_ref()
+            .and_then(|s| s.timeout)
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(5))
+    }
+
+    pub fn guest_or_default(&self) -> Guest {
+        self.guest.clone().unwrap_or_default()
+    }
+
+    /// Checks what a machine cannot run without; returns the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.image.trim().is_empty() {
+            return Err("config.image is required".into());
+        }
+        if let Some(restart) = &self.restart
+            && !matches!(restart.policy.as_str(), "" | "no" | "always" | "on-failure" | "spot-price")
+        {
+            return Err(format!(
+                "invalid restart policy {:?}: expected no, always or on-failure",
+                restart.policy
+            ));
+        }
+        if let Some(guest) = &self.guest {
+            if guest.cpus == 0 || guest.cpus > 128 {
+                return Err(format!("invalid guest.cpus {}", guest.cpus));
+            }
+            if guest.memory_mb < 128 {
+                return Err(format!("invalid guest.memory_mb {}: at least 128 MB", guest.memory_mb));
+            }
+        }
+        for file in &self.files {
+            if !file.guest_path.starts_with('/') {
+                return Err(format!("files: guest_path {:?} must be absolute", file.guest_path));
+            }
+        }
+        if let Some(timeout) = self.stop_config.as_ref().and_then(|s| s.timeout)
+            && timeout.0 > std::time::Duration::from_secs(300)
+        {
+            return Err("stop_config.timeout must be at most 300s".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StopConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineFile {
+    pub guest_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineService {
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub internal_port: u16,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<MachinePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    /// `"off"`, `"stop"`, `"suspend"`, or legacy `true`/`false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostop: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_machines_running: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachinePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<u16>,
+    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    pub handlers: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Concurrency {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineMount {
+    #[serde(default)]
+    pub volume: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_round_trip_and_nulls_are_empty() {
+        let body = r#"{"image":"busybox","env":null,"dns":{"skip_registration":true},
+            "restart":{"policy":"always"},"stop_config":{"signal":"SIGTERM","timeout":"2s"}}"#;
+        let config: MachineConfig = serde_json::from_str(body).unwrap();
+        assert!(config.env.is_empty());
+        assert_eq!(config.restart_policy(), RestartPolicy::Always);
+        assert_eq!(config.stop_signal(), Signal::TERM);
+        let back = serde_json::to_value(&config).unwrap();
+        assert_eq!(back["dns"]["skip_registration"], true);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn presets_and_defaults() {
+        let preset = Guest::preset("shared-cpu-2x").unwrap();
+        assert_eq!((preset.cpus, preset.memory_mb), (2, 512));
+        assert_eq!(Guest::preset("performance-1x").unwrap().memory_mb, 2048);
+        assert!(Guest::preset("shared-cpu-3x").is_none());
+        let config = MachineConfig { image: "x".into(), ..Default::default() };
+        assert_eq!(config.restart_policy(), RestartPolicy::OnFailure { max_retries: 10 });
+        assert!(MachineConfig::default().validate().is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Types of the Fly Machines API as midge speaks it: machine configs, machine
+//! objects, events, leases, errors, and the small value types (ids, durations,
+//! signals) every part of midge shares.
+
+pub mod apps;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod ids;
+pub mod machine;
+mod nullable;
+pub mod signal;
+
+pub use config::*;
+pub use duration::GoDuration;
+pub use error::{ApiError, ErrorCode};
+pub use machine::*;
+pub use signal::Signal;
