@@ -1,1 +1,247 @@
-//! Machine networking: namespaces, veth, addresses, nftables NAT.
+//! Machine networking on one host: a named network namespace per machine, a veth
+//! pair to the host, an IPv4 /30 with egress NAT, and a 6PN IPv6 /112 whose
+//! organization network isolates machines of different orgs (nftables).
+//!
+//! Everything is done with iproute2 (`ip -batch -`) and nftables (`nft -f -`), a
+//! handful of process spawns per operation, and every host resource carries the
+//! configured prefix so `teardown_all` can remove exactly what this prefix owns.
+
+mod addressing;
+mod command;
+mod error;
+mod firewall;
+mod links;
+mod names;
+mod sysctl;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use addressing::{
+    IPV4_SLOT_PREFIX_LEN, Ipv4Pool, ORG_PREFIX_LEN, PRIVATE_PREFIX_LEN, org_prefix,
+    private_gateway, private_ip,
+};
+pub use error::NetError;
+pub use links::MTU;
+pub use names::NETNS_DIR;
+
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// Host-wide settings of machine networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// At most 6 lowercase letters or digits; every host resource carries it.
+    pub prefix: String,
+    /// Each machine slot gets a /30 from it: host side `.1`, machine `.2`.
+    pub ipv4_pool: Ipv4Pool,
+    /// This host's field in 6PN addresses.
+    pub host_id: u32,
+}
+
+/// A machine's network as attached: where runc joins it and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineNet {
+    pub netns: String,
+    /// `/run/netns/<netns>`.
+    pub netns_path: PathBuf,
+    pub host_veth: String,
+    pub ipv4: Ipv4Addr,
+    pub gateway_v4: Ipv4Addr,
+    /// The 6PN private address.
+    pub ipv6: Ipv6Addr,
+    pub gateway_v6: Ipv6Addr,
+    pub mtu: u32,
+}
+
+/// Handle on the host's machine networking; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Network {
+    config: Arc<NetConfig>,
+}
+
+impl Network {
+    /// Idempotent host setup: enables IPv4 and IPv6 forwarding (keeping router
+    /// advertisements accepted where they were) and (re)applies the nftables table
+    /// `inet <prefix>` with egress NAT and 6PN org isolation.
+    pub async fn init(config: NetConfig) -> Result<Network, NetError> {
+        let network = Network::new(config)?;
+        sysctl::enable_forwarding().await?;
+        firewall::apply_table(network.table(), &network.config.ipv4_pool).await?;
+        Ok(network)
+    }
+
+    /// A handle without touching the host, for address computations and teardown.
+    pub fn new(config: NetConfig) -> Result<Network, NetError> {
+        names::validate_prefix(&config.prefix)?;
+        let pool = config.ipv4_pool;
+        Ipv4Pool::new(pool.network, pool.prefix_len)?;
+        Ok(Network {
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    fn table(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// The names and addresses a machine gets, without touching the host.
+    pub fn machine_net(
+        &self,
+        machine_id: &str,
+        slot: u32,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError> {
+        names::validate_machine_id(machine_id)?;
+        let prefix = &self.config.prefix;
+        let host_id = self.config.host_id;
+        let (gateway_v4, ipv4) = self.config.ipv4_pool.slot_addresses(slot)?;
+        let netns = names::netns_name(prefix, machine_id);
+        Ok(MachineNet {
+            netns_path: Path::new(NETNS_DIR).join(&netns),
+            netns,
+            host_veth: names::host_veth_name(prefix, machine_id),
+            ipv4,
+            gateway_v4,
+            ipv6: private_ip(host_id, org_network, slot),
+            gateway_v6: private_gateway(host_id, org_network, slot),
+            mtu: MTU,
+        })
+    }
+
+    /// Idempotent: creates (or reuses) the machine's namespace and veth pair and
+    /// applies its addresses and default routes.
+    pub async fn attach(
+        &self,
+        machine_id: &str,
+        slot: u32,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError> {
+        let net = self.machine_net(machine_id, slot, org_network)?;
+        let existing = links::Existing {
+            netns: path_exists(&net.netns_path).await,
+            host_veth: interface_exists(&net.host_veth).await,
+        };
+        let links = async {
+            command::ip_batch(None, &links::host_batch(&net, existing)).await?;
+            command::ip_batch(Some(&net.netns), &links::netns_batch(&net)).await
+        };
+        // The firewall only needs the interface name, so it runs alongside.
+        let firewall = firewall::add_machine(self.table(), &net.host_veth, org_network);
+        let (links, firewall) = tokio::join!(links, firewall);
+        links?;
+        firewall?;
+        tracing::debug!(netns = %net.netns, veth = %net.host_veth, ipv4 = %net.ipv4, ipv6 = %net.ipv6, "machine network attached");
+        Ok(net)
+    }
+
+    /// Idempotent: deletes the machine's veth pair (its routes go with it), its
+    /// namespace and its firewall elements.
+    pub async fn detach(&self, machine_id: &str) -> Result<(), NetError> {
+        names::validate_machine_id(machine_id)?;
+        let prefix = &self.config.prefix;
+        let netns = names::netns_name(prefix, machine_id);
+        let host_veth = names::host_veth_name(prefix, machine_id);
+        let veths: Vec<String> = interface_exists(&host_veth)
+            .await
+            .then(|| host_veth.clone())
+            .into_iter()
+            .collect();
+        let namespaces: Vec<String> = path_exists(&Path::new(NETNS_DIR).join(&netns))
+            .await
+            .then_some(netns)
+            .into_iter()
+            .collect();
+        let links = async {
+            let batch = links::removal_batch(&veths, &namespaces);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            command::ip_batch(None, &batch).await
+        };
+        let firewall = firewall::remove_machine(self.table(), &host_veth);
+        let (links, firewall) = tokio::join!(links, firewall);
+        links?;
+        firewall
+    }
+
+    /// Removes every resource carrying this prefix: namespaces `<prefix>-*`, host
+    /// veths `<prefix>` + 8 hex digits and the nftables table. Forwarding stays on.
+    pub async fn teardown_all(&self) -> Result<(), NetError> {
+        let namespaces = self.list_namespaces().await?;
+        let veths = self.list_host_veths().await?;
+        let batch = links::removal_batch(&veths, &namespaces);
+        if !batch.is_empty()
+            && let Err(error) = command::run("ip", &["-force", "-batch", "-"], &batch).await
+        {
+            // Something may have vanished meanwhile; what is left is checked below.
+            tracing::debug!(%error, "teardown batch reported errors");
+        }
+        firewall::delete_table(self.table()).await?;
+        let namespaces = self.list_namespaces().await?;
+        let veths = self.list_host_veths().await?;
+        if namespaces.is_empty() && veths.is_empty() {
+            return Ok(());
+        }
+        Err(NetError::Leftovers(format!(
+            "namespaces {namespaces:?}, interfaces {veths:?}"
+        )))
+    }
+
+    /// Names of the namespaces that exist with this prefix, sorted.
+    pub async fn list_namespaces(&self) -> Result<Vec<String>, NetError> {
+        let prefix = &self.config.prefix;
+        let mut namespaces = list_dir(Path::new(NETNS_DIR)).await?;
+        namespaces.retain(|name| names::machine_id_of_netns(prefix, name).is_some());
+        namespaces.sort();
+        Ok(namespaces)
+    }
+
+    /// The machine id a namespace from [`Network::list_namespaces`] belongs to.
+    pub fn machine_id_of_namespace<'a>(&self, netns: &'a str) -> Option<&'a str> {
+        names::machine_id_of_netns(&self.config.prefix, netns)
+    }
+
+    /// Host-side veths of this prefix, sorted.
+    pub async fn list_host_veths(&self) -> Result<Vec<String>, NetError> {
+        let prefix = &self.config.prefix;
+        let mut veths = list_dir(Path::new(SYS_CLASS_NET)).await?;
+        veths.retain(|name| names::is_own_veth(prefix, name));
+        veths.sort();
+        Ok(veths)
+    }
+}
+
+async fn path_exists(path: &Path) -> bool {
+    tokio::fs::try_exists(path).await.unwrap_or(false)
+}
+
+async fn interface_exists(interface: &str) -> bool {
+    path_exists(&Path::new(SYS_CLASS_NET).join(interface)).await
+}
+
+/// Entry names of a directory; a missing directory has none.
+async fn list_dir(dir: &Path) -> Result<Vec<String>, NetError> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(NetError::io("listing", dir, source)),
+    };
+    let mut names = Vec::new();
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(|source| NetError::io("listing", dir, source))?
+    {
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,110 @@
+//! The OCI runtime config (`config.json`) of a sandbox machine.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// Docker's default capability set: what a container process gets, no more.
+const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+pub struct SandboxSpec<'a> {
+    pub hostname: &'a str,
+    pub init_binary: &'a Path,
+    pub run_dir: &'a Path,
+    pub netns_path: &'a Path,
+    pub cgroup_path: &'a str,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    /// Files bind-mounted read-only over the guest's (resolv.conf, hosts).
+    pub etc_files: &'a [(&'a Path, &'a str)],
+}
+
+/// Where init and its run directory appear inside the machine.
+pub const GUEST_INIT: &str = "/.midge/init";
+pub const GUEST_RUN_DIR: &str = "/.midge/run";
+
+pub fn runtime_config(spec: &SandboxSpec) -> Value {
+    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+    let period: u64 = 100_000;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": GUEST_INIT, "type": "bind", "source": spec.init_binary,
+               "options": ["bind", "ro", "nosuid", "nodev"]}),
+        json!({"destination": GUEST_RUN_DIR, "type": "bind", "source": spec.run_dir,
+               "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}),
+    ];
+    for (source, destination) in spec.etc_files {
+        mounts.push(json!({"destination": destination, "type": "bind", "source": source,
+                           "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}));
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [GUEST_INIT],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 10240, "soft": 10240}],
+            "noNewPrivileges": false
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": spec.cgroup_path,
+            "resources": {
+                "devices": [{"allow": false, "access": "rwm"}],
+                "memory": {"limit": memory_bytes, "swap": memory_bytes},
+                "cpu": {"quota": u64::from(spec.cpus) * period, "period": period},
+                "pids": {"limit": 4096}
+            },
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "network", "path": spec.netns_path}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    })
+}

@@ -1,0 +1,155 @@
+//! What the agent remembers about one machine. The whole record is written
+//! to the store after every change, so a restart sees exactly the last state
+//! that was acknowledged.
+
+use serde::{Deserialize, Serialize};
+
+use midge_types::{
+    ImageRef, LeaseData, Machine, MachineConfig, MachineEvent, MachineState, StopRequest,
+};
+
+/// An operation that was under way; on restart the agent finishes it (or
+/// rolls a half-done create back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PendingOp {
+    Create,
+    Start,
+    Stop { request_signal: Option<i32> },
+    Restart,
+    Update { launch: bool },
+    Destroy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: String,
+    pub config: MachineConfig,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub nonce: String,
+    pub owner: String,
+    pub description: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub id: String,
+    pub app: String,
+    pub org_slug: String,
+    pub org_network: u32,
+    pub name: String,
+    pub region: String,
+    pub state: MachineState,
+    pub versions: Vec<VersionEntry>,
+    pub image_ref: ImageRef,
+    /// The local image store's reference for the current version's image.
+    pub image_key: String,
+    pub private_ip: String,
+    /// Network slot on this host (picks the link addresses).
+    pub slot: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub events: Vec<MachineEvent>,
+    pub lease: Option<Lease>,
+    pub cordoned: bool,
+    pub pending: Option<PendingOp>,
+    /// Unix milliseconds of recent restarts by policy (for on-failure's window).
+    #[serde(default)]
+    pub restarts: Vec<i64>,
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The stop request currently being carried out, if any.
+    #[serde(default)]
+    pub stop_request: Option<StopRequest>,
+}
+
+/// How many events a machine keeps.
+const EVENTS_KEPT: usize = 100;
+
+impl MachineRecord {
+    pub fn current(&self) -> &VersionEntry {
+        self.versions.last().expect("a machine always has a version")
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.current().config
+    }
+
+    pub fn version(&self) -> &str {
+        &self.current().version
+    }
+
+    pub fn push_event(&mut self, kind: &str, status: &str, source: &str, request: Option<serde_json::Value>) -> String {
+        let id = midge_types::ids::new_ulid();
+        self.events.push(MachineEvent {
+            id: id.clone(),
+            kind: kind.into(),
+            status: status.into(),
+            source: source.into(),
+            timestamp: midge_types::now_millis(),
+            request,
+        });
+        if self.events.len() > EVENTS_KEPT {
+            let excess = self.events.len() - EVENTS_KEPT;
+            self.events.drain(..excess);
+        }
+        id
+    }
+
+    pub fn set_state(&mut self, state: MachineState) {
+        self.state = state;
+        self.updated_at = midge_types::now_rfc3339();
+    }
+
+    pub fn active_lease(&self) -> Option<&Lease> {
+        let now = chrono::Utc::now().timestamp();
+        self.lease.as_ref().filter(|lease| lease.expires_at > now)
+    }
+
+    pub fn lease_data(&self, lease: &Lease) -> LeaseData {
+        LeaseData {
+            nonce: lease.nonce.clone(),
+            expires_at: lease.expires_at,
+            owner: lease.owner.clone(),
+            description: lease.description.clone(),
+            version: self.version().to_string(),
+        }
+    }
+
+    /// The API's view of the machine.
+    pub fn to_machine(&self, summary: bool) -> Machine {
+        self.view(self.current(), self.state, summary)
+    }
+
+    /// The API's view of the machine at one of its versions; old versions are `replaced`.
+    pub fn view(&self, version: &VersionEntry, state: MachineState, summary: bool) -> Machine {
+        let mut events = self.events.clone();
+        events.reverse();
+        Machine {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            state,
+            region: self.region.clone(),
+            instance_id: version.version.clone(),
+            version: version.version.clone(),
+            private_ip: self.private_ip.clone(),
+            config: (!summary).then(|| version.config.clone()),
+            incomplete_config: None,
+            image_ref: self.image_ref.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            events: if summary { Vec::new() } else { events },
+            checks: Vec::new(),
+            host_status: "ok".into(),
+            nonce: None,
+            lease: None,
+            cordoned: self.cordoned,
+        }
+    }
+}

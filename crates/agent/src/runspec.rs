@@ -1,0 +1,97 @@
+//! What init is told about the machine it runs: the image's process, the
+//! machine config's overrides, env with Fly's FLY_* variables, files.
+
+use base64::Engine;
+use midge_image::Image;
+use midge_init::{FileSpec, ImageProcess, InitOverrides, RunSpec};
+use midge_types::{ApiError, MachineConfig};
+
+use crate::record::MachineRecord;
+
+/// Log files are rotated past this size (one old file is kept).
+pub const LOG_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, ApiError> {
+    let config: &MachineConfig = record.config();
+    let guest = config.guest_or_default();
+    let mut env = config.env.clone();
+    let fly_env = [
+        ("FLY_APP_NAME", record.app.clone()),
+        ("FLY_MACHINE_ID", record.id.clone()),
+        ("FLY_ALLOC_ID", record.id.clone()),
+        ("FLY_REGION", record.region.clone()),
+        ("FLY_PRIVATE_IP", record.private_ip.clone()),
+        ("FLY_IMAGE_REF", config.image.clone()),
+        ("FLY_MACHINE_VERSION", record.version().to_string()),
+        ("FLY_VM_MEMORY_MB", guest.memory_mb.to_string()),
+        ("PRIMARY_REGION", record.region.clone()),
+    ];
+    for (key, value) in fly_env {
+        env.entry(key.to_string()).or_insert(value);
+    }
+    let files = config
+        .files
+        .iter()
+        .filter_map(|file| {
+            file.raw_value.as_ref().map(|raw| (file, raw))
+        })
+        .map(|(file, raw)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(raw.trim())
+                .map_err(|e| ApiError::invalid(format!("files: raw_value of {} is not base64: {e}", file.guest_path)))?;
+            Ok(FileSpec { guest_path: file.guest_path.clone(), content_base64: raw.trim().to_string(), mode: file.mode })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let non_empty = |v: &Option<Vec<String>>| v.clone().filter(|v| !v.is_empty());
+    Ok(RunSpec {
+        machine_id: record.id.clone(),
+        hostname: record.id.clone(),
+        image: ImageProcess {
+            entrypoint: image.config.entrypoint.clone(),
+            cmd: image.config.cmd.clone(),
+            env: image.config.env.clone(),
+            user: image.config.user.clone(),
+            working_dir: image.config.working_dir.clone(),
+        },
+        init: InitOverrides {
+            exec: non_empty(&config.init.exec),
+            entrypoint: non_empty(&config.init.entrypoint),
+            cmd: non_empty(&config.init.cmd),
+            tty: config.init.tty,
+        },
+        env,
+        user: None,
+        files,
+        log_max_bytes: LOG_MAX_BYTES,
+    })
+}
+
+pub fn etc_hosts(record: &MachineRecord) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{id} fly-local-6pn\n",
+        ip = record.private_ip,
+        id = record.id
+    )
+}
+
+/// The host's resolvers, unless they are loopback addresses that mean
+/// nothing inside the machine's own network namespace.
+pub fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let usable: Vec<&str> = host
+        .lines()
+        .filter(|line| {
+            let line = line.trim();
+            match line.strip_prefix("nameserver") {
+                Some(addr) => {
+                    let addr = addr.trim();
+                    !(addr.starts_with("127.") || addr == "::1")
+                }
+                None => !line.is_empty(),
+            }
+        })
+        .collect();
+    let mut text = usable.join("\n");
+    text.push('\n');
+    text
+}

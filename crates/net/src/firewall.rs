@@ -1,0 +1,196 @@
+//! The nftables table `inet <prefix>`: egress NAT for the IPv4 pool and 6PN org isolation.
+//!
+//! Machine interfaces are recognised through the set `machine_ifaces` (not a name
+//! wildcard) so that tables of different prefixes never act on each other's machines.
+//! `machine_orgs` maps each machine interface to its organization's /48: a packet
+//! may leave a machine only with a source address of its own org, and may enter a
+//! machine only from a source address of the destination's org.
+
+use std::net::Ipv6Addr;
+
+use serde_json::Value;
+
+use crate::NetError;
+use crate::addressing::{Ipv4Pool, ORG_PREFIX_LEN};
+use crate::command::{nft_script, run};
+
+const MACHINE_IFACES: &str = "machine_ifaces";
+const MACHINE_ORGS: &str = "machine_orgs";
+
+/// The whole table, applied in one transaction. Re-applying replaces the rules and
+/// keeps the set elements, so machines already attached stay reachable.
+pub(crate) fn table_script(table: &str, pool: &Ipv4Pool) -> String {
+    format!(
+        "add table inet {table}
+add set inet {table} {MACHINE_IFACES} {{ type ifname; }}
+add set inet {table} {MACHINE_ORGS} {{ type ifname . ipv6_addr; flags interval; }}
+add chain inet {table} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {table} forward
+flush chain inet {table} postrouting
+add rule inet {table} forward ct state established,related accept
+add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @{MACHINE_ORGS} drop
+add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
+add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} meta nfproto ipv6 accept
+add rule inet {table} forward iifname @{MACHINE_IFACES} meta nfproto ipv6 drop
+add rule inet {table} forward iifname @{MACHINE_IFACES} ip saddr != {pool} drop
+add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} drop
+add rule inet {table} forward iifname @{MACHINE_IFACES} accept
+add rule inet {table} forward oifname @{MACHINE_IFACES} drop
+add rule inet {table} postrouting ip saddr {pool} oifname != @{MACHINE_IFACES} masquerade
+"
+    )
+}
+
+pub(crate) async fn apply_table(table: &str, pool: &Ipv4Pool) -> Result<(), NetError> {
+    nft_script(&table_script(table, pool)).await
+}
+
+/// Deletes the table if it exists (declaring it first makes the delete never fail).
+pub(crate) async fn delete_table(table: &str) -> Result<(), NetError> {
+    nft_script(&format!(
+        "add table inet {table}\ndelete table inet {table}\n"
+    ))
+    .await
+}
+
+/// Registers a machine interface and its org. Adding an existing element is a no-op.
+pub(crate) async fn add_machine(
+    table: &str,
+    host_veth: &str,
+    org_network: u32,
+) -> Result<(), NetError> {
+    let org = crate::addressing::org_prefix(org_network);
+    nft_script(&format!(
+        "add element inet {table} {MACHINE_IFACES} {{ \"{host_veth}\" }}
+add element inet {table} {MACHINE_ORGS} {{ \"{host_veth}\" . {org}/{ORG_PREFIX_LEN} }}
+"
+    ))
+    .await
+}
+
+/// Removes every element of a machine interface; a missing table means nothing to remove.
+pub(crate) async fn remove_machine(table: &str, host_veth: &str) -> Result<(), NetError> {
+    let Some(listing) = list_table(table).await? else {
+        return Ok(());
+    };
+    let script = removal_script(table, host_veth, &listing)?;
+    if script.is_empty() {
+        return Ok(());
+    }
+    nft_script(&script).await
+}
+
+async fn list_table(table: &str) -> Result<Option<Value>, NetError> {
+    // Declaring the table in the same transaction would not help a listing; check the
+    // error text instead: nft reports a missing table as ENOENT.
+    match run("nft", &["-j", "list", "table", "inet", table], "").await {
+        Ok(stdout) => {
+            serde_json::from_str(&stdout)
+                .map(Some)
+                .map_err(|error| NetError::UnexpectedOutput {
+                    command: format!("nft -j list table inet {table}"),
+                    reason: error.to_string(),
+                })
+        }
+        Err(NetError::Command { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `delete element` lines for every element of `host_veth` found in a `nft -j` listing.
+fn removal_script(table: &str, host_veth: &str, listing: &Value) -> Result<String, NetError> {
+    let mut script = String::new();
+    let sets = listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("set"));
+    for set in sets {
+        let elements = set["elem"].as_array().into_iter().flatten();
+        match set["name"].as_str() {
+            Some(MACHINE_IFACES)
+                if elements
+                    .clone()
+                    .any(|element| element.as_str() == Some(host_veth)) =>
+            {
+                script.push_str(&format!(
+                    "delete element inet {table} {MACHINE_IFACES} {{ \"{host_veth}\" }}\n"
+                ));
+            }
+            Some(MACHINE_ORGS) => {
+                for element in elements {
+                    if let Some(org) = org_element_of(element, host_veth)? {
+                        script.push_str(&format!(
+                            "delete element inet {table} {MACHINE_ORGS} {{ \"{host_veth}\" . {org} }}\n"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(script)
+}
+
+/// The `addr/len` of a `machine_orgs` element if it belongs to `host_veth`.
+fn org_element_of(element: &Value, host_veth: &str) -> Result<Option<String>, NetError> {
+    // Interval elements may come wrapped as {"elem": {"val": ...}} when they carry flags.
+    let element = element
+        .get("elem")
+        .and_then(|inner| inner.get("val"))
+        .unwrap_or(element);
+    let Some(parts) = element["concat"].as_array() else {
+        return Ok(None);
+    };
+    if parts.first().and_then(Value::as_str) != Some(host_veth) {
+        return Ok(None);
+    }
+    let unexpected = || NetError::UnexpectedOutput {
+        command: "nft -j list table".to_string(),
+        reason: format!("unrecognised {MACHINE_ORGS} element {element}"),
+    };
+    let prefix = &parts.get(1).ok_or_else(unexpected)?["prefix"];
+    let address: Ipv6Addr = prefix["addr"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(unexpected)?;
+    let len = prefix["len"].as_u64().ok_or_else(unexpected)?;
+    Ok(Some(format!("{address}/{len}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_script_deletes_only_the_machine_elements() {
+        let listing = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "mgt"}},
+            {"set": {"name": "machine_ifaces", "elem": ["mgt0000aaaa", "mgt0000bbbb"]}},
+            {"set": {"name": "machine_orgs", "elem": [
+                {"concat": ["mgt0000aaaa", {"prefix": {"addr": "fdaa:0:1::", "len": 48}}]},
+                {"concat": ["mgt0000bbbb", {"prefix": {"addr": "fdaa:0:2::", "len": 48}}]}
+            ]}}
+        ]});
+        let script = removal_script("mgt", "mgt0000aaaa", &listing).unwrap();
+        assert_eq!(
+            script,
+            "delete element inet mgt machine_ifaces { \"mgt0000aaaa\" }\n\
+             delete element inet mgt machine_orgs { \"mgt0000aaaa\" . fdaa:0:1::/48 }\n"
+        );
+        assert_eq!(removal_script("mgt", "mgt0000cccc", &listing).unwrap(), "");
+    }
+
+    #[test]
+    fn table_script_uses_the_pool_and_the_interface_sets() {
+        let pool: Ipv4Pool = "172.19.0.0/16".parse().unwrap();
+        let script = table_script("midge", &pool);
+        assert!(script.contains("ip saddr 172.19.0.0/16 oifname != @machine_ifaces masquerade"));
+        assert!(script.contains("flush chain inet midge forward"));
+        assert!(!script.contains('*'), "no interface wildcards: {script}");
+    }
+}
