@@ -1,0 +1,208 @@
+//! PID 1 of a machine: starts the program described by the run spec,
+//! logs its output, forwards signals, reaps zombies, serves the agent, and
+//! reports how the program ended.
+
+mod exec;
+mod launch;
+mod logger;
+mod main_process;
+mod output;
+mod pty;
+mod reaper;
+mod report;
+mod server;
+mod signals;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use midge_init::files::write_guest_files;
+use midge_init::process::{EXIT_NOT_FOUND, LaunchError, plan_main};
+use midge_init::spec::{LOG_DIR, RUN_SPEC_FILE, SOCKET_FILE};
+use midge_init::timestamp::now_rfc3339;
+use midge_init::{ExitReport, LogStream, PROTOCOL_VERSION, RunSpec, StartEvent};
+
+use launch::{StdioMode, launch};
+use logger::Logger;
+use main_process::MainProcess;
+use output::{LineSplitter, Readers, read_chunks};
+use reaper::{ChildExit, Reaper};
+use server::Machine;
+
+/// Where the agent mounts the run directory.
+const DEFAULT_RUN_DIR: &str = "/.midge/run";
+/// Overrides the run directory, for running init outside a machine in tests.
+const RUN_DIR_ENV: &str = "MIDGE_INIT_RUN_DIR";
+/// How long output may keep flowing after the program exited.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the machine and returns init's exit code.
+pub fn run() -> i32 {
+    let agent_pipe = report::take_agent_pipe();
+    let signal_set = signals::take_over_signals();
+    let reaper = Arc::new(Reaper::default());
+    let main = Arc::new(MainProcess::default());
+    signals::spawn_signal_thread(signal_set, reaper.clone(), main.clone());
+
+    let run_dir = std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    let logger = Arc::new(Logger::open(run_dir.join(LOG_DIR)));
+
+    let started = start(&run_dir, &reaper, &main, &logger);
+    let running = match started {
+        Ok(running) => running,
+        Err(error) => {
+            logger.init(&format!("machine failed to start: {}", error.message));
+            report::send_start_event(
+                agent_pipe,
+                &StartEvent::Failed {
+                    error: error.message.clone(),
+                },
+            );
+            finish(
+                &run_dir,
+                &logger,
+                ChildExit::Exited(error.exit_code),
+                error.exit_code,
+            );
+            return error.exit_code;
+        }
+    };
+    report::send_start_event(
+        agent_pipe,
+        &StartEvent::Started {
+            pid: running.pid,
+            protocol: PROTOCOL_VERSION,
+        },
+    );
+
+    let exit = running
+        .exit
+        .recv()
+        .unwrap_or(ChildExit::Exited(EXIT_NOT_FOUND));
+    main.exited();
+    if !running.readers.wait(DRAIN_GRACE) {
+        logger.init("the program's output is still open after it exited; not waiting for it");
+    }
+    logger.init(&format!(
+        "main program exited with code {} (signal {})",
+        exit.exit_code(),
+        exit.signal()
+    ));
+    finish(&run_dir, &logger, exit, exit.exit_code());
+    kill_everything_else(running.pid);
+    // Killed leftovers close their copies of the output; catch what they wrote.
+    running.readers.wait(Duration::from_millis(500));
+    let _ = std::fs::remove_file(run_dir.join(SOCKET_FILE));
+    exit.exit_code()
+}
+
+struct Running {
+    pid: i32,
+    exit: std::sync::mpsc::Receiver<ChildExit>,
+    readers: Readers,
+}
+
+fn start(
+    run_dir: &Path,
+    reaper: &Arc<Reaper>,
+    main: &Arc<MainProcess>,
+    logger: &Arc<Logger>,
+) -> Result<Running, LaunchError> {
+    let spec = read_spec(&run_dir.join(RUN_SPEC_FILE))?;
+    logger.set_max_bytes(spec.log_max_bytes);
+    let root = Path::new("/");
+    let plan = plan_main(&spec, root)?;
+    write_guest_files(&spec.files, root).map_err(LaunchError::not_found)?;
+    std::fs::create_dir_all(&plan.workdir).map_err(|error| {
+        LaunchError::not_found(format!(
+            "creating the working directory {}: {error}",
+            plan.workdir.display()
+        ))
+    })?;
+
+    // The socket exists before the started event, so the agent can connect at once.
+    let listener = server::bind(&run_dir.join(SOCKET_FILE)).map_err(LaunchError::not_found)?;
+    let tty = spec.init.tty;
+    let machine = Arc::new(Machine {
+        spec,
+        reaper: reaper.clone(),
+        main: main.clone(),
+        logger: logger.clone(),
+    });
+    server::serve(listener, machine).map_err(LaunchError::not_found)?;
+
+    let mode = if tty {
+        StdioMode::Pty { cols: 80, rows: 24 }
+    } else {
+        StdioMode::Pipes { stdin: false }
+    };
+    let mut launched = launch(&plan, mode, false, reaper)?;
+    main.started(launched.pid);
+
+    let readers = Readers::default();
+    if let Some(stdout) = launched.stdout.take() {
+        let logger = logger.clone();
+        readers.spawn("stdout", move || {
+            log_stream(stdout, LogStream::Stdout, &logger)
+        });
+    }
+    if let Some(stderr) = launched.stderr.take() {
+        let logger = logger.clone();
+        readers.spawn("stderr", move || {
+            log_stream(stderr, LogStream::Stderr, &logger)
+        });
+    }
+    if let Some(master) = launched.pty_master.take() {
+        let logger = logger.clone();
+        readers.spawn("terminal", move || {
+            log_stream(master, LogStream::Stdout, &logger)
+        });
+    }
+    Ok(Running {
+        pid: launched.pid,
+        exit: launched.exit,
+        readers,
+    })
+}
+
+fn read_spec(path: &Path) -> Result<RunSpec, LaunchError> {
+    let bytes = std::fs::read(path).map_err(|error| {
+        LaunchError::not_found(format!("reading the run spec {}: {error}", path.display()))
+    })?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        LaunchError::not_found(format!("parsing the run spec {}: {error}", path.display()))
+    })
+}
+
+fn log_stream(reader: impl std::io::Read, stream: LogStream, logger: &Logger) {
+    let mut splitter = LineSplitter::default();
+    let mut emit = |line: &[u8]| logger.line(stream, line);
+    read_chunks(reader, |chunk| splitter.push(chunk, &mut emit));
+    splitter.finish(&mut emit);
+}
+
+fn finish(run_dir: &Path, logger: &Logger, exit: ChildExit, exit_code: i32) {
+    let report = ExitReport {
+        exit_code,
+        signal: exit.signal(),
+        exited_at: now_rfc3339(),
+    };
+    if let Err(error) = report::write_exit_report(run_dir, &report) {
+        logger.init(&error);
+    }
+}
+
+/// As PID 1 of the machine's pid namespace, kill everything that is left.
+/// Run any other way (by hand), only the program's own process group.
+fn kill_everything_else(main_pid: i32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::{Pid, getpid};
+    if getpid().as_raw() == 1 {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    } else {
+        let _ = killpg(Pid::from_raw(main_pid), Signal::SIGKILL);
+    }
+}
