@@ -57,7 +57,12 @@ impl Agent {
     }
 
     pub(crate) fn all_slots(&self) -> Vec<Arc<MachineSlot>> {
-        self.machines.read().expect("machines lock").values().cloned().collect()
+        self.machines
+            .read()
+            .expect("machines lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn dirs(&self, id: &str) -> MachineDirs {
@@ -92,7 +97,9 @@ impl Agent {
     }
 
     pub(crate) fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     pub(crate) fn insert_slot(&self, record: MachineRecord) -> Arc<MachineSlot> {
@@ -103,7 +110,10 @@ impl Agent {
             changed: watch::channel(0).0,
             running: Mutex::new(None),
         });
-        self.machines.write().expect("machines lock").insert(id, slot.clone());
+        self.machines
+            .write()
+            .expect("machines lock")
+            .insert(id, slot.clone());
         slot
     }
 }

@@ -2,7 +2,6 @@
 
 use midge_types::MachineState;
 
-
 /// The app and organization a machine belongs to, as the catalog knows them.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -59,4 +58,3 @@ pub enum PtyOutput {
     Data(Vec<u8>),
     Exit { exit_code: i32, signal: i32 },
 }
-

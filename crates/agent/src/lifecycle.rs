@@ -31,14 +31,20 @@ fn driver_error(err: crate::sandbox::DriverError) -> ApiError {
 
 impl Agent {
     pub(crate) fn pull_options(&self) -> PullOptions {
-        PullOptions { insecure_registries: self.config.insecure_registries.clone(), credentials: Vec::new() }
+        PullOptions {
+            insecure_registries: self.config.insecure_registries.clone(),
+            credentials: Vec::new(),
+        }
     }
 
     pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, ApiError> {
         if let Some(image) = self.images.get(reference).map_err(image_error)? {
             return Ok(image);
         }
-        self.images.ensure(reference, &self.pull_options(), &|_| {}).await.map_err(image_error)
+        self.images
+            .ensure(reference, &self.pull_options(), &|_| {})
+            .await
+            .map_err(image_error)
     }
 
     pub(crate) async fn create(
@@ -47,7 +53,10 @@ impl Agent {
         request: CreateMachineRequest,
         lease_owner: &str,
     ) -> Result<Machine, ApiError> {
-        let config = request.config.clone().ok_or_else(|| ApiError::invalid("config is required"))?;
+        let config = request
+            .config
+            .clone()
+            .ok_or_else(|| ApiError::invalid("config is required"))?;
         config.validate().map_err(ApiError::invalid)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
             && region != self.config.region
@@ -69,7 +78,9 @@ impl Agent {
             let name = match request.name.as_deref().filter(|n| !n.is_empty()) {
                 Some(name) => {
                     if alive.iter().any(|r| r.app == owner.app && r.name == name) {
-                        return Err(ApiError::aborted(format!("a machine named {name:?} already exists in this app")));
+                        return Err(ApiError::aborted(format!(
+                            "a machine named {name:?} already exists in this app"
+                        )));
                     }
                     name.to_string()
                 }
@@ -77,7 +88,9 @@ impl Agent {
             };
             let mut used: Vec<u32> = alive.iter().map(|r| r.slot).collect();
             used.sort_unstable();
-            let slot_number = (0u32..).find(|n| used.binary_search(n).is_err()).expect("a free slot");
+            let slot_number = (0u32..)
+                .find(|n| used.binary_search(n).is_err())
+                .expect("a free slot");
             let now = midge_types::now_rfc3339();
             let record = MachineRecord {
                 id: id.clone(),
@@ -94,7 +107,12 @@ impl Agent {
                 }],
                 image_ref: Default::default(),
                 image_key: String::new(),
-                private_ip: midge_net::private_ip(self.config.host_id, owner.org_network, slot_number).to_string(),
+                private_ip: midge_net::private_ip(
+                    self.config.host_id,
+                    owner.org_network,
+                    slot_number,
+                )
+                .to_string(),
                 slot: slot_number,
                 created_at: now.clone(),
                 updated_at: now,
@@ -106,7 +124,9 @@ impl Agent {
                 restart_count: 0,
                 stop_request: None,
             };
-            self.store.save(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+            self.store
+                .save(&record)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             record
         };
         let slot = self.insert_slot(record);
@@ -176,8 +196,16 @@ impl Agent {
     }
 
     /// Boots the machine: fresh rootfs, runc, init. Caller holds the op lock.
-    pub(crate) async fn start_locked(self: &Arc<Self>, slot: &Arc<MachineSlot>, restarting: bool) -> Result<(), ApiError> {
-        let starting_state = if restarting { MachineState::Restarting } else { MachineState::Starting };
+    pub(crate) async fn start_locked(
+        self: &Arc<Self>,
+        slot: &Arc<MachineSlot>,
+        restarting: bool,
+    ) -> Result<(), ApiError> {
+        let starting_state = if restarting {
+            MachineState::Restarting
+        } else {
+            MachineState::Starting
+        };
         self.update_record(slot, |record| {
             record.set_state(starting_state);
             if record.pending.is_none() {
@@ -198,11 +226,19 @@ impl Agent {
             }
             Err(err) => {
                 let id = Agent::snapshot(slot).id;
-                let _ = self.driver.cleanup(&self.container_id(&id), &self.dirs(&id)).await;
+                let _ = self
+                    .driver
+                    .cleanup(&self.container_id(&id), &self.dirs(&id))
+                    .await;
                 self.update_record(slot, |record| {
                     record.set_state(MachineState::Failed);
                     record.pending = None;
-                    record.push_event("start", "failed", "flyd", Some(json!({"error": err.message})));
+                    record.push_event(
+                        "start",
+                        "failed",
+                        "flyd",
+                        Some(json!({"error": err.message})),
+                    );
                 })?;
                 Err(err)
             }
@@ -242,7 +278,10 @@ impl Agent {
             })
             .await
             .map_err(driver_error)?;
-        Ok(Running { pid: started.pid, generation: self.next_generation() })
+        Ok(Running {
+            pid: started.pid,
+            generation: self.next_generation(),
+        })
     }
 
     pub(crate) fn spawn_monitor(self: &Arc<Self>, slot: Arc<MachineSlot>, running: Running) {
@@ -257,7 +296,10 @@ impl Agent {
             if current.map(|r| r.generation) != Some(running.generation) {
                 return; // an operation already handled this exit
             }
-            if agent.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            if agent
+                .shutting_down
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return;
             }
             agent.handle_exit(&slot).await;
@@ -278,11 +320,18 @@ impl Agent {
         }
         let config = record.config();
         let now = midge_types::now_millis();
-        let recent: Vec<i64> = record.restarts.iter().copied().filter(|t| now - t < RESTART_WINDOW_MS).collect();
+        let recent: Vec<i64> = record
+            .restarts
+            .iter()
+            .copied()
+            .filter(|t| now - t < RESTART_WINDOW_MS)
+            .collect();
         let restart = match config.restart_policy() {
             RestartPolicy::No => false,
             RestartPolicy::Always => true,
-            RestartPolicy::OnFailure { max_retries } => status.exit_code != 0 && (recent.len() as u32) < max_retries,
+            RestartPolicy::OnFailure { max_retries } => {
+                status.exit_code != 0 && (recent.len() as u32) < max_retries
+            }
         };
         let exit_event = exit_event(status, false, restart);
         let result = self.update_record(slot, |record| {
@@ -296,7 +345,12 @@ impl Agent {
                 record.restarts = recent.clone();
                 record.restarts.push(now);
                 record.restart_count += 1;
-                record.push_event("restart", "restarting", "flyd", Some(json!({"restart_count": record.restart_count})));
+                record.push_event(
+                    "restart",
+                    "restarting",
+                    "flyd",
+                    Some(json!({"restart_count": record.restart_count})),
+                );
                 record.pending = Some(PendingOp::Start);
             } else {
                 record.set_state(MachineState::Stopped);
@@ -328,25 +382,41 @@ impl Agent {
         let container_id = self.container_id(&record.id);
         let dirs = self.dirs(&record.id);
         let Some(running) = running else {
-            self.driver.cleanup(&container_id, &dirs).await.map_err(driver_error)?;
+            self.driver
+                .cleanup(&container_id, &dirs)
+                .await
+                .map_err(driver_error)?;
             return Ok(false);
         };
         let config = record.config();
         let signal = request.signal.unwrap_or_else(|| config.stop_signal());
-        let timeout = request.timeout.map(|d| d.0).unwrap_or_else(|| config.stop_timeout());
+        let timeout = request
+            .timeout
+            .map(|d| d.0)
+            .unwrap_or_else(|| config.stop_timeout());
         self.update_record(slot, |record| {
             record.set_state(transient);
             record.pending = Some(pending);
             record.stop_request = Some(request.clone());
         })?;
-        self.driver.signal(running.pid, signal.number()).map_err(driver_error)?;
-        if tokio::time::timeout(timeout, wait_for_exit(running.pid)).await.is_err() {
-            self.driver.signal(running.pid, Signal::KILL.number()).map_err(driver_error)?;
+        self.driver
+            .signal(running.pid, signal.number())
+            .map_err(driver_error)?;
+        if tokio::time::timeout(timeout, wait_for_exit(running.pid))
+            .await
+            .is_err()
+        {
+            self.driver
+                .signal(running.pid, Signal::KILL.number())
+                .map_err(driver_error)?;
             let _ = tokio::time::timeout(Duration::from_secs(10), wait_for_exit(running.pid)).await;
         }
         let status = self.driver.exit_status(&container_id, &dirs);
         *slot.running.lock().expect("running lock") = None;
-        self.driver.cleanup(&container_id, &dirs).await.map_err(driver_error)?;
+        self.driver
+            .cleanup(&container_id, &dirs)
+            .await
+            .map_err(driver_error)?;
         let exit_event = exit_event(status, true, false);
         self.update_record(slot, |record| {
             record.push_event(
@@ -359,10 +429,21 @@ impl Agent {
         Ok(true)
     }
 
-    pub(crate) async fn stop_to_stopped(&self, slot: &Arc<MachineSlot>, request: &StopRequest) -> Result<(), ApiError> {
+    pub(crate) async fn stop_to_stopped(
+        &self,
+        slot: &Arc<MachineSlot>,
+        request: &StopRequest,
+    ) -> Result<(), ApiError> {
         let signal = request.signal.map(|s| s.number());
-        self.stop_locked(slot, request, MachineState::Stopping, PendingOp::Stop { request_signal: signal })
-            .await?;
+        self.stop_locked(
+            slot,
+            request,
+            MachineState::Stopping,
+            PendingOp::Stop {
+                request_signal: signal,
+            },
+        )
+        .await?;
         self.update_record(slot, |record| {
             if record.state != MachineState::Created || record.pending.is_some() {
                 record.set_state(MachineState::Stopped);
@@ -374,7 +455,11 @@ impl Agent {
     }
 
     /// Destroys the machine and everything it owned. Caller holds the op lock.
-    pub(crate) async fn destroy_locked(&self, slot: &Arc<MachineSlot>, force: bool) -> Result<(), ApiError> {
+    pub(crate) async fn destroy_locked(
+        &self,
+        slot: &Arc<MachineSlot>,
+        force: bool,
+    ) -> Result<(), ApiError> {
         let record = Agent::snapshot(slot);
         let running = slot.running.lock().expect("running lock").is_some();
         if running && !force {
@@ -387,8 +472,12 @@ impl Agent {
             record.set_state(MachineState::Destroying);
             record.pending = Some(PendingOp::Destroy);
         })?;
-        let kill = StopRequest { signal: Some(Signal::KILL), timeout: Some(midge_types::GoDuration::from_secs(5)) };
-        self.stop_locked(slot, &kill, MachineState::Destroying, PendingOp::Destroy).await?;
+        let kill = StopRequest {
+            signal: Some(Signal::KILL),
+            timeout: Some(midge_types::GoDuration::from_secs(5)),
+        };
+        self.stop_locked(slot, &kill, MachineState::Destroying, PendingOp::Destroy)
+            .await?;
         self.release_host_resources(&record.id).await?;
         self.update_record(slot, |record| {
             record.set_state(MachineState::Destroyed);
@@ -401,14 +490,18 @@ impl Agent {
 
     pub(crate) async fn release_host_resources(&self, id: &str) -> Result<(), ApiError> {
         let dirs = self.dirs(id);
-        self.driver.cleanup(&self.container_id(id), &dirs).await.map_err(driver_error)?;
+        self.driver
+            .cleanup(&self.container_id(id), &dirs)
+            .await
+            .map_err(driver_error)?;
         self.network
             .detach(id)
             .await
             .map_err(|e| ApiError::internal(format!("removing machine network: {e}")))?;
         if dirs.root.exists() {
-            std::fs::remove_dir_all(&dirs.root)
-                .map_err(|e| ApiError::internal(format!("removing {}: {e}", dirs.root.display())))?;
+            std::fs::remove_dir_all(&dirs.root).map_err(|e| {
+                ApiError::internal(format!("removing {}: {e}", dirs.root.display()))
+            })?;
         }
         Ok(())
     }
@@ -421,7 +514,10 @@ impl Agent {
         request: CreateMachineRequest,
     ) -> Result<(), ApiError> {
         let record = Agent::snapshot(slot);
-        let config = request.config.clone().ok_or_else(|| ApiError::invalid("config is required"))?;
+        let config = request
+            .config
+            .clone()
+            .ok_or_else(|| ApiError::invalid("config is required"))?;
         config.validate().map_err(ApiError::invalid)?;
         if let Some(expected) = request.current_version.as_deref().filter(|v| !v.is_empty())
             && expected != record.version()
@@ -439,7 +535,9 @@ impl Agent {
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
             && region != record.region
         {
-            return Err(ApiError::invalid("a machine's region cannot be changed; clone it instead"));
+            return Err(ApiError::invalid(
+                "a machine's region cannot be changed; clone it instead",
+            ));
         }
         let image = self.image_for(&config.image).await?;
         let was_running = slot.running.lock().expect("running lock").is_some();
@@ -458,15 +556,28 @@ impl Agent {
             record.push_event("update", "replacing", "user", None);
         })?;
         let previous_config = record.config().clone();
-        let stop = StopRequest { signal: Some(previous_config.stop_signal()), timeout: None };
-        self.stop_locked(slot, &stop, MachineState::Replacing, PendingOp::Update { launch }).await?;
+        let stop = StopRequest {
+            signal: Some(previous_config.stop_signal()),
+            timeout: None,
+        };
+        self.stop_locked(
+            slot,
+            &stop,
+            MachineState::Replacing,
+            PendingOp::Update { launch },
+        )
+        .await?;
         if launch {
             self.update_record(slot, |record| record.pending = Some(PendingOp::Start))?;
             self.start_locked(slot, false).await?;
         } else {
             self.update_record(slot, |record| {
                 let never_started = previous_state == MachineState::Created;
-                record.set_state(if never_started { MachineState::Created } else { MachineState::Stopped });
+                record.set_state(if never_started {
+                    MachineState::Created
+                } else {
+                    MachineState::Stopped
+                });
                 record.pending = None;
             })?;
         }
@@ -477,11 +588,19 @@ impl Agent {
 impl MachineRecord {
     /// The image store key, or the configured image before the first pull.
     pub(crate) fn image_key_or_config(&self) -> String {
-        if self.image_key.is_empty() { self.config().image.clone() } else { self.image_key.clone() }
+        if self.image_key.is_empty() {
+            self.config().image.clone()
+        } else {
+            self.image_key.clone()
+        }
     }
 }
 
-pub(crate) fn exit_event(status: crate::sandbox::ExitStatus, requested_stop: bool, restarting: bool) -> ExitEvent {
+pub(crate) fn exit_event(
+    status: crate::sandbox::ExitStatus,
+    requested_stop: bool,
+    restarting: bool,
+) -> ExitEvent {
     ExitEvent {
         exit_code: status.exit_code,
         guest_exit_code: status.exit_code,

@@ -18,8 +18,14 @@ fn parse(line: &str) -> Option<LogLine> {
 }
 
 fn read_lines(path: &Path) -> Vec<LogLine> {
-    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
-    BufReader::new(file).lines().map_while(Result::ok).filter_map(|l| parse(&l)).collect()
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| parse(&l))
+        .collect()
 }
 
 impl Agent {
@@ -58,7 +64,9 @@ fn follow_file(path: &PathBuf, sender: &mpsc::Sender<LogLine>) {
     let mut partial = String::new();
     while !sender.is_closed() {
         std::thread::sleep(FOLLOW_POLL);
-        let Ok(mut file) = std::fs::File::open(path) else { continue };
+        let Ok(mut file) = std::fs::File::open(path) else {
+            continue;
+        };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
             offset = 0; // rotated

@@ -62,8 +62,10 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
                "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}),
     ];
     for (source, destination) in spec.etc_files {
-        mounts.push(json!({"destination": destination, "type": "bind", "source": source,
-                           "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}));
+        mounts.push(
+            json!({"destination": destination, "type": "bind", "source": source,
+                           "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}),
+        );
     }
     json!({
         "ociVersion": "1.0.2",

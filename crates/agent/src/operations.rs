@@ -42,7 +42,8 @@ impl Agent {
     /// Stops background work; running machines keep running and are
     /// re-adopted by the next open.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn region(&self) -> &str {
@@ -57,9 +58,15 @@ impl Agent {
     pub async fn teardown_host(&self) -> Result<(), ApiError> {
         for slot in self.all_slots() {
             let id = Agent::snapshot(&slot).id;
-            let _ = self.driver.cleanup(&self.container_id(&id), &self.dirs(&id)).await;
+            let _ = self
+                .driver
+                .cleanup(&self.container_id(&id), &self.dirs(&id))
+                .await;
         }
-        self.network.teardown_all().await.map_err(|e| ApiError::internal(e.to_string()))
+        self.network
+            .teardown_all()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// Creates a machine (pulling its image, preparing its network) and,
@@ -74,7 +81,12 @@ impl Agent {
         self.create(owner, request, lease_owner).await
     }
 
-    pub fn get_machine(&self, app: &str, id: &str, version: Option<&str>) -> Result<Machine, ApiError> {
+    pub fn get_machine(
+        &self,
+        app: &str,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Machine, ApiError> {
         let record = Agent::snapshot(&*self.slot(app, id)?);
         match version {
             None => Ok(record.to_machine(false)),
@@ -84,7 +96,9 @@ impl Agent {
                     .versions
                     .iter()
                     .find(|v| v.version == version)
-                    .ok_or_else(|| ApiError::not_found(format!("machine version {version} not found")))?;
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("machine version {version} not found"))
+                    })?;
                 Ok(record.view(entry, MachineState::Replaced, false))
             }
         }
@@ -111,14 +125,25 @@ impl Agent {
             .map(|slot| Agent::snapshot(slot))
             .filter(|r| r.app == app)
             .filter(|r| filter.include_deleted || state_is_alive(r.state))
-            .filter(|r| filter.region.as_ref().is_none_or(|region| &r.region == region))
+            .filter(|r| {
+                filter
+                    .region
+                    .as_ref()
+                    .is_none_or(|region| &r.region == region)
+            })
             .filter(|r| filter.states.is_empty() || filter.states.contains(&r.state))
             .filter(|r| {
-                filter.metadata.iter().all(|(k, v)| r.config().metadata.get(k).is_some_and(|value| value == v))
+                filter
+                    .metadata
+                    .iter()
+                    .all(|(k, v)| r.config().metadata.get(k).is_some_and(|value| value == v))
             })
             .collect();
         records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        records.iter().map(|r| r.to_machine(filter.summary)).collect()
+        records
+            .iter()
+            .map(|r| r.to_machine(filter.summary))
+            .collect()
     }
 
     /// Number of machines of an app that are not destroyed, and of those, the started ones.
@@ -166,20 +191,40 @@ impl Agent {
         Ok(Agent::snapshot(&slot).to_machine(false))
     }
 
-    pub async fn start(self: &Arc<Self>, app: &str, id: &str, nonce: Nonce<'_>) -> Result<StartResponse, ApiError> {
+    pub async fn start(
+        self: &Arc<Self>,
+        app: &str,
+        id: &str,
+        nonce: Nonce<'_>,
+    ) -> Result<StartResponse, ApiError> {
         let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
         let previous = Agent::snapshot(&slot).state;
-        if !matches!(previous, MachineState::Created | MachineState::Stopped | MachineState::Failed | MachineState::Suspended)
-        {
+        if !matches!(
+            previous,
+            MachineState::Created
+                | MachineState::Stopped
+                | MachineState::Failed
+                | MachineState::Suspended
+        ) {
             return Err(ApiError::precondition(format!(
                 "unable to start machine from current state: '{previous}'"
             )));
         }
         self.start_locked(&slot, false).await?;
-        Ok(StartResponse { previous_state: previous.to_string(), migrated: false, new_host: String::new() })
+        Ok(StartResponse {
+            previous_state: previous.to_string(),
+            migrated: false,
+            new_host: String::new(),
+        })
     }
 
-    pub async fn stop(&self, app: &str, id: &str, request: StopRequest, nonce: Nonce<'_>) -> Result<(), ApiError> {
+    pub async fn stop(
+        &self,
+        app: &str,
+        id: &str,
+        request: StopRequest,
+        nonce: Nonce<'_>,
+    ) -> Result<(), ApiError> {
         let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
         self.stop_to_stopped(&slot, &request).await
     }
@@ -193,17 +238,34 @@ impl Agent {
         nonce: Nonce<'_>,
     ) -> Result<(), ApiError> {
         let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
-        let request = StopRequest { signal, timeout: timeout.map(midge_types::GoDuration) };
-        self.stop_locked(&slot, &request, MachineState::Restarting, PendingOp::Restart).await?;
+        let request = StopRequest {
+            signal,
+            timeout: timeout.map(midge_types::GoDuration),
+        };
+        self.stop_locked(
+            &slot,
+            &request,
+            MachineState::Restarting,
+            PendingOp::Restart,
+        )
+        .await?;
         self.start_locked(&slot, true).await
     }
 
-    pub async fn signal(&self, app: &str, id: &str, signal: Signal, nonce: Nonce<'_>) -> Result<(), ApiError> {
+    pub async fn signal(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Signal,
+        nonce: Nonce<'_>,
+    ) -> Result<(), ApiError> {
         let slot = self.slot(app, id)?;
         check_lease(&Agent::snapshot(&slot), nonce)?;
         let running = *slot.running.lock().expect("running lock");
         let running = running.ok_or_else(|| ApiError::precondition("machine is not running"))?;
-        self.driver.signal(running.pid, signal.number()).map_err(|e| ApiError::internal(e.to_string()))
+        self.driver
+            .signal(running.pid, signal.number())
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     pub async fn suspend(&self, app: &str, id: &str, nonce: Nonce<'_>) -> Result<(), ApiError> {
@@ -215,16 +277,33 @@ impl Agent {
     }
 
     /// Refused for a started machine unless `force`.
-    pub async fn destroy(&self, app: &str, id: &str, force: bool, nonce: Nonce<'_>) -> Result<(), ApiError> {
+    pub async fn destroy(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Nonce<'_>,
+    ) -> Result<(), ApiError> {
         let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
         self.destroy_locked(&slot, force).await
     }
 
-    pub async fn set_cordoned(&self, app: &str, id: &str, cordoned: bool, nonce: Nonce<'_>) -> Result<(), ApiError> {
+    pub async fn set_cordoned(
+        &self,
+        app: &str,
+        id: &str,
+        cordoned: bool,
+        nonce: Nonce<'_>,
+    ) -> Result<(), ApiError> {
         let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
         self.update_record(&slot, |record| {
             record.cordoned = cordoned;
-            record.push_event(if cordoned { "cordon" } else { "uncordon" }, record.state.as_str(), "user", None);
+            record.push_event(
+                if cordoned { "cordon" } else { "uncordon" },
+                record.state.as_str(),
+                "user",
+                None,
+            );
         })
     }
 
@@ -280,7 +359,10 @@ impl Agent {
             .versions
             .iter()
             .rev()
-            .map(|v| MachineVersion { version: v.version.clone(), user_config: v.config.clone() })
+            .map(|v| MachineVersion {
+                version: v.version.clone(),
+                user_config: v.config.clone(),
+            })
             .collect())
     }
 
@@ -301,9 +383,11 @@ impl Agent {
         }
         let expires_at = chrono::Utc::now().timestamp() + ttl.as_secs().max(1) as i64;
         let lease = match (record.active_lease(), nonce) {
-            (Some(lease), Some(nonce)) if lease.nonce == nonce => {
-                Lease { expires_at, description: description.to_string(), ..lease.clone() }
-            }
+            (Some(lease), Some(nonce)) if lease.nonce == nonce => Lease {
+                expires_at,
+                description: description.to_string(),
+                ..lease.clone()
+            },
             (Some(_), _) => return Err(check_lease(&record, nonce).expect_err("lease is held")),
             (None, _) => Lease {
                 nonce: midge_types::ids::new_nonce(),
@@ -337,7 +421,10 @@ impl Agent {
     }
 
     pub fn metadata(&self, app: &str, id: &str) -> Result<BTreeMap<String, String>, ApiError> {
-        Ok(Agent::snapshot(&*self.slot(app, id)?).config().metadata.clone())
+        Ok(Agent::snapshot(&*self.slot(app, id)?)
+            .config()
+            .metadata
+            .clone())
     }
 
     /// Merge: a `None` value deletes the key. `machine_version`, when given,
@@ -389,7 +476,10 @@ impl Agent {
         let record = Agent::snapshot(&slot);
         check_lease(&record, nonce)?;
         if slot.running.lock().expect("running lock").is_none() {
-            return Err(ApiError::precondition(format!("machine is not running (state: {})", record.state)));
+            return Err(ApiError::precondition(format!(
+                "machine is not running (state: {})",
+                record.state
+            )));
         }
         let socket = self.dirs(&record.id).socket();
         let result = tokio::task::spawn_blocking(move || {
@@ -400,7 +490,9 @@ impl Agent {
         .await
         .map_err(|e| ApiError::internal(format!("exec task: {e}")))?;
         let output = result.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut
+            {
                 ApiError::new(midge_types::ErrorCode::DeadlineExceeded, "exec timed out")
             } else {
                 ApiError::internal(format!("exec: {e}"))
@@ -428,9 +520,11 @@ fn wait_satisfied(
         return None;
     }
     let state = match version {
-        Some(version) if version != record.version() => {
-            record.versions.iter().any(|v| v.version == version).then_some(MachineState::Replaced)?
-        }
+        Some(version) if version != record.version() => record
+            .versions
+            .iter()
+            .any(|v| v.version == version)
+            .then_some(MachineState::Replaced)?,
         _ => record.state,
     };
     let matched = targets.iter().any(|target| match target {

@@ -28,22 +28,44 @@ impl Agent {
         let slot = self.slot(app, id)?;
         let record = Agent::snapshot(&slot);
         if slot.running.lock().expect("running lock").is_none() {
-            return Err(ApiError::precondition(format!("machine is not running (state: {})", record.state)));
+            return Err(ApiError::precondition(format!(
+                "machine is not running (state: {})",
+                record.state
+            )));
         }
-        let stream = tokio::net::UnixStream::connect(self.dirs(&record.id).socket()).await.map_err(io_error)?;
-        let (mut reader, mut writer) = stream.into_split();
-        write_frame_async(&mut writer, &Frame::control(&Request::Hello { version: PROTOCOL_VERSION }))
+        let stream = tokio::net::UnixStream::connect(self.dirs(&record.id).socket())
             .await
             .map_err(io_error)?;
+        let (mut reader, mut writer) = stream.into_split();
+        write_frame_async(
+            &mut writer,
+            &Frame::control(&Request::Hello {
+                version: PROTOCOL_VERSION,
+            }),
+        )
+        .await
+        .map_err(io_error)?;
         match read_frame_async(&mut reader).await.map_err(io_error)? {
             Some(frame) => match frame.decode::<Response>().map_err(io_error)? {
                 Response::Hello { .. } => {}
-                other => return Err(ApiError::internal(format!("unexpected answer from init: {other:?}"))),
+                other => {
+                    return Err(ApiError::internal(format!(
+                        "unexpected answer from init: {other:?}"
+                    )));
+                }
             },
             None => return Err(ApiError::internal("init closed the connection")),
         }
-        let request = ExecRequest { argv, tty: true, cols, rows, ..Default::default() };
-        write_frame_async(&mut writer, &Frame::control(&Request::Exec(request))).await.map_err(io_error)?;
+        let request = ExecRequest {
+            argv,
+            tty: true,
+            cols,
+            rows,
+            ..Default::default()
+        };
+        write_frame_async(&mut writer, &Frame::control(&Request::Exec(request)))
+            .await
+            .map_err(io_error)?;
 
         let (input_tx, mut input_rx) = mpsc::channel::<PtyInput>(64);
         let (output_tx, output_rx) = mpsc::channel::<PtyOutput>(64);
@@ -51,7 +73,9 @@ impl Agent {
             while let Some(input) = input_rx.recv().await {
                 let frame = match input {
                     PtyInput::Data(bytes) => Frame::Stdin(bytes),
-                    PtyInput::Resize { cols, rows } => Frame::control(&Request::Resize { cols, rows }),
+                    PtyInput::Resize { cols, rows } => {
+                        Frame::control(&Request::Resize { cols, rows })
+                    }
                     PtyInput::Eof => Frame::StdinEof,
                 };
                 if write_frame_async(&mut writer, &frame).await.is_err() {
@@ -64,7 +88,12 @@ impl Agent {
                 let frame = match read_frame_async(&mut reader).await {
                     Ok(Some(frame)) => frame,
                     _ => {
-                        let _ = output_tx.send(PtyOutput::Exit { exit_code: 255, signal: 0 }).await;
+                        let _ = output_tx
+                            .send(PtyOutput::Exit {
+                                exit_code: 255,
+                                signal: 0,
+                            })
+                            .await;
                         break;
                     }
                 };
@@ -84,6 +113,9 @@ impl Agent {
                 }
             }
         });
-        Ok(PtySession { input: input_tx, output: output_rx })
+        Ok(PtySession {
+            input: input_tx,
+            output: output_rx,
+        })
     }
 }

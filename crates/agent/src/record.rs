@@ -74,7 +74,9 @@ const EVENTS_KEPT: usize = 100;
 
 impl MachineRecord {
     pub fn current(&self) -> &VersionEntry {
-        self.versions.last().expect("a machine always has a version")
+        self.versions
+            .last()
+            .expect("a machine always has a version")
     }
 
     pub fn config(&self) -> &MachineConfig {
@@ -85,7 +87,13 @@ impl MachineRecord {
         &self.current().version
     }
 
-    pub fn push_event(&mut self, kind: &str, status: &str, source: &str, request: Option<serde_json::Value>) -> String {
+    pub fn push_event(
+        &mut self,
+        kind: &str,
+        status: &str,
+        source: &str,
+        request: Option<serde_json::Value>,
+    ) -> String {
         let id = midge_types::ids::new_ulid();
         self.events.push(MachineEvent {
             id: id.clone(),

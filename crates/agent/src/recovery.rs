@@ -28,7 +28,8 @@ fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
     if let Ok(path) = std::env::var("MIDGE_INIT_BINARY") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| setup_error("locating the midge executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| setup_error("locating the midge executable", e))?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let candidates = [
         dir.join("midge-init"),
@@ -49,10 +50,13 @@ impl Agent {
         let data_dir = config.data_dir.clone();
         let machines_dir = data_dir.join("machines");
         for dir in [&data_dir, &machines_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| setup_error(&format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup_error(&format!("creating {}", dir.display()), e))?;
         }
-        let store = AgentStore::open(&data_dir.join("agent.db")).map_err(|e| setup_error("opening agent store", e))?;
-        let images = ImageStore::open(&data_dir.join("images")).map_err(|e| setup_error("opening image store", e))?;
+        let store = AgentStore::open(&data_dir.join("agent.db"))
+            .map_err(|e| setup_error("opening agent store", e))?;
+        let images = ImageStore::open(&data_dir.join("images"))
+            .map_err(|e| setup_error("opening image store", e))?;
         let pool = config
             .ipv4_pool
             .parse()
@@ -65,10 +69,15 @@ impl Agent {
         .await
         .map_err(|e| setup_error("setting up host networking", e))?;
         let init_binary = find_init_binary(&config)?;
-        let runc_root = PathBuf::from("/run/midge").join(&config.resource_prefix).join("runc");
-        std::fs::create_dir_all(&runc_root).map_err(|e| setup_error("creating runc state dir", e))?;
+        let runc_root = PathBuf::from("/run/midge")
+            .join(&config.resource_prefix)
+            .join("runc");
+        std::fs::create_dir_all(&runc_root)
+            .map_err(|e| setup_error("creating runc state dir", e))?;
         let driver = SandboxDriver::new(runc_root, init_binary, config.resource_prefix.clone());
-        let records = store.load_all().map_err(|e| setup_error("loading machines", e))?;
+        let records = store
+            .load_all()
+            .map_err(|e| setup_error("loading machines", e))?;
         let agent = Arc::new(Agent {
             config,
             store,
@@ -109,7 +118,10 @@ impl Agent {
         let container_id = self.container_id(&record.id);
         let running_pid = self.driver.running_pid(&container_id).await;
         if let Some(pid) = running_pid {
-            *slot.running.lock().expect("running lock") = Some(Running { pid, generation: self.next_generation() });
+            *slot.running.lock().expect("running lock") = Some(Running {
+                pid,
+                generation: self.next_generation(),
+            });
         }
         match record.pending.clone() {
             Some(PendingOp::Create) => {
@@ -124,17 +136,28 @@ impl Agent {
                 };
                 self.stop_to_stopped(slot, &request).await
             }
-            Some(PendingOp::Start) | Some(PendingOp::Restart) | Some(PendingOp::Update { launch: true }) => {
+            Some(PendingOp::Start)
+            | Some(PendingOp::Restart)
+            | Some(PendingOp::Update { launch: true }) => {
                 self.readopt_or_start(slot, running_pid).await
             }
             Some(PendingOp::Update { launch: false }) => {
                 self.stop_to_stopped(slot, &StopRequest::default()).await
             }
-            None if record.state == MachineState::Started => self.readopt_or_start(slot, running_pid).await,
+            None if record.state == MachineState::Started => {
+                self.readopt_or_start(slot, running_pid).await
+            }
             None => {
                 // Not meant to be running: make sure nothing is.
-                self.stop_locked(slot, &kill_now(), record.state, PendingOp::Stop { request_signal: Some(9) })
-                    .await?;
+                self.stop_locked(
+                    slot,
+                    &kill_now(),
+                    record.state,
+                    PendingOp::Stop {
+                        request_signal: Some(9),
+                    },
+                )
+                .await?;
                 self.update_record(slot, |r| {
                     r.set_state(record.state);
                     r.pending = None;
@@ -144,12 +167,20 @@ impl Agent {
         }
     }
 
-    async fn readopt_or_start(self: &Arc<Self>, slot: &Arc<MachineSlot>, running_pid: Option<i32>) -> Result<(), ApiError> {
+    async fn readopt_or_start(
+        self: &Arc<Self>,
+        slot: &Arc<MachineSlot>,
+        running_pid: Option<i32>,
+    ) -> Result<(), ApiError> {
         let record = Agent::snapshot(slot);
         let exited = self.dirs(&record.id).exit_file().exists();
         match (running_pid, exited) {
             (Some(_), false) if record.pending.is_none() => {
-                let running = slot.running.lock().expect("running lock").expect("set above");
+                let running = slot
+                    .running
+                    .lock()
+                    .expect("running lock")
+                    .expect("set above");
                 self.spawn_monitor(slot.clone(), running);
                 Ok(())
             }
@@ -159,7 +190,8 @@ impl Agent {
                 Ok(())
             }
             _ => {
-                self.stop_locked(slot, &kill_now(), MachineState::Starting, PendingOp::Start).await?;
+                self.stop_locked(slot, &kill_now(), MachineState::Starting, PendingOp::Start)
+                    .await?;
                 self.start_locked(slot, false).await
             }
         }
@@ -176,7 +208,11 @@ impl Agent {
                 (record.id, record.state)
             })
             .collect();
-        let alive: HashSet<&String> = known.iter().filter(|(_, s)| state_is_alive(**s)).map(|(id, _)| id).collect();
+        let alive: HashSet<&String> = known
+            .iter()
+            .filter(|(_, s)| state_is_alive(**s))
+            .map(|(id, _)| id)
+            .collect();
         if let Ok(namespaces) = self.network.list_namespaces().await {
             for netns in namespaces {
                 if let Some(id) = self.network.machine_id_of_namespace(&netns)
@@ -193,7 +229,10 @@ impl Agent {
             for entry in entries.flatten() {
                 let id = entry.file_name().to_string_lossy().to_string();
                 if !alive.contains(&id) {
-                    let _ = self.driver.cleanup(&self.container_id(&id), &self.dirs(&id)).await;
+                    let _ = self
+                        .driver
+                        .cleanup(&self.container_id(&id), &self.dirs(&id))
+                        .await;
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -202,5 +241,8 @@ impl Agent {
 }
 
 fn kill_now() -> StopRequest {
-    StopRequest { signal: Some(midge_types::Signal::KILL), timeout: Some(midge_types::GoDuration::from_secs(5)) }
+    StopRequest {
+        signal: Some(midge_types::Signal::KILL),
+        timeout: Some(midge_types::GoDuration::from_secs(5)),
+    }
 }

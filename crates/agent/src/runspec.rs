@@ -32,14 +32,21 @@ pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, ApiErr
     let files = config
         .files
         .iter()
-        .filter_map(|file| {
-            file.raw_value.as_ref().map(|raw| (file, raw))
-        })
+        .filter_map(|file| file.raw_value.as_ref().map(|raw| (file, raw)))
         .map(|(file, raw)| {
             base64::engine::general_purpose::STANDARD
                 .decode(raw.trim())
-                .map_err(|e| ApiError::invalid(format!("files: raw_value of {} is not base64: {e}", file.guest_path)))?;
-            Ok(FileSpec { guest_path: file.guest_path.clone(), content_base64: raw.trim().to_string(), mode: file.mode })
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "files: raw_value of {} is not base64: {e}",
+                        file.guest_path
+                    ))
+                })?;
+            Ok(FileSpec {
+                guest_path: file.guest_path.clone(),
+                content_base64: raw.trim().to_string(),
+                mode: file.mode,
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let non_empty = |v: &Option<Vec<String>>| v.clone().filter(|v| !v.is_empty());

@@ -35,7 +35,9 @@ pub struct MachineDirs {
 
 impl MachineDirs {
     pub fn new(machines_dir: &Path, id: &str) -> Self {
-        MachineDirs { root: machines_dir.join(id) }
+        MachineDirs {
+            root: machines_dir.join(id),
+        }
     }
     /// Shared with init at /.midge/run: run.json, init.sock, exit.json, logs.
     pub fn run_dir(&self) -> PathBuf {
@@ -99,7 +101,11 @@ pub struct ExitStatus {
 
 impl SandboxDriver {
     pub fn new(runc_root: PathBuf, init_binary: PathBuf, cgroup_parent: String) -> Self {
-        SandboxDriver { runc_root, init_binary, cgroup_parent }
+        SandboxDriver {
+            runc_root,
+            init_binary,
+            cgroup_parent,
+        }
     }
 
     fn cgroup_path(&self, container_id: &str) -> String {
@@ -118,7 +124,8 @@ impl SandboxDriver {
     pub async fn start(&self, request: StartRequest<'_>) -> Result<Started, DriverError> {
         let dirs = request.dirs;
         let run_dir = dirs.run_dir();
-        std::fs::create_dir_all(run_dir.join(midge_init::spec::LOG_DIR)).map_err(|e| io_err("create run dir", e))?;
+        std::fs::create_dir_all(run_dir.join(midge_init::spec::LOG_DIR))
+            .map_err(|e| io_err("create run dir", e))?;
         let _ = std::fs::remove_file(dirs.exit_file());
         let _ = std::fs::remove_file(dirs.socket());
         std::fs::write(
@@ -129,7 +136,8 @@ impl SandboxDriver {
         let hosts = run_dir.join("hosts");
         let resolv = run_dir.join("resolv.conf");
         std::fs::write(&hosts, &request.etc_hosts).map_err(|e| io_err("write hosts", e))?;
-        std::fs::write(&resolv, &request.resolv_conf).map_err(|e| io_err("write resolv.conf", e))?;
+        std::fs::write(&resolv, &request.resolv_conf)
+            .map_err(|e| io_err("write resolv.conf", e))?;
 
         mount_fresh_rootfs(dirs, request.layers)?;
 
@@ -144,8 +152,11 @@ impl SandboxDriver {
             memory_mb: request.memory_mb,
             etc_files: &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
         });
-        std::fs::write(dirs.bundle().join("config.json"), serde_json::to_vec(&config).expect("json"))
-            .map_err(|e| io_err("write config.json", e))?;
+        std::fs::write(
+            dirs.bundle().join("config.json"),
+            serde_json::to_vec(&config).expect("json"),
+        )
+        .map_err(|e| io_err("write config.json", e))?;
 
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io_err("create ready pipe", e))?;
@@ -191,7 +202,10 @@ impl SandboxDriver {
         let status = child.wait().await.map_err(|e| io_err("wait for runc", e))?;
         if !status.success() {
             let stderr = tail_of(&dirs.log_dir().join("console.log"), 2048);
-            return Err(DriverError::Runc { action: "run".into(), stderr });
+            return Err(DriverError::Runc {
+                action: "run".into(),
+                stderr,
+            });
         }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .map_err(|e| io_err("read init pid file", e))?
@@ -216,7 +230,13 @@ impl SandboxDriver {
 
     /// Host pid of a container's init if runc knows the container and it runs.
     pub async fn running_pid(&self, container_id: &str) -> Option<i32> {
-        let output = self.runc().arg("state").arg(container_id).output().await.ok()?;
+        let output = self
+            .runc()
+            .arg("state")
+            .arg(container_id)
+            .output()
+            .await
+            .ok()?;
         if !output.status.success() {
             return None;
         }
@@ -229,12 +249,17 @@ impl SandboxDriver {
 
     /// Whether the kernel OOM-killed a process of this container.
     pub fn oom_killed(&self, container_id: &str) -> bool {
-        let path = format!("/sys/fs/cgroup/memory{}/memory.oom_control", self.cgroup_path(container_id));
+        let path = format!(
+            "/sys/fs/cgroup/memory{}/memory.oom_control",
+            self.cgroup_path(container_id)
+        );
         std::fs::read_to_string(path)
             .ok()
             .and_then(|text| {
-                text.lines()
-                    .find_map(|line| line.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+                text.lines().find_map(|line| {
+                    line.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
             })
             .is_some_and(|kills| kills > 0)
     }
@@ -242,12 +267,21 @@ impl SandboxDriver {
     /// Reads how the program ended (after the container exited).
     pub fn exit_status(&self, container_id: &str, dirs: &MachineDirs) -> ExitStatus {
         let oom_killed = self.oom_killed(container_id);
-        match std::fs::read(dirs.exit_file()).ok().and_then(|bytes| {
-            serde_json::from_slice::<midge_init::ExitReport>(&bytes).ok()
-        }) {
-            Some(report) => ExitStatus { exit_code: report.exit_code, signal: report.signal, oom_killed },
+        match std::fs::read(dirs.exit_file())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<midge_init::ExitReport>(&bytes).ok())
+        {
+            Some(report) => ExitStatus {
+                exit_code: report.exit_code,
+                signal: report.signal,
+                oom_killed,
+            },
             // No report: init itself was killed, which only SIGKILL does.
-            None => ExitStatus { exit_code: 137, signal: 9, oom_killed },
+            None => ExitStatus {
+                exit_code: 137,
+                signal: 9,
+                oom_killed,
+            },
         }
     }
 
@@ -265,7 +299,10 @@ impl SandboxDriver {
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             if !stderr.contains("does not exist") && !stderr.contains("not exist") {
-                return Err(DriverError::Runc { action: "delete".into(), stderr: stderr.trim().into() });
+                return Err(DriverError::Runc {
+                    action: "delete".into(),
+                    stderr: stderr.trim().into(),
+                });
             }
         }
         unmount_rootfs(dirs)?;
@@ -290,7 +327,9 @@ async fn read_start_event(ready_read: OwnedFd) -> Result<StartEvent, DriverError
         .map_err(|_| DriverError::ProgramFailed("init did not report within 30s".into()))?
         .map_err(|e| io_err("read ready pipe", e))?;
     if read == 0 {
-        return Err(DriverError::ProgramFailed("init exited before starting the program".into()));
+        return Err(DriverError::ProgramFailed(
+            "init exited before starting the program".into(),
+        ));
     }
     serde_json::from_str(line.trim()).map_err(|e| io_err(format!("bad start event {line:?}"), e))
 }
@@ -305,7 +344,11 @@ fn mount_fresh_rootfs(dirs: &MachineDirs, layers: &[PathBuf]) -> Result<(), Driv
     std::fs::create_dir_all(&upper).map_err(|e| io_err("create upper dir", e))?;
     std::fs::create_dir_all(&work).map_err(|e| io_err("create work dir", e))?;
     // overlayfs lists the topmost lower dir first.
-    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let lowerdir = if lower.is_empty() {
         let empty = dirs.root.join("empty");
         std::fs::create_dir_all(&empty).map_err(|e| io_err("create empty layer", e))?;
@@ -313,9 +356,19 @@ fn mount_fresh_rootfs(dirs: &MachineDirs, layers: &[PathBuf]) -> Result<(), Driv
     } else {
         lower.join(":")
     };
-    let options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
-    nix::mount::mount(Some("overlay"), &rootfs, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
-        .map_err(|e| io_err(format!("mount overlay rootfs at {}", rootfs.display()), e))
+    let options = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| io_err(format!("mount overlay rootfs at {}", rootfs.display()), e))
 }
 
 fn unmount_rootfs(dirs: &MachineDirs) -> Result<(), DriverError> {
@@ -333,7 +386,9 @@ fn unmount_rootfs(dirs: &MachineDirs) -> Result<(), DriverError> {
 /// start gets a new one, so it never waits for this.
 fn discard_scratch(dirs: &MachineDirs) {
     let scratch = dirs.scratch();
-    let Ok(entries) = std::fs::read_dir(&scratch) else { return };
+    let Ok(entries) = std::fs::read_dir(&scratch) else {
+        return;
+    };
     let old: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     if old.is_empty() {
         return;
@@ -351,13 +406,19 @@ pub async fn wait_for_exit(pid: i32) -> std::io::Result<()> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let err = std::io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) };
+        return if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(err)
+        };
     }
     // SAFETY: fd was just returned by pidfd_open and is owned by no one else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: the AsyncFd owns the pidfd, so it stays open while registered.
-    let async_fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let async_fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     let _guard = async_fd.readable().await?;
     Ok(())
 }

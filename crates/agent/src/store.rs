@@ -17,7 +17,10 @@ pub enum StoreError {
     #[error("agent store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("agent store: corrupt record {id}: {source}")]
-    Corrupt { id: String, source: serde_json::Error },
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
 }
 
 impl AgentStore {
@@ -32,14 +35,18 @@ impl AgentStore {
                 record TEXT NOT NULL
             );",
         )?;
-        Ok(AgentStore { conn: Mutex::new(conn) })
+        Ok(AgentStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn save(&self, record: &MachineRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).expect("records serialize");
         let conn = self.conn.lock().expect("store lock");
-        conn.prepare_cached("INSERT OR REPLACE INTO machines (id, app, record) VALUES (?1, ?2, ?3)")?
-            .execute(params![record.id, record.app, json])?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO machines (id, app, record) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![record.id, record.app, json])?;
         Ok(())
     }
 
@@ -52,11 +59,15 @@ impl AgentStore {
     pub fn load_all(&self) -> Result<Vec<MachineRecord>, StoreError> {
         let conn = self.conn.lock().expect("store lock");
         let mut statement = conn.prepare("SELECT id, record FROM machines")?;
-        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
         let mut records = Vec::new();
         for row in rows {
             let (id, json) = row?;
-            records.push(serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?);
+            records.push(
+                serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?,
+            );
         }
         Ok(records)
     }

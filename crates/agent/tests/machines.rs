@@ -14,22 +14,42 @@ use midge_types::{
 use support::TestAgent;
 
 fn sh(script: &str) -> InitConfig {
-    InitConfig { exec: Some(vec!["sh".into(), "-c".into(), script.into()]), ..Default::default() }
+    InitConfig {
+        exec: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
 }
 
 fn no_restart() -> Option<RestartConfig> {
-    Some(RestartConfig { policy: "no".into(), ..Default::default() })
+    Some(RestartConfig {
+        policy: "no".into(),
+        ..Default::default()
+    })
 }
 
 #[tokio::test]
 async fn runs_the_image_command_and_stops_when_it_exits() {
     let t = TestAgent::start().await;
-    let id = t.create(MachineConfig { restart: no_restart(), ..t.config() }).await;
+    let id = t
+        .create(MachineConfig {
+            restart: no_restart(),
+            ..t.config()
+        })
+        .await;
     t.wait(&id, MachineState::Stopped).await;
-    assert!(t.log_text(&id).await.contains("hello from midge"), "image CMD ran");
+    assert!(
+        t.log_text(&id).await.contains("hello from midge"),
+        "image CMD ran"
+    );
     assert_eq!(t.exit_event(&id)["exit_code"], 0);
 
-    let failing = t.create(MachineConfig { init: sh("echo bye; exit 3"), restart: no_restart(), ..t.config() }).await;
+    let failing = t
+        .create(MachineConfig {
+            init: sh("echo bye; exit 3"),
+            restart: no_restart(),
+            ..t.config()
+        })
+        .await;
     t.wait(&failing, MachineState::Stopped).await;
     assert_eq!(t.exit_event(&failing)["exit_code"], 3);
     assert!(t.log_text(&failing).await.contains("bye"));
@@ -44,8 +64,12 @@ async fn process_overrides_env_user_and_files() {
         cmd: Some(vec!["echo \"$IMAGE_VAR $MACHINE_VAR $FLY_MACHINE_ID $(id -u) $(pwd)\"; cat /etc/greeting; sleep 600".into()]),
         ..Default::default()
     };
-    config.env.insert("MACHINE_VAR".into(), "from-config".into());
-    config.extra.insert("note".into(), serde_json::json!("kept"));
+    config
+        .env
+        .insert("MACHINE_VAR".into(), "from-config".into());
+    config
+        .extra
+        .insert("note".into(), serde_json::json!("kept"));
     config.files = vec![MachineFile {
         guest_path: "/etc/greeting".into(),
         raw_value: Some(base64::engine::general_purpose::STANDARD.encode("hi file\n")),
@@ -61,20 +85,36 @@ async fn process_overrides_env_user_and_files() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(log.contains(&format!("from-image from-config {id} 0 /")), "log: {log}");
+    assert!(
+        log.contains(&format!("from-image from-config {id} 0 /")),
+        "log: {log}"
+    );
     assert!(log.contains("hi file"), "log: {log}");
 
     // exec runs as the image user by default; the user override applies to the process.
-    let out = t.exec(&id, &["sh", "-c", "cat /etc/greeting; echo err >&2; exit 4"]).await;
-    assert_eq!((out.exit_code, out.stdout.as_str(), out.stderr.as_str()), (4, "hi file\n", "err\n"));
+    let out = t
+        .exec(
+            &id,
+            &["sh", "-c", "cat /etc/greeting; echo err >&2; exit 4"],
+        )
+        .await;
+    assert_eq!(
+        (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
+        (4, "hi file\n", "err\n")
+    );
 
     let machine = t.agent.get_machine("testapp", &id, None).unwrap();
     assert_eq!(machine.config.unwrap().extra["note"], "kept");
 
     let mut user_config = t.config();
     user_config.init = sh("id -u; id -g; sleep 600");
-    user_config.extra.insert("unused".into(), serde_json::json!(1));
-    let stop = StopRequest { signal: Some(Signal::KILL), timeout: None };
+    user_config
+        .extra
+        .insert("unused".into(), serde_json::json!(1));
+    let stop = StopRequest {
+        signal: Some(Signal::KILL),
+        timeout: None,
+    };
     t.agent.stop("testapp", &id, stop, None).await.unwrap();
     t.agent.destroy("testapp", &id, false, None).await.unwrap();
 }
@@ -82,42 +122,97 @@ async fn process_overrides_env_user_and_files() {
 #[tokio::test]
 async fn rootfs_is_fresh_on_every_start() {
     let t = TestAgent::start().await;
-    let id = t.create(MachineConfig { init: sh("sleep 600"), ..t.config() }).await;
+    let id = t
+        .create(MachineConfig {
+            init: sh("sleep 600"),
+            ..t.config()
+        })
+        .await;
     t.wait(&id, MachineState::Started).await;
-    let out = t.exec(&id, &["sh", "-c", "echo scribble > /tmp/mark && cat /tmp/mark"]).await;
+    let out = t
+        .exec(
+            &id,
+            &["sh", "-c", "echo scribble > /tmp/mark && cat /tmp/mark"],
+        )
+        .await;
     assert_eq!(out.stdout, "scribble\n");
-    t.agent.stop("testapp", &id, StopRequest { signal: Some(Signal::KILL), timeout: None }, None).await.unwrap();
+    t.agent
+        .stop(
+            "testapp",
+            &id,
+            StopRequest {
+                signal: Some(Signal::KILL),
+                timeout: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
     t.agent.start("testapp", &id, None).await.unwrap();
-    let out = t.exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"]).await;
+    let out = t
+        .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
+        .await;
     assert_eq!(out.stdout.trim(), "gone");
     t.agent.destroy("testapp", &id, true, None).await.unwrap();
-    assert_eq!(t.agent.get_machine("testapp", &id, None).unwrap().state, MachineState::Destroyed);
+    assert_eq!(
+        t.agent.get_machine("testapp", &id, None).unwrap().state,
+        MachineState::Destroyed
+    );
 }
 
 #[tokio::test]
 async fn stop_uses_the_signal_then_escalates_to_kill() {
     let t = TestAgent::start().await;
-    let polite = t.create(MachineConfig { init: InitConfig { exec: Some(vec!["sleep".into(), "600".into()]), ..Default::default() }, ..t.config() }).await;
+    let polite = t
+        .create(MachineConfig {
+            init: InitConfig {
+                exec: Some(vec!["sleep".into(), "600".into()]),
+                ..Default::default()
+            },
+            ..t.config()
+        })
+        .await;
     let stubborn = t
         .create(MachineConfig {
             init: sh("trap '' INT TERM; while true; do sleep 1; done"),
-            stop_config: Some(StopConfig { signal: Some(Signal::TERM), timeout: Some(midge_types::GoDuration::from_secs(1)) }),
+            stop_config: Some(StopConfig {
+                signal: Some(Signal::TERM),
+                timeout: Some(midge_types::GoDuration::from_secs(1)),
+            }),
             ..t.config()
         })
         .await;
     t.wait(&polite, MachineState::Started).await;
     t.wait(&stubborn, MachineState::Started).await;
 
-    t.agent.stop("testapp", &polite, StopRequest::default(), None).await.unwrap();
+    t.agent
+        .stop("testapp", &polite, StopRequest::default(), None)
+        .await
+        .unwrap();
     let exit = t.exit_event(&polite);
-    assert_eq!(exit["signal"], 2, "SIGINT is the default stop signal: {exit}");
+    assert_eq!(
+        exit["signal"], 2,
+        "SIGINT is the default stop signal: {exit}"
+    );
     assert_eq!(exit["requested_stop"], true);
 
     let started = std::time::Instant::now();
-    t.agent.stop("testapp", &stubborn, StopRequest::default(), None).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(1), "waited for the timeout");
+    t.agent
+        .stop("testapp", &stubborn, StopRequest::default(), None)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for the timeout"
+    );
     assert_eq!(t.exit_event(&stubborn)["signal"], 9, "escalated to SIGKILL");
-    assert_eq!(t.agent.get_machine("testapp", &stubborn, None).unwrap().state, MachineState::Stopped);
+    assert_eq!(
+        t.agent
+            .get_machine("testapp", &stubborn, None)
+            .unwrap()
+            .state,
+        MachineState::Stopped
+    );
 }
 
 #[tokio::test]
@@ -126,26 +221,55 @@ async fn restart_policies() {
     let always = t
         .create(MachineConfig {
             init: sh("sleep 0.2"),
-            restart: Some(RestartConfig { policy: "always".into(), ..Default::default() }),
+            restart: Some(RestartConfig {
+                policy: "always".into(),
+                ..Default::default()
+            }),
             ..t.config()
         })
         .await;
     let on_failure = t
         .create(MachineConfig {
             init: sh("exit 1"),
-            restart: Some(RestartConfig { policy: "on-failure".into(), max_retries: Some(2), ..Default::default() }),
+            restart: Some(RestartConfig {
+                policy: "on-failure".into(),
+                max_retries: Some(2),
+                ..Default::default()
+            }),
             ..t.config()
         })
         .await;
-    let never = t.create(MachineConfig { init: sh("exit 1"), restart: no_restart(), ..t.config() }).await;
+    let never = t
+        .create(MachineConfig {
+            init: sh("exit 1"),
+            restart: no_restart(),
+            ..t.config()
+        })
+        .await;
 
     t.wait(&never, MachineState::Stopped).await;
-    assert!(t.agent.events("testapp", &never, 50).unwrap().iter().all(|e| e.kind != "restart"));
+    assert!(
+        t.agent
+            .events("testapp", &never, 50)
+            .unwrap()
+            .iter()
+            .all(|e| e.kind != "restart")
+    );
 
     // on-failure: the first run and two retries, then it stays stopped.
     for _ in 0..100 {
-        let restarts = t.agent.events("testapp", &on_failure, 50).unwrap().iter().filter(|e| e.kind == "restart").count();
-        let state = t.agent.get_machine("testapp", &on_failure, None).unwrap().state;
+        let restarts = t
+            .agent
+            .events("testapp", &on_failure, 50)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "restart")
+            .count();
+        let state = t
+            .agent
+            .get_machine("testapp", &on_failure, None)
+            .unwrap()
+            .state;
         if restarts == 2 && state == MachineState::Stopped {
             break;
         }
@@ -157,13 +281,31 @@ async fn restart_policies() {
 
     // always: restarts even after a clean exit.
     for _ in 0..100 {
-        if t.agent.events("testapp", &always, 50).unwrap().iter().filter(|e| e.kind == "restart").count() >= 2 {
+        if t.agent
+            .events("testapp", &always, 50)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "restart")
+            .count()
+            >= 2
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(t.agent.events("testapp", &always, 50).unwrap().iter().filter(|e| e.kind == "restart").count() >= 2);
-    t.agent.destroy("testapp", &always, true, None).await.unwrap();
+    assert!(
+        t.agent
+            .events("testapp", &always, 50)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "restart")
+            .count()
+            >= 2
+    );
+    t.agent
+        .destroy("testapp", &always, true, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -172,7 +314,10 @@ async fn oom_kill_is_reported() {
     let id = t
         .create(MachineConfig {
             init: sh("dd if=/dev/zero of=/dev/null bs=300M count=1"),
-            guest: Some(Guest { memory_mb: 128, ..Default::default() }),
+            guest: Some(Guest {
+                memory_mb: 128,
+                ..Default::default()
+            }),
             restart: no_restart(),
             ..t.config()
         })
@@ -186,14 +331,33 @@ async fn oom_kill_is_reported() {
 #[tokio::test]
 async fn exec_with_a_pty() {
     let t = TestAgent::start().await;
-    let id = t.create(MachineConfig { init: sh("sleep 600"), ..t.config() }).await;
+    let id = t
+        .create(MachineConfig {
+            init: sh("sleep 600"),
+            ..t.config()
+        })
+        .await;
     t.wait(&id, MachineState::Started).await;
-    let argv = vec!["sh".to_string(), "-c".to_string(), "tty; read line; echo got:$line; exit 5".to_string()];
-    let mut session = t.agent.exec_pty("testapp", &id, argv, 80, 24).await.unwrap();
-    session.input.send(PtyInput::Data(b"hello\n".to_vec())).await.unwrap();
+    let argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "tty; read line; echo got:$line; exit 5".to_string(),
+    ];
+    let mut session = t
+        .agent
+        .exec_pty("testapp", &id, argv, 80, 24)
+        .await
+        .unwrap();
+    session
+        .input
+        .send(PtyInput::Data(b"hello\n".to_vec()))
+        .await
+        .unwrap();
     let mut output = Vec::new();
     let mut exit = None;
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), session.output.recv()).await {
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(10), session.output.recv()).await
+    {
         match message {
             PtyOutput::Data(bytes) => output.extend(bytes),
             PtyOutput::Exit { exit_code, .. } => {
@@ -213,7 +377,9 @@ async fn http_server_reachable_and_egress_to_host() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = TestAgent::start().await;
     let mut config = t.config();
-    config.init = sh("mkdir -p /www && echo served-by-machine > /www/index.html && exec httpd -f -p 8080 -h /www");
+    config.init = sh(
+        "mkdir -p /www && echo served-by-machine > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
     let id = t.create(config).await;
     t.wait(&id, MachineState::Started).await;
     let machine = t.agent.get_machine("testapp", &id, None).unwrap();
@@ -222,7 +388,10 @@ async fn http_server_reachable_and_egress_to_host() {
     let mut body = String::new();
     for _ in 0..50 {
         if let Ok(mut stream) = tokio::net::TcpStream::connect((ip, 8080)).await {
-            stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
+            stream
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
             stream.read_to_string(&mut body).await.unwrap();
             break;
         }
@@ -238,9 +407,17 @@ async fn http_server_reachable_and_egress_to_host() {
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-host\n").await.unwrap();
+        stream
+            .write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-host\n")
+            .await
+            .unwrap();
     });
-    let out = t.exec(&id, &["wget", "-q", "-O-", &format!("http://[{gateway}]:{port}/")]).await;
+    let out = t
+        .exec(
+            &id,
+            &["wget", "-q", "-O-", &format!("http://[{gateway}]:{port}/")],
+        )
+        .await;
     assert_eq!(out.stdout.trim(), "from-host", "stderr: {}", out.stderr);
     server.await.unwrap();
 }
@@ -248,20 +425,41 @@ async fn http_server_reachable_and_egress_to_host() {
 #[tokio::test]
 async fn agent_restart_readopts_running_machines() {
     let mut t = TestAgent::start().await;
-    let id = t.create(MachineConfig { init: sh("sleep 600"), ..t.config() }).await;
+    let id = t
+        .create(MachineConfig {
+            init: sh("sleep 600"),
+            ..t.config()
+        })
+        .await;
     t.wait(&id, MachineState::Started).await;
-    let before = t.exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"]).await.stdout;
+    let before = t
+        .exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"])
+        .await
+        .stdout;
     t.agent.shutdown().await;
     t.reopen().await;
     let machine = t.agent.get_machine("testapp", &id, None).unwrap();
     assert_eq!(machine.state, MachineState::Started);
-    let after = t.exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"]).await.stdout;
+    let after = t
+        .exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"])
+        .await
+        .stdout;
     assert_eq!(before, after, "the same init process is still running");
     // The readopted machine is still watched: stopping it works.
-    t.agent.stop("testapp", &id, StopRequest::default(), None).await.unwrap();
+    t.agent
+        .stop("testapp", &id, StopRequest::default(), None)
+        .await
+        .unwrap();
     let state = t
         .agent
-        .wait("testapp", &id, &[WaitTarget::Settled], None, None, Duration::from_secs(10))
+        .wait(
+            "testapp",
+            &id,
+            &[WaitTarget::Settled],
+            None,
+            None,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap()
         .state;

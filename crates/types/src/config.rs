@@ -17,9 +17,17 @@ pub type Extra = Map<String, Value>;
 pub struct MachineConfig {
     #[serde(default)]
     pub image: String,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "InitConfig::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "InitConfig::is_empty"
+    )]
     pub init: InitConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<Guest>,
@@ -27,13 +35,29 @@ pub struct MachineConfig {
     pub restart: Option<RestartConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_config: Option<StopConfig>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub files: Vec<MachineFile>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub services: Vec<MachineService>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub metadata: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub mounts: Vec<MachineMount>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_destroy: bool,
@@ -106,7 +130,11 @@ impl Guest {
             return None;
         };
         let cpus: u32 = count.strip_suffix('x')?.parse().ok()?;
-        let allowed: &[u32] = if kind == "shared" { &[1, 2, 4, 6, 8] } else { &[1, 2, 4, 6, 8, 10, 12, 14, 16] };
+        let allowed: &[u32] = if kind == "shared" {
+            &[1, 2, 4, 6, 8]
+        } else {
+            &[1, 2, 4, 6, 8, 10, 12, 14, 16]
+        };
         allowed.contains(&cpus).then(|| Guest {
             cpu_kind: kind.into(),
             cpus,
@@ -141,17 +169,24 @@ pub const DEFAULT_MAX_RETRIES: u32 = 10;
 impl MachineConfig {
     pub fn restart_policy(&self) -> RestartPolicy {
         let Some(restart) = &self.restart else {
-            return RestartPolicy::OnFailure { max_retries: DEFAULT_MAX_RETRIES };
+            return RestartPolicy::OnFailure {
+                max_retries: DEFAULT_MAX_RETRIES,
+            };
         };
         match restart.policy.as_str() {
             "no" => RestartPolicy::No,
             "always" => RestartPolicy::Always,
-            _ => RestartPolicy::OnFailure { max_retries: restart.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) },
+            _ => RestartPolicy::OnFailure {
+                max_retries: restart.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            },
         }
     }
 
     pub fn stop_signal(&self) -> Signal {
-        self.stop_config.as_ref().and_then(|s| s.signal).unwrap_or(Signal::INT)
+        self.stop_config
+            .as_ref()
+            .and_then(|s| s.signal)
+            .unwrap_or(Signal::INT)
     }
 
     pub fn stop_timeout(&self) -> std::time::Duration {
@@ -172,7 +207,10 @@ impl MachineConfig {
             return Err("config.image is required".into());
         }
         if let Some(restart) = &self.restart
-            && !matches!(restart.policy.as_str(), "" | "no" | "always" | "on-failure" | "spot-price")
+            && !matches!(
+                restart.policy.as_str(),
+                "" | "no" | "always" | "on-failure" | "spot-price"
+            )
         {
             return Err(format!(
                 "invalid restart policy {:?}: expected no, always or on-failure",
@@ -184,12 +222,18 @@ impl MachineConfig {
                 return Err(format!("invalid guest.cpus {}", guest.cpus));
             }
             if guest.memory_mb < 128 {
-                return Err(format!("invalid guest.memory_mb {}: at least 128 MB", guest.memory_mb));
+                return Err(format!(
+                    "invalid guest.memory_mb {}: at least 128 MB",
+                    guest.memory_mb
+                ));
             }
         }
         for file in &self.files {
             if !file.guest_path.starts_with('/') {
-                return Err(format!("files: guest_path {:?} must be absolute", file.guest_path));
+                return Err(format!(
+                    "files: guest_path {:?} must be absolute",
+                    file.guest_path
+                ));
             }
         }
         if let Some(timeout) = self.stop_config.as_ref().and_then(|s| s.timeout)
@@ -228,7 +272,11 @@ pub struct MachineService {
     pub protocol: String,
     #[serde(default)]
     pub internal_port: u16,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<MachinePort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autostart: Option<bool>,
@@ -251,7 +299,11 @@ pub struct MachinePort {
     pub start_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub handlers: Vec<String>,
     #[serde(flatten)]
     pub extra: Extra,
@@ -302,8 +354,14 @@ mod tests {
         assert_eq!((preset.cpus, preset.memory_mb), (2, 512));
         assert_eq!(Guest::preset("performance-1x").unwrap().memory_mb, 2048);
         assert!(Guest::preset("shared-cpu-3x").is_none());
-        let config = MachineConfig { image: "x".into(), ..Default::default() };
-        assert_eq!(config.restart_policy(), RestartPolicy::OnFailure { max_retries: 10 });
+        let config = MachineConfig {
+            image: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            config.restart_policy(),
+            RestartPolicy::OnFailure { max_retries: 10 }
+        );
         assert!(MachineConfig::default().validate().is_err());
     }
 }

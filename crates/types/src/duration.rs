@@ -76,7 +76,7 @@ impl fmt::Display for GoDuration {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.as_nanos() % 1_000_000 == 0 {
+        } else if d.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())
@@ -126,13 +126,28 @@ mod tests {
 
     #[test]
     fn parses_go_strings_and_nanoseconds() {
-        assert_eq!("10s".parse::<GoDuration>().unwrap().0, Duration::from_secs(10));
-        assert_eq!("1m30s".parse::<GoDuration>().unwrap().0, Duration::from_secs(90));
-        assert_eq!("250ms".parse::<GoDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "10s".parse::<GoDuration>().unwrap().0,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            "1m30s".parse::<GoDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            "250ms".parse::<GoDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
         let d: GoDuration = serde_json::from_str("5000000000").unwrap();
         assert_eq!(d.0, Duration::from_secs(5));
         assert!("10".parse::<GoDuration>().is_err());
-        assert_eq!(GoDuration::parse_lenient("60").unwrap().0, Duration::from_secs(60));
-        assert_eq!(serde_json::to_string(&GoDuration::from_secs(7)).unwrap(), "\"7s\"");
+        assert_eq!(
+            GoDuration::parse_lenient("60").unwrap().0,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            serde_json::to_string(&GoDuration::from_secs(7)).unwrap(),
+            "\"7s\""
+        );
     }
 }

@@ -65,7 +65,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), status: None }
+        Self {
+            code,
+            message: message.into(),
+            status: None,
+        }
     }
 
     pub fn with_status(mut self, status: &'static str) -> Self {
@@ -94,7 +98,11 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: self.to_string(), status: self.status.map(str::to_string), details: None }
+        ErrorBody {
+            error: self.to_string(),
+            status: self.status.map(str::to_string),
+            details: None,
+        }
     }
 }
 

@@ -41,7 +41,10 @@ impl Signal {
     }
 
     pub fn name(self) -> Option<&'static str> {
-        NAMES.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
+        NAMES
+            .iter()
+            .find(|(_, n)| *n == self.0)
+            .map(|(name, _)| *name)
     }
 }
 
@@ -58,7 +61,11 @@ impl std::str::FromStr for Signal {
             };
         }
         let upper = text.to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         NAMES
             .iter()
             .find(|(name, _)| *name == full)

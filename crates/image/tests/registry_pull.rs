@@ -1,0 +1,340 @@
+//! Pulls from a real registry (Debian's docker-registry) on loopback.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+
+use midge_image::{ImageConfig, ImageError, ImageStore, PullOptions, PullProgress};
+use midge_testkit::{TestRegistry, busybox_rootfs, shared_image_config, shared_test_image};
+
+fn insecure(registry: &TestRegistry) -> PullOptions {
+    PullOptions {
+        insecure_registries: vec![registry.addr.clone()],
+        credentials: Vec::new(),
+    }
+}
+
+/// Collects progress events of one pull.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<PullProgress>>);
+
+impl Recorder {
+    fn record(&self, event: PullProgress) {
+        self.0.lock().unwrap().push(event);
+    }
+
+    fn events(&self) -> Vec<PullProgress> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn started(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|event| matches!(event, PullProgress::LayerStarted { .. }))
+            .count()
+    }
+
+    fn cached(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|event| matches!(event, PullProgress::LayerCached { .. }))
+            .count()
+    }
+}
+
+fn layer_digests(store: &ImageStore) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.root().join("layers"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn pull_unpacks_layers_keeps_config_and_caches() {
+    let registry = TestRegistry::start().await.unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    busybox_rootfs(rootfs.path()).unwrap();
+    let config = ImageConfig {
+        user: "app".into(),
+        exposed_ports: vec!["8080/tcp".into()],
+        ..shared_image_config()
+    };
+    let reference = registry
+        .push_rootfs("test/busybox:latest", rootfs.path(), config.clone())
+        .await
+        .unwrap();
+    assert_eq!(reference, format!("{}/test/busybox:latest", registry.addr));
+
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let first = Recorder::default();
+    let image = store
+        .pull(&reference, &insecure(&registry), &|event| {
+            first.record(event)
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(image.reference, reference);
+    assert_eq!(image.image_ref.registry, registry.addr);
+    assert_eq!(image.image_ref.repository, "test/busybox");
+    assert_eq!(image.image_ref.tag, "latest");
+    assert_eq!(image.config, config);
+    assert_eq!(image.layers.len(), 1);
+    let layer = &image.layers[0];
+    let busybox = fs::metadata(layer.join("bin/busybox")).unwrap();
+    assert!(busybox.len() > 100_000);
+    assert_eq!(busybox.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        fs::read_link(layer.join("bin/sh")).unwrap().to_str(),
+        Some("busybox")
+    );
+    assert_eq!(
+        fs::metadata(layer.join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    assert!(
+        fs::read_to_string(layer.join("etc/passwd"))
+            .unwrap()
+            .contains("app:x:1000")
+    );
+
+    let events = first.events();
+    let Some(PullProgress::Resolved {
+        digest,
+        layers,
+        total_bytes,
+    }) = events.first().cloned()
+    else {
+        panic!("first event is not Resolved: {events:?}");
+    };
+    assert_eq!(digest, image.image_ref.digest);
+    assert_eq!(layers, 1);
+    assert_eq!(total_bytes, image.size_bytes);
+    assert_eq!(first.started(), 1);
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, PullProgress::LayerDone { .. }))
+    );
+    assert_eq!(events.last(), Some(&PullProgress::Done));
+    let layer_digest = format!("sha256:{}", layer.file_name().unwrap().to_str().unwrap());
+    assert_eq!(
+        registry.blob_fetches(&layer_digest),
+        1,
+        "{}",
+        registry.log()
+    );
+
+    // Pulling again checks the manifest but fetches no layer.
+    let second = Recorder::default();
+    let again = store
+        .pull(&reference, &insecure(&registry), &|event| {
+            second.record(event)
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, image);
+    assert_eq!((second.started(), second.cached()), (0, 1));
+    assert_eq!(registry.blob_fetches(&layer_digest), 1);
+
+    // ensure() and a fresh store on the same root answer locally.
+    let reopened = ImageStore::open(root.path()).unwrap();
+    let ensured = reopened
+        .ensure(&reference, &PullOptions::default(), &|_| {
+            panic!("ensure pulled again")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ensured, image);
+}
+
+#[tokio::test]
+async fn concurrent_pulls_share_one_download() {
+    let registry = TestRegistry::start().await.unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    // Incompressible data so the download takes long enough for the pulls to overlap.
+    let noise: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(rootfs.path().join("noise"), &noise).unwrap();
+    let reference = registry
+        .push_rootfs("test/big:1", rootfs.path(), ImageConfig::default())
+        .await
+        .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let (one, two) = (Recorder::default(), Recorder::default());
+    let opts = insecure(&registry);
+    let record_one = |event| one.record(event);
+    let record_two = |event| two.record(event);
+    let (first, second) = tokio::join!(
+        store.pull(&reference, &opts, &record_one),
+        store.pull(&reference, &opts, &record_two),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second);
+    assert_eq!(
+        one.started() + two.started(),
+        1,
+        "both pulls downloaded the layer"
+    );
+    assert_eq!(one.cached() + two.cached(), 1);
+    let layer = &first.layers[0];
+    assert_eq!(fs::read(layer.join("noise")).unwrap().len(), noise.len());
+    let layer_digest = format!("sha256:{}", layer.file_name().unwrap().to_str().unwrap());
+    assert_eq!(
+        registry.blob_fetches(&layer_digest),
+        1,
+        "{}",
+        registry.log()
+    );
+}
+
+#[tokio::test]
+async fn malicious_layer_fails_the_pull_and_leaves_no_layer() {
+    let registry = TestRegistry::start().await.unwrap();
+    let good = {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(2);
+        builder
+            .append_data(&mut header, "ok.txt", &b"ok"[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    };
+    let evil = {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_size(0);
+        builder.append_link(&mut link, "evil", "/").unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_mode(0o644);
+        file.set_size(5);
+        builder
+            .append_data(&mut file, "evil/tmp/midge-evil-write", &b"pwned"[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    };
+    let reference = registry
+        .push_layers("test/evil:1", vec![good, evil], ImageConfig::default())
+        .await
+        .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let err = store
+        .pull(&reference, &insecure(&registry), &|_| {})
+        .await
+        .unwrap_err();
+    let ImageError::UnsafeLayer { layer, path, .. } = &err else {
+        panic!("expected an unsafe layer error, got {err}");
+    };
+    assert_eq!(path, "evil/tmp/midge-evil-write");
+    assert!(err.to_string().contains(layer.as_str()));
+    assert!(!std::path::Path::new("/tmp/midge-evil-write").exists());
+    // Only the harmless layer remains; no trace of the rejected one, finished or not.
+    let remaining = layer_digests(&store);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert_ne!(format!("sha256:{}", remaining[0]), *layer);
+    assert!(store.get(&reference).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn unknown_image_and_https_only_errors() {
+    let registry = TestRegistry::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let missing = format!("{}/no/such:image", registry.addr);
+    let err = store
+        .pull(&missing, &insecure(&registry), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
+
+    // Without being listed as insecure the registry is spoken to over https, which fails.
+    let err = store
+        .pull(&missing, &PullOptions::default(), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(err, ImageError::NotFound { .. }),
+        "plain http was used: {err}"
+    );
+}
+
+#[tokio::test]
+async fn shared_test_image_is_pullable() {
+    let (addr, reference) = shared_test_image().await.unwrap();
+    let (again_addr, again_reference) = shared_test_image().await.unwrap();
+    assert_eq!((&addr, &reference), (&again_addr, &again_reference));
+    assert_eq!(reference, format!("{addr}/midge-test/busybox:latest"));
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let opts = PullOptions {
+        insecure_registries: vec![addr],
+        credentials: Vec::new(),
+    };
+    let image = store.pull(&reference, &opts, &|_| {}).await.unwrap();
+    assert_eq!(image.config, shared_image_config());
+    assert!(image.layers[0].join("bin/busybox").is_file());
+}
+
+#[tokio::test]
+async fn basic_auth_registry_needs_the_right_credentials() {
+    use midge_image::{RegistryCredential, RegistrySecret};
+    use midge_testkit::{TEST_REGISTRY_PASSWORD, TEST_REGISTRY_USER};
+
+    let registry = TestRegistry::start_with_basic_auth().await.unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    fs::write(rootfs.path().join("secret.txt"), b"private").unwrap();
+    let reference = registry
+        .push_rootfs("private/app:1", rootfs.path(), ImageConfig::default())
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let with_password = |password: &str| PullOptions {
+        insecure_registries: vec![registry.addr.clone()],
+        credentials: vec![RegistryCredential {
+            registry: registry.addr.clone(),
+            secret: RegistrySecret::Basic {
+                username: TEST_REGISTRY_USER.to_string(),
+                password: password.to_string(),
+            },
+        }],
+    };
+
+    let err = store
+        .pull(&reference, &insecure(&registry), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Auth { .. }), "anonymous: {err}");
+    let err = store
+        .pull(&reference, &with_password("wrong"), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::Auth { .. }),
+        "wrong password: {err}"
+    );
+
+    let image = store
+        .pull(&reference, &with_password(TEST_REGISTRY_PASSWORD), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(image.layers[0].join("secret.txt")).unwrap(),
+        b"private"
+    );
+}

@@ -1,0 +1,275 @@
+//! Host resources of test agents: unique address pools, removal of
+//! everything a prefix names, and the leak check that ends the suite.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Every test resource prefix starts with this, so the leak check can find
+/// leftovers of any test.
+pub const TEST_PREFIX_FAMILY: &str = "mgt";
+
+const POOL_DIR: &str = "/run/midge-test-pools";
+/// 172.20.0.0/14 holds 1024 /24 pools.
+const POOL_COUNT: u32 = 1024;
+
+/// A /24 IPv4 pool reserved for one test agent until dropped.
+pub struct PoolLease {
+    index: u32,
+}
+
+impl PoolLease {
+    pub fn acquire() -> anyhow::Result<PoolLease> {
+        std::fs::create_dir_all(POOL_DIR)?;
+        let start = rand::random::<u32>() % POOL_COUNT;
+        for offset in 0..POOL_COUNT {
+            let index = (start + offset) % POOL_COUNT;
+            let path = Path::new(POOL_DIR).join(index.to_string());
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let holder_alive = text
+                    .trim()
+                    .parse::<i32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if holder_alive {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            if let Ok(mut file) = created {
+                use std::io::Write;
+                write!(file, "{}", std::process::id())?;
+                return Ok(PoolLease { index });
+            }
+        }
+        anyhow::bail!("no free test address pool under {POOL_DIR}")
+    }
+
+    pub fn cidr(&self) -> String {
+        format!("172.{}.{}.0/24", 20 + self.index / 256, self.index % 256)
+    }
+}
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Path::new(POOL_DIR).join(self.index.to_string()));
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn runc_root(prefix: &str) -> String {
+    format!("/run/midge/{prefix}/runc")
+}
+
+fn netns_names() -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn veth_names() -> Vec<String> {
+    run("ip", &["-o", "link", "show", "type", "veth"])
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .map(|name| name.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn nft_tables() -> Vec<(String, String)> {
+    run("nft", &["list", "tables"])
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("table")).then(|| {
+                (
+                    words.next().unwrap_or("").into(),
+                    words.next().unwrap_or("").into(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+fn cgroup_dirs(name_starts: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return found;
+    };
+    for controller in controllers.flatten() {
+        if let Ok(entries) = std::fs::read_dir(controller.path()) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(name_starts)
+                    && entry.path().is_dir()
+                {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Removes every host resource named by `prefix` (containers, mounts under
+/// `data_dir`, namespaces, veths, the nftables table, cgroups).
+pub fn remove_host_resources(prefix: &str, data_dir: &Path) {
+    let root = runc_root(prefix);
+    for id in run("runc", &["--root", &root, "list", "-q"]).lines() {
+        run("runc", &["--root", &root, "delete", "--force", id.trim()]);
+    }
+    let _ = std::fs::remove_dir_all(format!("/run/midge/{prefix}"));
+    let data_dir = data_dir.display().to_string();
+    let mut mounts: Vec<String> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(&data_dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in mounts {
+        let _ = nix_umount(&mount);
+    }
+    for netns in netns_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+    {
+        run("ip", &["netns", "delete", &netns]);
+    }
+    for veth in veth_names().into_iter().filter(|v| v.starts_with(prefix)) {
+        run("ip", &["link", "delete", &veth]);
+    }
+    for (family, table) in nft_tables().into_iter().filter(|(_, t)| t == prefix) {
+        run("nft", &["delete", "table", &family, &table]);
+    }
+    for dir in cgroup_dirs(prefix) {
+        remove_cgroup_tree(&dir);
+    }
+}
+
+fn nix_umount(path: &str) -> std::io::Result<()> {
+    let status = Command::new("umount").arg("-l").arg(path).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount failed"))
+    }
+}
+
+/// Everything on the host that a test prefix names: what a finished test
+/// suite must not leave behind.
+pub fn leftovers() -> Vec<String> {
+    let family = TEST_PREFIX_FAMILY;
+    let mut found = Vec::new();
+    found.extend(
+        netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with(family))
+            .map(|n| format!("network namespace {n}")),
+    );
+    found.extend(
+        veth_names()
+            .into_iter()
+            .filter(|n| n.starts_with(family))
+            .map(|n| format!("veth {n}")),
+    );
+    found.extend(
+        nft_tables()
+            .into_iter()
+            .filter(|(_, t)| t.starts_with(family))
+            .map(|(f, t)| format!("nftables table {f} {t}")),
+    );
+    found.extend(
+        mount_points()
+            .into_iter()
+            .filter(|m| m.contains("/midge-test") || m.contains(&format!("/{family}")))
+            .map(|m| format!("mount {m}")),
+    );
+    if let Ok(entries) = std::fs::read_dir("/run/midge") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(family) {
+                for id in run("runc", &["--root", &runc_root(&name), "list", "-q"]).lines() {
+                    found.push(format!("runc container {id}"));
+                }
+                found.push(format!("runc state dir /run/midge/{name}"));
+            }
+        }
+    }
+    found.extend(
+        cgroup_dirs(family)
+            .into_iter()
+            .map(|d| format!("cgroup {}", d.display())),
+    );
+    found
+}
+
+/// Removes everything any test prefix names (after a crashed test run).
+pub fn remove_all_test_resources() {
+    let mut prefixes: Vec<String> = netns_names()
+        .into_iter()
+        .filter(|n| n.starts_with(TEST_PREFIX_FAMILY))
+        .filter_map(|n| n.split('-').next().map(str::to_string))
+        .collect();
+    prefixes.extend(
+        nft_tables()
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.starts_with(TEST_PREFIX_FAMILY)),
+    );
+    if let Ok(entries) = std::fs::read_dir("/run/midge") {
+        prefixes.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(TEST_PREFIX_FAMILY)),
+        );
+    }
+    prefixes.extend(
+        cgroup_dirs(TEST_PREFIX_FAMILY)
+            .into_iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().to_string())),
+    );
+    prefixes.sort();
+    prefixes.dedup();
+    for prefix in prefixes {
+        remove_host_resources(&prefix, std::path::Path::new("/nonexistent"));
+    }
+    for mount in mount_points()
+        .into_iter()
+        .filter(|m| m.contains("/midge-test"))
+    {
+        let _ = nix_umount(&mount);
+    }
+    for veth in veth_names()
+        .into_iter()
+        .filter(|v| v.starts_with(TEST_PREFIX_FAMILY))
+    {
+        run("ip", &["link", "delete", &veth]);
+    }
+}
