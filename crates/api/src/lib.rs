@@ -1,1 +1,19 @@
 //! The Fly Machines API v1 HTTP server.
+//!
+//! Authenticates callers against the catalog, checks that the app they name
+//! is theirs, validates input, and hands machine operations to the host
+//! agent. Every route is declared once, with its OpenAPI description, so the
+//! served `/v1/openapi.json` always matches what the server does.
+
+mod auth;
+mod error;
+mod extract;
+mod router;
+mod routes;
+mod schema;
+mod state;
+
+pub use error::Error;
+pub use extract::LEASE_NONCE_HEADER;
+pub use router::{REQUEST_ID_HEADER, openapi, router, serve, serve_with_shutdown};
+pub use state::ApiState;

@@ -1,1 +1,167 @@
-fn main() {}
+//! `midge`: the platform daemon (`midge up`), its benchmark, and the
+//! flyctl-style client of the midge API.
+//!
+//! Each subcommand area is a module under `commands/` with its own clap types
+//! and a `run` function that `dispatch` calls. Shared pieces: `client` (HTTP
+//! API client and error reporting), `client_config` (the config file with the
+//! API URL and token), `lease` (leases around state changes), `wait` and
+//! `progress` (waiting for machine states), `interactive` (PTY sessions over
+//! the exec WebSocket), `flag_values` (flyctl flag value parsing), `diff` and
+//! `output` (what gets printed).
+
+mod bench;
+mod client;
+mod client_config;
+mod commands;
+mod diff;
+mod exit;
+mod flag_values;
+mod interactive;
+mod lease;
+mod output;
+mod progress;
+mod server;
+mod shell_image;
+mod wait;
+
+use clap::{Parser, Subcommand};
+
+use commands::ApiOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "midge",
+    version,
+    about = "Fast-launching machines with the Fly Machines API",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiOptions,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
+enum Command {
+    /// Manage apps
+    #[command(subcommand, visible_alias = "app")]
+    Apps(commands::apps::AppsCommand),
+    /// Manage organizations
+    #[command(subcommand, visible_alias = "org")]
+    Orgs(commands::orgs::OrgsCommand),
+    /// Manage API tokens
+    #[command(subcommand, visible_alias = "token")]
+    Tokens(commands::tokens::TokensCommand),
+    /// Manage machines
+    #[command(subcommand, visible_aliases = ["machines", "m"])]
+    Machine(commands::machine::MachineCommand),
+    /// Run the whole platform on this host: API, host agent and storage
+    Up(server::UpArgs),
+    /// Measure how fast machines start on this host
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Stop/start one machine N times and create machines, side by side with bare `runc run`
+    Start {
+        /// How many stop/start cycles (and half as many creates)
+        #[arg(short = 'n', long, default_value_t = 50)]
+        iterations: usize,
+        /// Resource prefix of the benchmark's host resources
+        #[arg(long, default_value = "mbench")]
+        prefix: String,
+        /// Address pool of the benchmark's machines
+        #[arg(long, default_value = "172.18.250.0/24")]
+        ipv4_pool: String,
+    },
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Apps(command) => commands::apps::run(command, &cli.api).await,
+        Command::Orgs(command) => commands::orgs::run(command, &cli.api).await,
+        Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
+        Command::Machine(command) => commands::machine::run(command, &cli.api).await,
+        Command::Up(args) => server::up(args).await,
+        Command::Bench(BenchCommand::Start {
+            iterations,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench::run(bench::BenchOptions {
+                iterations,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+    }
+}
+
+fn main() {
+    client::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("Error: starting the async runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(()) => 0,
+        Err(err) => match err.downcast_ref::<exit::ExitStatus>() {
+            Some(status) => status.0,
+            None => {
+                eprintln!("Error: {err:#}");
+                1
+            }
+        },
+    };
+    // Exit without waiting on a stdin reader that may still be blocked.
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn aliases_and_global_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "midge",
+            "-t",
+            "tok",
+            "m",
+            "ls",
+            "-a",
+            "demo",
+            "--api-url",
+            "http://x:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.api.access_token_short.as_deref(), Some("tok"));
+        assert_eq!(cli.api.api_url.as_deref(), Some("http://x:1"));
+        assert!(Cli::try_parse_from(["midge", "machines", "exec", "-t", "m1"]).is_ok());
+        assert!(Cli::try_parse_from(["midge", "machine", "rm", "-f", "m1", "m2"]).is_ok());
+        assert!(Cli::try_parse_from(["midge", "apps", "destroy", "x", "-y"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["midge", "m", "stop", "m1", "-w", "30s", "-s", "SIGTERM"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["midge", "m", "stop", "m1", "-w", "forever"]).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Every error leaves the server as Fly's JSON envelope
+//! `{"error": "<code>: <message>", "status"?: …}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use midge_store::StoreError;
+use midge_types::{ApiError, ErrorCode};
+
+/// A handler error: an [`ApiError`] that knows how to be an HTTP response.
+#[derive(Debug)]
+pub struct Error(pub ApiError);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error(ApiError::invalid(message))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error(ApiError::not_found(message))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error(ApiError::new(ErrorCode::PermissionDenied, message))
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Error(ApiError::new(ErrorCode::Unauthenticated, message))
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(error: ApiError) -> Self {
+        Error(error)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        let api_error = match &error {
+            StoreError::NameTaken(_) => {
+                ApiError::new(ErrorCode::Unprocessable, error.to_string()).with_status("name_taken")
+            }
+            StoreError::OrgExists(_) => ApiError::new(ErrorCode::Unprocessable, error.to_string()),
+            StoreError::OrgNotFound(_) => ApiError::not_found(error.to_string()),
+            StoreError::Invalid(_) => ApiError::invalid(error.to_string()),
+            StoreError::Open { .. } | StoreError::Sqlite { .. } => {
+                tracing::error!(%error, "catalog failure");
+                ApiError::internal(error.to_string())
+            }
+        };
+        Error(api_error)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_error(status, &self.0.body())
+    }
+}
+
+/// An error response for statuses the error codes do not cover (405, 413).
+pub fn plain_status_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = midge_types::error::ErrorBody {
+        error: format!("{code}: {message}"),
+        status: None,
+        details: None,
+    };
+    json_error(status, &body)
+}
+
+fn json_error(status: StatusCode, body: &midge_types::error::ErrorBody) -> Response {
+    let bytes = serde_json::to_vec(body)
+        .unwrap_or_else(|_| br#"{"error":"internal: error body"}"#.to_vec());
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

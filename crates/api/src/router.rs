@@ -1,0 +1,173 @@
+//! The route table, the OpenAPI document built from it, and the layers every
+//! response passes through.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::ApiState;
+use crate::error::{Error, plain_status_error};
+use crate::routes::{apps, exec, leases, lifecycle, logs, machines, metadata, orgs, platform};
+
+pub const REQUEST_ID_HEADER: &str = "fly-request-id";
+
+/// Machine configs carry `files` inline (base64), and exec carries stdin.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "midge Machines API",
+        description = "The Fly Machines API v1 as midge serves it. Errors are `{\"error\": \"<code>: <message>\", \"status\"?: …}`.",
+    ),
+    modifiers(&TokenAuth),
+    security(("token" = [])),
+)]
+struct ApiDoc;
+
+struct TokenAuth;
+
+impl Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <token>` or `Authorization: FlyV1 <token>`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route: registering a handler here both routes it and
+/// adds its `#[utoipa::path]` description to the OpenAPI document.
+fn documented_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(apps::create_app, apps::list_apps))
+        .routes(routes!(apps::get_app, apps::delete_app))
+        .routes(routes!(machines::list_machines, machines::create_machine))
+        .routes(routes!(
+            machines::get_machine,
+            machines::update_machine,
+            machines::destroy_machine
+        ))
+        .routes(routes!(machines::machine_events))
+        .routes(routes!(machines::machine_versions))
+        .routes(routes!(lifecycle::start_machine))
+        .routes(routes!(lifecycle::stop_machine))
+        .routes(routes!(lifecycle::restart_machine))
+        .routes(routes!(lifecycle::signal_machine))
+        .routes(routes!(lifecycle::kill_machine))
+        .routes(routes!(lifecycle::suspend_machine))
+        .routes(routes!(lifecycle::cordon_machine))
+        .routes(routes!(lifecycle::uncordon_machine))
+        .routes(routes!(lifecycle::wait_machine))
+        .routes(routes!(
+            leases::acquire_lease,
+            leases::get_lease,
+            leases::release_lease
+        ))
+        .routes(routes!(
+            metadata::get_metadata,
+            metadata::patch_metadata,
+            metadata::put_metadata
+        ))
+        .routes(routes!(
+            metadata::get_metadata_key,
+            metadata::set_metadata_key,
+            metadata::delete_metadata_key
+        ))
+        .routes(routes!(exec::exec_machine))
+        .routes(routes!(exec::exec_ws))
+        .routes(routes!(logs::machine_logs))
+        .routes(routes!(orgs::create_org, orgs::list_orgs))
+        .routes(routes!(orgs::create_token))
+        .routes(routes!(platform::regions))
+}
+
+/// The OpenAPI document of every route the server has.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
+pub fn router(state: ApiState) -> Router {
+    let (routes, document) = documented_routes().split_for_parts();
+    let document: Arc<str> = document
+        .to_pretty_json()
+        .unwrap_or_else(|error| {
+            format!("{{\"error\":\"internal: rendering OpenAPI document: {error}\"}}")
+        })
+        .into();
+    routes
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_id))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+/// Serves until `shutdown` completes, then finishes requests in flight.
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = ulid::Ulid::new().to_string();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    Error::not_found(format!("no route for {method} {}", uri.path())).into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    plain_status_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_argument",
+        &format!("method {method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,177 @@
+//! `/v1/apps`: create, list, get, delete.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use midge_agent::ListFilter;
+use midge_store::{AppRecord, NewApp, Org};
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::extract::{AppPath, JsonBody, Params};
+use crate::schema::{
+    AppResponse, CreateAppBody, CreateAppResponse, ErrorResponse, ListAppsResponse, OrgRef,
+};
+
+#[utoipa::path(
+    post, path = "/v1/apps", tag = "Apps",
+    params(("wait" = Option<bool>, Query, description = "Accepted for fly-go; creation is synchronous")),
+    request_body = CreateAppBody,
+    responses(
+        (status = 201, body = CreateAppResponse),
+        (status = 400, body = ErrorResponse),
+        (status = 403, body = ErrorResponse, description = "Org not accessible to this token"),
+        (status = 422, body = ErrorResponse, description = "`status: name_taken`: app names are global"),
+    )
+)]
+pub async fn create_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Params,
+    JsonBody(body): JsonBody<CreateAppBody>,
+) -> Result<(StatusCode, Json<CreateAppResponse>)> {
+    params.flag("wait")?;
+    let org = caller.org(&state.catalog, body.org_slug.as_deref())?;
+    let name = body
+        .name
+        .or(body.app_name)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if name.is_empty() && body.idempotency_key.is_none() {
+        return Err(Error::invalid("app name is required (\"name\")"));
+    }
+    let app = state.catalog.create_app(&NewApp {
+        name,
+        org_slug: org.slug,
+        network: body.network,
+        idempotency_key: body.idempotency_key,
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateAppResponse {
+            id: app.id,
+            created_at: app.created_at,
+        }),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps", tag = "Apps",
+    params(
+        ("org_slug" = Option<String>, Query, description = "`personal` means the token's org; admins without it see every org"),
+        ("limit" = Option<u32>, Query, description = "Advisory; everything is returned"),
+    ),
+    responses((status = 200, body = ListAppsResponse), (status = 403, body = ErrorResponse))
+)]
+pub async fn list_apps(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Params,
+) -> Result<Json<ListAppsResponse>> {
+    params.parse::<u32>("limit")?;
+    let org_slug = params
+        .get("org_slug")
+        .map(str::trim)
+        .filter(|slug| !slug.is_empty());
+    let records = if caller.is_admin() && org_slug.is_none() {
+        state.catalog.list_apps(None)?
+    } else {
+        let org = caller.org(&state.catalog, org_slug)?;
+        state.catalog.list_apps(Some(&org.slug))?
+    };
+    let apps = records
+        .into_iter()
+        .map(|record| app_response(&state, record))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Json(ListAppsResponse {
+        total_apps: apps.len() as u64,
+        apps,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app_name}", tag = "Apps",
+    params(("app_name" = String, Path)),
+    responses(
+        (status = 200, body = AppResponse),
+        (status = 403, body = ErrorResponse, description = "The app belongs to another org"),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+pub async fn get_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: AppPath,
+) -> Result<Json<AppResponse>> {
+    let record = state.app(&caller, &path.app)?;
+    Ok(Json(app_response(&state, record)?))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/apps/{app_name}", tag = "Apps",
+    params(
+        ("app_name" = String, Path),
+        ("force" = Option<bool>, Query, description = "Destroy started machines too"),
+    ),
+    responses(
+        (status = 202, description = "Deleted, with all its machines"),
+        (status = 412, body = ErrorResponse, description = "Machines are started and `force` was not given"),
+    )
+)]
+pub async fn delete_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: AppPath,
+    params: Params,
+) -> Result<StatusCode> {
+    let force = params.flag("force")?;
+    let app = state.app(&caller, &path.app)?;
+    let (_, started) = state.agent.machine_counts(&app.name);
+    if started > 0 && !force {
+        return Err(Error(midge_types::ApiError::precondition(format!(
+            "app {:?} has {started} started machine(s); stop them first or delete with force=true",
+            app.name
+        ))));
+    }
+    for machine in state.agent.list_machines(
+        &app.name,
+        &ListFilter {
+            summary: true,
+            ..ListFilter::default()
+        },
+    ) {
+        state
+            .agent
+            .destroy(&app.name, &machine.id, force, None)
+            .await?;
+    }
+    state.catalog.delete_app(&app.name)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
+    let org: Org = state.catalog.get_org(&app.org_slug)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "org {:?} of app {:?} not found",
+            app.org_slug, app.name
+        ))
+    })?;
+    let (machine_count, _) = state.agent.machine_counts(&app.name);
+    Ok(AppResponse {
+        id: app.id,
+        name: app.name,
+        status: app.status,
+        organization: OrgRef {
+            name: org.name,
+            slug: org.slug,
+            internal_numeric_id: org.id,
+        },
+        network: app.network,
+        machine_count,
+        volume_count: 0,
+        internal_numeric_id: app.internal_numeric_id,
+        created_at: app.created_at,
+    })
+}

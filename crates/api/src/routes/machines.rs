@@ -1,0 +1,255 @@
+//! `/v1/apps/{app}/machines`: list, create, get, update, destroy, events, versions.
+
+use axum::Json;
+use axum::extract::State;
+use midge_agent::{ListFilter, Owner};
+use midge_types::{
+    ApiError, CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion,
+};
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::extract::{AppPath, JsonBody, LeaseNonce, MachinePath, Params};
+use crate::schema::{ErrorResponse, OkResponse};
+
+const MAX_LIST_LIMIT: u32 = 1000;
+const DEFAULT_EVENTS: usize = 20;
+const MAX_EVENTS: usize = 50;
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app_name}/machines", tag = "Machines",
+    params(
+        ("app_name" = String, Path),
+        ("include_deleted" = Option<bool>, Query),
+        ("region" = Option<String>, Query),
+        ("state" = Option<String>, Query, description = "Comma-separated states; may repeat"),
+        ("summary" = Option<bool>, Query, description = "Omit config, events and checks"),
+        ("metadata.{key}" = Option<String>, Query, description = "Only machines whose metadata KEY equals the value; may repeat (all must match)"),
+        ("limit" = Option<u32>, Query, description = "1..1000, advisory"),
+    ),
+    responses((status = 200, body = [Object], description = "Machine objects"), (status = 400, body = ErrorResponse))
+)]
+pub async fn list_machines(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: AppPath,
+    params: Params,
+) -> Result<Json<Vec<Machine>>> {
+    let app = state.app(&caller, &path.app)?;
+    if let Some(limit) = params.parse::<u32>("limit")?
+        && !(1..=MAX_LIST_LIMIT).contains(&limit)
+    {
+        return Err(Error::invalid(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}"
+        )));
+    }
+    let filter = ListFilter {
+        include_deleted: params.flag("include_deleted")?,
+        region: params
+            .get("region")
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(String::from),
+        states: parse_states(params.all("state"))?,
+        metadata: params
+            .with_prefix("metadata.")
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        summary: params.flag("summary")?,
+    };
+    Ok(Json(state.agent.list_machines(&app.name, &filter)))
+}
+
+fn parse_states<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<MachineState>> {
+    values
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(|text| text.parse::<MachineState>().map_err(Error::invalid))
+        .collect()
+}
+
+#[utoipa::path(
+    post, path = "/v1/apps/{app_name}/machines", tag = "Machines",
+    params(("app_name" = String, Path)),
+    request_body(content = Object, description = "CreateMachineRequest: `config` (with `image`) required; `name`, `region`, `skip_launch`, `lease_ttl`, …"),
+    responses(
+        (status = 200, body = Object, description = "The created machine"),
+        (status = 400, body = ErrorResponse),
+        (status = 412, body = ErrorResponse, description = "`status: insufficient_capacity`: no host in that region"),
+    )
+)]
+pub async fn create_machine(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: AppPath,
+    JsonBody(mut request): JsonBody<CreateMachineRequest>,
+) -> Result<Json<Machine>> {
+    let app = state.app(&caller, &path.app)?;
+    require_image(&request)?;
+    let region = request.region.as_deref().map(str::trim).unwrap_or_default();
+    if region.is_empty() {
+        request.region = Some(state.agent.region().to_string());
+    } else if region != state.agent.region() {
+        return Err(Error(
+            ApiError::precondition(format!(
+                "insufficient capacity: no host in region {region:?} (this platform runs machines in {:?})",
+                state.agent.region()
+            ))
+            .with_status("insufficient_capacity"),
+        ));
+    }
+    let owner = Owner {
+        app: app.name.clone(),
+        org_slug: app.org_slug.clone(),
+        org_network: app.network_number,
+    };
+    let machine = state
+        .agent
+        .create_machine(owner, request, &caller.lease_owner())
+        .await?;
+    Ok(Json(machine))
+}
+
+fn require_image(request: &CreateMachineRequest) -> Result<()> {
+    match &request.config {
+        None => Err(Error::invalid("config is required")),
+        Some(config) if config.image.trim().is_empty() => {
+            Err(Error::invalid("config.image is required"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(
+        ("app_name" = String, Path), ("machine_id" = String, Path, description = "Machine id or name"),
+        ("version" = Option<String>, Query, description = "A past version (ULID)"),
+    ),
+    responses((status = 200, body = Object, description = "The machine"), (status = 404, body = ErrorResponse))
+)]
+pub async fn get_machine(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    params: Params,
+) -> Result<Json<Machine>> {
+    let version = version_param(&params, "version")?;
+    let target = state.machine(&caller, &path)?;
+    Ok(Json(state.agent.get_machine(
+        &target.app.name,
+        &target.id,
+        version,
+    )?))
+}
+
+/// A version or instance id query parameter: a ULID.
+pub fn version_param<'a>(params: &'a Params, key: &str) -> Result<Option<&'a str>> {
+    match params.get(key).map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) if ulid::Ulid::from_string(text).is_ok() => Ok(Some(text)),
+        Some(text) => Err(Error::invalid(format!(
+            "{key} {text:?} is not a machine version (a 26-character ULID)"
+        ))),
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body(content = Object, description = "UpdateMachineRequest: a whole new `config`, optional `current_version`, `skip_launch`"),
+    responses(
+        (status = 200, body = Object, description = "The machine at its new version"),
+        (status = 409, body = ErrorResponse, description = "`current_version` mismatch, or leased by someone else"),
+    )
+)]
+pub async fn update_machine(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    nonce: LeaseNonce,
+    JsonBody(request): JsonBody<CreateMachineRequest>,
+) -> Result<Json<Machine>> {
+    require_image(&request)?;
+    if let Some(version) = request.current_version.as_deref()
+        && ulid::Ulid::from_string(version).is_err()
+    {
+        return Err(Error::invalid(format!(
+            "current_version {version:?} is not a machine version"
+        )));
+    }
+    let target = state.machine(&caller, &path)?;
+    let machine = state
+        .agent
+        .update_machine(&target.app.name, &target.id, request, nonce.as_deref())
+        .await?;
+    Ok(Json(machine))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(
+        ("app_name" = String, Path), ("machine_id" = String, Path),
+        ("force" = Option<bool>, Query, description = "Destroy even when started"),
+        ("kill" = Option<bool>, Query, description = "fly-go's name for `force`"),
+    ),
+    responses((status = 200, body = OkResponse), (status = 412, body = ErrorResponse, description = "Started, and not forced"))
+)]
+pub async fn destroy_machine(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    params: Params,
+    nonce: LeaseNonce,
+) -> Result<Json<OkResponse>> {
+    let force = params.flag("force")? | params.flag("kill")?;
+    let target = state.machine(&caller, &path)?;
+    state
+        .agent
+        .destroy(&target.app.name, &target.id, force, nonce.as_deref())
+        .await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app_name}/machines/{machine_id}/events", tag = "Machines",
+    params(
+        ("app_name" = String, Path), ("machine_id" = String, Path),
+        ("limit" = Option<u32>, Query, description = "Default 20, at most 50; newest first"),
+    ),
+    responses((status = 200, body = [Object], description = "Machine events, newest first"))
+)]
+pub async fn machine_events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    params: Params,
+) -> Result<Json<Vec<MachineEvent>>> {
+    let limit = match params.parse::<usize>("limit")? {
+        None => DEFAULT_EVENTS,
+        Some(0) => return Err(Error::invalid("limit must be at least 1")),
+        Some(limit) => limit.min(MAX_EVENTS),
+    };
+    let target = state.machine(&caller, &path)?;
+    Ok(Json(state.agent.events(
+        &target.app.name,
+        &target.id,
+        limit,
+    )?))
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app_name}/machines/{machine_id}/versions", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = [Object], description = "`{version, user_config}`, newest first"))
+)]
+pub async fn machine_versions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+) -> Result<Json<Vec<MachineVersion>>> {
+    let target = state.machine(&caller, &path)?;
+    Ok(Json(state.agent.versions(&target.app.name, &target.id)?))
+}

@@ -1,0 +1,9 @@
+pub mod apps;
+pub mod exec;
+pub mod leases;
+pub mod lifecycle;
+pub mod logs;
+pub mod machines;
+pub mod metadata;
+pub mod orgs;
+pub mod platform;

@@ -1,0 +1,70 @@
+use std::sync::Arc;
+
+use midge_agent::Agent;
+use midge_store::{AppRecord, Catalog, validate_app_name};
+
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::extract::MachinePath;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub catalog: Arc<Catalog>,
+    pub agent: Arc<Agent>,
+}
+
+/// A machine a request addresses, after access checks.
+pub struct MachineTarget {
+    pub app: AppRecord,
+    pub id: String,
+}
+
+impl ApiState {
+    pub fn new(catalog: Arc<Catalog>, agent: Arc<Agent>) -> Self {
+        ApiState { catalog, agent }
+    }
+
+    /// The app named in a path, provided it exists (404) and the caller may
+    /// see it (403).
+    pub(crate) fn app(&self, caller: &Caller, name: &str) -> Result<AppRecord, Error> {
+        validate_app_name(name).map_err(Error::invalid)?;
+        let app = self
+            .catalog
+            .get_app(name)?
+            .ok_or_else(|| Error::not_found(format!("Could not find App {name:?}")))?;
+        caller.check_app(&app)?;
+        Ok(app)
+    }
+
+    /// The app and machine id a machine path names (the machine by id or name).
+    pub(crate) fn machine(
+        &self,
+        caller: &Caller,
+        path: &MachinePath,
+    ) -> Result<MachineTarget, Error> {
+        let app = self.app(caller, &path.app)?;
+        validate_machine_ref(&path.machine)?;
+        let id = self.agent.resolve_machine_id(&app.name, &path.machine)?;
+        Ok(MachineTarget { app, id })
+    }
+}
+
+const MAX_MACHINE_NAME_LEN: usize = 63;
+
+/// A machine id or name must at least be a plausible name; anything else is
+/// a malformed request rather than a missing machine.
+fn validate_machine_ref(text: &str) -> Result<(), Error> {
+    let plausible = !text.is_empty()
+        && text.len() <= MAX_MACHINE_NAME_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plausible {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid machine id or name {text:?}"
+        )))
+    }
+}

@@ -1,0 +1,811 @@
+//! HTTP client for the midge API (the Fly Machines API v1).
+
+use std::fmt;
+use std::time::Duration;
+
+use midge_types::apps::{App, CreateAppRequest, ListAppsResponse, Organization};
+use midge_types::error::ErrorBody;
+use midge_types::{
+    CreateMachineRequest, ExecRequest, ExecResponse, LeaseData, LeaseResponse, Machine, Signal,
+    StopRequest, UpdateMachineRequest, WaitResponse,
+};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";
+const REQUEST_ID_HEADER: &str = "fly-request-id";
+
+/// Installs rustls' ring provider; a second call (or another part of the
+/// process having done it) is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Why a call to the API failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing answered at the API address.
+    Connect { url: String, detail: String },
+    /// The API answered with an error.
+    Api(ApiFailure),
+    /// The request or response broke off.
+    Transport { what: String, detail: String },
+    /// The API answered with a body this client does not understand.
+    Decode { what: String, detail: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    pub what: String,
+    pub status: u16,
+    pub message: String,
+    /// Fly's machine-readable `status` (`insufficient_capacity`, `name_taken`, …).
+    pub fly_status: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(failure) => Some(failure.status),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Api(failure) => failure.message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn is_status(&self, status: u16) -> bool {
+        self.status() == Some(status)
+    }
+}
+
+impl ApiFailure {
+    /// Advice that goes with an error, when there is something to advise.
+    pub fn hint(&self) -> Option<String> {
+        let message = self.message.to_ascii_lowercase();
+        if self.status == 401 {
+            return Some(
+                "check MIDGE_API_TOKEN (or --access-token), or run `midge up` to write a client config"
+                    .into(),
+            );
+        }
+        if self.fly_status.as_deref() == Some("insufficient_capacity")
+            || message.contains("insufficient capacity")
+            || message.contains("insufficient memory")
+            || message.contains("insufficient resources")
+        {
+            return Some(
+                "no host in that region has room: try another region with --region".into(),
+            );
+        }
+        if self.fly_status.as_deref() == Some("name_taken") {
+            return Some("app names are one global namespace: pick another name".into());
+        }
+        if message.contains("lease currently held by") {
+            return Some(
+                "wait for the lease to expire, or clear it with `midge machine leases clear <machine>`".into(),
+            );
+        }
+        None
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { url, detail } => write!(
+                f,
+                "cannot reach the midge API at {url}: {detail}\nhint: is `midge up` running? \
+                 Point MIDGE_API_URL or --api-url at the API if it listens elsewhere"
+            ),
+            ClientError::Api(failure) => {
+                write!(f, "{} failed: {}", failure.what, failure.message)?;
+                if let Some(request_id) = &failure.request_id {
+                    write!(f, " (request id: {request_id})")?;
+                }
+                if let Some(hint) = failure.hint() {
+                    write!(f, "\nhint: {hint}")?;
+                }
+                Ok(())
+            }
+            ClientError::Transport { what, detail } => write!(f, "{what} failed: {detail}"),
+            ClientError::Decode { what, detail } => {
+                write!(
+                    f,
+                    "{what}: the API answered with an unexpected body: {detail}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base_url: Url,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    pub fn new(base_url: &str, token: Option<String>) -> anyhow::Result<ApiClient> {
+        let base_url = Url::parse(base_url)
+            .map_err(|err| anyhow::anyhow!("invalid API URL {base_url:?}: {err}"))?;
+        if !matches!(base_url.scheme(), "http" | "https") {
+            anyhow::bail!("invalid API URL {base_url}: expected http:// or https://");
+        }
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("midge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| anyhow::anyhow!("building the HTTP client: {err}"))?;
+        Ok(ApiClient {
+            http,
+            base_url,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `<base>/v1/<segments…>?<query>`, each segment percent-encoded.
+    pub fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base_url.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http URLs have a path");
+            path.pop_if_empty().push("v1").extend(segments);
+        }
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in query {
+                pairs.append_pair(key, value);
+            }
+        }
+        url
+    }
+
+    pub fn machine_url(
+        &self,
+        app: &str,
+        id: &str,
+        action: &[&str],
+        query: &[(&str, String)],
+    ) -> Url {
+        let mut segments = vec!["apps", app, "machines", id];
+        segments.extend_from_slice(action);
+        self.url(&segments, query)
+    }
+
+    /// Sends a request and returns the successful response; error statuses
+    /// become `ClientError::Api`.
+    pub async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        nonce: Option<&str>,
+    ) -> ClientResult<reqwest::Response> {
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(nonce) = nonce {
+            request = request.header(LEASE_NONCE_HEADER, nonce);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(what, err))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(ClientError::Api(failure_from(what, response).await))
+    }
+
+    fn transport_error(&self, what: &str, err: reqwest::Error) -> ClientError {
+        if err.is_connect() {
+            let mut detail = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                detail = cause.to_string();
+                source = cause.source();
+            }
+            return ClientError::Connect {
+                url: self.base_url.to_string(),
+                detail,
+            };
+        }
+        ClientError::Transport {
+            what: what.to_string(),
+            detail: error_chain(&err),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        nonce: Option<&str>,
+    ) -> ClientResult<T> {
+        let response = self.send(what, method, url, body, nonce).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| ClientError::Transport {
+                what: what.to_string(),
+                detail: error_chain(&err),
+            })?;
+        // Some endpoints answer an empty body; let `()`/`Value` callers accept it.
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map_err(|err| ClientError::Decode {
+            what: what.to_string(),
+            detail: format!("{err}: {}", truncate(&String::from_utf8_lossy(bytes), 200)),
+        })
+    }
+
+    // ---- orgs, tokens, apps ----
+
+    pub async fn create_org(&self, slug: &str, name: &str) -> ClientResult<Value> {
+        let body = serde_json::json!({ "slug": slug, "name": name });
+        self.call(
+            "creating organization",
+            Method::POST,
+            self.url(&["orgs"], &[]),
+            Some(encode(&body)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_orgs(&self) -> ClientResult<Vec<Organization>> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Orgs {
+            List(Vec<Organization>),
+            Wrapped { orgs: Vec<Organization> },
+        }
+        let orgs: Orgs = self
+            .call(
+                "listing organizations",
+                Method::GET,
+                self.url(&["orgs"], &[]),
+                None,
+                None,
+            )
+            .await?;
+        Ok(match orgs {
+            Orgs::List(orgs) | Orgs::Wrapped { orgs } => orgs,
+        })
+    }
+
+    pub async fn create_token(&self, org_slug: &str, name: &str) -> ClientResult<String> {
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: String,
+        }
+        let body = serde_json::json!({ "org_slug": org_slug, "name": name });
+        let response: TokenResponse = self
+            .call(
+                "creating token",
+                Method::POST,
+                self.url(&["tokens"], &[]),
+                Some(encode(&body)?),
+                None,
+            )
+            .await?;
+        Ok(response.token)
+    }
+
+    pub async fn create_app(&self, request: &CreateAppRequest) -> ClientResult<Value> {
+        let url = self.url(&["apps"], &[]);
+        self.call(
+            "creating app",
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get_app(&self, name: &str) -> ClientResult<App> {
+        self.call(
+            &format!("getting app {name}"),
+            Method::GET,
+            self.url(&["apps", name], &[]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_apps(&self, org_slug: Option<&str>) -> ClientResult<ListAppsResponse> {
+        let query: Vec<(&str, String)> = org_slug
+            .map(|org| ("org_slug", org.to_string()))
+            .into_iter()
+            .collect();
+        self.call(
+            "listing apps",
+            Method::GET,
+            self.url(&["apps"], &query),
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_app(&self, name: &str, force: bool) -> ClientResult<()> {
+        let query = if force {
+            vec![("force", "true".to_string())]
+        } else {
+            vec![]
+        };
+        let url = self.url(&["apps", name], &query);
+        self.send(
+            &format!("destroying app {name}"),
+            Method::DELETE,
+            url,
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ---- machines ----
+
+    pub async fn list_machines(&self, app: &str) -> ClientResult<Vec<Machine>> {
+        let url = self.url(&["apps", app, "machines"], &[]);
+        self.call(
+            &format!("listing machines of app {app}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn get_machine(&self, app: &str, id: &str) -> ClientResult<Machine> {
+        let url = self.machine_url(app, id, &[], &[]);
+        self.call(
+            &format!("getting machine {id}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        request: &CreateMachineRequest,
+    ) -> ClientResult<Machine> {
+        let url = self.url(&["apps", app, "machines"], &[]);
+        self.call(
+            &format!("creating machine in app {app}"),
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        request: &UpdateMachineRequest,
+        nonce: Option<&str>,
+    ) -> ClientResult<Machine> {
+        let url = self.machine_url(app, id, &[], &[]);
+        self.call(
+            &format!("updating machine {id}"),
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            nonce,
+        )
+        .await
+    }
+
+    pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> ClientResult<()> {
+        let query = if force {
+            vec![("force", "true".to_string())]
+        } else {
+            vec![]
+        };
+        let url = self.machine_url(app, id, &[], &query);
+        self.send(
+            &format!("destroying machine {id}"),
+            Method::DELETE,
+            url,
+            None,
+            nonce,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn start_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ClientResult<Value> {
+        let what = format!("starting machine {id}");
+        let url = self.machine_url(app, id, &["start"], &[]);
+        let response: Value = self.call(&what, Method::POST, url, None, nonce).await?;
+        // fly-go treats `status: "error"` in a 200 as a failed start.
+        if response.get("status").and_then(Value::as_str) == Some("error") {
+            let message = response
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(ClientError::Api(ApiFailure {
+                what,
+                status: 200,
+                message: message.to_string(),
+                fly_status: None,
+                request_id: None,
+            }));
+        }
+        Ok(response)
+    }
+
+    pub async fn stop_machine(
+        &self,
+        app: &str,
+        id: &str,
+        request: &StopRequest,
+        nonce: Option<&str>,
+    ) -> ClientResult<()> {
+        let url = self.machine_url(app, id, &["stop"], &[]);
+        self.send(
+            &format!("stopping machine {id}"),
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            nonce,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn restart_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+        force_stop: bool,
+        nonce: Option<&str>,
+    ) -> ClientResult<()> {
+        let mut query = Vec::new();
+        if let Some(signal) = signal {
+            query.push(("signal", signal.to_string()));
+        }
+        if let Some(timeout) = timeout {
+            query.push(("timeout", format!("{}s", timeout.as_secs())));
+        }
+        if force_stop {
+            query.push(("force_stop", "true".to_string()));
+        }
+        let url = self.machine_url(app, id, &["restart"], &query);
+        self.send(
+            &format!("restarting machine {id}"),
+            Method::POST,
+            url,
+            None,
+            nonce,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn signal_machine(&self, app: &str, id: &str, signal: Signal) -> ClientResult<()> {
+        let body = serde_json::json!({ "signal": signal.to_string() });
+        let url = self.machine_url(app, id, &["signal"], &[]);
+        self.send(
+            &format!("signalling machine {id}"),
+            Method::POST,
+            url,
+            Some(encode(&body)?),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One long poll of `/wait` (the server caps `timeout` at 60 s and answers
+    /// 408 when it runs out).
+    pub async fn wait_machine(
+        &self,
+        app: &str,
+        id: &str,
+        state: &str,
+        version: Option<&str>,
+        timeout: Duration,
+    ) -> ClientResult<WaitResponse> {
+        let mut query = vec![
+            ("state", state.to_string()),
+            ("timeout", timeout.as_secs().clamp(1, 60).to_string()),
+        ];
+        if let Some(version) = version.filter(|v| !v.is_empty()) {
+            query.push(("version", version.to_string()));
+        }
+        let url = self.machine_url(app, id, &["wait"], &query);
+        self.call(
+            &format!("waiting for machine {id} to be {state}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        app: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> ClientResult<LeaseData> {
+        let what = format!("acquiring lease on machine {id}");
+        let url = self.machine_url(app, id, &["lease"], &[("ttl", ttl.as_secs().to_string())]);
+        let response: LeaseResponse = self.call(&what, Method::POST, url, None, None).await?;
+        response.data.ok_or_else(|| ClientError::Decode {
+            what,
+            detail: response
+                .message
+                .unwrap_or_else(|| "lease response without data".into()),
+        })
+    }
+
+    /// The current lease, or `None` when the machine is not leased.
+    pub async fn get_lease(&self, app: &str, id: &str) -> ClientResult<Option<LeaseData>> {
+        let url = self.machine_url(app, id, &["lease"], &[]);
+        match self
+            .call::<LeaseResponse>(
+                &format!("getting lease of machine {id}"),
+                Method::GET,
+                url,
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(response) => Ok(response.data),
+            Err(err) if err.is_status(404) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn release_lease(&self, app: &str, id: &str, nonce: &str) -> ClientResult<()> {
+        let url = self.machine_url(app, id, &["lease"], &[]);
+        self.send(
+            &format!("releasing lease on machine {id}"),
+            Method::DELETE,
+            url,
+            None,
+            Some(nonce),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn cordon_machine(
+        &self,
+        app: &str,
+        id: &str,
+        cordon: bool,
+        nonce: Option<&str>,
+    ) -> ClientResult<()> {
+        let action = if cordon { "cordon" } else { "uncordon" };
+        let url = self.machine_url(app, id, &[action], &[]);
+        self.send(
+            &format!("{action}ing machine {id}"),
+            Method::POST,
+            url,
+            None,
+            nonce,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn exec(
+        &self,
+        app: &str,
+        id: &str,
+        request: &ExecRequest,
+    ) -> ClientResult<ExecResponse> {
+        let url = self.machine_url(app, id, &["exec"], &[]);
+        self.call(
+            &format!("running a command on machine {id}"),
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            None,
+        )
+        .await
+    }
+
+    /// The log stream: NDJSON lines `{ts, stream, message}`.
+    pub async fn logs(
+        &self,
+        app: &str,
+        id: &str,
+        tail: u32,
+        follow: bool,
+    ) -> ClientResult<reqwest::Response> {
+        let query = [("tail", tail.to_string()), ("follow", follow.to_string())];
+        let url = self.machine_url(app, id, &["logs"], &query);
+        self.send(
+            &format!("reading logs of machine {id}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+}
+
+async fn failure_from(what: &str, response: reqwest::Response) -> ApiFailure {
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response.text().await.unwrap_or_default();
+    let (message, fly_status) = match serde_json::from_str::<ErrorBody>(&body) {
+        Ok(parsed) => (parsed.error, parsed.status),
+        Err(_) if !body.trim().is_empty() => (truncate(body.trim(), 500), None),
+        Err(_) => (describe_status(status), None),
+    };
+    ApiFailure {
+        what: what.to_string(),
+        status: status.as_u16(),
+        message,
+        fly_status,
+        request_id,
+    }
+}
+
+fn describe_status(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn encode<T: Serialize>(body: &T) -> ClientResult<Vec<u8>> {
+    serde_json::to_vec(body).map_err(|err| ClientError::Transport {
+        what: "encoding the request body".into(),
+        detail: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_segments_and_keep_a_base_path() {
+        let client = ApiClient::new("http://127.0.0.1:4280/", None).unwrap();
+        let url = client.machine_url("my app", "m1", &["wait"], &[("state", "started".into())]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:4280/v1/apps/my%20app/machines/m1/wait?state=started"
+        );
+        let prefixed = ApiClient::new("http://host:1/prefix", None).unwrap();
+        assert_eq!(
+            prefixed.url(&["apps"], &[]).as_str(),
+            "http://host:1/prefix/v1/apps"
+        );
+        assert!(ApiClient::new("ftp://x", None).is_err());
+    }
+
+    #[test]
+    fn hints_follow_the_failure() {
+        let failure = |status, message: &str, fly_status: Option<&str>| ApiFailure {
+            what: "x".into(),
+            status,
+            message: message.into(),
+            fly_status: fly_status.map(str::to_string),
+            request_id: Some("req-1".into()),
+        };
+        assert!(
+            failure(401, "unauthenticated", None)
+                .hint()
+                .unwrap()
+                .contains("MIDGE_API_TOKEN")
+        );
+        assert!(
+            failure(412, "nope", Some("insufficient_capacity"))
+                .hint()
+                .unwrap()
+                .contains("--region")
+        );
+        let held = failure(
+            409,
+            "aborted: machine ID x lease currently held by a@b, expires at 1",
+            None,
+        );
+        assert!(held.hint().unwrap().contains("leases clear"));
+        assert_eq!(
+            failure(404, "not_found: machine not found", None).hint(),
+            None
+        );
+        let text = ClientError::Api(failure(401, "bad token", None)).to_string();
+        assert!(
+            text.contains("bad token") && text.contains("req-1") && text.contains("hint:"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! `midge up`: the whole single-host platform in one process — API, host
+//! agent and embedded storage — in a data dir.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use midge_agent::{Agent, AgentConfig};
+use midge_store::Catalog;
+
+use crate::client_config::ClientConfig;
+use crate::shell_image::ensure_shell_image;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where midge keeps its catalog, machines and images.
+    #[arg(long, env = "MIDGE_DATA_DIR", default_value = "/var/lib/midge")]
+    pub data_dir: PathBuf,
+    /// Address the API listens on.
+    #[arg(long, env = "MIDGE_LISTEN", default_value = "127.0.0.1:4280")]
+    pub listen: SocketAddr,
+    /// The region this host serves.
+    #[arg(long, env = "MIDGE_REGION", default_value = "local")]
+    pub region: String,
+    /// Prefix of every host resource midge creates (at most 6 characters).
+    #[arg(long, env = "MIDGE_RESOURCE_PREFIX", default_value = "midge")]
+    pub resource_prefix: String,
+    /// IPv4 range machines get their link networks from.
+    #[arg(long, env = "MIDGE_IPV4_POOL", default_value = "172.19.0.0/16")]
+    pub ipv4_pool: String,
+    /// A registry (host:port) reachable over plain HTTP; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "MIDGE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Do not write the client config file (~/.config/midge/config.json).
+    #[arg(long)]
+    pub no_client_config: bool,
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let catalog =
+        Arc::new(Catalog::open(args.data_dir.join("catalog.db")).context("opening the catalog")?);
+    let mut config = AgentConfig::new(args.data_dir.join("agent"));
+    config.region = args.region.clone();
+    config.resource_prefix = args.resource_prefix.clone();
+    config.ipv4_pool = args.ipv4_pool.clone();
+    config.insecure_registries = args.insecure_registries.clone();
+    let agent = Agent::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the host agent: {e}"))?;
+    if let Err(err) = ensure_shell_image(agent.images()) {
+        tracing::warn!("the default shell image is not available: {err:#}");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {} (is another midge running?)", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let token_file = args.data_dir.join("admin-token");
+    let token = match catalog
+        .ensure_admin_token()
+        .context("creating the admin token")?
+    {
+        Some(token) => {
+            write_private(&token_file, &token)?;
+            token
+        }
+        None => std::fs::read_to_string(&token_file)
+            .map(|t| t.trim().to_string())
+            .with_context(|| format!("reading the admin token from {}", token_file.display()))?,
+    };
+    if !args.no_client_config {
+        let path = ClientConfig {
+            api_url: url.clone(),
+            token: token.clone(),
+        }
+        .save()?;
+        println!("client config written to {}", path.display());
+    }
+    println!("midge is up in region {}", args.region);
+    println!("API:   {url}");
+    println!("token: {token}");
+    println!("try:   midge machine run --shell");
+
+    let state = midge_api::ApiState::new(catalog, agent.clone());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    midge_api::serve_with_shutdown(listener, state, shutdown)
+        .await
+        .context("serving the API")?;
+    agent.shutdown().await;
+    println!("midge stopped; machines keep running and are re-adopted by the next `midge up`");
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
