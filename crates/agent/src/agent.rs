@@ -23,6 +23,16 @@ pub struct MachineSlot {
     pub changed: watch::Sender<u64>,
     /// Host pid of init while the machine runs.
     pub running: Mutex<Option<Running>>,
+    /// A container prepared for the next start of a stopped machine.
+    pub warm: Mutex<Option<Warm>>,
+}
+
+/// A stopped machine's next run, created ahead (fresh rootfs, `runc create`)
+/// so that starting it is only `runc start`.
+pub struct Warm {
+    pub prepared: crate::sandbox::Prepared,
+    /// The config version it was prepared for.
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +119,7 @@ impl Agent {
             op_lock: Arc::new(tokio::sync::Mutex::new(())),
             changed: watch::channel(0).0,
             running: Mutex::new(None),
+            warm: Mutex::new(None),
         });
         self.machines
             .write()

@@ -12,11 +12,15 @@ use midge_types::{
 };
 use serde_json::json;
 
-use crate::agent::{Agent, MachineSlot, Running, state_is_alive};
+use crate::agent::{Agent, MachineSlot, Running, Warm, state_is_alive};
 use crate::api::Owner;
 use crate::record::{Lease, MachineRecord, PendingOp, VersionEntry};
 use crate::runspec;
 use crate::sandbox::{StartRequest, wait_for_exit};
+
+/// How many stopped machines keep a prepared container (each holds a
+/// waiting `runc init` process and a mounted rootfs).
+const WARM_LIMIT: usize = 64;
 
 /// on-failure counts restarts within this window.
 const RESTART_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -40,6 +44,17 @@ impl Agent {
     pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, ApiError> {
         if let Some(image) = self.images.get(reference).map_err(image_error)? {
             return Ok(image);
+        }
+        // A pinned reference (`repo:tag@sha256:…`, as clone writes) matches any
+        // local image with that manifest digest, imported ones included.
+        if let Some((_, digest)) = reference.rsplit_once('@') {
+            let local = self.images.list().map_err(image_error)?;
+            if let Some(image) = local
+                .into_iter()
+                .find(|image| image.image_ref.digest == digest)
+            {
+                return Ok(image);
+            }
         }
         self.images
             .ensure(reference, &self.pull_options(), &|_| {})
@@ -156,7 +171,10 @@ impl Agent {
         })?;
         let mut machine = Agent::snapshot(&slot).to_machine(false);
         machine.nonce = nonce;
-        if launch {
+        if !launch {
+            drop(guard);
+            self.warm_up(&slot);
+        } else {
             let agent = self.clone();
             tokio::spawn(async move {
                 let _guard = guard;
@@ -247,6 +265,40 @@ impl Agent {
 
     async fn boot(&self, slot: &Arc<MachineSlot>) -> Result<Running, ApiError> {
         let record = Agent::snapshot(slot);
+        let container_id = self.container_id(&record.id);
+        let warm = slot.warm.lock().expect("warm lock").take();
+        if let Some(warm) = warm {
+            if warm.version == record.version() {
+                match self.driver.launch(&container_id, warm.prepared).await {
+                    Ok(started) => {
+                        return Ok(Running {
+                            pid: started.pid,
+                            generation: self.next_generation(),
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(machine = %record.id, "prepared start failed, starting cold: {err}")
+                    }
+                }
+            }
+            self.driver
+                .cleanup(&container_id, &self.dirs(&record.id))
+                .await
+                .map_err(driver_error)?;
+        }
+        let started = self
+            .driver
+            .start(self.start_request(&record).await?.as_request())
+            .await
+            .map_err(driver_error)?;
+        Ok(Running {
+            pid: started.pid,
+            generation: self.next_generation(),
+        })
+    }
+
+    /// Everything a start of this machine needs from the agent.
+    async fn start_request(&self, record: &MachineRecord) -> Result<OwnedStart, ApiError> {
         let image = self.image_for(&record.image_key_or_config()).await?;
         let net = self
             .network
@@ -258,30 +310,73 @@ impl Agent {
                 .await
                 .map_err(|e| ApiError::internal(format!("machine network: {e}")))?;
         }
-        let spec = runspec::run_spec(&record, &image)?;
+        let run_spec = runspec::run_spec(record, &image)?;
         let guest = record.config().guest_or_default();
-        let dirs = self.dirs(&record.id);
-        let container_id = self.container_id(&record.id);
-        let started = self
-            .driver
-            .start(StartRequest {
-                container_id: &container_id,
-                dirs: &dirs,
-                layers: &image.layers,
-                netns_path: &net.netns_path,
-                hostname: &record.id,
-                cpus: guest.cpus,
-                memory_mb: guest.memory_mb,
-                run_spec: &spec,
-                etc_hosts: runspec::etc_hosts(&record),
-                resolv_conf: runspec::resolv_conf(),
-            })
-            .await
-            .map_err(driver_error)?;
-        Ok(Running {
-            pid: started.pid,
-            generation: self.next_generation(),
+        Ok(OwnedStart {
+            container_id: self.container_id(&record.id),
+            dirs: self.dirs(&record.id),
+            layers: image.layers,
+            netns_path: net.netns_path,
+            hostname: record.id.clone(),
+            cpus: guest.cpus,
+            memory_mb: guest.memory_mb,
+            run_spec,
+            etc_hosts: runspec::etc_hosts(record),
+            resolv_conf: runspec::resolv_conf(),
         })
+    }
+
+    /// Prepares the next start of a stopped machine in the background (under
+    /// its operation lock), unless too many machines are prepared already.
+    pub(crate) fn warm_up(self: &Arc<Self>, slot: &Arc<MachineSlot>) {
+        let agent = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let _guard = slot.op_lock.clone().lock_owned().await;
+            let record = Agent::snapshot(&slot);
+            let idle = matches!(record.state, MachineState::Stopped | MachineState::Created)
+                && record.pending.is_none()
+                && slot.running.lock().expect("running lock").is_none()
+                && slot.warm.lock().expect("warm lock").is_none();
+            if !idle
+                || agent
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return;
+            }
+            let prepared_count = agent
+                .all_slots()
+                .iter()
+                .filter(|s| s.warm.lock().expect("warm lock").is_some())
+                .count();
+            if prepared_count >= WARM_LIMIT {
+                return;
+            }
+            let prepared = match agent.start_request(&record).await {
+                Ok(request) => agent
+                    .driver
+                    .prepare(request.as_request())
+                    .await
+                    .map_err(driver_error),
+                Err(err) => Err(err),
+            };
+            match prepared {
+                Ok(prepared) => {
+                    *slot.warm.lock().expect("warm lock") = Some(Warm {
+                        prepared,
+                        version: record.version().to_string(),
+                    });
+                }
+                Err(err) => {
+                    tracing::debug!(machine = %record.id, "preparing the next start: {err}");
+                    let _ = agent
+                        .driver
+                        .cleanup(&agent.container_id(&record.id), &agent.dirs(&record.id))
+                        .await;
+                }
+            }
+        });
     }
 
     pub(crate) fn spawn_monitor(self: &Arc<Self>, slot: Arc<MachineSlot>, running: Running) {
@@ -365,6 +460,8 @@ impl Agent {
             let _ = self.start_locked(slot, true).await;
         } else if config.auto_destroy {
             let _ = self.destroy_locked(slot, true).await;
+        } else {
+            self.warm_up(slot);
         }
     }
 
@@ -382,6 +479,8 @@ impl Agent {
         let container_id = self.container_id(&record.id);
         let dirs = self.dirs(&record.id);
         let Some(running) = running else {
+            // A prepared next start goes with the container the cleanup removes.
+            slot.warm.lock().expect("warm lock").take();
             self.driver
                 .cleanup(&container_id, &dirs)
                 .await
@@ -582,6 +681,37 @@ impl Agent {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The owned parts of a [`StartRequest`].
+pub(crate) struct OwnedStart {
+    container_id: String,
+    dirs: crate::sandbox::MachineDirs,
+    layers: Vec<std::path::PathBuf>,
+    netns_path: std::path::PathBuf,
+    hostname: String,
+    cpus: u32,
+    memory_mb: u32,
+    run_spec: midge_init::RunSpec,
+    etc_hosts: String,
+    resolv_conf: String,
+}
+
+impl OwnedStart {
+    fn as_request(&self) -> StartRequest<'_> {
+        StartRequest {
+            container_id: &self.container_id,
+            dirs: &self.dirs,
+            layers: &self.layers,
+            netns_path: &self.netns_path,
+            hostname: &self.hostname,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            run_spec: &self.run_spec,
+            etc_hosts: self.etc_hosts.clone(),
+            resolv_conf: self.resolv_conf.clone(),
+        }
     }
 }
 

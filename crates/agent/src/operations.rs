@@ -186,8 +186,10 @@ impl Agent {
         request: CreateMachineRequest,
         nonce: Nonce<'_>,
     ) -> Result<Machine, ApiError> {
-        let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
+        let (slot, guard) = self.locked_slot(app, id, nonce).await?;
         self.update_locked(&slot, request).await?;
+        drop(guard);
+        self.warm_up(&slot);
         Ok(Agent::snapshot(&slot).to_machine(false))
     }
 
@@ -219,14 +221,17 @@ impl Agent {
     }
 
     pub async fn stop(
-        &self,
+        self: &Arc<Self>,
         app: &str,
         id: &str,
         request: StopRequest,
         nonce: Nonce<'_>,
     ) -> Result<(), ApiError> {
-        let (slot, _guard) = self.locked_slot(app, id, nonce).await?;
-        self.stop_to_stopped(&slot, &request).await
+        let (slot, guard) = self.locked_slot(app, id, nonce).await?;
+        self.stop_to_stopped(&slot, &request).await?;
+        drop(guard);
+        self.warm_up(&slot);
+        Ok(())
     }
 
     pub async fn restart(

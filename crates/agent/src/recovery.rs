@@ -106,6 +106,7 @@ impl Agent {
                 tracing::warn!(machine = %id, "recovering machine: {err}");
             }
             drop(guard);
+            self.warm_up(&slot);
         }
     }
 

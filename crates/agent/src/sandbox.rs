@@ -77,6 +77,21 @@ pub struct StartRequest<'a> {
     pub resolv_conf: String,
 }
 
+/// A container created but not yet let go: init is waiting in `runc init`,
+/// `ready` is the read end of its fd 3.
+#[derive(Debug)]
+pub struct Prepared {
+    pub pid: i32,
+    pub ready: OwnedFd,
+}
+
+async fn finish_start(prepared: Prepared) -> Result<Started, DriverError> {
+    match read_start_event(prepared.ready).await? {
+        StartEvent::Started { .. } => Ok(Started { pid: prepared.pid }),
+        StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
+    }
+}
+
 /// A running machine process as the host sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
@@ -122,6 +137,49 @@ impl SandboxDriver {
     /// Mounts a fresh rootfs, writes the bundle and runs it; returns once init
     /// reports the program running.
     pub async fn start(&self, request: StartRequest<'_>) -> Result<Started, DriverError> {
+        let created = self.runc_with_ready_pipe("run", &request).await?;
+        finish_start(created).await
+    }
+
+    /// Everything of a start except letting the program run: the fresh rootfs
+    /// and a `runc create`d container whose init waits to be let go. A start
+    /// from here costs one `runc start`.
+    pub async fn prepare(&self, request: StartRequest<'_>) -> Result<Prepared, DriverError> {
+        self.runc_with_ready_pipe("create", &request).await
+    }
+
+    /// Lets a prepared container run; returns once init reports the program running.
+    pub async fn launch(
+        &self,
+        container_id: &str,
+        prepared: Prepared,
+    ) -> Result<Started, DriverError> {
+        let output = self
+            .runc()
+            .arg("start")
+            .arg(container_id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| io_err("spawn runc start", e))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            return Err(DriverError::Runc {
+                action: "start".into(),
+                stderr,
+            });
+        }
+        finish_start(prepared).await
+    }
+
+    /// Writes the bundle over a fresh rootfs and runs `runc <action>` (`run
+    /// --detach` or `create`) with fd 3 of init connected to a pipe.
+    async fn runc_with_ready_pipe(
+        &self,
+        action: &str,
+        request: &StartRequest<'_>,
+    ) -> Result<Prepared, DriverError> {
         let dirs = request.dirs;
         let run_dir = dirs.run_dir();
         std::fs::create_dir_all(run_dir.join(midge_init::spec::LOG_DIR))
@@ -168,9 +226,11 @@ impl SandboxDriver {
         let pid_file = dirs.root.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);
         let mut command = self.runc();
+        command.arg(action);
+        if action == "run" {
+            command.arg("--detach");
+        }
         command
-            .arg("run")
-            .arg("--detach")
             .arg("--preserve-fds")
             .arg("1")
             .arg("--pid-file")
@@ -182,7 +242,7 @@ impl SandboxDriver {
             .stdout(console.try_clone().map_err(|e| io_err("console", e))?)
             .stderr(console);
         let ready_fd = ready_write.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 let result = if ready_fd == 3 {
@@ -196,14 +256,13 @@ impl SandboxDriver {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| io_err("spawn runc", e))?;
+        let mut child = command.spawn().map_err(|e| io_err("spawn runc", e))?;
         drop(ready_write);
-        let mut child = child;
         let status = child.wait().await.map_err(|e| io_err("wait for runc", e))?;
         if !status.success() {
             let stderr = tail_of(&dirs.log_dir().join("console.log"), 2048);
             return Err(DriverError::Runc {
-                action: "run".into(),
+                action: action.into(),
                 stderr,
             });
         }
@@ -212,11 +271,10 @@ impl SandboxDriver {
             .trim()
             .parse()
             .map_err(|e| io_err("parse init pid", e))?;
-
-        match read_start_event(ready_read).await? {
-            StartEvent::Started { .. } => Ok(Started { pid }),
-            StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
-        }
+        Ok(Prepared {
+            pid,
+            ready: ready_read,
+        })
     }
 
     /// Sends a signal to init (which forwards it to the program).

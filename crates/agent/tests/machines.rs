@@ -153,6 +153,20 @@ async fn rootfs_is_fresh_on_every_start() {
         .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
         .await;
     assert_eq!(out.stdout.trim(), "gone");
+
+    // After idling, the start comes from a prepared container: just as fresh.
+    let kill = StopRequest {
+        signal: Some(Signal::KILL),
+        timeout: None,
+    };
+    t.exec(&id, &["sh", "-c", "echo again > /tmp/mark"]).await;
+    t.agent.stop("testapp", &id, kill, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.agent.start("testapp", &id, None).await.unwrap();
+    let out = t
+        .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
+        .await;
+    assert_eq!(out.stdout.trim(), "gone");
     t.agent.destroy("testapp", &id, true, None).await.unwrap();
     assert_eq!(
         t.agent.get_machine("testapp", &id, None).unwrap().state,
@@ -464,4 +478,52 @@ async fn agent_restart_readopts_running_machines() {
         .unwrap()
         .state;
     assert_eq!(state, MachineState::Stopped);
+}
+
+#[tokio::test]
+async fn update_of_a_stopped_machine_starts_the_new_config() {
+    let t = TestAgent::start().await;
+    let mut config = MachineConfig {
+        init: sh("sleep 600"),
+        ..t.config()
+    };
+    config.env.insert("COLOR".into(), "red".into());
+    let id = t.create(config.clone()).await;
+    t.wait(&id, MachineState::Started).await;
+    let kill = StopRequest {
+        signal: Some(Signal::KILL),
+        timeout: None,
+    };
+    t.agent.stop("testapp", &id, kill, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // its next start gets prepared
+
+    config.env.insert("COLOR".into(), "blue".into());
+    let request = midge_types::CreateMachineRequest {
+        config: Some(config),
+        skip_launch: true,
+        ..Default::default()
+    };
+    let updated = t
+        .agent
+        .update_machine("testapp", &id, request, None)
+        .await
+        .unwrap();
+    assert_eq!(updated.state, MachineState::Stopped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.agent.start("testapp", &id, None).await.unwrap();
+    assert_eq!(
+        t.exec(&id, &["sh", "-c", "echo $COLOR"])
+            .await
+            .stdout
+            .trim(),
+        "blue"
+    );
+    let versions = t.agent.versions("testapp", &id).unwrap();
+    assert_eq!(versions.len(), 2);
+    let old = t
+        .agent
+        .get_machine("testapp", &id, Some(&versions[1].version))
+        .unwrap();
+    assert_eq!(old.state, MachineState::Replaced);
+    t.agent.destroy("testapp", &id, true, None).await.unwrap();
 }
