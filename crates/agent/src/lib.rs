@@ -5,6 +5,7 @@
 mod agent;
 mod api;
 pub mod config;
+mod images;
 mod lifecycle;
 mod logs;
 mod oci_spec;
@@ -19,3 +20,4 @@ mod store;
 pub use agent::Agent;
 pub use api::*;
 pub use config::AgentConfig;
+pub use images::PullEvent;

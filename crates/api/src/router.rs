@@ -18,7 +18,9 @@ use utoipa_axum::routes;
 
 use crate::ApiState;
 use crate::error::{Error, plain_status_error};
-use crate::routes::{apps, exec, leases, lifecycle, logs, machines, metadata, orgs, platform};
+use crate::routes::{
+    apps, exec, images, leases, lifecycle, logs, machines, metadata, orgs, platform,
+};
 
 pub const REQUEST_ID_HEADER: &str = "fly-request-id";
 
@@ -99,6 +101,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(orgs::create_org, orgs::list_orgs))
         .routes(routes!(orgs::create_token))
         .routes(routes!(platform::regions))
+        .routes(routes!(images::pull_image))
 }
 
 /// The OpenAPI document of every route the server has.

@@ -1,5 +1,6 @@
 pub mod apps;
 pub mod exec;
+pub mod images;
 pub mod leases;
 pub mod lifecycle;
 pub mod logs;

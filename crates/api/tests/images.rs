@@ -1,0 +1,64 @@
+//! Image pulls with progress over HTTP.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::Harness;
+use serde_json::Value;
+
+fn events(raw: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(raw)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn pull_reports_progress_then_the_image() {
+    let h = Harness::with_registry().await;
+    let image = h.image.clone();
+    let reply = h
+        .admin("POST", &format!("/v1/images/pull?image={image}"), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "application/x-ndjson");
+    let events = events(&reply.raw);
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "done", "{events:?}");
+    assert!(
+        last["image_ref"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(events.iter().any(|e| e["type"] == "resolved"), "{events:?}");
+
+    // A second pull finds the image in the store.
+    let again = events_of(&h, &image).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["image_ref"], last["image_ref"]);
+
+    let registry = image.split('/').next().unwrap();
+    let missing = events_of(&h, &format!("{registry}/no/such-image:1")).await;
+    assert_eq!(missing.last().unwrap()["type"], "error");
+
+    let no_image = h.admin("POST", "/v1/images/pull", None).await;
+    no_image.assert_error(400);
+    let unauthenticated = h
+        .call(
+            "POST",
+            &format!("/v1/images/pull?image={image}"),
+            None,
+            None,
+        )
+        .await;
+    unauthenticated.assert_error(401);
+}
+
+async fn events_of(h: &Harness, image: &str) -> Vec<Value> {
+    events(
+        &h.admin("POST", &format!("/v1/images/pull?image={image}"), None)
+            .await
+            .raw,
+    )
+}
