@@ -11,8 +11,8 @@ use midge_types::{ApiError, MachineState};
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
+use crate::driver::{Driver, MachineDirs};
 use crate::record::MachineRecord;
-use crate::sandbox::{MachineDirs, SandboxDriver};
 use crate::store::AgentStore;
 
 /// One machine: its record, a lock that lets one operation run at a time,
@@ -30,7 +30,7 @@ pub struct MachineSlot {
 /// A stopped machine's next run, created ahead (fresh rootfs, `runc create`)
 /// so that starting it is only `runc start`.
 pub struct Warm {
-    pub prepared: crate::sandbox::Prepared,
+    pub prepared: crate::driver::Prepared,
     /// The config version it was prepared for.
     pub version: String,
 }
@@ -48,7 +48,7 @@ pub struct Agent {
     pub(crate) machines: RwLock<HashMap<String, Arc<MachineSlot>>>,
     pub(crate) images: ImageStore,
     pub(crate) network: Network,
-    pub(crate) driver: SandboxDriver,
+    pub(crate) driver: Arc<dyn Driver>,
     pub(crate) machines_dir: PathBuf,
     /// Serializes slot allocation and name checks across creates.
     pub(crate) create_lock: Mutex<()>,

@@ -5,6 +5,7 @@
 mod agent;
 mod api;
 pub mod config;
+pub mod driver;
 mod images;
 mod lifecycle;
 mod logs;

@@ -14,9 +14,10 @@ use serde_json::json;
 
 use crate::agent::{Agent, MachineSlot, Running, Warm, state_is_alive};
 use crate::api::Owner;
+use crate::driver::StartRequest;
 use crate::record::{Lease, MachineRecord, PendingOp, VersionEntry};
 use crate::runspec;
-use crate::sandbox::{StartRequest, wait_for_exit};
+use crate::sandbox::wait_for_exit;
 
 /// How many stopped machines keep a prepared container (each holds a
 /// waiting `runc init` process and a mounted rootfs).
@@ -29,7 +30,7 @@ pub(crate) fn image_error(err: midge_image::ImageError) -> ApiError {
     ApiError::invalid(format!("failed to get image: {err}"))
 }
 
-fn driver_error(err: crate::sandbox::DriverError) -> ApiError {
+fn driver_error(err: crate::driver::DriverError) -> ApiError {
     ApiError::internal(format!("machine failed to start: {err}"))
 }
 
@@ -687,7 +688,7 @@ impl Agent {
 /// The owned parts of a [`StartRequest`].
 pub(crate) struct OwnedStart {
     container_id: String,
-    dirs: crate::sandbox::MachineDirs,
+    dirs: crate::driver::MachineDirs,
     layers: Vec<std::path::PathBuf>,
     netns_path: std::path::PathBuf,
     hostname: String,
@@ -727,7 +728,7 @@ impl MachineRecord {
 }
 
 pub(crate) fn exit_event(
-    status: crate::sandbox::ExitStatus,
+    status: crate::driver::ExitStatus,
     requested_stop: bool,
     restarting: bool,
 ) -> ExitEvent {

@@ -12,6 +12,7 @@ use midge_types::{ApiError, MachineState, StopRequest};
 
 use crate::agent::{Agent, MachineSlot, Running, state_is_alive};
 use crate::config::AgentConfig;
+use crate::driver::Driver;
 use crate::record::PendingOp;
 use crate::sandbox::SandboxDriver;
 use crate::store::AgentStore;
@@ -74,7 +75,11 @@ impl Agent {
             .join("runc");
         std::fs::create_dir_all(&runc_root)
             .map_err(|e| setup_error("creating runc state dir", e))?;
-        let driver = SandboxDriver::new(runc_root, init_binary, config.resource_prefix.clone());
+        let driver: Arc<dyn Driver> = Arc::new(SandboxDriver::new(
+            runc_root,
+            init_binary,
+            config.resource_prefix.clone(),
+        ));
         let records = store
             .load_all()
             .map_err(|e| setup_error("loading machines", e))?;

@@ -7,111 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use midge_init::{RunSpec, StartEvent};
+use futures::future::BoxFuture;
+use midge_init::StartEvent;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
+use crate::driver::{
+    Driver, DriverError, ExitStatus, MachineDirs, Prepared, StartRequest, Started,
+};
 use crate::oci_spec::{SandboxSpec, runtime_config};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error("{0}")]
-    Io(String),
-    #[error("runc {action} failed: {stderr}")]
-    Runc { action: String, stderr: String },
-    #[error("machine program failed to start: {0}")]
-    ProgramFailed(String),
-}
-
-fn io_err(what: impl std::fmt::Display, err: impl std::fmt::Display) -> DriverError {
-    DriverError::Io(format!("{what}: {err}"))
-}
-
-/// Where one machine's files live on the host.
-#[derive(Debug, Clone)]
-pub struct MachineDirs {
-    pub root: PathBuf,
-}
-
-impl MachineDirs {
-    pub fn new(machines_dir: &Path, id: &str) -> Self {
-        MachineDirs {
-            root: machines_dir.join(id),
-        }
-    }
-    /// Shared with init at /.midge/run: run.json, init.sock, exit.json, logs.
-    pub fn run_dir(&self) -> PathBuf {
-        self.root.join("run")
-    }
-    pub fn bundle(&self) -> PathBuf {
-        self.root.join("bundle")
-    }
-    pub fn rootfs(&self) -> PathBuf {
-        self.root.join("bundle/rootfs")
-    }
-    /// Writable layers of past and present runs; each start gets a new one.
-    pub fn scratch(&self) -> PathBuf {
-        self.root.join("scratch")
-    }
-    pub fn socket(&self) -> PathBuf {
-        self.run_dir().join(midge_init::spec::SOCKET_FILE)
-    }
-    pub fn exit_file(&self) -> PathBuf {
-        self.run_dir().join(midge_init::spec::EXIT_FILE)
-    }
-    pub fn log_dir(&self) -> PathBuf {
-        self.run_dir().join(midge_init::spec::LOG_DIR)
-    }
-}
-
-pub struct StartRequest<'a> {
-    pub container_id: &'a str,
-    pub dirs: &'a MachineDirs,
-    pub layers: &'a [PathBuf],
-    pub netns_path: &'a Path,
-    pub hostname: &'a str,
-    pub cpus: u32,
-    pub memory_mb: u32,
-    pub run_spec: &'a RunSpec,
-    pub etc_hosts: String,
-    pub resolv_conf: String,
-}
-
-/// A container created but not yet let go: init is waiting in `runc init`,
-/// `ready` is the read end of its fd 3.
-#[derive(Debug)]
-pub struct Prepared {
-    pub pid: i32,
-    pub ready: OwnedFd,
-}
-
-async fn finish_start(prepared: Prepared) -> Result<Started, DriverError> {
-    match read_start_event(prepared.ready).await? {
-        StartEvent::Started { .. } => Ok(Started { pid: prepared.pid }),
-        StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
-    }
-}
-
-/// A running machine process as the host sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Started {
-    /// Host pid of midge-init.
-    pub pid: i32,
-}
 
 #[derive(Debug, Clone)]
 pub struct SandboxDriver {
     runc_root: PathBuf,
     init_binary: PathBuf,
     cgroup_parent: String,
-}
-
-/// How an exited machine ended.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExitStatus {
-    pub exit_code: i32,
-    pub signal: i32,
-    pub oom_killed: bool,
 }
 
 impl SandboxDriver {
@@ -375,6 +285,17 @@ fn tail_of(path: &Path, bytes: usize) -> String {
     String::from_utf8_lossy(&text[start..]).trim().to_string()
 }
 
+fn io_err(what: impl std::fmt::Display, err: impl std::fmt::Display) -> DriverError {
+    DriverError::Io(format!("{what}: {err}"))
+}
+
+async fn finish_start(prepared: Prepared) -> Result<Started, DriverError> {
+    match read_start_event(prepared.ready).await? {
+        StartEvent::Started { .. } => Ok(Started { pid: prepared.pid }),
+        StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
+    }
+}
+
 async fn read_start_event(ready_read: OwnedFd) -> Result<StartEvent, DriverError> {
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read)
         .map_err(|e| io_err("ready pipe", e))?;
@@ -479,4 +400,42 @@ pub async fn wait_for_exit(pid: i32) -> std::io::Result<()> {
     .map_err(|e| std::io::Error::other(e.to_string()))?;
     let _guard = async_fd.readable().await?;
     Ok(())
+}
+
+impl Driver for SandboxDriver {
+    fn start<'a>(
+        &'a self,
+        request: StartRequest<'a>,
+    ) -> BoxFuture<'a, Result<Started, DriverError>> {
+        Box::pin(SandboxDriver::start(self, request))
+    }
+    fn prepare<'a>(
+        &'a self,
+        request: StartRequest<'a>,
+    ) -> BoxFuture<'a, Result<Prepared, DriverError>> {
+        Box::pin(SandboxDriver::prepare(self, request))
+    }
+    fn launch<'a>(
+        &'a self,
+        container_id: &'a str,
+        prepared: Prepared,
+    ) -> BoxFuture<'a, Result<Started, DriverError>> {
+        Box::pin(SandboxDriver::launch(self, container_id, prepared))
+    }
+    fn signal(&self, pid: i32, signal: i32) -> Result<(), DriverError> {
+        SandboxDriver::signal(self, pid, signal)
+    }
+    fn running_pid<'a>(&'a self, container_id: &'a str) -> BoxFuture<'a, Option<i32>> {
+        Box::pin(SandboxDriver::running_pid(self, container_id))
+    }
+    fn exit_status(&self, container_id: &str, dirs: &MachineDirs) -> ExitStatus {
+        SandboxDriver::exit_status(self, container_id, dirs)
+    }
+    fn cleanup<'a>(
+        &'a self,
+        container_id: &'a str,
+        dirs: &'a MachineDirs,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(SandboxDriver::cleanup(self, container_id, dirs))
+    }
 }
