@@ -143,7 +143,10 @@ async fn measure(
         format!("create → started (n={creates_n})"),
         ms(creates.percentile(50.0)),
         ms(creates.percentile(99.0)),
-    ) + &format!("\n¹ each start {} ms after the stop: midge prepares a stopped machine's next start", IDLE_BEFORE_START.as_millis()))
+    ) + &format!(
+        "\n¹ each start {} ms after the stop: midge prepares a stopped machine's next start",
+        IDLE_BEFORE_START.as_millis()
+    ))
 }
 
 async fn wait_for(agent: &Agent, id: &str, state: MachineState) -> anyhow::Result<()> {

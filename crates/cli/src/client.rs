@@ -29,7 +29,7 @@ pub enum ClientError {
     /// Nothing answered at the API address.
     Connect { url: String, detail: String },
     /// The API answered with an error.
-    Api(ApiFailure),
+    Api(Box<ApiFailure>),
     /// The request or response broke off.
     Transport { what: String, detail: String },
     /// The API answered with a body this client does not understand.
@@ -44,6 +44,8 @@ pub struct ApiFailure {
     /// Fly's machine-readable `status` (`insufficient_capacity`, `name_taken`, …).
     pub fly_status: Option<String>,
     pub request_id: Option<String>,
+    /// The app the request was about (from its URL), for hints that name it.
+    pub app: Option<String>,
 }
 
 impl ClientError {
@@ -70,6 +72,30 @@ impl ApiFailure {
     /// Advice that goes with an error, when there is something to advise.
     pub fn hint(&self) -> Option<String> {
         let message = self.message.to_ascii_lowercase();
+        if self.status == 403 && message.contains("admin") {
+            return Some(
+                "this needs an admin token, like the one `midge up` writes to the client config"
+                    .into(),
+            );
+        }
+        if self.status == 404 && message.contains("could not find app") {
+            return Some("see the apps this token can reach with `midge apps list`".into());
+        }
+        if self.status == 404 && message.contains("machine not found") {
+            return Some(match &self.app {
+                Some(app) => {
+                    format!("see the machines of app {app} with `midge machine list -a {app}`")
+                }
+                None => "see an app's machines with `midge machine list -a <app>`".into(),
+            });
+        }
+        if message.contains("failed to get image") || message.contains("pulling image") {
+            return Some(
+                "check the image reference; a registry served over plain HTTP must be allowed with \
+                 `midge up --insecure-registry HOST:PORT`"
+                    .into(),
+            );
+        }
         if self.status == 401 {
             return Some(
                 "check MIDGE_API_TOKEN (or --access-token), or run `midge up` to write a client config"
@@ -108,7 +134,7 @@ impl fmt::Display for ClientError {
             ClientError::Api(failure) => {
                 write!(f, "{} failed: {}", failure.what, failure.message)?;
                 if let Some(request_id) = &failure.request_id {
-                    write!(f, " (request id: {request_id})")?;
+                    write!(f, "\nrequest id: {request_id}")?;
                 }
                 if let Some(hint) = failure.hint() {
                     write!(f, "\nhint: {hint}")?;
@@ -222,7 +248,9 @@ impl ApiClient {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(ClientError::Api(failure_from(what, response).await))
+        Err(ClientError::Api(Box::new(
+            failure_from(what, &url, response).await,
+        )))
     }
 
     fn transport_error(&self, what: &str, err: reqwest::Error) -> ClientError {
@@ -480,13 +508,14 @@ impl ApiClient {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
-            return Err(ClientError::Api(ApiFailure {
+            return Err(ClientError::Api(Box::new(ApiFailure {
                 what,
                 status: 200,
                 message: message.to_string(),
                 fly_status: None,
                 request_id: None,
-            }));
+                app: Some(app.to_string()),
+            })));
         }
         Ok(response)
     }
@@ -669,6 +698,20 @@ impl ApiClient {
         .await
     }
 
+    /// Pulls an image onto the host ahead of a create (a midge extension):
+    /// NDJSON progress events, the last `{type: done}` or `{type: error}`.
+    pub async fn pull_image(&self, image: &str) -> ClientResult<reqwest::Response> {
+        let url = self.url(&["images", "pull"], &[("image", image.to_string())]);
+        self.send(
+            &format!("pulling image {image}"),
+            Method::POST,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
     /// The log stream: NDJSON lines `{ts, stream, message}`.
     pub async fn logs(
         &self,
@@ -690,7 +733,17 @@ impl ApiClient {
     }
 }
 
-async fn failure_from(what: &str, response: reqwest::Response) -> ApiFailure {
+/// The app of an `…/v1/apps/{app}/…` URL (app names need no percent-encoding).
+fn app_in(url: &Url) -> Option<String> {
+    let mut segments = url.path_segments()?;
+    segments.find(|segment| *segment == "apps")?;
+    segments
+        .next()
+        .filter(|app| !app.is_empty())
+        .map(str::to_string)
+}
+
+async fn failure_from(what: &str, url: &Url, response: reqwest::Response) -> ApiFailure {
     let status = response.status();
     let request_id = response
         .headers()
@@ -709,6 +762,7 @@ async fn failure_from(what: &str, response: reqwest::Response) -> ApiFailure {
         message,
         fly_status,
         request_id,
+        app: app_in(url),
     }
 }
 
@@ -763,6 +817,8 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:4280/v1/apps/my%20app/machines/m1/wait?state=started"
         );
+        assert_eq!(app_in(&url).as_deref(), Some("my%20app"));
+        assert_eq!(app_in(&client.url(&["orgs"], &[])), None);
         let prefixed = ApiClient::new("http://host:1/prefix", None).unwrap();
         assert_eq!(
             prefixed.url(&["apps"], &[]).as_str(),
@@ -779,6 +835,7 @@ mod tests {
             message: message.into(),
             fly_status: fly_status.map(str::to_string),
             request_id: Some("req-1".into()),
+            app: Some("demo".into()),
         };
         assert!(
             failure(401, "unauthenticated", None)
@@ -799,12 +856,21 @@ mod tests {
         );
         assert!(held.hint().unwrap().contains("leases clear"));
         assert_eq!(
-            failure(404, "not_found: machine not found", None).hint(),
+            failure(404, "not_found: machine not found", None)
+                .hint()
+                .as_deref(),
+            Some("see the machines of app demo with `midge machine list -a demo`")
+        );
+        assert_eq!(
+            failure(400, "invalid_argument: bad port", None).hint(),
             None
         );
-        let text = ClientError::Api(failure(401, "bad token", None)).to_string();
+        let text = ClientError::Api(Box::new(failure(401, "bad token", None))).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "x failed: bad token");
+        assert_eq!(lines[1], "request id: req-1");
         assert!(
-            text.contains("bad token") && text.contains("req-1") && text.contains("hint:"),
+            lines[2].starts_with("hint: check MIDGE_API_TOKEN"),
             "{text}"
         );
     }

@@ -152,7 +152,7 @@ fn handshake_error(client: &ApiClient, id: &str, err: tungstenite::Error) -> any
                 .headers()
                 .get("fly-request-id")
                 .and_then(|v| v.to_str().ok())
-                .map(|id| format!(" (request id: {id})"))
+                .map(|id| format!("\nrequest id: {id}"))
                 .unwrap_or_default();
             anyhow::anyhow!(
                 "opening a shell on machine {id} failed: HTTP {status}: {message}{request_id}"

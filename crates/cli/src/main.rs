@@ -10,12 +10,14 @@
 //! `output` (what gets printed).
 
 mod bench;
+mod bench_api;
 mod client;
 mod client_config;
 mod commands;
 mod diff;
 mod exit;
 mod flag_values;
+mod image_import;
 mod interactive;
 mod lease;
 mod output;
@@ -63,6 +65,9 @@ enum Command {
     /// Measure how fast machines start on this host
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The host's image store: import tarballs, list images
+    #[command(subcommand, visible_alias = "images")]
+    Image(image_import::ImageCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +84,33 @@ enum BenchCommand {
         #[arg(long, default_value = "172.18.250.0/24")]
         ipv4_pool: String,
     },
+    /// Time API reads against a fleet of machines, and a burst of concurrent creates, over loopback HTTP
+    Api {
+        /// Machines in the fleet (most are created with skip_launch)
+        #[arg(long, default_value_t = 1000)]
+        machines: usize,
+        /// How many machines of the fleet are started
+        #[arg(long, default_value_t = 20)]
+        started: usize,
+        /// GET machine requests to time
+        #[arg(long, default_value_t = 5000)]
+        get_requests: usize,
+        /// List machines requests to time (each returns the whole fleet)
+        #[arg(long, default_value_t = 100)]
+        list_requests: usize,
+        /// Concurrent keep-alive HTTP clients
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Machines created at once after the reads, each timed until started
+        #[arg(long, default_value_t = 100)]
+        concurrent_creates: usize,
+        /// Resource prefix of the benchmark's host resources
+        #[arg(long, default_value = "mbapi")]
+        prefix: String,
+        /// Address pool of the benchmark's machines (a /30 per machine)
+        #[arg(long, default_value = "172.18.0.0/19")]
+        ipv4_pool: String,
+    },
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -88,6 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
         Command::Up(args) => server::up(args).await,
+        Command::Image(command) => image_import::run(command),
         Command::Bench(BenchCommand::Start {
             iterations,
             prefix,
@@ -95,6 +128,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             bench::run(bench::BenchOptions {
                 iterations,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Api {
+            machines,
+            started,
+            get_requests,
+            list_requests,
+            workers,
+            concurrent_creates,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench_api::run(bench_api::ApiBenchOptions {
+                machines,
+                started,
+                get_requests,
+                list_requests,
+                workers,
+                concurrent_creates,
                 prefix,
                 ipv4_pool,
             })
@@ -163,5 +218,17 @@ mod tests {
             Cli::try_parse_from(["midge", "m", "stop", "m1", "-w", "30s", "-s", "SIGTERM"]).is_ok()
         );
         assert!(Cli::try_parse_from(["midge", "m", "stop", "m1", "-w", "forever"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "midge",
+                "bench",
+                "api",
+                "--machines",
+                "50",
+                "--workers",
+                "2"
+            ])
+            .is_ok()
+        );
     }
 }

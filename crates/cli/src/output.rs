@@ -76,7 +76,7 @@ pub fn stdout_is_terminal() -> bool {
 /// guessing, and points at `--yes`.
 pub fn confirm(question: &str) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question}: no terminal to confirm on; pass --yes to go ahead");
+        anyhow::bail!("cannot ask \"{question}\" without a terminal\nhint: pass --yes to go ahead");
     }
     print!("? {question} (y/N) ");
     std::io::stdout().flush().ok();

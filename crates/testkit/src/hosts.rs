@@ -127,6 +127,8 @@ fn cgroup_dirs(name_starts: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Kills every process left in a cgroup tree (a container whose runc state
+/// is gone cannot be deleted through runc), then removes the tree.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -134,6 +136,21 @@ fn remove_cgroup_tree(dir: &Path) {
                 remove_cgroup_tree(&entry.path());
             }
         }
+    }
+    for _ in 0..50 {
+        let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: plain kill(2) of a pid read from the test's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir(dir);
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use midge_types::{CreateMachineRequest, Machine};
 
 use super::flags::GuestFlags;
-use super::run::{print_created, wait_until_started};
+use super::run::{create_with_spinner, print_created, wait_until_started};
 use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::flag_values::pinned_image;
@@ -48,7 +48,8 @@ pub async fn clone(client: &ApiClient, args: CloneArgs) -> Result<()> {
         request.region.as_deref().unwrap_or_default()
     );
     let auto_destroy = config.is_some_and(|c| c.auto_destroy);
-    let machine = client.create_machine(&app, &request).await?;
+    // The source's image is on the host already, pinned by digest.
+    let machine = create_with_spinner(client, &app, &request, "Creating machine").await?;
     print_created(&app, &machine);
     if args.detach {
         return Ok(());

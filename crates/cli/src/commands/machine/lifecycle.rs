@@ -190,7 +190,8 @@ pub async fn destroy(client: &ApiClient, args: DestroyArgs) -> Result<()> {
         );
         if !args.force && !can_destroy {
             anyhow::bail!(
-                "machine {} is {}: stop it first (`midge machine stop {}`) or pass --force",
+                "machine {} is {}: only a stopped machine is destroyed without --force\n\
+                 hint: stop it first with `midge machine stop {}`, or pass --force",
                 machine.id,
                 machine.state,
                 machine.id

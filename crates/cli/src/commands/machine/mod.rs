@@ -7,6 +7,7 @@ mod leases;
 mod lifecycle;
 mod list;
 mod logs;
+mod pull;
 mod run;
 mod shell;
 mod update;

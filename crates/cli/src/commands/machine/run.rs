@@ -5,10 +5,12 @@ use clap::Args;
 use midge_types::{CreateMachineRequest, Machine, MachineConfig, MachineState, RestartConfig};
 
 use super::flags::{ConfigFlags, load_machine_config};
+use super::pull::{Pulled, pull_image};
 use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::commands::apps::create_app;
 use crate::output::{confirm, stdout_is_terminal};
+use crate::progress::Progress;
 use crate::wait::{DEFAULT_WAIT, WaitFor, wait_for_state};
 
 /// Flags of `run` and `create`.
@@ -89,7 +91,7 @@ pub async fn launch(client: &ApiClient, args: &LaunchArgs, create_only: bool) ->
         .context("an image is required: midge machine run <image> [command...]")?;
     let request = build_create_request(args, &image, create_only)?;
     let app = ensure_app(client, &args.app, args.org.as_deref()).await?;
-    let machine = client.create_machine(&app, &request).await?;
+    let machine = create_machine(client, &app, &request).await?;
     print_created(&app, &machine);
     if request.skip_launch {
         println!(
@@ -169,6 +171,41 @@ pub async fn ensure_app(client: &ApiClient, app: &AppArg, org: Option<&str>) -> 
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Pulls the machine's image with progress, then creates the machine.
+pub async fn create_machine(
+    client: &ApiClient,
+    app: &str,
+    request: &CreateMachineRequest,
+) -> Result<Machine> {
+    let image = request
+        .config
+        .as_ref()
+        .map(|config| config.image.as_str())
+        .unwrap_or_default();
+    let pulled = match image {
+        "" => Pulled::Unsupported,
+        image => pull_image(client, image).await?,
+    };
+    let message = match pulled {
+        Pulled::Ready => "Creating machine",
+        // The server pulls the image (when it lacks it) before it answers.
+        Pulled::Unsupported => "Pulling image and creating machine",
+    };
+    create_with_spinner(client, app, request, message).await
+}
+
+pub async fn create_with_spinner(
+    client: &ApiClient,
+    app: &str,
+    request: &CreateMachineRequest,
+    message: &str,
+) -> Result<Machine> {
+    let progress = Progress::start(message);
+    let created = client.create_machine(app, request).await;
+    progress.finish();
+    Ok(created?)
 }
 
 pub fn print_created(app: &str, machine: &Machine) {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use midge_types::{Guest, InitConfig, MachineConfig, RestartConfig};
 
 use super::flags::split_command;
-use super::run::{RunArgs, print_created, wait_until_started};
+use super::run::{RunArgs, create_machine, print_created, wait_until_started};
 use crate::client::ApiClient;
 use crate::commands::apps::create_app;
 use crate::exit::ExitStatus;
@@ -57,7 +57,7 @@ pub async fn run_shell(client: &ApiClient, args: &RunArgs) -> Result<()> {
         region: launch.region.clone(),
         ..Default::default()
     };
-    let machine = client.create_machine(&app, &request).await?;
+    let machine = create_machine(client, &app, &request).await?;
     print_created(&app, &machine);
 
     let session = async {

@@ -1,0 +1,85 @@
+//! `midge image import`: a `docker save`-style tarball becomes a local image
+//! that machines run from, with no registry.
+
+#[path = "support/e2e_platform.rs"]
+mod e2e_platform;
+
+use e2e_platform::{Platform, machine_id_in, unique_app};
+use sha2::{Digest, Sha256};
+
+fn docker_archive(dir: &std::path::Path, reference: &str) -> std::path::PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    midge_testkit::busybox_rootfs(&rootfs).unwrap();
+    let layer = midge_testkit::tar_dir(&rootfs).unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let archive = dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(archive.join("layer.tar"), &layer).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh", "-c", "echo imported-ok; sleep 600"], "Env": ["PATH=/bin:/usr/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    std::fs::write(archive.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [reference], "Layers": ["layer.tar"]}]);
+    std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
+    let tarball = dir.join("image.tar");
+    std::fs::write(&tarball, midge_testkit::tar_dir(&archive).unwrap()).unwrap();
+    tarball
+}
+
+#[test]
+fn imported_image_runs_without_a_registry() {
+    let platform = Platform::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let tarball = docker_archive(scratch.path(), "local/imported:1");
+    let data_dir = platform.data_dir();
+    let data_dir = data_dir.to_str().unwrap();
+
+    let imported = platform.midge(&[
+        "image",
+        "import",
+        tarball.to_str().unwrap(),
+        "--data-dir",
+        data_dir,
+    ]);
+    imported.success();
+    assert!(
+        imported.stdout.contains("local/imported:1"),
+        "{}",
+        imported.stdout
+    );
+    let listed = platform.midge(&["image", "ls", "--data-dir", data_dir]);
+    assert!(
+        listed.success().stdout.contains("local/imported:1"),
+        "{}",
+        listed.stdout
+    );
+
+    let app = unique_app("imported");
+    platform.create_app(&app);
+    let run = platform.midge(&["machine", "run", "local/imported:1", "-a", &app]);
+    let id = machine_id_in(&run.success().stdout);
+    platform.eventually(
+        "the image's command logged",
+        std::time::Duration::from_secs(20),
+        || {
+            platform
+                .midge(&["machine", "logs", "-a", &app, &id])
+                .stdout
+                .contains("imported-ok")
+        },
+    );
+
+    let bogus = scratch.path().join("not-an-image.tar");
+    std::fs::write(&bogus, b"definitely not a tarball").unwrap();
+    let refused = platform.midge(&[
+        "image",
+        "import",
+        bogus.to_str().unwrap(),
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(!refused.failure().is_empty());
+}

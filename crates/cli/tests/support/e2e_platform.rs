@@ -1,0 +1,412 @@
+//! A real single-host platform (`midge up` as a child process) for one test,
+//! and the `midge` client pointed at it.
+//!
+//! Every platform has its own resource prefix, address pool, data dir, port
+//! and client config; dropping it stops `midge up` and removes every host
+//! resource its prefix names.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any single `midge` command may take in a test.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Platform {
+    child: Child,
+    prefix: String,
+    dir: tempfile::TempDir,
+    _pool: midge_testkit::PoolLease,
+    pub api_url: String,
+    pub token: String,
+    /// The standard test image in the loopback registry ("127.0.0.1:PORT/…"),
+    /// when the platform was started with one.
+    pub registry_image: Option<String>,
+}
+
+impl Platform {
+    /// A platform with only the local images `midge up` seeds.
+    pub fn start() -> Platform {
+        Platform::start_with(None)
+    }
+
+    /// A platform that may pull from the loopback test registry.
+    pub fn start_with_registry() -> Platform {
+        Platform::start_with(Some(shared_registry_image()))
+    }
+
+    /// The registry test image; only on a platform started with a registry.
+    pub fn test_image(&self) -> &str {
+        self.registry_image
+            .as_deref()
+            .expect("this platform was started without a registry")
+    }
+
+    fn start_with(registry: Option<(String, String)>) -> Platform {
+        let pool = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
+        let prefix = midge_testkit::unique_prefix();
+        let dir = tempfile::Builder::new()
+            .prefix("midge-test-e2e-")
+            .tempdir()
+            .expect("creating the platform dir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("up.log")).expect("creating up.log");
+        let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("midge"));
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--resource-prefix", &prefix])
+            .args(["--ipv4-pool", &pool.cidr()])
+            .env("MIDGE_CONFIG", dir.path().join("config.json"))
+            .env("MIDGE_INIT_BINARY", init_binary())
+            .env_remove("MIDGE_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating up.log"))
+            .stderr(log);
+        if let Some((address, _)) = &registry {
+            command.args(["--insecure-registry", address]);
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                // A test process that dies without unwinding takes `midge up` along.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawning midge up");
+        eprintln!(
+            "midge up: prefix {prefix}, pool {}, dir {}",
+            pool.cidr(),
+            dir.path().display()
+        );
+        let mut platform = Platform {
+            child,
+            prefix,
+            dir,
+            _pool: pool,
+            api_url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            registry_image: registry.map(|(_, image)| image),
+        };
+        platform.wait_ready();
+        platform
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Ready once `midge up` has written the client config and the API answers.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("midge up exited with {status}:\n{}", self.server_log());
+            }
+            if let Ok(text) = std::fs::read_to_string(self.config_path())
+                && let Ok(config) = serde_json::from_str::<Value>(&text)
+            {
+                let probe = self.midge(&["apps", "list", "-q"]);
+                if probe.code == Some(0) {
+                    self.token = config["token"].as_str().unwrap_or_default().to_string();
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "midge up did not become ready within {READY_TIMEOUT:?}:\n{}",
+            self.server_log()
+        );
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// The `midge` client as a user runs it: config from `MIDGE_CONFIG` only.
+    pub fn command(&self) -> assert_cmd::Command {
+        let mut command = assert_cmd::Command::cargo_bin("midge").expect("the midge binary");
+        command
+            .env("MIDGE_CONFIG", self.config_path())
+            .env_remove("MIDGE_API_URL")
+            .env_remove("MIDGE_API_TOKEN")
+            .env_remove("MIDGE_APP")
+            .timeout(COMMAND_TIMEOUT);
+        command
+    }
+
+    /// Runs `midge <args>` with no terminal and no input.
+    pub fn midge(&self, args: &[&str]) -> Outcome {
+        self.midge_with(args, &[])
+    }
+
+    /// Runs `midge <args>` with extra environment variables.
+    pub fn midge_with(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let mut command = self.command();
+        command.args(args).write_stdin("");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command
+            .output()
+            .unwrap_or_else(|err| panic!("running midge {args:?}: {err}"));
+        Outcome {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `midge apps create <name>`; returns the name.
+    pub fn create_app(&self, name: &str) -> String {
+        self.midge(&["apps", "create", name]).success();
+        name.to_string()
+    }
+
+    /// `midge machine run <args>`; returns the new machine's id.
+    pub fn run_machine(&self, args: &[&str]) -> String {
+        let mut argv = vec!["machine", "run"];
+        argv.extend_from_slice(args);
+        machine_id_in(&self.midge(&argv).success().stdout)
+    }
+
+    /// The machine as `midge machine status --json` shows it.
+    pub fn machine(&self, app: &str, id: &str) -> Value {
+        self.midge(&["machine", "status", id, "-a", app, "--json"])
+            .success()
+            .json()
+    }
+
+    pub fn api_get(&self, path: &str) -> (u16, Value) {
+        self.api_call(reqwest::Method::GET, path, None, &self.token)
+    }
+
+    pub fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.api_call(reqwest::Method::POST, path, Some(body), &self.token)
+    }
+
+    /// One API call with `token`; the status and the JSON body (null when empty).
+    pub fn api_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (u16, Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("{}{path}", self.api_url);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the API call");
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let mut request = client.request(method, &url).bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|err| panic!("calling {url}: {err}"));
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.expect("reading the API response");
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, value)
+        })
+    }
+
+    /// Polls `check` until it holds (or panics naming `what`).
+    pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: not so within {timeout:?}");
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- midge up log ({}) ---\n{}",
+                self.prefix,
+                tail(&self.server_log(), 60)
+            );
+        }
+        // `midge up` leaves machines running for the next start to adopt.
+        midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
+    }
+}
+
+/// What one `midge` command did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Fails unless the command exited 0; every line it printed is complete.
+    #[track_caller]
+    pub fn success(&self) -> &Outcome {
+        assert_eq!(self.code, Some(0), "midge {:?} failed:\n{self}", self.args);
+        self.assert_complete_lines();
+        self
+    }
+
+    /// Fails unless the command exited non-zero; returns its stderr.
+    #[track_caller]
+    pub fn failure(&self) -> &str {
+        assert!(
+            self.code.is_some_and(|code| code != 0),
+            "midge {:?} should have failed:\n{self}",
+            self.args
+        );
+        self.assert_complete_lines();
+        &self.stderr
+    }
+
+    /// Output that does not end in a newline leaves the shell prompt glued
+    /// to the last line.
+    #[track_caller]
+    pub fn assert_complete_lines(&self) {
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "midge {:?}: {name} does not end with a newline: {text:?}",
+                self.args
+            );
+        }
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
+            panic!("midge {:?}: stdout is not JSON ({err}):\n{self}", self.args)
+        })
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The id in the ` Machine ID: <id>` line of `run`/`create`/`clone`.
+#[track_caller]
+pub fn machine_id_in(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Machine ID: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no machine id in:\n{stdout}"))
+}
+
+/// An app name no other test uses.
+pub fn unique_app(stem: &str) -> String {
+    format!("{stem}-{}", midge_testkit::unique_prefix())
+}
+
+/// The static init `midge up` puts in machines: `MIDGE_INIT_BINARY`, else
+/// the one `scripts/build` leaves next to the `midge` binary.
+fn init_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MIDGE_INIT_BINARY").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let midge = assert_cmd::cargo::cargo_bin("midge");
+    let beside = midge.with_file_name("midge-init");
+    assert!(
+        beside.is_file(),
+        "no static midge-init at {}: run scripts/build or set MIDGE_INIT_BINARY",
+        beside.display()
+    );
+    beside
+}
+
+/// The loopback registry (started once per test process) and its test image.
+fn shared_registry_image() -> (String, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the test registry");
+    runtime
+        .block_on(midge_testkit::shared_test_image())
+        .expect("starting the test registry")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("finding a free loopback port")
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Reads a child's pipe on a thread, so a test can look at what arrived so far.
+pub struct PipeReader {
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PipeReader {
+    pub fn spawn(mut pipe: impl Read + Send + 'static) -> PipeReader {
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("pipe buffer")
+                    .extend_from_slice(&buffer[..n]);
+            }
+        });
+        PipeReader { received }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().expect("pipe buffer")).into_owned()
+    }
+}
