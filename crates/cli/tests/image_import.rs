@@ -2,6 +2,7 @@
 //! that machines run from, with no registry.
 
 #[path = "support/e2e_platform.rs"]
+#[allow(dead_code, reason = "shared with the other end-to-end tests")]
 mod e2e_platform;
 
 use e2e_platform::{Platform, machine_id_in, unique_app};
