@@ -121,4 +121,6 @@ pub trait Driver: Send + Sync {
         container_id: &'a str,
         dirs: &'a MachineDirs,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Removes the driver's host-wide state once every machine is cleaned up.
+    fn teardown(&self) -> Result<(), DriverError>;
 }

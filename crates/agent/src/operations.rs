@@ -56,8 +56,13 @@ impl Agent {
 
     /// Removes every host resource this agent's prefix names (uninstall, tests).
     pub async fn teardown_host(&self) -> Result<(), ApiError> {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for slot in self.all_slots() {
-            let id = Agent::snapshot(&slot).id;
+            // Waits out an operation or a start being prepared in the background.
+            let _guard = slot.op_lock.lock().await;
+            slot.warm.lock().expect("warm lock").take();
+            let id = slot.record.lock().expect("record lock").id.clone();
             let _ = self
                 .driver
                 .cleanup(&self.container_id(&id), &self.dirs(&id))
@@ -66,6 +71,9 @@ impl Agent {
         self.network
             .teardown_all()
             .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.driver
+            .teardown()
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
@@ -87,7 +95,8 @@ impl Agent {
         id: &str,
         version: Option<&str>,
     ) -> Result<Machine, ApiError> {
-        let record = Agent::snapshot(&*self.slot(app, id)?);
+        let slot = self.slot(app, id)?;
+        let record = slot.record.lock().expect("record lock");
         match version {
             None => Ok(record.to_machine(false)),
             Some(version) if version == record.version() => Ok(record.to_machine(false)),
@@ -111,39 +120,38 @@ impl Agent {
         }
         self.all_slots()
             .iter()
-            .map(|slot| Agent::snapshot(slot))
-            .filter(|r| r.app == app && r.name == id_or_name && state_is_alive(r.state))
-            .map(|r| r.id)
-            .next()
+            .find_map(|slot| {
+                let record = slot.record.lock().expect("record lock");
+                (record.app == app && record.name == id_or_name && state_is_alive(record.state))
+                    .then(|| record.id.clone())
+            })
             .ok_or_else(|| ApiError::not_found("machine not found"))
     }
 
     pub fn list_machines(&self, app: &str, filter: &ListFilter) -> Vec<Machine> {
-        let mut records: Vec<MachineRecord> = self
-            .all_slots()
-            .iter()
-            .map(|slot| Agent::snapshot(slot))
-            .filter(|r| r.app == app)
-            .filter(|r| filter.include_deleted || state_is_alive(r.state))
-            .filter(|r| {
-                filter
+        let matches = |r: &MachineRecord| {
+            r.app == app
+                && (filter.include_deleted || state_is_alive(r.state))
+                && filter
                     .region
                     .as_ref()
                     .is_none_or(|region| &r.region == region)
-            })
-            .filter(|r| filter.states.is_empty() || filter.states.contains(&r.state))
-            .filter(|r| {
-                filter
+                && (filter.states.is_empty() || filter.states.contains(&r.state))
+                && filter
                     .metadata
                     .iter()
                     .all(|(k, v)| r.config().metadata.get(k).is_some_and(|value| value == v))
+        };
+        let mut machines: Vec<Machine> = self
+            .all_slots()
+            .iter()
+            .filter_map(|slot| {
+                let record = slot.record.lock().expect("record lock");
+                matches(&record).then(|| record.to_machine(filter.summary))
             })
             .collect();
-        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        records
-            .iter()
-            .map(|r| r.to_machine(filter.summary))
-            .collect()
+        machines.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        machines
     }
 
     /// Number of machines of an app that are not destroyed, and of those, the started ones.

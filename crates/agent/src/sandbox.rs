@@ -438,4 +438,22 @@ impl Driver for SandboxDriver {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(SandboxDriver::cleanup(self, container_id, dirs))
     }
+    fn teardown(&self) -> Result<(), DriverError> {
+        // runc leaves the parent cgroup of the machines' cgroups in every hierarchy.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for hierarchy in hierarchies.flatten() {
+                let parent = hierarchy.path().join(&self.cgroup_parent);
+                if parent.is_dir() {
+                    std::fs::remove_dir(&parent)
+                        .map_err(|e| io_err(format!("removing cgroup {}", parent.display()), e))?;
+                }
+            }
+        }
+        let state_dir = self.runc_root.parent().unwrap_or(&self.runc_root);
+        match std::fs::remove_dir_all(state_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", state_dir.display()), e)),
+        }
+    }
 }

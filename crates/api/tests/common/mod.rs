@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod live;
+pub mod openapi;
+
 use std::sync::Arc;
 
 use axum::Router;
