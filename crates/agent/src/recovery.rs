@@ -21,13 +21,43 @@ fn setup_error(what: &str, err: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("{what}: {err}"))
 }
 
-/// The static init binary: configured, or installed next to this executable.
-fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
-    if let Some(path) = &config.init_binary {
-        return Ok(path.clone());
+/// Whether an ELF executable runs without a dynamic loader: init has to,
+/// since machine images need not carry a libc.
+fn is_static_executable(path: &std::path::Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return false;
     }
-    if let Ok(path) = std::env::var("MIDGE_INIT_BINARY") {
-        return Ok(PathBuf::from(path));
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) as usize;
+    let (entry_size, count) = (u16_at(54), u16_at(56));
+    (0..count).all(|index| {
+        let at = phoff + index * entry_size;
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|kind| u32::from_le_bytes(kind.try_into().expect("4 bytes")) != PT_INTERP)
+    })
+}
+
+/// The static init binary: configured, or found near this executable.
+fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
+    let configured = config.init_binary.clone().or_else(|| {
+        std::env::var_os("MIDGE_INIT_BINARY")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(path) = configured {
+        return if is_static_executable(&path) {
+            Ok(path)
+        } else {
+            Err(ApiError::internal(format!(
+                "{} is not a statically linked midge-init; build it with scripts/build",
+                path.display()
+            )))
+        };
     }
     let exe =
         std::env::current_exe().map_err(|e| setup_error("locating the midge executable", e))?;
@@ -39,11 +69,30 @@ fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
         dir.join("../x86_64-unknown-linux-gnu/debug/midge-init"),
         dir.join("../../x86_64-unknown-linux-gnu/debug/midge-init"),
     ];
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+    // A workspace build also leaves a dynamically linked midge-init beside midge.
+    candidates.into_iter().find(|p| is_static_executable(p)).ok_or_else(|| {
         ApiError::internal(
-            "the static midge-init binary was not found next to midge; build it with scripts/build-init or set MIDGE_INIT_BINARY",
+            "no statically linked midge-init found next to midge; build it with scripts/build or set MIDGE_INIT_BINARY",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        assert!(
+            !super::is_static_executable(std::path::Path::new("/bin/sh")),
+            "dash needs ld.so"
+        );
+        assert!(!super::is_static_executable(std::path::Path::new(
+            "/etc/hostname"
+        )));
+        assert!(
+            super::is_static_executable(std::path::Path::new("/bin/busybox")),
+            "busybox-static"
+        );
+    }
 }
 
 impl Agent {
