@@ -15,6 +15,9 @@ use crate::api::{ListFilter, Nonce, Owner, WaitTarget};
 use crate::config::AgentConfig;
 use crate::record::{Lease, MachineRecord, PendingOp};
 
+/// How long teardown waits for a machine's running operation.
+const TEARDOWN_LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Refuses a mutation of a leased machine without the lease's nonce.
 pub(crate) fn check_lease(record: &MachineRecord, nonce: Nonce<'_>) -> Result<(), ApiError> {
     match record.active_lease() {
@@ -59,8 +62,9 @@ impl Agent {
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for slot in self.all_slots() {
-            // Waits out an operation or a start being prepared in the background.
-            let _guard = slot.op_lock.lock().await;
+            // Waits out an operation or a start being prepared in the background,
+            // but not forever: the runtime running it may be gone (a dropped test).
+            let _guard = tokio::time::timeout(TEARDOWN_LOCK_WAIT, slot.op_lock.lock()).await;
             slot.warm.lock().expect("warm lock").take();
             let id = slot.record.lock().expect("record lock").id.clone();
             let _ = self

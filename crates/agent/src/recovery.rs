@@ -77,24 +77,6 @@ fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tells_static_from_dynamic_executables() {
-        assert!(
-            !super::is_static_executable(std::path::Path::new("/bin/sh")),
-            "dash needs ld.so"
-        );
-        assert!(!super::is_static_executable(std::path::Path::new(
-            "/etc/hostname"
-        )));
-        assert!(
-            super::is_static_executable(std::path::Path::new("/bin/busybox")),
-            "busybox-static"
-        );
-    }
-}
-
 impl Agent {
     pub(crate) async fn open_inner(config: AgentConfig) -> Result<Arc<Agent>, ApiError> {
         let data_dir = config.data_dir.clone();
@@ -299,5 +281,23 @@ fn kill_now() -> StopRequest {
     StopRequest {
         signal: Some(midge_types::Signal::KILL),
         timeout: Some(midge_types::GoDuration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        assert!(
+            !super::is_static_executable(std::path::Path::new("/bin/sh")),
+            "dash needs ld.so"
+        );
+        assert!(!super::is_static_executable(std::path::Path::new(
+            "/etc/hostname"
+        )));
+        assert!(
+            super::is_static_executable(std::path::Path::new("/bin/busybox")),
+            "busybox-static"
+        );
     }
 }
