@@ -355,9 +355,6 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        // runc commands of the killed server run on; one that finishes after
-        // the cleanup would leave a container behind.
-        host::wait_for_runc_commands(&self.prefix, Duration::from_secs(10));
         midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
     }
 }
@@ -417,28 +414,6 @@ mod host {
                 Some((id.to_string(), c["status"].as_str()?.to_string()))
             })
             .collect()
-    }
-
-    /// Waits until no `runc --root /run/midge/<prefix>/runc …` command runs.
-    pub fn wait_for_runc_commands(prefix: &str, timeout: std::time::Duration) {
-        let root = format!("/run/midge/{prefix}/runc");
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline && runc_command_running(&root) {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
-    fn runc_command_running(root: &str) -> bool {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        entries.flatten().any(|entry| {
-            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                args.windows(2)
-                    .any(|pair| pair[0] == b"--root" && pair[1] == root.as_bytes())
-            })
-        })
     }
 
     pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {

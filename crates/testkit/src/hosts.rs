@@ -159,6 +159,9 @@ fn remove_cgroup_tree(dir: &Path) {
 /// `data_dir`, namespaces, veths, the nftables table, cgroups).
 pub fn remove_host_resources(prefix: &str, data_dir: &Path) {
     let root = runc_root(prefix);
+    // runc commands of a stopped agent run on; one finishing after the
+    // cleanup would leave its container (or state dir) behind.
+    wait_for_runc_commands(&root, std::time::Duration::from_secs(10));
     for id in run("runc", &["--root", &root, "list", "-q"]).lines() {
         run("runc", &["--root", &root, "delete", "--force", id.trim()]);
     }
@@ -289,4 +292,25 @@ pub fn remove_all_test_resources() {
     {
         run("ip", &["link", "delete", &veth]);
     }
+}
+
+/// Waits until no `runc --root <root> …` command runs.
+fn wait_for_runc_commands(root: &str, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline && runc_command_running(root) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn runc_command_running(root: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|pair| pair[0] == b"--root" && pair[1] == root.as_bytes())
+        })
+    })
 }
