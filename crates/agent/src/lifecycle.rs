@@ -85,24 +85,26 @@ impl Agent {
         let id = midge_types::ids::new_machine_id();
         let record = {
             let _guard = self.create_lock.lock().expect("create lock");
-            let alive: Vec<MachineRecord> = self
-                .all_slots()
-                .iter()
-                .map(|slot| Agent::snapshot(slot))
-                .filter(|r| state_is_alive(r.state))
-                .collect();
-            let name = match request.name.as_deref().filter(|n| !n.is_empty()) {
-                Some(name) => {
-                    if alive.iter().any(|r| r.app == owner.app && r.name == name) {
-                        return Err(ApiError::aborted(format!(
-                            "a machine named {name:?} already exists in this app"
-                        )));
-                    }
-                    name.to_string()
+            let requested_name = request.name.as_deref().filter(|n| !n.is_empty());
+            let mut name_taken = false;
+            let mut used: Vec<u32> = Vec::new();
+            for slot in self.all_slots() {
+                let record = slot.record.lock().expect("record lock");
+                if state_is_alive(record.state) {
+                    used.push(record.slot);
+                    name_taken |=
+                        record.app == owner.app && Some(record.name.as_str()) == requested_name;
                 }
+            }
+            let name = match requested_name {
+                Some(name) if name_taken => {
+                    return Err(ApiError::aborted(format!(
+                        "a machine named {name:?} already exists in this app"
+                    )));
+                }
+                Some(name) => name.to_string(),
                 None => midge_types::ids::generate_name(),
             };
-            let mut used: Vec<u32> = alive.iter().map(|r| r.slot).collect();
             used.sort_unstable();
             let slot_number = (0u32..)
                 .find(|n| used.binary_search(n).is_err())
