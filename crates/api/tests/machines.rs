@@ -388,3 +388,62 @@ async fn interactive_exec_over_websocket_and_logs() {
 
     server.abort();
 }
+
+#[tokio::test]
+async fn list_pages_with_fly_next_cursor() {
+    let h = Harness::with_registry().await;
+    let reply = h.create_app(&h.admin.clone(), APP).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let body =
+            json!({"name": format!("page-{i}"), "skip_launch": true, "config": {"image": h.image}});
+        let reply = h
+            .admin(
+                "POST",
+                &format!("/v1/apps/{APP}/machines"),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        created.push(reply.body["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut uri = format!("/v1/apps/{APP}/machines?limit=2");
+    let mut pages = 0;
+    loop {
+        let reply = h.admin("GET", &uri, None).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let page = reply.body.as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_string()));
+        pages += 1;
+        match reply.headers.get("fly-next-cursor") {
+            Some(cursor) => {
+                uri = format!(
+                    "/v1/apps/{APP}/machines?limit=2&cursor={}",
+                    cursor.to_str().unwrap()
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut expected = created.clone();
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected, "every machine exactly once");
+
+    let unpaged = h
+        .admin("GET", &format!("/v1/apps/{APP}/machines"), None)
+        .await;
+    assert_eq!(unpaged.body.as_array().unwrap().len(), 5);
+    assert!(unpaged.headers.get("fly-next-cursor").is_none());
+    h.admin(
+        "GET",
+        &format!("/v1/apps/{APP}/machines?limit=2&cursor=nosuchmachine"),
+        None,
+    )
+    .await
+    .assert_error(400);
+}

@@ -2,6 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use midge_agent::{ListFilter, Owner};
 use midge_types::{
     ApiError, CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion,
@@ -14,6 +16,8 @@ use crate::extract::{AppPath, JsonBody, LeaseNonce, MachinePath, Params};
 use crate::schema::{ErrorResponse, OkResponse};
 
 const MAX_LIST_LIMIT: u32 = 1000;
+/// Where the cursor of the next page of a list goes, as on Fly.
+const NEXT_CURSOR_HEADER: &str = "fly-next-cursor";
 const DEFAULT_EVENTS: usize = 20;
 const MAX_EVENTS: usize = 50;
 
@@ -26,24 +30,30 @@ const MAX_EVENTS: usize = 50;
         ("state" = Option<String>, Query, description = "Comma-separated states; may repeat"),
         ("summary" = Option<bool>, Query, description = "Omit config, events and checks"),
         ("metadata.{key}" = Option<String>, Query, description = "Only machines whose metadata KEY equals the value; may repeat (all must match)"),
-        ("limit" = Option<u32>, Query, description = "1..1000, advisory"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..1000; the next page's cursor comes in the fly-next-cursor header"),
+        ("cursor" = Option<String>, Query, description = "From a previous page's fly-next-cursor header"),
     ),
-    responses((status = 200, body = [Object], description = "Machine objects"), (status = 400, body = ErrorResponse))
+    responses((status = 200, body = [Object], description = "Machine objects, oldest first"), (status = 400, body = ErrorResponse))
 )]
 pub async fn list_machines(
     State(state): State<ApiState>,
     caller: Caller,
     path: AppPath,
     params: Params,
-) -> Result<Json<Vec<Machine>>> {
+) -> Result<Response> {
     let app = state.app(&caller, &path.app)?;
-    if let Some(limit) = params.parse::<u32>("limit")?
+    let limit = params.parse::<u32>("limit")?;
+    if let Some(limit) = limit
         && !(1..=MAX_LIST_LIMIT).contains(&limit)
     {
         return Err(Error::invalid(format!(
             "limit must be between 1 and {MAX_LIST_LIMIT}"
         )));
     }
+    let cursor = params
+        .get("cursor")
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
     let filter = ListFilter {
         include_deleted: params.flag("include_deleted")?,
         region: params
@@ -58,7 +68,44 @@ pub async fn list_machines(
             .collect(),
         summary: params.flag("summary")?,
     };
-    Ok(Json(state.agent.list_machines(&app.name, &filter)))
+    let machines = state.agent.list_machines(&app.name, &filter);
+    let (page, next_cursor) = paginate(machines, cursor, limit.map(|l| l as usize))?;
+    let mut response = Json(page).into_response();
+    if let Some(next) = next_cursor
+        && let Ok(value) = HeaderValue::from_str(&next)
+    {
+        response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// A page of machines (ordered by creation) after the machine the cursor
+/// names, and the cursor of the next page when there is one. The cursor is
+/// the id of the last machine of the previous page.
+fn paginate(
+    machines: Vec<Machine>,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<(Vec<Machine>, Option<String>)> {
+    let start = match cursor {
+        None => 0,
+        Some(cursor) => {
+            machines
+                .iter()
+                .position(|m| m.id == cursor)
+                .ok_or_else(|| Error::invalid(format!("invalid or expired cursor {cursor:?}")))?
+                + 1
+        }
+    };
+    let mut page: Vec<Machine> = machines.into_iter().skip(start).collect();
+    let next = match limit {
+        Some(limit) if page.len() > limit => {
+            page.truncate(limit);
+            page.last().map(|m| m.id.clone())
+        }
+        _ => None,
+    };
+    Ok((page, next))
 }
 
 fn parse_states<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<MachineState>> {
