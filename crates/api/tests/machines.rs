@@ -390,7 +390,7 @@ async fn interactive_exec_over_websocket_and_logs() {
 }
 
 #[tokio::test]
-async fn list_pages_with_fly_next_cursor() {
+async fn list_pages_with_fly_next_cursor_and_includes_leases() {
     let h = Harness::with_registry().await;
     let reply = h.create_app(&h.admin.clone(), APP).await;
     assert_eq!(reply.status, StatusCode::CREATED);

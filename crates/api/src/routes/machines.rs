@@ -32,6 +32,7 @@ const MAX_EVENTS: usize = 50;
         ("metadata.{key}" = Option<String>, Query, description = "Only machines whose metadata KEY equals the value; may repeat (all must match)"),
         ("limit" = Option<u32>, Query, description = "Page size, 1..1000; the next page's cursor comes in the fly-next-cursor header"),
         ("cursor" = Option<String>, Query, description = "From a previous page's fly-next-cursor header"),
+        ("include_leases" = Option<bool>, Query, description = "Add each machine's current lease as `lease`"),
     ),
     responses((status = 200, body = [Object], description = "Machine objects, oldest first"), (status = 400, body = ErrorResponse))
 )]
@@ -68,8 +69,14 @@ pub async fn list_machines(
             .collect(),
         summary: params.flag("summary")?,
     };
+    let include_leases = params.flag("include_leases")?;
     let machines = state.agent.list_machines(&app.name, &filter);
-    let (page, next_cursor) = paginate(machines, cursor, limit.map(|l| l as usize))?;
+    let (mut page, next_cursor) = paginate(machines, cursor, limit.map(|l| l as usize))?;
+    if include_leases {
+        for machine in &mut page {
+            add_lease(&state, &app.name, machine);
+        }
+    }
     let mut response = Json(page).into_response();
     if let Some(next) = next_cursor
         && let Ok(value) = HeaderValue::from_str(&next)
@@ -174,6 +181,7 @@ fn require_image(request: &CreateMachineRequest) -> Result<()> {
     params(
         ("app_name" = String, Path), ("machine_id" = String, Path, description = "Machine id or name"),
         ("version" = Option<String>, Query, description = "A past version (ULID)"),
+        ("include_leases" = Option<bool>, Query, description = "Add the current lease as `lease`"),
     ),
     responses((status = 200, body = Object, description = "The machine"), (status = 404, body = ErrorResponse))
 )]
@@ -184,12 +192,20 @@ pub async fn get_machine(
     params: Params,
 ) -> Result<Json<Machine>> {
     let version = version_param(&params, "version")?;
+    let include_leases = params.flag("include_leases")?;
     let target = state.machine(&caller, &path)?;
-    Ok(Json(state.agent.get_machine(
-        &target.app.name,
-        &target.id,
-        version,
-    )?))
+    let mut machine = state
+        .agent
+        .get_machine(&target.app.name, &target.id, version)?;
+    if include_leases {
+        add_lease(&state, &target.app.name, &mut machine);
+    }
+    Ok(Json(machine))
+}
+
+/// `include_leases`: the machine's current lease, if any, in `lease`.
+fn add_lease(state: &ApiState, app: &str, machine: &mut Machine) {
+    machine.lease = state.agent.lease_get(app, &machine.id).ok();
 }
 
 /// A version or instance id query parameter: a ULID.
