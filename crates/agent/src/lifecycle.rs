@@ -537,17 +537,19 @@ impl Agent {
         request: &StopRequest,
     ) -> Result<(), ApiError> {
         let signal = request.signal.map(|s| s.number());
-        self.stop_locked(
-            slot,
-            request,
-            MachineState::Stopping,
-            PendingOp::Stop {
-                request_signal: signal,
-            },
-        )
-        .await?;
+        let was_running = self
+            .stop_locked(
+                slot,
+                request,
+                MachineState::Stopping,
+                PendingOp::Stop {
+                    request_signal: signal,
+                },
+            )
+            .await?;
         self.update_record(slot, |record| {
-            if record.state != MachineState::Created || record.pending.is_some() {
+            // A machine that never ran stays `created`.
+            if was_running || record.state != MachineState::Created {
                 record.set_state(MachineState::Stopped);
             }
             record.pending = None;
