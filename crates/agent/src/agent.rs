@@ -2,137 +2,197 @@
 //! the host parts (images, network, driver) it drives them with.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use midge_agent_api::AgentError;
+use midge_driver::{Driver, PreparedRun, RunningMachine};
 use midge_image::ImageStore;
-use midge_net::Network;
-use midge_types::{ApiError, MachineState};
+use midge_net::MachineNetwork;
+use midge_types::MachineState;
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
-use crate::driver::{Driver, MachineDirs};
 use crate::record::MachineRecord;
-use crate::store::AgentStore;
+use crate::store::RecordStore;
 
-/// One machine: its record, a lock that lets one operation run at a time,
-/// and a channel that wakes waiters on every change.
-pub struct MachineSlot {
+/// What runs the machines of a host, chosen by the composition root.
+#[derive(Debug)]
+pub struct HostParts {
+    pub images: ImageStore,
+    pub network: Arc<dyn MachineNetwork>,
+    pub driver: Arc<dyn Driver>,
+}
+
+/// The host agent; cheap to clone (every clone is the same agent).
+#[derive(Clone)]
+pub struct Agent {
+    pub(crate) core: Arc<AgentCore>,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("region", &self.core.config.region)
+            .field("driver", &self.core.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct AgentCore {
+    pub config: AgentConfig,
+    pub store: RecordStore,
+    pub machines: RwLock<HashMap<String, Arc<MachineEntry>>>,
+    pub images: ImageStore,
+    pub network: Arc<dyn MachineNetwork>,
+    pub driver: Arc<dyn Driver>,
+    /// Serializes name checks and network slot allocation across creates.
+    pub create_lock: Mutex<()>,
+    /// Counts runs, so a monitor of an old run can tell it is stale.
+    pub generation: AtomicU64,
+    /// How many machines hold a prepared next run.
+    pub prepared: AtomicUsize,
+    pub shutting_down: AtomicBool,
+}
+
+/// One machine in memory: its record, the lock that lets one operation run
+/// at a time, a channel that wakes waiters on every change, its current run
+/// and its prepared next run.
+pub(crate) struct MachineEntry {
     pub record: Mutex<MachineRecord>,
     pub op_lock: Arc<tokio::sync::Mutex<()>>,
     pub changed: watch::Sender<u64>,
-    /// Host pid of init while the machine runs.
-    pub running: Mutex<Option<Running>>,
-    /// A container prepared for the next start of a stopped machine.
-    pub warm: Mutex<Option<Warm>>,
+    pub current: Mutex<Option<CurrentRun>>,
+    /// Held while the next run is being prepared, so a start waits for an
+    /// in-flight preparation instead of throwing it away.
+    pub next: Arc<tokio::sync::Mutex<Option<NextRun>>>,
 }
 
-/// A stopped machine's next run, created ahead (fresh rootfs, `runc create`)
-/// so that starting it is only `runc start`.
-pub struct Warm {
-    pub prepared: crate::driver::Prepared,
+/// The run of a machine whose program was let go.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentRun {
+    pub machine: Arc<dyn RunningMachine>,
+    pub generation: u64,
+}
+
+/// A machine's next run, prepared ahead so that starting it is a launch.
+#[derive(Debug)]
+pub(crate) struct NextRun {
+    pub prepared: Box<dyn PreparedRun>,
     /// The config version it was prepared for.
     pub version: String,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Running {
-    pub pid: i32,
-    /// Counts starts, so a monitor of an old run can tell it is stale.
-    pub generation: u64,
-}
-
-pub struct Agent {
-    pub(crate) config: AgentConfig,
-    pub(crate) store: AgentStore,
-    pub(crate) machines: RwLock<HashMap<String, Arc<MachineSlot>>>,
-    pub(crate) images: ImageStore,
-    pub(crate) network: Network,
-    pub(crate) driver: Arc<dyn Driver>,
-    pub(crate) machines_dir: PathBuf,
-    /// Serializes slot allocation and name checks across creates.
-    pub(crate) create_lock: Mutex<()>,
-    pub(crate) generation: std::sync::atomic::AtomicU64,
-    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
-}
-
-impl Agent {
-    pub(crate) fn slot(&self, app: &str, id: &str) -> Result<Arc<MachineSlot>, ApiError> {
-        let machines = self.machines.read().expect("machines lock");
-        let slot = machines.get(id).ok_or_else(machine_not_found)?;
-        if slot.record.lock().expect("record lock").app != app {
-            return Err(machine_not_found());
-        }
-        Ok(slot.clone())
+impl MachineEntry {
+    pub fn snapshot(&self) -> MachineRecord {
+        lock(&self.record).clone()
     }
 
-    pub(crate) fn all_slots(&self) -> Vec<Arc<MachineSlot>> {
+    pub fn id(&self) -> String {
+        lock(&self.record).id.clone()
+    }
+
+    pub fn current(&self) -> Option<CurrentRun> {
+        lock(&self.current).clone()
+    }
+
+    pub fn set_current(&self, run: Option<CurrentRun>) {
+        *lock(&self.current) = run;
+    }
+}
+
+/// Locks a std mutex; a poisoned one is still used, since every holder
+/// leaves the data consistent before it could panic.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AgentCore {
+    /// The machine with this id in this app.
+    pub fn entry(&self, app: &str, id: &str) -> Result<Arc<MachineEntry>, AgentError> {
+        let machines = self.machines.read().unwrap_or_else(|p| p.into_inner());
+        let entry = machines.get(id).ok_or(AgentError::MachineNotFound)?;
+        if lock(&entry.record).app != app {
+            return Err(AgentError::MachineNotFound);
+        }
+        Ok(entry.clone())
+    }
+
+    pub fn entries(&self) -> Vec<Arc<MachineEntry>> {
         self.machines
             .read()
-            .expect("machines lock")
+            .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
             .collect()
     }
 
-    pub(crate) fn dirs(&self, id: &str) -> MachineDirs {
-        MachineDirs::new(&self.machines_dir, id)
+    pub fn insert_entry(&self, record: MachineRecord) -> Arc<MachineEntry> {
+        let id = record.id.clone();
+        let entry = Arc::new(MachineEntry {
+            record: Mutex::new(record),
+            op_lock: Arc::new(tokio::sync::Mutex::new(())),
+            changed: watch::channel(0).0,
+            current: Mutex::new(None),
+            next: Arc::new(tokio::sync::Mutex::new(None)),
+        });
+        self.machines
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, entry.clone());
+        entry
     }
 
-    pub(crate) fn container_id(&self, id: &str) -> String {
-        format!("{}-{}", self.config.resource_prefix, id)
+    pub fn remove_entry(&self, id: &str) {
+        self.machines
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Applies a change to a machine's record, writes it to the store and
     /// wakes waiters. The store write happens before anyone is told.
-    pub(crate) fn update_record<T>(
+    pub fn update_record<T>(
         &self,
-        slot: &MachineSlot,
+        entry: &MachineEntry,
         change: impl FnOnce(&mut MachineRecord) -> T,
-    ) -> Result<T, ApiError> {
-        let mut record = slot.record.lock().expect("record lock");
+    ) -> Result<T, AgentError> {
+        let mut record = lock(&entry.record);
         let mut next = record.clone();
         let result = change(&mut next);
-        self.store
-            .save(&next)
-            .map_err(|e| ApiError::internal(format!("saving machine {}: {e}", next.id)))?;
+        self.store.save(&next).map_err(|e| {
+            AgentError::host(format!("saving the record of machine {}", next.id), e)
+        })?;
         *record = next;
         drop(record);
-        slot.changed.send_modify(|n| *n += 1);
+        entry.changed.send_modify(|n| *n += 1);
         Ok(result)
     }
 
-    pub(crate) fn snapshot(slot: &MachineSlot) -> MachineRecord {
-        slot.record.lock().expect("record lock").clone()
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn next_generation(&self) -> u64 {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
-
-    pub(crate) fn insert_slot(&self, record: MachineRecord) -> Arc<MachineSlot> {
-        let id = record.id.clone();
-        let slot = Arc::new(MachineSlot {
-            record: Mutex::new(record),
-            op_lock: Arc::new(tokio::sync::Mutex::new(())),
-            changed: watch::channel(0).0,
-            running: Mutex::new(None),
-            warm: Mutex::new(None),
-        });
-        self.machines
-            .write()
-            .expect("machines lock")
-            .insert(id, slot.clone());
-        slot
-    }
-}
-
-pub(crate) fn machine_not_found() -> ApiError {
-    ApiError::not_found("machine not found")
 }
 
 pub(crate) fn state_is_alive(state: MachineState) -> bool {
     !matches!(state, MachineState::Destroyed | MachineState::Destroying)
+}
+
+/// An error with its causes, for logs: "outer: inner: innermost".
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -1,23 +1,22 @@
+//! How one host agent is set up.
+
 use std::path::PathBuf;
 
-/// How one host agent is set up.
+/// A host agent's own settings (its driver, network and images come in
+/// [`crate::HostParts`]).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Everything the agent keeps: its store, images, machine dirs.
+    /// Where the agent keeps its machine records (`agent.db`).
     pub data_dir: PathBuf,
     /// The region this host belongs to (`local` on a laptop).
     pub region: String,
-    /// Put in front of every host resource the agent creates (namespaces,
-    /// veths, nftables table, cgroups, runc state): at most 6 characters.
-    pub resource_prefix: String,
-    /// IPv4 range machines get their /30 link networks from.
-    pub ipv4_pool: String,
-    /// Registries reachable over plain HTTP (host:port).
-    pub insecure_registries: Vec<String>,
-    /// The static midge-init binary; found next to the running executable when unset.
-    pub init_binary: Option<PathBuf>,
     /// Host id used in 6PN addresses.
     pub host_id: u32,
+    /// Registries reachable over plain HTTP (host:port); loopback ones always are.
+    pub insecure_registries: Vec<String>,
+    /// How many machines may keep a prepared next run (each holds a created
+    /// sandbox and a mounted rootfs); 0 turns prepared runs off.
+    pub prepared_runs: usize,
 }
 
 impl AgentConfig {
@@ -25,11 +24,9 @@ impl AgentConfig {
         AgentConfig {
             data_dir: data_dir.into(),
             region: "local".into(),
-            resource_prefix: "midge".into(),
-            ipv4_pool: "172.19.0.0/16".into(),
-            insecure_registries: Vec::new(),
-            init_binary: None,
             host_id: 1,
+            insecure_registries: Vec::new(),
+            prepared_runs: 64,
         }
     }
 }

@@ -1,48 +1,118 @@
-//! Image pulls with progress, for clients that want to show it before they
-//! create a machine (whose create would otherwise pull silently).
+//! Images for machines: found in the host's store, pulled when missing, and
+//! pulls with progress for clients that show it before they create.
 
-use std::sync::Arc;
-
-use midge_image::PullProgress;
-use midge_types::ImageRef;
+use futures::stream::BoxStream;
+use midge_agent_api::AgentError;
+use midge_image::{Image, ImageError, PullOptions, PullProgress};
+use midge_types::agent::PullEvent;
 use tokio::sync::mpsc;
 
-use crate::agent::Agent;
+use crate::agent::AgentCore;
 
-#[derive(Debug, Clone)]
-pub enum PullEvent {
-    Progress(PullProgress),
-    Done(ImageRef),
-    Failed(String),
+/// Whose fault an image failure is: the image's (4xx, with the registry's
+/// answer) or the host's (its disk).
+pub(crate) fn image_error(reference: &str, error: ImageError) -> AgentError {
+    match error {
+        ImageError::Io { .. } => AgentError::host(format!("storing image {reference}"), error),
+        _ => AgentError::ImageUnavailable {
+            reference: reference.to_string(),
+            source: Box::new(error),
+        },
+    }
 }
 
-impl Agent {
-    /// Pulls `reference` into the host's image store (a no-op when it is
-    /// there), reporting progress as it goes; the last event is `Done` or `Failed`.
-    pub fn pull_image(self: &Arc<Self>, reference: String) -> mpsc::Receiver<PullEvent> {
+impl AgentCore {
+    pub(crate) fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            insecure_registries: self.config.insecure_registries.clone(),
+            credentials: Vec::new(),
+        }
+    }
+
+    /// The image, from the store or pulled.
+    pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, AgentError> {
+        let fail = |error| image_error(reference, error);
+        if let Some(image) = self.images.get(reference).map_err(fail)? {
+            return Ok(image);
+        }
+        // A pinned reference (`repo:tag@sha256:…`, as clone writes) matches any
+        // local image with that manifest digest, imported ones included.
+        if let Some((_, digest)) = reference.rsplit_once('@') {
+            let local = self.images.list().map_err(fail)?;
+            if let Some(image) = local
+                .into_iter()
+                .find(|image| image.image_ref.digest == digest)
+            {
+                return Ok(image);
+            }
+        }
+        self.images
+            .ensure(reference, &self.pull_options(), &|_| {})
+            .await
+            .map_err(fail)
+    }
+
+    /// Pulls `reference` into the store (nothing to do when it is there),
+    /// reporting progress; the last event is `Done` or `Failed`.
+    pub(crate) fn pull_image(
+        self: &std::sync::Arc<Self>,
+        reference: String,
+    ) -> BoxStream<'static, PullEvent> {
         let (sender, receiver) = mpsc::channel(256);
-        let agent = self.clone();
+        let core = self.clone();
         tokio::spawn(async move {
             let progress_sender = sender.clone();
             // Progress is best effort: a slow reader misses byte counts, never the end.
             let report = move |progress: PullProgress| {
-                let _ = progress_sender.try_send(PullEvent::Progress(progress));
+                let _ = progress_sender.try_send(progress_event(progress));
             };
-            let result = match agent.images.get(&reference) {
+            let result = match core.images.get(&reference) {
                 Ok(Some(image)) => Ok(image),
                 _ => {
-                    agent
-                        .images
-                        .ensure(&reference, &agent.pull_options(), &report)
+                    core.images
+                        .ensure(&reference, &core.pull_options(), &report)
                         .await
                 }
             };
             let last = match result {
-                Ok(image) => PullEvent::Done(image.image_ref),
-                Err(err) => PullEvent::Failed(err.to_string()),
+                Ok(image) => PullEvent::Done {
+                    image_ref: image.image_ref,
+                },
+                Err(error) => PullEvent::Failed {
+                    error: image_error(&reference, error).chain(),
+                },
             };
             let _ = sender.send(last).await;
         });
-        receiver
+        Box::pin(futures::stream::unfold(receiver, |mut receiver| async {
+            receiver.recv().await.map(|event| (event, receiver))
+        }))
+    }
+}
+
+fn progress_event(progress: PullProgress) -> PullEvent {
+    match progress {
+        PullProgress::Resolved {
+            digest,
+            layers,
+            total_bytes,
+        } => PullEvent::Resolved {
+            digest,
+            layers,
+            total_bytes,
+        },
+        PullProgress::LayerStarted { digest, size } => PullEvent::LayerStarted { digest, size },
+        PullProgress::LayerBytes {
+            digest,
+            downloaded,
+            size,
+        } => PullEvent::LayerBytes {
+            digest,
+            downloaded,
+            size,
+        },
+        PullProgress::LayerDone { digest } => PullEvent::LayerDone { digest },
+        PullProgress::LayerCached { digest } => PullEvent::LayerCached { digest },
+        PullProgress::Done => PullEvent::Pulled,
     }
 }

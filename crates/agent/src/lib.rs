@@ -1,24 +1,31 @@
-//! The host agent: the source of truth for the machines on one host, as flyd
-//! is on Fly. It pulls images, prepares networking, runs machines through a
-//! driver, records every operation durably, and converges after a crash.
+//! The host agent: the source of truth for the machines on one host, as
+//! flyd is on Fly. It pulls images, attaches networking, runs machines
+//! through a [`midge_driver::Driver`], records every operation durably
+//! before it touches the host, and converges after a crash.
+//!
+//! Callers use it through [`midge_agent_api::HostAgent`]; the driver, the
+//! network and the image store are given to [`Agent::open`] by the
+//! composition root, so nothing here names runc or a guest's host paths.
 
 mod agent;
-mod api;
-pub mod config;
-pub mod driver;
+mod config;
+mod create;
+mod exec;
+mod host_agent;
 mod images;
+mod launch_spec;
 mod lifecycle;
-mod logs;
-mod oci_spec;
-mod operations;
-mod pty;
+mod next_run;
+mod queries;
 mod record;
 mod recovery;
-mod runspec;
-mod sandbox;
 mod store;
+mod transitions;
+mod update;
+mod wait;
 
-pub use agent::Agent;
-pub use api::*;
+#[cfg(test)]
+mod tests;
+
+pub use agent::{Agent, HostParts};
 pub use config::AgentConfig;
-pub use images::PullEvent;

@@ -51,8 +51,9 @@ pub struct MachineRecord {
     /// The local image store's reference for the current version's image.
     pub image_key: String,
     pub private_ip: String,
-    /// Network slot on this host (picks the link addresses).
-    pub slot: u32,
+    /// The machine's network slot on this host (picks its link and 6PN addresses).
+    #[serde(alias = "slot")]
+    pub net_slot: u32,
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<MachineEvent>,
@@ -67,6 +68,14 @@ pub struct MachineRecord {
     /// The stop request currently being carried out, if any.
     #[serde(default)]
     pub stop_request: Option<StopRequest>,
+}
+
+/// How much of a machine a view shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    /// Without config, events and checks (list's `summary`).
+    Summary,
 }
 
 /// How many events a machine keeps.
@@ -131,12 +140,13 @@ impl MachineRecord {
     }
 
     /// The API's view of the machine.
-    pub fn to_machine(&self, summary: bool) -> Machine {
-        self.view(self.current(), self.state, summary)
+    pub fn to_machine(&self) -> Machine {
+        self.view(self.current(), self.state, Detail::Full)
     }
 
     /// The API's view of the machine at one of its versions; old versions are `replaced`.
-    pub fn view(&self, version: &VersionEntry, state: MachineState, summary: bool) -> Machine {
+    pub fn view(&self, version: &VersionEntry, state: MachineState, detail: Detail) -> Machine {
+        let summary = detail == Detail::Summary;
         let mut events = self.events.clone();
         events.reverse();
         Machine {

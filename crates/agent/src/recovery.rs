@@ -1,202 +1,209 @@
-//! Opening the agent: load the store, set up the host, and converge every
-//! machine to what its record says, finishing or rolling back operations a
-//! crash interrupted, and removing host resources nothing owns.
+//! Opening the agent: load the records, ask the driver what is left on the
+//! host, and converge every machine to what its record says — finishing or
+//! rolling back operations a crash interrupted, re-adopting running runs,
+//! and removing host resources no record owns.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use midge_image::ImageStore;
-use midge_net::{NetConfig, Network};
-use midge_types::{ApiError, MachineState, StopRequest};
+use midge_agent_api::AgentError;
+use midge_driver::Recovered;
+use midge_types::{MachineState, StopRequest};
 
-use crate::agent::{Agent, MachineSlot, Running, state_is_alive};
+use crate::agent::{Agent, AgentCore, CurrentRun, HostParts, MachineEntry, state_is_alive};
 use crate::config::AgentConfig;
-use crate::driver::Driver;
+use crate::lifecycle::kill_now;
 use crate::record::PendingOp;
-use crate::sandbox::SandboxDriver;
-use crate::store::AgentStore;
+use crate::store::RecordStore;
+use crate::transitions::Transition;
 
-fn setup_error(what: &str, err: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("{what}: {err}"))
-}
-
-/// Whether an ELF executable runs without a dynamic loader: init has to,
-/// since machine images need not carry a libc.
-fn is_static_executable(path: &std::path::Path) -> bool {
-    const PT_INTERP: u32 = 3;
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
-        return false;
-    }
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) as usize;
-    let (entry_size, count) = (u16_at(54), u16_at(56));
-    (0..count).all(|index| {
-        let at = phoff + index * entry_size;
-        bytes
-            .get(at..at + 4)
-            .is_some_and(|kind| u32::from_le_bytes(kind.try_into().expect("4 bytes")) != PT_INTERP)
-    })
-}
-
-/// The static init binary: configured, or found near this executable.
-fn find_init_binary(config: &AgentConfig) -> Result<PathBuf, ApiError> {
-    let configured = config.init_binary.clone().or_else(|| {
-        std::env::var_os("MIDGE_INIT_BINARY")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(path) = configured {
-        return if is_static_executable(&path) {
-            Ok(path)
-        } else {
-            Err(ApiError::internal(format!(
-                "{} is not a statically linked midge-init; build it with scripts/build",
-                path.display()
-            )))
-        };
-    }
-    let exe =
-        std::env::current_exe().map_err(|e| setup_error("locating the midge executable", e))?;
-    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    let candidates = [
-        dir.join("midge-init"),
-        dir.join("../x86_64-unknown-linux-gnu/release/midge-init"),
-        dir.join("../../x86_64-unknown-linux-gnu/release/midge-init"),
-        dir.join("../x86_64-unknown-linux-gnu/debug/midge-init"),
-        dir.join("../../x86_64-unknown-linux-gnu/debug/midge-init"),
-    ];
-    // A workspace build also leaves a dynamically linked midge-init beside midge.
-    candidates.into_iter().find(|p| is_static_executable(p)).ok_or_else(|| {
-        ApiError::internal(
-            "no statically linked midge-init found next to midge; build it with scripts/build or set MIDGE_INIT_BINARY",
-        )
-    })
-}
+/// How long teardown waits for a machine's running operation.
+const TEARDOWN_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 impl Agent {
-    pub(crate) async fn open_inner(config: AgentConfig) -> Result<Arc<Agent>, ApiError> {
-        let data_dir = config.data_dir.clone();
-        let machines_dir = data_dir.join("machines");
-        for dir in [&data_dir, &machines_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| setup_error(&format!("creating {}", dir.display()), e))?;
-        }
-        let store = AgentStore::open(&data_dir.join("agent.db"))
-            .map_err(|e| setup_error("opening agent store", e))?;
-        let images = ImageStore::open(&data_dir.join("images"))
-            .map_err(|e| setup_error("opening image store", e))?;
-        let pool = config
-            .ipv4_pool
-            .parse()
-            .map_err(|e| ApiError::invalid(format!("ipv4 pool {:?}: {e}", config.ipv4_pool)))?;
-        let network = Network::init(NetConfig {
-            prefix: config.resource_prefix.clone(),
-            ipv4_pool: pool,
-            host_id: config.host_id,
-        })
-        .await
-        .map_err(|e| setup_error("setting up host networking", e))?;
-        let init_binary = find_init_binary(&config)?;
-        let runc_root = PathBuf::from("/run/midge")
-            .join(&config.resource_prefix)
-            .join("runc");
-        std::fs::create_dir_all(&runc_root)
-            .map_err(|e| setup_error("creating runc state dir", e))?;
-        let driver: Arc<dyn Driver> = Arc::new(SandboxDriver::new(
-            runc_root,
-            init_binary,
-            config.resource_prefix.clone(),
-        ));
+    /// Opens the agent's records over the given host parts and converges
+    /// every machine it owns.
+    pub async fn open(config: AgentConfig, parts: HostParts) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| AgentError::host(format!("creating {}", config.data_dir.display()), e))?;
+        let store = RecordStore::open(&config.data_dir.join("agent.db"))
+            .map_err(|e| AgentError::host("opening the machine records", e))?;
         let records = store
             .load_all()
-            .map_err(|e| setup_error("loading machines", e))?;
-        let agent = Arc::new(Agent {
+            .map_err(|e| AgentError::host("loading the machine records", e))?;
+        let HostParts {
+            images,
+            network,
+            driver,
+        } = parts;
+        let core = Arc::new(AgentCore {
             config,
             store,
             machines: Default::default(),
             images,
             network,
             driver,
-            machines_dir,
             create_lock: Default::default(),
             generation: Default::default(),
+            prepared: Default::default(),
             shutting_down: Default::default(),
         });
         for record in records {
-            agent.insert_slot(record);
+            core.insert_entry(record);
         }
-        agent.converge_all().await;
-        agent.collect_orphans().await;
-        Ok(agent)
+        let recovered = core
+            .driver
+            .recover()
+            .await
+            .map_err(|e| AgentError::host("recovering the host's runs", e))?;
+        core.converge_all(recovered).await;
+        core.collect_orphans().await;
+        Ok(Agent { core })
     }
 
-    async fn converge_all(self: &Arc<Self>) {
-        for slot in self.all_slots() {
-            let guard = slot.op_lock.clone().lock_owned().await;
-            if let Err(err) = self.converge(&slot).await {
-                let id = Agent::snapshot(&slot).id;
-                tracing::warn!(machine = %id, "recovering machine: {err}");
+    /// Stops background work; running machines keep running and are
+    /// re-adopted by the next open.
+    pub fn shutdown(&self) {
+        self.core.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The host's image store.
+    pub fn images(&self) -> &midge_image::ImageStore {
+        &self.core.images
+    }
+
+    /// Removes every host resource of this agent (uninstall, tests): every
+    /// machine's runs and files, the network, the driver's host-wide state.
+    pub async fn teardown_host(&self) -> Result<(), AgentError> {
+        let core = &self.core;
+        core.shutting_down.store(true, Ordering::Relaxed);
+        for entry in core.entries() {
+            // Waits out an operation or a preparation, but not forever: the
+            // runtime running it may be gone (a dropped test).
+            let _op = tokio::time::timeout(TEARDOWN_LOCK_WAIT, entry.op_lock.lock()).await;
+            if let Ok(mut next) = tokio::time::timeout(TEARDOWN_LOCK_WAIT, entry.next.lock()).await
+                && let Some(next) = next.take()
+            {
+                let _ = next.prepared.discard().await;
+            }
+            entry.set_current(None);
+            let _ = core.driver.forget(&entry.id()).await;
+        }
+        for id in core.driver.machines().unwrap_or_default() {
+            let _ = core.driver.forget(&id).await;
+        }
+        core.network
+            .teardown()
+            .await
+            .map_err(|e| AgentError::host("removing the host's network", e))?;
+        core.driver
+            .teardown()
+            .await
+            .map_err(|e| AgentError::host("removing the driver's state", e))
+    }
+}
+
+impl AgentCore {
+    async fn converge_all(self: &Arc<Self>, mut recovered: HashMap<String, Recovered>) {
+        for entry in self.entries() {
+            let id = entry.id();
+            let found = recovered.remove(&id);
+            let guard = entry.op_lock.clone().lock_owned().await;
+            if let Err(err) = self.converge(&entry, found).await {
+                tracing::warn!(machine = %id, "recovering the machine: {}", err.chain());
             }
             drop(guard);
-            self.warm_up(&slot);
+            self.prepare_next(&entry);
+        }
+        // Runs of machines no record knows: a crash between creating and recording.
+        for (id, found) in recovered {
+            if let Recovered::Running(machine) = found {
+                let _ = machine.remove().await;
+            }
+            let _ = self.driver.forget(&id).await;
         }
     }
 
     /// Brings one machine in line with its record. Caller holds the op lock.
-    async fn converge(self: &Arc<Self>, slot: &Arc<MachineSlot>) -> Result<(), ApiError> {
-        let record = Agent::snapshot(slot);
+    async fn converge(
+        self: &Arc<Self>,
+        entry: &Arc<MachineEntry>,
+        found: Option<Recovered>,
+    ) -> Result<(), AgentError> {
+        let record = entry.snapshot();
         if record.state == MachineState::Destroyed {
             return Ok(());
         }
-        let container_id = self.container_id(&record.id);
-        let running_pid = self.driver.running_pid(&container_id).await;
-        if let Some(pid) = running_pid {
-            *slot.running.lock().expect("running lock") = Some(Running {
-                pid,
-                generation: self.next_generation(),
-            });
-        }
+        let exited = match found {
+            Some(Recovered::Running(machine)) => {
+                entry.set_current(Some(CurrentRun {
+                    machine,
+                    generation: self.next_generation(),
+                }));
+                None
+            }
+            Some(Recovered::Exited(status)) => Some(status),
+            None => None,
+        };
+        let stopped = Transition {
+            during: MachineState::Stopping,
+            to: MachineState::Stopped,
+        };
         match record.pending.clone() {
             Some(PendingOp::Create) => {
-                self.roll_back_create(slot).await;
+                entry.set_current(None);
+                self.roll_back_create(entry).await;
                 Ok(())
             }
-            Some(PendingOp::Destroy) => self.destroy_locked(slot, true).await,
+            Some(PendingOp::Destroy) => self.destroy_locked(entry).await,
             Some(PendingOp::Stop { request_signal }) => {
                 let request = StopRequest {
                     signal: request_signal.map(midge_types::Signal),
                     timeout: record.stop_request.as_ref().and_then(|r| r.timeout),
                 };
-                self.stop_to_stopped(slot, &request).await
-            }
-            Some(PendingOp::Start)
-            | Some(PendingOp::Restart)
-            | Some(PendingOp::Update { launch: true }) => {
-                self.readopt_or_start(slot, running_pid).await
+                self.stop_locked(entry, &request, stopped).await
             }
             Some(PendingOp::Update { launch: false }) => {
-                self.stop_to_stopped(slot, &StopRequest::default()).await
+                self.stop_locked(entry, &StopRequest::default(), stopped)
+                    .await
+            }
+            Some(PendingOp::Start | PendingOp::Restart | PendingOp::Update { launch: true }) => {
+                // Whatever runs may be the old version: start over.
+                self.stop_run(entry, &kill_now(), MachineState::Starting, PendingOp::Start)
+                    .await?;
+                self.start_locked(entry, MachineState::Starting).await
             }
             None if record.state == MachineState::Started => {
-                self.readopt_or_start(slot, running_pid).await
+                match (entry.current(), exited) {
+                    (Some(run), _) => {
+                        self.spawn_monitor(entry.clone(), run);
+                        Ok(())
+                    }
+                    // It ended while no agent watched: the restart policy decides.
+                    (None, Some(status)) => {
+                        self.handle_exit(entry, None, status).await;
+                        Ok(())
+                    }
+                    // Gone without a trace (a host reboot): it should be running.
+                    (None, None) => self.start_locked(entry, MachineState::Starting).await,
+                }
             }
             None => {
                 // Not meant to be running: make sure nothing is.
-                self.stop_locked(
-                    slot,
+                let state = record.state;
+                self.stop_run(
+                    entry,
                     &kill_now(),
-                    record.state,
+                    state,
                     PendingOp::Stop {
                         request_signal: Some(9),
                     },
                 )
                 .await?;
-                self.update_record(slot, |r| {
-                    r.set_state(record.state);
+                self.update_record(entry, |r| {
+                    r.set_state(state);
                     r.pending = None;
                 })?;
                 Ok(())
@@ -204,100 +211,35 @@ impl Agent {
         }
     }
 
-    async fn readopt_or_start(
-        self: &Arc<Self>,
-        slot: &Arc<MachineSlot>,
-        running_pid: Option<i32>,
-    ) -> Result<(), ApiError> {
-        let record = Agent::snapshot(slot);
-        let exited = self.dirs(&record.id).exit_file().exists();
-        match (running_pid, exited) {
-            (Some(_), false) if record.pending.is_none() => {
-                let running = slot
-                    .running
-                    .lock()
-                    .expect("running lock")
-                    .expect("set above");
-                self.spawn_monitor(slot.clone(), running);
-                Ok(())
-            }
-            (_, true) if record.state == MachineState::Started && record.pending.is_none() => {
-                // It exited while the agent was away: the restart policy decides.
-                self.handle_exit(slot).await;
-                Ok(())
-            }
-            _ => {
-                self.stop_locked(slot, &kill_now(), MachineState::Starting, PendingOp::Start)
-                    .await?;
-                self.start_locked(slot, false).await
-            }
-        }
-    }
-
-    /// Removes namespaces, containers and machine dirs whose machine the
-    /// store does not know (a crash between creating and recording them).
+    /// Removes networks and driver state of machines the records do not know
+    /// (or know as destroyed).
     async fn collect_orphans(&self) {
-        let known: HashMap<String, MachineState> = self
-            .all_slots()
+        let alive: HashSet<String> = self
+            .entries()
             .iter()
-            .map(|slot| {
-                let record = Agent::snapshot(slot);
-                (record.id, record.state)
-            })
+            .map(|entry| entry.snapshot())
+            .filter(|record| state_is_alive(record.state))
+            .map(|record| record.id)
             .collect();
-        let alive: HashSet<&String> = known
-            .iter()
-            .filter(|(_, s)| state_is_alive(**s))
-            .map(|(id, _)| id)
-            .collect();
-        if let Ok(namespaces) = self.network.list_namespaces().await {
-            for netns in namespaces {
-                if let Some(id) = self.network.machine_id_of_namespace(&netns)
-                    && !alive.contains(&id.to_string())
-                {
-                    let id = id.to_string();
+        match self.network.attached_machines().await {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !alive.contains(id)) {
                     if let Err(err) = self.network.detach(&id).await {
-                        tracing::warn!(machine = %id, "removing orphan network: {err}");
+                        tracing::warn!(machine = %id, "removing an orphan network: {err}");
                     }
                 }
             }
+            Err(err) => tracing::warn!("listing machine networks: {err}"),
         }
-        if let Ok(entries) = std::fs::read_dir(&self.machines_dir) {
-            for entry in entries.flatten() {
-                let id = entry.file_name().to_string_lossy().to_string();
-                if !alive.contains(&id) {
-                    let _ = self
-                        .driver
-                        .cleanup(&self.container_id(&id), &self.dirs(&id))
-                        .await;
-                    let _ = std::fs::remove_dir_all(entry.path());
+        match self.driver.machines() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !alive.contains(id)) {
+                    if let Err(err) = self.driver.forget(&id).await {
+                        tracing::warn!(machine = %id, "removing an orphan machine's files: {err}");
+                    }
                 }
             }
+            Err(err) => tracing::warn!("listing the driver's machines: {err}"),
         }
-    }
-}
-
-fn kill_now() -> StopRequest {
-    StopRequest {
-        signal: Some(midge_types::Signal::KILL),
-        timeout: Some(midge_types::GoDuration::from_secs(5)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tells_static_from_dynamic_executables() {
-        assert!(
-            !super::is_static_executable(std::path::Path::new("/bin/sh")),
-            "dash needs ld.so"
-        );
-        assert!(!super::is_static_executable(std::path::Path::new(
-            "/etc/hostname"
-        )));
-        assert!(
-            super::is_static_executable(std::path::Path::new("/bin/busybox")),
-            "busybox-static"
-        );
     }
 }

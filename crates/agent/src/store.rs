@@ -8,23 +8,31 @@ use rusqlite::{Connection, params};
 
 use crate::record::MachineRecord;
 
-pub struct AgentStore {
+pub struct RecordStore {
     conn: Mutex<Connection>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("agent store: {0}")]
+pub enum RecordStoreError {
+    #[error("agent store")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("agent store: corrupt record {id}: {source}")]
+    #[error("agent store: encoding a record")]
+    Encode(#[source] serde_json::Error),
+    #[error("agent store: corrupt record {id}")]
     Corrupt {
         id: String,
         source: serde_json::Error,
     },
 }
 
-impl AgentStore {
-    pub fn open(path: &Path) -> Result<AgentStore, StoreError> {
+impl std::fmt::Debug for RecordStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStore").finish_non_exhaustive()
+    }
+}
+
+impl RecordStore {
+    pub fn open(path: &Path) -> Result<RecordStore, RecordStoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -35,14 +43,14 @@ impl AgentStore {
                 record TEXT NOT NULL
             );",
         )?;
-        Ok(AgentStore {
+        Ok(RecordStore {
             conn: Mutex::new(conn),
         })
     }
 
-    pub fn save(&self, record: &MachineRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).expect("records serialize");
-        let conn = self.conn.lock().expect("store lock");
+    pub fn save(&self, record: &MachineRecord) -> Result<(), RecordStoreError> {
+        let json = serde_json::to_string(record).map_err(RecordStoreError::Encode)?;
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.prepare_cached(
             "INSERT OR REPLACE INTO machines (id, app, record) VALUES (?1, ?2, ?3)",
         )?
@@ -50,14 +58,14 @@ impl AgentStore {
         Ok(())
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock().expect("store lock");
+    pub fn delete(&self, id: &str) -> Result<(), RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute("DELETE FROM machines WHERE id = ?1", params![id])?;
         Ok(())
     }
 
-    pub fn load_all(&self) -> Result<Vec<MachineRecord>, StoreError> {
-        let conn = self.conn.lock().expect("store lock");
+    pub fn load_all(&self) -> Result<Vec<MachineRecord>, RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut statement = conn.prepare("SELECT id, record FROM machines")?;
         let rows = statement.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -66,7 +74,8 @@ impl AgentStore {
         for row in rows {
             let (id, json) = row?;
             records.push(
-                serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?,
+                serde_json::from_str(&json)
+                    .map_err(|source| RecordStoreError::Corrupt { id, source })?,
             );
         }
         Ok(records)

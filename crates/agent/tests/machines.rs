@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine;
-use midge_agent::{PtyInput, PtyOutput, WaitTarget};
+use midge_types::agent::{PtyInput, PtyOutput};
 use midge_types::{
     Guest, InitConfig, MachineConfig, MachineFile, MachineState, RestartConfig, Signal, StopConfig,
     StopRequest,
@@ -41,7 +41,7 @@ async fn runs_the_image_command_and_stops_when_it_exits() {
         t.log_text(&id).await.contains("hello from midge"),
         "image CMD ran"
     );
-    assert_eq!(t.exit_event(&id)["exit_code"], 0);
+    assert_eq!(t.exit_event(&id).await["exit_code"], 0);
 
     let failing = t
         .create(MachineConfig {
@@ -51,7 +51,7 @@ async fn runs_the_image_command_and_stops_when_it_exits() {
         })
         .await;
     t.wait(&failing, MachineState::Stopped).await;
-    assert_eq!(t.exit_event(&failing)["exit_code"], 3);
+    assert_eq!(t.exit_event(&failing).await["exit_code"], 3);
     assert!(t.log_text(&failing).await.contains("bye"));
 }
 
@@ -103,7 +103,7 @@ async fn process_overrides_env_user_and_files() {
         (4, "hi file\n", "err\n")
     );
 
-    let machine = t.agent.get_machine("testapp", &id, None).unwrap();
+    let machine = t.get(&id).await;
     assert_eq!(machine.config.unwrap().extra["note"], "kept");
 
     let mut user_config = t.config();
@@ -115,8 +115,8 @@ async fn process_overrides_env_user_and_files() {
         signal: Some(Signal::KILL),
         timeout: None,
     };
-    t.agent.stop("testapp", &id, stop, None).await.unwrap();
-    t.agent.destroy("testapp", &id, false, None).await.unwrap();
+    t.stop(&id, stop).await;
+    t.destroy(&id, false).await;
 }
 
 #[tokio::test]
@@ -136,19 +136,15 @@ async fn rootfs_is_fresh_on_every_start() {
         )
         .await;
     assert_eq!(out.stdout, "scribble\n");
-    t.agent
-        .stop(
-            "testapp",
-            &id,
-            StopRequest {
-                signal: Some(Signal::KILL),
-                timeout: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    t.agent.start("testapp", &id, None).await.unwrap();
+    t.stop(
+        &id,
+        StopRequest {
+            signal: Some(Signal::KILL),
+            timeout: None,
+        },
+    )
+    .await;
+    t.start_machine(&id).await;
     let out = t
         .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
         .await;
@@ -160,18 +156,15 @@ async fn rootfs_is_fresh_on_every_start() {
         timeout: None,
     };
     t.exec(&id, &["sh", "-c", "echo again > /tmp/mark"]).await;
-    t.agent.stop("testapp", &id, kill, None).await.unwrap();
+    t.stop(&id, kill).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    t.agent.start("testapp", &id, None).await.unwrap();
+    t.start_machine(&id).await;
     let out = t
         .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
         .await;
     assert_eq!(out.stdout.trim(), "gone");
-    t.agent.destroy("testapp", &id, true, None).await.unwrap();
-    assert_eq!(
-        t.agent.get_machine("testapp", &id, None).unwrap().state,
-        MachineState::Destroyed
-    );
+    t.destroy(&id, true).await;
+    assert_eq!(t.get(&id).await.state, MachineState::Destroyed);
 }
 
 #[tokio::test]
@@ -199,11 +192,8 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
     t.wait(&polite, MachineState::Started).await;
     t.wait(&stubborn, MachineState::Started).await;
 
-    t.agent
-        .stop("testapp", &polite, StopRequest::default(), None)
-        .await
-        .unwrap();
-    let exit = t.exit_event(&polite);
+    t.stop(&polite, StopRequest::default()).await;
+    let exit = t.exit_event(&polite).await;
     assert_eq!(
         exit["signal"], 2,
         "SIGINT is the default stop signal: {exit}"
@@ -211,22 +201,17 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
     assert_eq!(exit["requested_stop"], true);
 
     let started = std::time::Instant::now();
-    t.agent
-        .stop("testapp", &stubborn, StopRequest::default(), None)
-        .await
-        .unwrap();
+    t.stop(&stubborn, StopRequest::default()).await;
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited for the timeout"
     );
-    assert_eq!(t.exit_event(&stubborn)["signal"], 9, "escalated to SIGKILL");
     assert_eq!(
-        t.agent
-            .get_machine("testapp", &stubborn, None)
-            .unwrap()
-            .state,
-        MachineState::Stopped
+        t.exit_event(&stubborn).await["signal"],
+        9,
+        "escalated to SIGKILL"
     );
+    assert_eq!(t.get(&stubborn).await.state, MachineState::Stopped);
 }
 
 #[tokio::test]
@@ -262,42 +247,30 @@ async fn restart_policies() {
         .await;
 
     t.wait(&never, MachineState::Stopped).await;
-    assert!(
-        t.agent
-            .events("testapp", &never, 50)
-            .unwrap()
-            .iter()
-            .all(|e| e.kind != "restart")
-    );
+    assert!(t.events(&never).await.iter().all(|e| e.kind != "restart"));
 
     // on-failure: the first run and two retries, then it stays stopped.
     for _ in 0..100 {
         let restarts = t
-            .agent
-            .events("testapp", &on_failure, 50)
-            .unwrap()
+            .events(&on_failure)
+            .await
             .iter()
             .filter(|e| e.kind == "restart")
             .count();
-        let state = t
-            .agent
-            .get_machine("testapp", &on_failure, None)
-            .unwrap()
-            .state;
+        let state = t.get(&on_failure).await.state;
         if restarts == 2 && state == MachineState::Stopped {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let events = t.agent.events("testapp", &on_failure, 50).unwrap();
+    let events = t.events(&on_failure).await;
     assert_eq!(events.iter().filter(|e| e.kind == "restart").count(), 2);
     assert_eq!(events.iter().filter(|e| e.kind == "exit").count(), 3);
 
     // always: restarts even after a clean exit.
     for _ in 0..100 {
-        if t.agent
-            .events("testapp", &always, 50)
-            .unwrap()
+        if t.events(&always)
+            .await
             .iter()
             .filter(|e| e.kind == "restart")
             .count()
@@ -308,18 +281,14 @@ async fn restart_policies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        t.agent
-            .events("testapp", &always, 50)
-            .unwrap()
+        t.events(&always)
+            .await
             .iter()
             .filter(|e| e.kind == "restart")
             .count()
             >= 2
     );
-    t.agent
-        .destroy("testapp", &always, true, None)
-        .await
-        .unwrap();
+    t.destroy(&always, true).await;
 }
 
 #[tokio::test]
@@ -337,7 +306,7 @@ async fn oom_kill_is_reported() {
         })
         .await;
     t.wait(&id, MachineState::Stopped).await;
-    let exit = t.exit_event(&id);
+    let exit = t.exit_event(&id).await;
     assert_eq!(exit["oom_killed"], true, "{exit}");
     assert_ne!(exit["exit_code"], 0);
 }
@@ -357,14 +326,12 @@ async fn exec_with_a_pty() {
         "-c".to_string(),
         "tty; read line; echo got:$line; exit 5".to_string(),
     ];
-    let mut session = t
-        .agent
-        .exec_pty("testapp", &id, argv, 80, 24)
-        .await
-        .unwrap();
+    let mut session = t.open_pty(&id, argv).await;
     session
         .input
-        .send(PtyInput::Data(b"hello\n".to_vec()))
+        .send(PtyInput::Data {
+            bytes: b"hello\n".to_vec(),
+        })
         .await
         .unwrap();
     let mut output = Vec::new();
@@ -373,7 +340,7 @@ async fn exec_with_a_pty() {
         tokio::time::timeout(Duration::from_secs(10), session.output.recv()).await
     {
         match message {
-            PtyOutput::Data(bytes) => output.extend(bytes),
+            PtyOutput::Data { bytes } => output.extend(bytes),
             PtyOutput::Exit { exit_code, .. } => {
                 exit = Some(exit_code);
                 break;
@@ -396,7 +363,7 @@ async fn http_server_reachable_and_egress_to_host() {
     );
     let id = t.create(config).await;
     t.wait(&id, MachineState::Started).await;
-    let machine = t.agent.get_machine("testapp", &id, None).unwrap();
+    let machine = t.get(&id).await;
     let ip: std::net::Ipv6Addr = machine.private_ip.parse().unwrap();
 
     let mut body = String::new();
@@ -450,9 +417,9 @@ async fn agent_restart_readopts_running_machines() {
         .exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"])
         .await
         .stdout;
-    t.agent.shutdown().await;
+    t.agent.shutdown();
     t.reopen().await;
-    let machine = t.agent.get_machine("testapp", &id, None).unwrap();
+    let machine = t.get(&id).await;
     assert_eq!(machine.state, MachineState::Started);
     let after = t
         .exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"])
@@ -460,23 +427,8 @@ async fn agent_restart_readopts_running_machines() {
         .stdout;
     assert_eq!(before, after, "the same init process is still running");
     // The readopted machine is still watched: stopping it works.
-    t.agent
-        .stop("testapp", &id, StopRequest::default(), None)
-        .await
-        .unwrap();
-    let state = t
-        .agent
-        .wait(
-            "testapp",
-            &id,
-            &[WaitTarget::Settled],
-            None,
-            None,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .state;
+    t.stop(&id, StopRequest::default()).await;
+    let state = t.wait_settled(&id).await;
     assert_eq!(state, MachineState::Stopped);
 }
 
@@ -494,7 +446,7 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
         signal: Some(Signal::KILL),
         timeout: None,
     };
-    t.agent.stop("testapp", &id, kill, None).await.unwrap();
+    t.stop(&id, kill).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // its next start gets prepared
 
     config.env.insert("COLOR".into(), "blue".into());
@@ -503,14 +455,10 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
         skip_launch: true,
         ..Default::default()
     };
-    let updated = t
-        .agent
-        .update_machine("testapp", &id, request, None)
-        .await
-        .unwrap();
+    let updated = t.update(&id, request).await;
     assert_eq!(updated.state, MachineState::Stopped);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    t.agent.start("testapp", &id, None).await.unwrap();
+    t.start_machine(&id).await;
     assert_eq!(
         t.exec(&id, &["sh", "-c", "echo $COLOR"])
             .await
@@ -518,12 +466,9 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
             .trim(),
         "blue"
     );
-    let versions = t.agent.versions("testapp", &id).unwrap();
+    let versions = t.versions(&id).await;
     assert_eq!(versions.len(), 2);
-    let old = t
-        .agent
-        .get_machine("testapp", &id, Some(&versions[1].version))
-        .unwrap();
+    let old = t.get_version(&id, &versions[1].version).await;
     assert_eq!(old.state, MachineState::Replaced);
-    t.agent.destroy("testapp", &id, true, None).await.unwrap();
+    t.destroy(&id, true).await;
 }

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use midge_agent_api::AgentError;
 use midge_store::StoreError;
 use midge_types::{ApiError, ErrorCode};
 
@@ -48,6 +49,40 @@ impl From<StoreError> for Error {
             StoreError::Open { .. } | StoreError::Sqlite { .. } => {
                 tracing::error!(%error, "catalog failure");
                 ApiError::internal(error.to_string())
+            }
+        };
+        Error(api_error)
+    }
+}
+
+impl From<AgentError> for Error {
+    /// The one place agent errors become Fly API errors.
+    fn from(error: AgentError) -> Self {
+        let message = error.chain();
+        let api_error = match &error {
+            AgentError::MachineNotFound
+            | AgentError::VersionNotFound(_)
+            | AgentError::LeaseNotFound => ApiError::not_found(message),
+            AgentError::Invalid(_) | AgentError::ImageUnavailable { .. } => {
+                ApiError::invalid(message)
+            }
+            AgentError::WrongState { .. }
+            | AgentError::NotRunning { .. }
+            | AgentError::StillRunning { .. }
+            | AgentError::NotCurrentVersion { .. } => ApiError::precondition(message),
+            AgentError::LeaseHeld { .. }
+            | AgentError::NameTaken(_)
+            | AgentError::VersionMismatch { .. } => ApiError::aborted(message),
+            AgentError::InsufficientCapacity { .. } => {
+                ApiError::precondition(message).with_status("insufficient_capacity")
+            }
+            AgentError::ProgramFailed(_) => ApiError::new(ErrorCode::Unprocessable, message),
+            AgentError::Unsupported { .. } => ApiError::new(ErrorCode::Unimplemented, message),
+            AgentError::DeadlineExceeded(_) => ApiError::new(ErrorCode::DeadlineExceeded, message),
+            AgentError::ShuttingDown => ApiError::new(ErrorCode::Unavailable, message),
+            AgentError::Host { .. } => {
+                tracing::error!(error = %message, "host agent failure");
+                ApiError::internal(message)
             }
         };
         Error(api_error)

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, plain_status_error};
 
-pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";
+pub use midge_types::headers::LEASE_NONCE_HEADER;
 
 /// A required JSON body.
 pub struct JsonBody<T>(pub T);
@@ -222,12 +222,6 @@ impl<S: Send + Sync> FromRequestParts<S> for MetadataKeyPath {
 
 /// The `fly-machine-lease-nonce` header, passed to every mutation.
 pub struct LeaseNonce(pub Option<String>);
-
-impl LeaseNonce {
-    pub fn as_deref(&self) -> Option<&str> {
-        self.0.as_deref()
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for LeaseNonce {
     type Rejection = Error;

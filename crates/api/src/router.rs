@@ -22,7 +22,7 @@ use crate::routes::{
     apps, exec, images, leases, lifecycle, logs, machines, metadata, orgs, platform,
 };
 
-pub const REQUEST_ID_HEADER: &str = "fly-request-id";
+pub use midge_types::headers::REQUEST_ID_HEADER;
 
 /// Machine configs carry `files` inline (base64), and exec carries stdin.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;

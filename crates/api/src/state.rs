@@ -1,27 +1,45 @@
 use std::sync::Arc;
 
-use midge_agent::Agent;
+use midge_agent_api::HostAgent;
 use midge_store::{AppRecord, Catalog, validate_app_name};
+use midge_types::agent::{FindMachine, MachineKey};
 
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::extract::MachinePath;
 
-/// What every handler shares.
+/// What every handler shares: the catalog, and the host agent machine
+/// operations go to (never a driver).
 #[derive(Clone)]
 pub struct ApiState {
     pub catalog: Arc<Catalog>,
-    pub agent: Arc<Agent>,
+    pub agent: Arc<dyn HostAgent>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("region", &self.agent.region())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A machine a request addresses, after access checks.
+#[derive(Debug)]
 pub struct MachineTarget {
     pub app: AppRecord,
     pub id: String,
 }
 
+impl MachineTarget {
+    /// How agent calls address this machine.
+    pub fn key(&self) -> MachineKey {
+        MachineKey::new(self.app.name.clone(), self.id.clone())
+    }
+}
+
 impl ApiState {
-    pub fn new(catalog: Arc<Catalog>, agent: Arc<Agent>) -> Self {
+    pub fn new(catalog: Arc<Catalog>, agent: Arc<dyn HostAgent>) -> Self {
         ApiState { catalog, agent }
     }
 
@@ -38,14 +56,20 @@ impl ApiState {
     }
 
     /// The app and machine id a machine path names (the machine by id or name).
-    pub(crate) fn machine(
+    pub(crate) async fn machine(
         &self,
         caller: &Caller,
         path: &MachinePath,
     ) -> Result<MachineTarget, Error> {
         let app = self.app(caller, &path.app)?;
         validate_machine_ref(&path.machine)?;
-        let id = self.agent.resolve_machine_id(&app.name, &path.machine)?;
+        let id = self
+            .agent
+            .find_machine(FindMachine {
+                app: app.name.clone(),
+                id_or_name: path.machine.clone(),
+            })
+            .await?;
         Ok(MachineTarget { app, id })
     }
 }

@@ -303,7 +303,8 @@ async fn force_deleting_an_app_destroys_its_machines() {
         .admin("DELETE", &format!("/v1/apps/{APP}?force=true"), None)
         .await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED, "{:?}", deleted.body);
-    assert_eq!(h.state.agent.machine_counts(APP), (0, 0));
+    let counts = h.state.agent.machine_counts(APP.into()).await.unwrap();
+    assert_eq!((counts.total, counts.started), (0, 0));
 }
 
 #[tokio::test]

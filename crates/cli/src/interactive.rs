@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::client::ApiClient;
 use crate::exit::exit_code_for;
+use midge_client::ApiClient;
 
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
@@ -150,7 +150,7 @@ fn handshake_error(client: &ApiClient, id: &str, err: tungstenite::Error) -> any
                 .unwrap_or_else(|_| body.trim().to_string());
             let request_id = response
                 .headers()
-                .get("fly-request-id")
+                .get(midge_client::REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(|id| format!("\nrequest id: {id}"))
                 .unwrap_or_default();
@@ -159,7 +159,7 @@ fn handshake_error(client: &ApiClient, id: &str, err: tungstenite::Error) -> any
             )
         }
         tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            anyhow::Error::new(crate::client::ClientError::Connect {
+            anyhow::Error::new(midge_client::ClientError::Connect {
                 url: client.base_url().to_string(),
                 detail: io.to_string(),
             })

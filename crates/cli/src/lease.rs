@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use midge_types::LeaseData;
 
-use crate::client::{ApiClient, ClientError};
 use crate::output::seconds_time;
+use midge_client::{ApiClient, ClientError};
 
 pub const LEASE_TTL: Duration = Duration::from_secs(120);
 

@@ -1,30 +1,25 @@
-//! `midge`: the platform daemon (`midge up`), its benchmark, and the
-//! flyctl-style client of the midge API.
+//! `midge`: one binary for the platform's roles and its flyctl-style client.
 //!
-//! Each subcommand area is a module under `commands/` with its own clap types
-//! and a `run` function that `dispatch` calls. Shared pieces: `client` (HTTP
-//! API client and error reporting), `client_config` (the config file with the
-//! API URL and token), `lease` (leases around state changes), `wait` and
-//! `progress` (waiting for machine states), `interactive` (PTY sessions over
-//! the exec WebSocket), `flag_values` (flyctl flag value parsing), `diff` and
+//! A thin layer of clap over two libraries: `midge-server` assembles the
+//! roles (`midge up`, `midge bench`, `midge image`), `midge-client` speaks
+//! the API. Each client subcommand area is a module under `commands/` with
+//! its own clap types and a `run` function that `dispatch` calls. Shared
+//! pieces: `lease` (leases around state changes), `wait` and `progress`
+//! (waiting for machine states), `interactive` (PTY sessions over the exec
+//! WebSocket), `flag_values` (flyctl flag value parsing), `diff` and
 //! `output` (what gets printed).
 
-mod bench;
-mod bench_api;
-mod client;
-mod client_config;
 mod commands;
 mod diff;
 mod exit;
 mod flag_values;
-mod image_import;
 mod interactive;
 mod lease;
 mod output;
 mod progress;
-mod server;
-mod shell_image;
 mod wait;
+
+use midge_server::{bench, image_import, up};
 
 use clap::{Parser, Subcommand};
 
@@ -61,7 +56,7 @@ enum Command {
     #[command(subcommand, visible_aliases = ["machines", "m"])]
     Machine(commands::machine::MachineCommand),
     /// Run the whole platform on this host: API, host agent and storage
-    Up(server::UpArgs),
+    Up(up::UpArgs),
     /// Measure how fast machines start on this host
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -72,9 +67,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
-    /// Stop/start one machine N times and create machines, side by side with bare `runc run`
+    /// Start one machine N times in each case (after a pause, right after a stop, restart, cold) and create machines, beside bare `runc run`
     Start {
-        /// How many stop/start cycles (and half as many creates)
+        /// How many starts of each case (and half as many creates)
         #[arg(short = 'n', long, default_value_t = 50)]
         iterations: usize,
         /// Resource prefix of the benchmark's host resources
@@ -119,14 +114,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Orgs(command) => commands::orgs::run(command, &cli.api).await,
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
-        Command::Up(args) => server::up(args).await,
+        Command::Up(args) => up::up(args).await,
         Command::Image(command) => image_import::run(command),
         Command::Bench(BenchCommand::Start {
             iterations,
             prefix,
             ipv4_pool,
         }) => {
-            bench::run(bench::BenchOptions {
+            bench::start::run(bench::start::BenchOptions {
                 iterations,
                 prefix,
                 ipv4_pool,
@@ -143,7 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             prefix,
             ipv4_pool,
         }) => {
-            bench_api::run(bench_api::ApiBenchOptions {
+            bench::api::run(bench::api::ApiBenchOptions {
                 machines,
                 started,
                 get_requests,
@@ -159,7 +154,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() {
-    client::install_crypto_provider();
+    midge_client::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

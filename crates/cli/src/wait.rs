@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use midge_types::WaitResponse;
 
-use crate::client::ApiClient;
 use crate::progress::Progress;
+use midge_client::ApiClient;
 
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 

@@ -311,19 +311,25 @@ impl Server {
         );
 
         let containers = host::runc_containers(&self.prefix);
-        let container_ids: BTreeSet<String> = containers.keys().cloned().collect();
+        let container_ids: BTreeSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
         assert!(
             container_ids.is_subset(&alive),
             "runc containers of machines that do not exist: {containers:?} (machines: {})",
             summary()
         );
-        let running: BTreeSet<String> = containers
+        let running: Vec<String> = containers
             .iter()
             .filter(|(_, status)| *status == "running")
             .map(|(id, _)| id.clone())
             .collect();
+        let running_set: BTreeSet<String> = running.iter().cloned().collect();
         assert_eq!(
-            running,
+            running.len(),
+            running_set.len(),
+            "a machine with two running containers: {containers:?}"
+        );
+        assert_eq!(
+            running_set,
             started,
             "running containers vs started machines ({})",
             summary()
@@ -403,7 +409,9 @@ mod host {
     }
 
     /// Machine id → runc status of the prefix's containers.
-    pub fn runc_containers(prefix: &str) -> BTreeMap<String, String> {
+    /// `(machine id, status)` of every container; a machine's runs are
+    /// containers named `<prefix>-<machine>-<run>`.
+    pub fn runc_containers(prefix: &str) -> Vec<(String, String)> {
         let root = format!("/run/midge/{prefix}/runc");
         let text = run("runc", &["--root", &root, "list", "--format", "json"]);
         let list: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_default();
@@ -411,7 +419,8 @@ mod host {
         list.iter()
             .filter_map(|c| {
                 let id = c["id"].as_str()?.strip_prefix(&own)?;
-                Some((id.to_string(), c["status"].as_str()?.to_string()))
+                let machine = id.rsplit_once('-').map_or(id, |(machine, _run)| machine);
+                Some((machine.to_string(), c["status"].as_str()?.to_string()))
             })
             .collect()
     }
@@ -542,9 +551,10 @@ async fn sigkill_keeps_every_record_and_running_machine() {
     server.kill_9();
     let containers = host::runc_containers(&server.prefix);
     for id in [&running, &updated] {
-        assert_eq!(
-            containers.get(id.as_str()).map(String::as_str),
-            Some("running"),
+        assert!(
+            containers
+                .iter()
+                .any(|(machine, status)| machine == id && status == "running"),
             "machine {id} runs on while midge is down: {containers:?}"
         );
     }

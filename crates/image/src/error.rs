@@ -45,7 +45,7 @@ pub enum ImageError {
     #[error("invalid archive {path}: {detail}")]
     BadArchive { path: PathBuf, detail: String },
 
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,

@@ -30,15 +30,39 @@ pub fn install_tls_provider() {
     });
 }
 
-fn client_for(opts: &PullOptions) -> Client {
+/// A client for pulling `reference`: plain HTTP for the insecure registries
+/// given, and (as Docker does) for any registry on a loopback address.
+fn client_for(opts: &PullOptions, reference: &Reference) -> Client {
     install_tls_provider();
+    let mut plain_http = opts.insecure_registries.clone();
+    if is_loopback_registry(reference.registry()) {
+        plain_http.push(reference.registry().to_string());
+    }
     Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
+        protocol: ClientProtocol::HttpsExcept(plain_http),
         platform_resolver: Some(Box::new(linux_amd64_resolver)),
         connect_timeout: Some(Duration::from_secs(15)),
         read_timeout: Some(Duration::from_secs(120)),
         ..ClientConfig::default()
     })
+}
+
+/// Whether `host[:port]` names this machine: 127.0.0.0/8, ::1 or localhost.
+fn is_loopback_registry(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => registry.rsplit_once(':').map_or(registry, |(host, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                host
+            } else {
+                registry
+            }
+        }),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn auth_for(reference: &Reference, opts: &PullOptions) -> RegistryAuth {
@@ -74,7 +98,7 @@ pub(crate) async fn pull(
     let parsed = reference::parse(reference_text)?;
     let context = PullContext {
         store,
-        client: client_for(opts),
+        client: client_for(opts, &parsed),
         shown: reference::normalized(&parsed),
         reference: parsed,
         progress,
@@ -342,6 +366,59 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ImageError::Unreachable { .. }), "{err}");
+    }
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for loopback in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost:5000",
+            "[::1]:5000",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_registry(loopback), "{loopback}");
+        }
+        for remote in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "registry.local:5000",
+            "[fd00::1]:5000",
+            "ghcr.io",
+        ] {
+            assert!(!is_loopback_registry(remote), "{remote}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_registry_is_spoken_to_over_plain_http_without_a_flag() {
+        // A plain-HTTP listener that answers 404 to everything: reaching it at
+        // all (rather than failing the TLS handshake) shows the protocol.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        let err = store
+            .pull(
+                &format!("{addr}/nothing/here:latest"),
+                &PullOptions::default(),
+                &|_| {},
+            )
+            .await
+            .unwrap_err();
+        assert!(!matches!(err, ImageError::Unreachable { .. }), "{err}");
     }
 
     #[test]

@@ -5,7 +5,46 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::{Frame, encode_header, payload_len};
+use crate::client::{ExecOutput, check_hello, hello_request};
+use crate::protocol::{
+    ExecRequest, Frame, MAX_DATA_PAYLOAD, Request, Response, encode_header, payload_len,
+};
+
+/// Exchanges hellos; returns init's version string.
+pub async fn hello_async<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<String> {
+    write_frame_async(stream, &hello_request()).await?;
+    let frame = read_frame_async(stream).await?.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::UnexpectedEof, "init closed the connection")
+    })?;
+    check_hello(frame.decode::<Response>()?)
+}
+
+/// The async [`exec_collect_request`](crate::exec_collect_request): runs a
+/// command to its end with `stdin` as its input and collects its output.
+pub async fn exec_collect_async<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: ExecRequest,
+    stdin: &[u8],
+) -> io::Result<ExecOutput> {
+    hello_async(stream).await?;
+    write_frame_async(stream, &Frame::control(&Request::Exec(request))).await?;
+    for chunk in stdin.chunks(MAX_DATA_PAYLOAD) {
+        write_frame_async(stream, &Frame::Stdin(chunk.to_vec())).await?;
+    }
+    write_frame_async(stream, &Frame::StdinEof).await?;
+    let mut output = ExecOutput::default();
+    loop {
+        let frame = read_frame_async(stream).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "init closed the connection before the exec ended",
+            )
+        })?;
+        if output.absorb(frame)? {
+            return Ok(output);
+        }
+    }
+}
 
 /// Writes one frame and flushes.
 pub async fn write_frame_async<W: AsyncWrite + Unpin>(

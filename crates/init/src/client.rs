@@ -31,14 +31,19 @@ pub fn exec_collect<S: Read + Write>(
     stdin: &[u8],
     timeout: Option<Duration>,
 ) -> io::Result<ExecOutput> {
+    exec_collect_request(stream, exec_request(argv, timeout), stdin)
+}
+
+/// A non-interactive exec of `argv`, killed by init after `timeout`
+/// (rounded up to whole seconds).
+pub fn exec_request(argv: Vec<String>, timeout: Option<Duration>) -> ExecRequest {
     let timeout_secs =
         timeout.map(|timeout| timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0));
-    let request = ExecRequest {
+    ExecRequest {
         argv,
         timeout_secs: timeout_secs.map(|secs| secs.max(1)),
         ..Default::default()
-    };
-    exec_collect_request(stream, request, stdin)
+    }
 }
 
 /// [`exec_collect`] with a full request (env, user, workdir, tty).
@@ -62,14 +67,23 @@ pub fn exec_collect_request<S: Read + Write>(
                 "init closed the connection before the exec ended",
             )
         })?;
+        if output.absorb(frame)? {
+            return Ok(output);
+        }
+    }
+}
+
+impl ExecOutput {
+    /// Takes one frame of an exec's answer; `true` once it was the exit.
+    pub fn absorb(&mut self, frame: Frame) -> io::Result<bool> {
         match frame {
-            Frame::Stdout(bytes) => output.stdout.extend_from_slice(&bytes),
-            Frame::Stderr(bytes) => output.stderr.extend_from_slice(&bytes),
+            Frame::Stdout(bytes) => self.stdout.extend_from_slice(&bytes),
+            Frame::Stderr(bytes) => self.stderr.extend_from_slice(&bytes),
             Frame::Control(_) => match frame.decode::<Response>()? {
                 Response::Exit { exit_code, signal } => {
-                    output.exit_code = exit_code;
-                    output.signal = signal;
-                    return Ok(output);
+                    self.exit_code = exit_code;
+                    self.signal = signal;
+                    return Ok(true);
                 }
                 Response::Error { message } => {
                     return Err(io::Error::other(format!(
@@ -85,18 +99,20 @@ pub fn exec_collect_request<S: Read + Write>(
                 ));
             }
         }
+        Ok(false)
     }
 }
 
-/// Exchanges hellos and returns init's version string.
-pub fn hello<S: Read + Write>(stream: &mut S) -> io::Result<String> {
-    write_frame(
-        stream,
-        &Frame::control(&Request::Hello {
-            version: PROTOCOL_VERSION,
-        }),
-    )?;
-    match read_response(stream)? {
+/// The hello this client sends.
+pub fn hello_request() -> Frame {
+    Frame::control(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    })
+}
+
+/// Checks init's answer to the hello; returns init's version string.
+pub fn check_hello(response: Response) -> io::Result<String> {
+    match response {
         Response::Hello {
             version,
             init_version,
@@ -111,6 +127,12 @@ pub fn hello<S: Read + Write>(stream: &mut S) -> io::Result<String> {
     }
 }
 
+/// Exchanges hellos and returns init's version string.
+pub fn hello<S: Read + Write>(stream: &mut S) -> io::Result<String> {
+    write_frame(stream, &hello_request())?;
+    check_hello(read_response(stream)?)
+}
+
 /// Reads the next frame, which must be a control response.
 pub fn read_response<S: Read>(stream: &mut S) -> io::Result<Response> {
     read_frame(stream)?
@@ -118,7 +140,7 @@ pub fn read_response<S: Read>(stream: &mut S) -> io::Result<Response> {
         .decode()
 }
 
-fn unexpected(response: &Response) -> io::Error {
+pub(crate) fn unexpected(response: &Response) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("unexpected response from init: {response:?}"),

@@ -14,7 +14,7 @@ pub mod spec;
 pub mod timestamp;
 pub mod users;
 
-pub use client::{ExecOutput, exec_collect, exec_collect_request};
+pub use client::{ExecOutput, exec_collect, exec_collect_request, exec_request};
 pub use protocol::{ExecRequest, Frame, MAX_FRAME_LEN, Request, Response, read_frame, write_frame};
 pub use spec::{
     ExitReport, FileSpec, ImageProcess, InitOverrides, LogLine, LogStream, PROTOCOL_VERSION,

@@ -16,7 +16,7 @@ pub enum NetError {
         capacity: u32,
     },
 
-    #[error("could not run `{command}`: {source}")]
+    #[error("could not run `{command}`")]
     Spawn {
         command: String,
         #[source]
@@ -32,7 +32,7 @@ pub enum NetError {
         script: String,
     },
 
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,

@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use addressing::{
@@ -215,6 +216,66 @@ impl Network {
         veths.retain(|name| names::is_own_veth(prefix, name));
         veths.sort();
         Ok(veths)
+    }
+}
+
+/// What the host agent needs of machine networking; [`Network`] is the
+/// real one, tests of the agent's logic use a fake.
+#[async_trait]
+pub trait MachineNetwork: Send + Sync + std::fmt::Debug {
+    /// The names and addresses a machine gets, without touching the host.
+    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError>;
+    /// Creates (or repairs) the machine's network; idempotent.
+    async fn attach(
+        &self,
+        machine_id: &str,
+        slot: u32,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError>;
+    /// Whether the machine's network is in place.
+    async fn is_attached(&self, net: &MachineNet) -> bool;
+    /// Removes the machine's network; idempotent.
+    async fn detach(&self, machine_id: &str) -> Result<(), NetError>;
+    /// Ids of the machines whose network exists.
+    async fn attached_machines(&self) -> Result<Vec<String>, NetError>;
+    /// Removes every host resource of this prefix.
+    async fn teardown(&self) -> Result<(), NetError>;
+}
+
+#[async_trait]
+impl MachineNetwork for Network {
+    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError> {
+        self.machine_net(machine_id, slot, org_network)
+    }
+
+    async fn attach(
+        &self,
+        machine_id: &str,
+        slot: u32,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError> {
+        Network::attach(self, machine_id, slot, org_network).await
+    }
+
+    async fn is_attached(&self, net: &MachineNet) -> bool {
+        path_exists(&net.netns_path).await
+    }
+
+    async fn detach(&self, machine_id: &str) -> Result<(), NetError> {
+        Network::detach(self, machine_id).await
+    }
+
+    async fn attached_machines(&self) -> Result<Vec<String>, NetError> {
+        Ok(self
+            .list_namespaces()
+            .await?
+            .iter()
+            .filter_map(|netns| self.machine_id_of_namespace(netns).map(str::to_string))
+            .collect())
+    }
+
+    async fn teardown(&self) -> Result<(), NetError> {
+        self.teardown_all().await
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     ResourceExhausted,
     Unimplemented,
     Internal,
+    /// The service (a host, an agent) cannot answer now; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unimplemented => "unimplemented",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => 429,
             ErrorCode::Unimplemented => 501,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
         }
     }
 }

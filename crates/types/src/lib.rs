@@ -2,10 +2,12 @@
 //! objects, events, leases, errors, and the small value types (ids, durations,
 //! signals) every part of midge shares.
 
+pub mod agent;
 pub mod apps;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod headers;
 pub mod ids;
 pub mod machine;
 mod nullable;

@@ -34,6 +34,25 @@ pub enum MachineState {
 }
 
 impl MachineState {
+    pub const ALL: [MachineState; 16] = [
+        MachineState::Creating,
+        MachineState::Created,
+        MachineState::Starting,
+        MachineState::Started,
+        MachineState::Stopping,
+        MachineState::Stopped,
+        MachineState::Restarting,
+        MachineState::Suspending,
+        MachineState::Suspended,
+        MachineState::Updating,
+        MachineState::Replacing,
+        MachineState::Destroying,
+        MachineState::Destroyed,
+        MachineState::Failed,
+        MachineState::LaunchFailed,
+        MachineState::Replaced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Creating => "creating",

@@ -1,21 +1,36 @@
-//! A real agent for one test: its own data dir, resource prefix and address
+//! A real host for one test: the sandbox driver, real networking and the
+//! loopback registry, with its own data dir, resource prefix and address
 //! pool, torn down (with everything it created on the host) when dropped.
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use midge_agent::{Agent, AgentConfig, Owner, WaitTarget};
-use midge_types::{CreateMachineRequest, MachineConfig, MachineState};
+use midge_agent::Agent;
+use midge_agent_api::{HostAgent, PtySession};
+use midge_server::{Host, HostConfig};
+use midge_types::agent::{
+    CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, MachineKey, OpenPty, Owner,
+    ReadLogs, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
+};
+use midge_types::{
+    CreateMachineRequest, GoDuration, Machine, MachineConfig, MachineEvent, MachineState,
+    MachineVersion, StopRequest,
+};
+
+pub const APP: &str = "testapp";
 
 pub struct TestAgent {
-    pub agent: Arc<Agent>,
-    pub config: AgentConfig,
+    pub agent: Agent,
+    pub config: HostConfig,
     pub image: String,
     pub registry: String,
     _dir: tempfile::TempDir,
     _pool: midge_testkit::PoolLease,
+}
+
+fn key(id: &str) -> MachineKey {
+    MachineKey::new(APP, id)
 }
 
 impl TestAgent {
@@ -29,11 +44,10 @@ impl TestAgent {
             .tempdir()
             .expect("tempdir");
         let pool = midge_testkit::PoolLease::acquire().expect("address pool");
-        let mut config = AgentConfig::new(dir.path().join("agent"));
+        let mut config = HostConfig::new(dir.path().join("agent"));
         config.resource_prefix = prefix;
         config.ipv4_pool = pool.cidr();
-        config.insecure_registries = vec![registry.clone()];
-        let agent = Agent::open(config.clone()).await.expect("agent opens");
+        let agent = Host::open(config.clone()).await.expect("host opens").agent;
         TestAgent {
             agent,
             config,
@@ -46,14 +60,15 @@ impl TestAgent {
 
     /// Opens a second agent over the same data dir (after a crash of the first).
     pub async fn reopen(&mut self) {
-        self.agent = Agent::open(self.config.clone())
+        self.agent = Host::open(self.config.clone())
             .await
-            .expect("agent reopens");
+            .expect("host reopens")
+            .agent;
     }
 
     pub fn owner(&self) -> Owner {
         Owner {
-            app: "testapp".into(),
+            app: APP.into(),
             org_slug: "personal".into(),
             org_network: 7,
         }
@@ -72,57 +87,165 @@ impl TestAgent {
             ..Default::default()
         };
         self.agent
-            .create_machine(self.owner(), request, "tester")
+            .create_machine(CreateMachine {
+                owner: self.owner(),
+                request,
+                lease_owner: "tester".into(),
+            })
             .await
             .expect("create")
             .id
     }
 
-    pub async fn wait(&self, id: &str, state: MachineState) -> MachineState {
+    async fn wait_for(&self, id: &str, target: WaitTarget, timeout: Duration) -> MachineState {
         self.agent
-            .wait(
-                "testapp",
-                id,
-                &[WaitTarget::State(state)],
-                None,
-                None,
-                Duration::from_secs(30),
-            )
+            .wait_machine(WaitMachine {
+                machine: key(id),
+                targets: vec![target],
+                version: None,
+                from_event_id: None,
+                timeout: GoDuration(timeout),
+            })
             .await
-            .unwrap_or_else(|e| panic!("waiting for {state}: {e}"))
+            .unwrap_or_else(|e| panic!("waiting for {target:?}: {}", e.chain()))
             .state
+    }
+
+    pub async fn wait(&self, id: &str, state: MachineState) -> MachineState {
+        self.wait_for(id, WaitTarget::State(state), Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn wait_settled(&self, id: &str) -> MachineState {
+        self.wait_for(id, WaitTarget::Settled, Duration::from_secs(10))
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> Machine {
+        self.agent
+            .get_machine(GetMachine {
+                machine: key(id),
+                version: None,
+            })
+            .await
+            .expect("get machine")
+    }
+
+    pub async fn get_version(&self, id: &str, version: &str) -> Machine {
+        self.agent
+            .get_machine(GetMachine {
+                machine: key(id),
+                version: Some(version.to_string()),
+            })
+            .await
+            .expect("get machine version")
+    }
+
+    pub async fn start_machine(&self, id: &str) {
+        self.agent
+            .start_machine(StartMachine {
+                machine: key(id),
+                nonce: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start: {}", e.chain()));
+    }
+
+    pub async fn stop(&self, id: &str, request: StopRequest) {
+        self.agent
+            .stop_machine(StopMachine {
+                machine: key(id),
+                request,
+                nonce: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop: {}", e.chain()));
+    }
+
+    pub async fn destroy(&self, id: &str, force: bool) {
+        self.agent
+            .destroy_machine(DestroyMachine {
+                machine: key(id),
+                force,
+                nonce: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("destroy: {}", e.chain()));
+    }
+
+    pub async fn update(&self, id: &str, request: CreateMachineRequest) -> Machine {
+        self.agent
+            .update_machine(UpdateMachine {
+                machine: key(id),
+                request,
+                nonce: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("update: {}", e.chain()))
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<MachineEvent> {
+        self.agent
+            .machine_events(ListEvents {
+                machine: key(id),
+                limit: 50,
+            })
+            .await
+            .expect("events")
+    }
+
+    pub async fn versions(&self, id: &str) -> Vec<MachineVersion> {
+        self.agent
+            .machine_versions(key(id))
+            .await
+            .expect("versions")
+    }
+
+    pub async fn open_pty(&self, id: &str, argv: Vec<String>) -> PtySession {
+        self.agent
+            .open_pty(OpenPty {
+                machine: key(id),
+                argv,
+                cols: 80,
+                rows: 24,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pty: {}", e.chain()))
     }
 
     pub async fn exec(&self, id: &str, argv: &[&str]) -> midge_types::ExecResponse {
         self.agent
-            .exec(
-                "testapp",
-                id,
-                argv.iter().map(|s| s.to_string()).collect(),
-                None,
-                Duration::from_secs(20),
-                None,
-            )
+            .exec(ExecMachine {
+                machine: key(id),
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                stdin: None,
+                timeout: GoDuration::from_secs(20),
+                nonce: None,
+            })
             .await
-            .expect("exec")
+            .unwrap_or_else(|e| panic!("exec: {}", e.chain()))
     }
 
     pub async fn log_text(&self, id: &str) -> String {
-        let mut receiver = self
+        use futures::StreamExt;
+        let lines = self
             .agent
-            .logs("testapp", id, 1000, false)
+            .read_logs(ReadLogs {
+                machine: key(id),
+                tail: 1000,
+                follow: false,
+            })
             .await
             .expect("logs");
-        let mut text = String::new();
-        while let Some(line) = receiver.recv().await {
-            text.push_str(&line.message);
-            text.push('\n');
-        }
-        text
+        let lines: Vec<_> = lines.collect().await;
+        lines
+            .iter()
+            .map(|line| format!("{}\n", line.message))
+            .collect()
     }
 
-    pub fn exit_event(&self, id: &str) -> serde_json::Value {
-        let events = self.agent.events("testapp", id, 50).expect("events");
+    pub async fn exit_event(&self, id: &str) -> serde_json::Value {
+        let events = self.events(id).await;
         let exit = events
             .iter()
             .find(|e| e.kind == "exit")

@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use midge_agent::ListFilter;
 use midge_store::{AppRecord, NewApp, Org};
+use midge_types::agent::{DestroyMachine, ListMachines, MachineKey};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -81,10 +81,10 @@ pub async fn list_apps(
         let org = caller.org(&state.catalog, org_slug)?;
         state.catalog.list_apps(Some(&org.slug))?
     };
-    let apps = records
-        .into_iter()
-        .map(|record| app_response(&state, record))
-        .collect::<Result<Vec<_>>>()?;
+    let mut apps = Vec::with_capacity(records.len());
+    for record in records {
+        apps.push(app_response(&state, record).await?);
+    }
     Ok(Json(ListAppsResponse {
         total_apps: apps.len() as u64,
         apps,
@@ -106,7 +106,7 @@ pub async fn get_app(
     path: AppPath,
 ) -> Result<Json<AppResponse>> {
     let record = state.app(&caller, &path.app)?;
-    Ok(Json(app_response(&state, record)?))
+    Ok(Json(app_response(&state, record).await?))
 }
 
 #[utoipa::path(
@@ -128,37 +128,43 @@ pub async fn delete_app(
 ) -> Result<StatusCode> {
     let force = params.flag("force")?;
     let app = state.app(&caller, &path.app)?;
-    let (_, started) = state.agent.machine_counts(&app.name);
+    let started = state.agent.machine_counts(app.name.clone()).await?.started;
     if started > 0 && !force {
         return Err(Error(midge_types::ApiError::precondition(format!(
             "app {:?} has {started} started machine(s); stop them first or delete with force=true",
             app.name
         ))));
     }
-    for machine in state.agent.list_machines(
-        &app.name,
-        &ListFilter {
+    let machines = state
+        .agent
+        .list_machines(ListMachines {
+            app: app.name.clone(),
             summary: true,
-            ..ListFilter::default()
-        },
-    ) {
+            ..ListMachines::default()
+        })
+        .await?;
+    for machine in machines {
         state
             .agent
-            .destroy(&app.name, &machine.id, force, None)
+            .destroy_machine(DestroyMachine {
+                machine: MachineKey::new(app.name.clone(), machine.id),
+                force,
+                nonce: None,
+            })
             .await?;
     }
     state.catalog.delete_app(&app.name)?;
     Ok(StatusCode::ACCEPTED)
 }
 
-fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
+async fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
     let org: Org = state.catalog.get_org(&app.org_slug)?.ok_or_else(|| {
         Error::not_found(format!(
             "org {:?} of app {:?} not found",
             app.org_slug, app.name
         ))
     })?;
-    let (machine_count, _) = state.agent.machine_counts(&app.name);
+    let machine_count = state.agent.machine_counts(app.name.clone()).await?.total;
     Ok(AppResponse {
         id: app.id,
         name: app.name,

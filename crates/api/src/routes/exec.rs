@@ -9,8 +9,9 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use midge_agent::{PtyInput, PtyOutput, PtySession};
-use midge_types::{ExecRequest, ExecResponse};
+use midge_agent_api::PtySession;
+use midge_types::agent::{ExecMachine, OpenPty, PtyInput, PtyOutput};
+use midge_types::{ExecRequest, ExecResponse, GoDuration};
 use serde::{Deserialize, Serialize};
 
 use crate::ApiState;
@@ -47,18 +48,16 @@ pub async fn exec_machine(
         None | Some(0) => DEFAULT_EXEC_TIMEOUT,
         Some(secs) => Duration::from_secs(secs).min(MAX_EXEC_TIMEOUT),
     };
-    let stdin = request.stdin.map(String::into_bytes);
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let response = state
         .agent
-        .exec(
-            &target.app.name,
-            &target.id,
+        .exec(ExecMachine {
+            machine: target.key(),
             argv,
-            stdin,
-            timeout,
-            nonce.as_deref(),
-        )
+            stdin: request.stdin,
+            timeout: GoDuration(timeout),
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(response))
 }
@@ -129,10 +128,15 @@ pub async fn exec_ws(
             rejection.body_text()
         ))
     })?;
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let session = state
         .agent
-        .exec_pty(&target.app.name, &target.id, argv, cols, rows)
+        .open_pty(OpenPty {
+            machine: target.key(),
+            argv,
+            cols,
+            rows,
+        })
         .await?;
     Ok(upgrade.on_upgrade(move |socket| relay(socket, session)))
 }
@@ -165,7 +169,9 @@ async fn relay(socket: WebSocket, session: PtySession) {
     let client_to_pty = async move {
         while let Some(Ok(message)) = from_client.next().await {
             let forwarded = match message {
-                Message::Binary(bytes) => PtyInput::Data(bytes.to_vec()),
+                Message::Binary(bytes) => PtyInput::Data {
+                    bytes: bytes.to_vec(),
+                },
                 Message::Text(text) => match serde_json::from_str::<Control>(text.as_str()) {
                     Ok(Control::Resize { cols, rows }) => PtyInput::Resize { cols, rows },
                     Ok(Control::Eof) => PtyInput::Eof,
@@ -186,7 +192,7 @@ async fn relay(socket: WebSocket, session: PtySession) {
     let pty_to_client = async move {
         while let Some(event) = output.recv().await {
             match event {
-                PtyOutput::Data(bytes) => {
+                PtyOutput::Data { bytes } => {
                     if to_client.send(Message::Binary(bytes.into())).await.is_err() {
                         return;
                     }

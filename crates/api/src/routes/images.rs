@@ -7,8 +7,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use midge_agent::PullEvent;
-use midge_image::PullProgress;
+use futures::StreamExt;
+use midge_types::agent::{PullEvent, PullImage};
 use serde_json::{Value, json};
 
 use crate::ApiState;
@@ -16,36 +16,14 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::Params;
 
+/// The NDJSON line of an event: the agent's event as it is, except that a
+/// failure reads as a Fly API error.
 fn event_json(event: &PullEvent) -> Value {
     match event {
-        PullEvent::Progress(PullProgress::Resolved {
-            digest,
-            layers,
-            total_bytes,
-        }) => {
-            json!({"type": "resolved", "digest": digest, "layers": layers, "total_bytes": total_bytes})
+        PullEvent::Failed { error } => {
+            json!({"type": "error", "error": format!("invalid_argument: {error}")})
         }
-        PullEvent::Progress(PullProgress::LayerStarted { digest, size }) => {
-            json!({"type": "layer_started", "digest": digest, "size": size})
-        }
-        PullEvent::Progress(PullProgress::LayerBytes {
-            digest,
-            downloaded,
-            size,
-        }) => {
-            json!({"type": "layer_bytes", "digest": digest, "downloaded": downloaded, "size": size})
-        }
-        PullEvent::Progress(PullProgress::LayerDone { digest }) => {
-            json!({"type": "layer_done", "digest": digest})
-        }
-        PullEvent::Progress(PullProgress::LayerCached { digest }) => {
-            json!({"type": "layer_cached", "digest": digest})
-        }
-        PullEvent::Progress(PullProgress::Done) => json!({"type": "pulled"}),
-        PullEvent::Done(image_ref) => json!({"type": "done", "image_ref": image_ref}),
-        PullEvent::Failed(error) => {
-            json!({"type": "error", "error": format!("invalid_argument: failed to get image: {error}")})
-        }
+        other => serde_json::to_value(other).unwrap_or_default(),
     }
 }
 
@@ -66,12 +44,14 @@ pub async fn pull_image(
         .filter(|image| !image.is_empty())
         .ok_or_else(|| Error::invalid("the image query parameter is required"))?
         .to_string();
-    let events = state.agent.pull_image(image);
-    let stream = futures::stream::unfold(events, |mut events| async move {
-        let event = events.recv().await?;
+    let events = state
+        .agent
+        .pull_image(PullImage { reference: image })
+        .await?;
+    let stream = events.map(|event| {
         let mut bytes = serde_json::to_vec(&event_json(&event)).unwrap_or_default();
         bytes.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(bytes)), events))
+        Ok::<_, Infallible>(Bytes::from(bytes))
     });
     let mut response = Body::from_stream(stream).into_response();
     response.headers_mut().insert(

@@ -1,11 +1,10 @@
 //! Machine leases, in Fly's `{status, data}` envelope.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use midge_types::LeaseData;
+use midge_types::agent::{AcquireLease, ReleaseLease};
+use midge_types::{GoDuration, LeaseData};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -49,15 +48,17 @@ pub async fn acquire_lease(
             "ttl must be between 1 and {MAX_TTL_SECS} seconds"
         )));
     }
-    let target = state.machine(&caller, &path)?;
-    let lease = state.agent.lease_acquire(
-        &target.app.name,
-        &target.id,
-        Duration::from_secs(ttl),
-        &caller.lease_owner(),
-        body.description.as_deref().unwrap_or_default(),
-        nonce.as_deref(),
-    )?;
+    let target = state.machine(&caller, &path).await?;
+    let lease = state
+        .agent
+        .acquire_lease(AcquireLease {
+            machine: target.key(),
+            ttl: GoDuration::from_secs(ttl),
+            owner: caller.lease_owner(),
+            description: body.description.unwrap_or_default(),
+            nonce: nonce.0,
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(envelope(lease))))
 }
 
@@ -71,10 +72,8 @@ pub async fn get_lease(
     caller: Caller,
     path: MachinePath,
 ) -> Result<Json<LeaseEnvelope>> {
-    let target = state.machine(&caller, &path)?;
-    Ok(Json(envelope(
-        state.agent.lease_get(&target.app.name, &target.id)?,
-    )))
+    let target = state.machine(&caller, &path).await?;
+    Ok(Json(envelope(state.agent.get_lease(target.key()).await?)))
 }
 
 #[utoipa::path(
@@ -96,10 +95,14 @@ pub async fn release_lease(
             "the {LEASE_NONCE_HEADER} header is required to release a lease"
         )));
     };
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .lease_release(&target.app.name, &target.id, Some(&nonce))?;
+        .release_lease(ReleaseLease {
+            machine: target.key(),
+            nonce: Some(nonce),
+        })
+        .await?;
     Ok(Json(LeaseReleaseEnvelope {
         status: "success".into(),
         data: OkResponse { ok: true },

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use midge_agent::WaitTarget;
+use midge_types::agent::{
+    CordonMachine, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
+    WaitMachine, WaitTarget,
+};
 use midge_types::{
     GoDuration, MachineState, Signal, SignalRequest, StartResponse, StopRequest, WaitResponse,
 };
@@ -32,11 +35,14 @@ pub async fn start_machine(
     path: MachinePath,
     nonce: LeaseNonce,
 ) -> Result<Json<StartResponse>> {
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     Ok(Json(
         state
             .agent
-            .start(&target.app.name, &target.id, nonce.as_deref())
+            .start_machine(StartMachine {
+                machine: target.key(),
+                nonce: nonce.0,
+            })
             .await?,
     ))
 }
@@ -54,10 +60,14 @@ pub async fn stop_machine(
     nonce: LeaseNonce,
     OptionalJson(request): OptionalJson<StopRequest>,
 ) -> Result<Json<OkResponse>> {
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .stop(&target.app.name, &target.id, request, nonce.as_deref())
+        .stop_machine(StopMachine {
+            machine: target.key(),
+            request,
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -93,16 +103,15 @@ pub async fn restart_machine(
     if params.flag("force_stop")? {
         signal = Some(Signal::KILL);
     }
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .restart(
-            &target.app.name,
-            &target.id,
+        .restart_machine(RestartMachine {
+            machine: target.key(),
             signal,
-            timeout,
-            nonce.as_deref(),
-        )
+            timeout: timeout.map(GoDuration),
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -120,15 +129,14 @@ pub async fn signal_machine(
     nonce: LeaseNonce,
     JsonBody(request): JsonBody<SignalRequest>,
 ) -> Result<Json<OkResponse>> {
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .signal(
-            &target.app.name,
-            &target.id,
-            request.signal,
-            nonce.as_deref(),
-        )
+        .signal_machine(SignalMachine {
+            machine: target.key(),
+            signal: request.signal,
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -144,10 +152,14 @@ pub async fn kill_machine(
     path: MachinePath,
     nonce: LeaseNonce,
 ) -> Result<Json<OkResponse>> {
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .signal(&target.app.name, &target.id, Signal::KILL, nonce.as_deref())
+        .signal_machine(SignalMachine {
+            machine: target.key(),
+            signal: Signal::KILL,
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -163,10 +175,13 @@ pub async fn suspend_machine(
     path: MachinePath,
     nonce: LeaseNonce,
 ) -> Result<Json<OkResponse>> {
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .suspend(&target.app.name, &target.id, nonce.as_deref())
+        .suspend_machine(SuspendMachine {
+            machine: target.key(),
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -206,10 +221,14 @@ async fn set_cordoned(
     nonce: &LeaseNonce,
     cordoned: bool,
 ) -> Result<Json<OkResponse>> {
-    let target = state.machine(caller, path)?;
+    let target = state.machine(caller, path).await?;
     state
         .agent
-        .set_cordoned(&target.app.name, &target.id, cordoned, nonce.as_deref())
+        .cordon_machine(CordonMachine {
+            machine: target.key(),
+            cordoned,
+            nonce: nonce.0.clone(),
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -243,17 +262,16 @@ pub async fn wait_machine(
         None => version_param(&params, "instance_id")?,
     };
     let from_event_id = version_param(&params, "from_event_id")?;
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let response = state
         .agent
-        .wait(
-            &target.app.name,
-            &target.id,
-            &targets,
-            version,
-            from_event_id,
-            timeout,
-        )
+        .wait_machine(WaitMachine {
+            machine: target.key(),
+            targets,
+            version: version.map(str::to_string),
+            from_event_id: from_event_id.map(str::to_string),
+            timeout: GoDuration(timeout),
+        })
         .await?;
     Ok(Json(response))
 }

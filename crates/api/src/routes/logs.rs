@@ -6,6 +6,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use midge_types::agent::ReadLogs;
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -31,16 +33,19 @@ pub async fn machine_logs(
 ) -> Result<Response> {
     let tail = params.parse::<usize>("tail")?.unwrap_or(DEFAULT_TAIL);
     let follow = params.flag("follow")?;
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let lines = state
         .agent
-        .logs(&target.app.name, &target.id, tail, follow)
+        .read_logs(ReadLogs {
+            machine: target.key(),
+            tail,
+            follow,
+        })
         .await?;
-    let stream = futures::stream::unfold(lines, |mut lines| async move {
-        let line = lines.recv().await?;
+    let stream = lines.map(|line| {
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(bytes)), lines))
+        Ok::<_, Infallible>(Bytes::from(bytes))
     });
     let mut response = Body::from_stream(stream).into_response();
     response.headers_mut().insert(

@@ -4,7 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use midge_agent::{ListFilter, Owner};
+use midge_types::agent::{
+    CreateMachine, DestroyMachine, GetMachine, ListEvents, ListMachines, MachineKey, Owner,
+    UpdateMachine,
+};
 use midge_types::{
     ApiError, CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion,
 };
@@ -55,7 +58,8 @@ pub async fn list_machines(
         .get("cursor")
         .map(str::trim)
         .filter(|c| !c.is_empty());
-    let filter = ListFilter {
+    let filter = ListMachines {
+        app: app.name.clone(),
         include_deleted: params.flag("include_deleted")?,
         region: params
             .get("region")
@@ -70,11 +74,11 @@ pub async fn list_machines(
         summary: params.flag("summary")?,
     };
     let include_leases = params.flag("include_leases")?;
-    let machines = state.agent.list_machines(&app.name, &filter);
+    let machines = state.agent.list_machines(filter).await?;
     let (mut page, next_cursor) = paginate(machines, cursor, limit.map(|l| l as usize))?;
     if include_leases {
         for machine in &mut page {
-            add_lease(&state, &app.name, machine);
+            add_lease(&state, &app.name, machine).await;
         }
     }
     let mut response = Json(page).into_response();
@@ -161,7 +165,11 @@ pub async fn create_machine(
     };
     let machine = state
         .agent
-        .create_machine(owner, request, &caller.lease_owner())
+        .create_machine(CreateMachine {
+            owner,
+            request,
+            lease_owner: caller.lease_owner(),
+        })
         .await?;
     Ok(Json(machine))
 }
@@ -193,19 +201,27 @@ pub async fn get_machine(
 ) -> Result<Json<Machine>> {
     let version = version_param(&params, "version")?;
     let include_leases = params.flag("include_leases")?;
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let mut machine = state
         .agent
-        .get_machine(&target.app.name, &target.id, version)?;
+        .get_machine(GetMachine {
+            machine: target.key(),
+            version: version.map(str::to_string),
+        })
+        .await?;
     if include_leases {
-        add_lease(&state, &target.app.name, &mut machine);
+        add_lease(&state, &target.app.name, &mut machine).await;
     }
     Ok(Json(machine))
 }
 
 /// `include_leases`: the machine's current lease, if any, in `lease`.
-fn add_lease(state: &ApiState, app: &str, machine: &mut Machine) {
-    machine.lease = state.agent.lease_get(app, &machine.id).ok();
+async fn add_lease(state: &ApiState, app: &str, machine: &mut Machine) {
+    machine.lease = state
+        .agent
+        .get_lease(MachineKey::new(app, machine.id.clone()))
+        .await
+        .ok();
 }
 
 /// A version or instance id query parameter: a ULID.
@@ -243,10 +259,14 @@ pub async fn update_machine(
             "current_version {version:?} is not a machine version"
         )));
     }
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     let machine = state
         .agent
-        .update_machine(&target.app.name, &target.id, request, nonce.as_deref())
+        .update_machine(UpdateMachine {
+            machine: target.key(),
+            request,
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(machine))
 }
@@ -268,10 +288,14 @@ pub async fn destroy_machine(
     nonce: LeaseNonce,
 ) -> Result<Json<OkResponse>> {
     let force = params.flag("force")? | params.flag("kill")?;
-    let target = state.machine(&caller, &path)?;
+    let target = state.machine(&caller, &path).await?;
     state
         .agent
-        .destroy(&target.app.name, &target.id, force, nonce.as_deref())
+        .destroy_machine(DestroyMachine {
+            machine: target.key(),
+            force,
+            nonce: nonce.0,
+        })
         .await?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -295,12 +319,16 @@ pub async fn machine_events(
         Some(0) => return Err(Error::invalid("limit must be at least 1")),
         Some(limit) => limit.min(MAX_EVENTS),
     };
-    let target = state.machine(&caller, &path)?;
-    Ok(Json(state.agent.events(
-        &target.app.name,
-        &target.id,
-        limit,
-    )?))
+    let target = state.machine(&caller, &path).await?;
+    Ok(Json(
+        state
+            .agent
+            .machine_events(ListEvents {
+                machine: target.key(),
+                limit,
+            })
+            .await?,
+    ))
 }
 
 #[utoipa::path(
@@ -313,6 +341,6 @@ pub async fn machine_versions(
     caller: Caller,
     path: MachinePath,
 ) -> Result<Json<Vec<MachineVersion>>> {
-    let target = state.machine(&caller, &path)?;
-    Ok(Json(state.agent.versions(&target.app.name, &target.id)?))
+    let target = state.machine(&caller, &path).await?;
+    Ok(Json(state.agent.machine_versions(target.key()).await?))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use midge_types::agent::UpdateMetadata;
 use serde_json::Value;
 
 use crate::ApiState;
@@ -25,8 +26,8 @@ pub async fn get_metadata(
     caller: Caller,
     path: MachinePath,
 ) -> Result<Json<BTreeMap<String, String>>> {
-    let target = state.machine(&caller, &path)?;
-    Ok(Json(state.agent.metadata(&target.app.name, &target.id)?))
+    let target = state.machine(&caller, &path).await?;
+    Ok(Json(state.agent.get_metadata(target.key()).await?))
 }
 
 #[utoipa::path(
@@ -87,14 +88,16 @@ async fn merge_metadata(
         };
         changes.push((key, value));
     }
-    let target = state.machine(&caller, &path)?;
-    state.agent.metadata_update(
-        &target.app.name,
-        &target.id,
-        changes,
-        body.machine_version.as_deref().filter(|v| !v.is_empty()),
-        nonce.as_deref(),
-    )?;
+    let target = state.machine(&caller, &path).await?;
+    state
+        .agent
+        .update_metadata(UpdateMetadata {
+            machine: target.key(),
+            changes,
+            machine_version: body.machine_version.filter(|v| !v.is_empty()),
+            nonce: nonce.0,
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -109,8 +112,8 @@ pub async fn get_metadata_key(
     path: MetadataKeyPath,
 ) -> Result<Json<MetadataValue>> {
     validate_key(&path.key)?;
-    let target = state.machine(&caller, &path.machine)?;
-    let mut metadata = state.agent.metadata(&target.app.name, &target.id)?;
+    let target = state.machine(&caller, &path.machine).await?;
+    let mut metadata = state.agent.get_metadata(target.key()).await?;
     let value = metadata
         .remove(&path.key)
         .ok_or_else(|| Error::not_found(format!("metadata key {:?} not found", path.key)))?;
@@ -131,15 +134,17 @@ pub async fn set_metadata_key(
     JsonBody(body): JsonBody<MetadataValue>,
 ) -> Result<StatusCode> {
     validate_key(&path.key)?;
-    let target = state.machine(&caller, &path.machine)?;
+    let target = state.machine(&caller, &path.machine).await?;
     let value = (!body.value.is_empty()).then_some(body.value);
-    state.agent.metadata_update(
-        &target.app.name,
-        &target.id,
-        vec![(path.key, value)],
-        None,
-        nonce.as_deref(),
-    )?;
+    state
+        .agent
+        .update_metadata(UpdateMetadata {
+            machine: target.key(),
+            changes: vec![(path.key, value)],
+            machine_version: None,
+            nonce: nonce.0,
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -155,14 +160,16 @@ pub async fn delete_metadata_key(
     nonce: LeaseNonce,
 ) -> Result<StatusCode> {
     validate_key(&path.key)?;
-    let target = state.machine(&caller, &path.machine)?;
-    state.agent.metadata_update(
-        &target.app.name,
-        &target.id,
-        vec![(path.key, None)],
-        None,
-        nonce.as_deref(),
-    )?;
+    let target = state.machine(&caller, &path.machine).await?;
+    state
+        .agent
+        .update_metadata(UpdateMetadata {
+            machine: target.key(),
+            changes: vec![(path.key, None)],
+            machine_version: None,
+            nonce: nonce.0,
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use midge_agent::{Agent, AgentConfig};
 use midge_api::{ApiState, router};
+use midge_server::{Host, HostConfig};
 use midge_store::{Catalog, TokenScope};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -21,6 +21,8 @@ pub struct Harness {
     pub router: Router,
     pub catalog: Arc<Catalog>,
     pub state: ApiState,
+    /// The host agent behind the API, for teardown.
+    pub agent: midge_agent::Agent,
     pub admin: String,
     /// The test image in the loopback registry, once `with_registry` ran.
     pub image: String,
@@ -36,7 +38,7 @@ impl Drop for Harness {
     /// dir), also when the test failed. Runs on its own runtime because the
     /// test's runtime may be gone or busy by now.
     fn drop(&mut self) {
-        let agent = self.state.agent.clone();
+        let agent = self.agent.clone();
         let prefix = self.prefix.clone();
         let data_dir = self.data_dir.clone();
         let cleanup = std::thread::spawn(move || {
@@ -45,9 +47,9 @@ impl Drop for Harness {
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
-                agent.shutdown().await;
+                agent.shutdown();
                 if let Err(error) = agent.teardown_host().await {
-                    eprintln!("tearing down host resources of {prefix}: {error}");
+                    eprintln!("tearing down host resources of {prefix}: {}", error.chain());
                 }
             });
             midge_testkit::remove_host_resources(&prefix, &data_dir);
@@ -104,7 +106,7 @@ impl Harness {
         let data_dir = dir.path().join("agent");
         let prefix = midge_testkit::unique_prefix();
         let pool = midge_testkit::PoolLease::acquire().expect("address pool");
-        let mut config = AgentConfig::new(&data_dir);
+        let mut config = HostConfig::new(&data_dir);
         config.resource_prefix = prefix.clone();
         config.ipv4_pool = pool.cidr();
         let image = match registry {
@@ -114,13 +116,14 @@ impl Harness {
             }
             None => String::new(),
         };
-        let agent = Agent::open(config).await.expect("agent");
+        let agent = Host::open(config).await.expect("host").agent;
         let admin = catalog.ensure_admin_token().unwrap().expect("admin token");
-        let state = ApiState::new(catalog.clone(), agent);
+        let state = ApiState::new(catalog.clone(), Arc::new(agent.clone()));
         Harness {
             router: router(state.clone()),
             catalog,
             state,
+            agent,
             admin,
             image,
             prefix,

@@ -4,9 +4,9 @@ use anyhow::Result;
 use clap::Subcommand;
 use midge_types::apps::{App, CreateAppRequest};
 
-use crate::client::ApiClient;
 use crate::commands::ApiOptions;
 use crate::output::{confirm, print_json, render_table};
+use midge_client::ApiClient;
 
 #[derive(Subcommand, Debug)]
 pub enum AppsCommand {

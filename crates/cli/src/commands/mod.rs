@@ -8,8 +8,8 @@ pub mod tokens;
 use anyhow::Result;
 use clap::Args;
 
-use crate::client::ApiClient;
-use crate::client_config::{ClientConfig, DEFAULT_API_URL};
+use midge_client::ApiClient;
+use midge_client::{ClientConfig, DEFAULT_API_URL};
 
 /// Where the API is and how to authenticate: flags, then environment, then the
 /// client config file `midge up` writes, then the local default.

@@ -7,9 +7,9 @@ use midge_types::{CreateMachineRequest, Machine};
 
 use super::flags::GuestFlags;
 use super::run::{create_with_spinner, print_created, wait_until_started};
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::flag_values::pinned_image;
+use midge_client::ApiClient;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct CloneArgs {

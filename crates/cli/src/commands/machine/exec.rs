@@ -4,11 +4,11 @@ use anyhow::Result;
 use clap::Args;
 use midge_types::ExecRequest;
 
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::exit::{ExitStatus, exit_code_for};
 use crate::interactive;
 use crate::output::print_json;
+use midge_client::ApiClient;
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {

@@ -4,9 +4,9 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::output::{print_json, render_table, seconds_time};
+use midge_client::ApiClient;
 
 #[derive(Subcommand, Debug)]
 pub enum LeasesCommand {

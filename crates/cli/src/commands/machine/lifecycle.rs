@@ -6,10 +6,10 @@ use anyhow::Result;
 use clap::Args;
 use midge_types::{GoDuration, MachineState, Signal, StopRequest};
 
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::lease::with_lease;
 use crate::wait::{DEFAULT_WAIT, WaitFor, humanize, parse_duration_flag, wait_for_state};
+use midge_client::ApiClient;
 
 #[derive(Args, Debug)]
 pub struct MachineArg {

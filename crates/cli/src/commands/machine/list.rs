@@ -5,9 +5,9 @@ use clap::Args;
 use midge_types::{Machine, MachineEvent};
 use serde_json::Value;
 
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::output::{millis_time, print_json, render_table, short_time};
+use midge_client::ApiClient;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {

@@ -5,9 +5,9 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::output::{millis_time, short_time};
+use midge_client::ApiClient;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {

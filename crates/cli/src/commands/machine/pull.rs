@@ -10,8 +10,8 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
-use crate::client::{ApiClient, ApiFailure, ClientError};
 use crate::output::stdout_is_terminal;
+use midge_client::{ApiClient, ApiFailure, ClientError};
 
 /// One line of the pull stream.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -56,7 +56,7 @@ pub async fn pull_image(client: &ApiClient, image: &str) -> Result<Pulled> {
     };
     let request_id = response
         .headers()
-        .get("fly-request-id")
+        .get(midge_client::REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     let mut display = PullDisplay::start(image);

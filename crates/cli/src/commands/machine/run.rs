@@ -6,12 +6,12 @@ use midge_types::{CreateMachineRequest, Machine, MachineConfig, MachineState, Re
 
 use super::flags::{ConfigFlags, load_machine_config};
 use super::pull::{Pulled, pull_image};
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::commands::apps::create_app;
 use crate::output::{confirm, stdout_is_terminal};
 use crate::progress::Progress;
 use crate::wait::{DEFAULT_WAIT, WaitFor, wait_for_state};
+use midge_client::ApiClient;
 
 /// Flags of `run` and `create`.
 #[derive(Args, Debug, Clone, Default)]

@@ -5,10 +5,10 @@ use midge_types::{Guest, InitConfig, MachineConfig, RestartConfig};
 
 use super::flags::split_command;
 use super::run::{RunArgs, create_machine, print_created, wait_until_started};
-use crate::client::ApiClient;
 use crate::commands::apps::create_app;
 use crate::exit::ExitStatus;
 use crate::interactive;
+use midge_client::ApiClient;
 
 /// Seeded into every midge host's image store; busybox-based.
 pub const DEFAULT_SHELL_IMAGE: &str = "midge/shell:latest";

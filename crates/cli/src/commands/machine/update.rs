@@ -8,12 +8,12 @@ use clap::Args;
 use midge_types::{Machine, MachineConfig, MachineState, UpdateMachineRequest};
 
 use super::flags::{ConfigFlags, split_command};
-use crate::client::ApiClient;
 use crate::commands::AppArg;
 use crate::diff::json_diff;
 use crate::lease::with_lease;
 use crate::output::confirm;
 use crate::wait::{WaitFor, parse_duration_flag, wait_for_state};
+use midge_client::ApiClient;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UpdateArgs {

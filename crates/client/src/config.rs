@@ -55,7 +55,6 @@ impl ClientConfig {
     }
 
     /// Writes the config to the default path and returns that path.
-    #[allow(dead_code, reason = "written by `midge up`")]
     pub fn save(&self) -> Result<PathBuf> {
         let path = Self::default_path()
             .context("cannot tell where to write the client config: set MIDGE_CONFIG or HOME")?;

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use midge_agent::{Agent, AgentConfig};
+use midge_client::ClientConfig;
 use midge_store::Catalog;
 
-use crate::client_config::ClientConfig;
+use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,14 +52,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let catalog =
         Arc::new(Catalog::open(args.data_dir.join("catalog.db")).context("opening the catalog")?);
-    let mut config = AgentConfig::new(args.data_dir.join("agent"));
+    let mut config = HostConfig::new(args.data_dir.join("agent"));
     config.region = args.region.clone();
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
     config.insecure_registries = args.insecure_registries.clone();
-    let agent = Agent::open(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the host agent: {e}"))?;
+    let host = Host::open(config).await?;
+    let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {
         tracing::warn!("the default shell image is not available: {err:#}");
     }
@@ -93,7 +92,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 
-    let state = midge_api::ApiState::new(catalog, agent.clone());
+    let state = midge_api::ApiState::new(catalog, Arc::new(agent.clone()));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");
@@ -105,7 +104,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     midge_api::serve_with_shutdown(listener, state, shutdown)
         .await
         .context("serving the API")?;
-    agent.shutdown().await;
+    agent.shutdown();
     println!("midge stopped; machines keep running and are re-adopted by the next `midge up`");
     Ok(())
 }

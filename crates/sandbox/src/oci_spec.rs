@@ -22,10 +22,13 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+#[derive(Debug)]
 pub struct SandboxSpec<'a> {
     pub hostname: &'a str,
     pub init_binary: &'a Path,
     pub run_dir: &'a Path,
+    /// The machine's log dir, mounted over the run dir's `logs`.
+    pub log_dir: &'a Path,
     pub netns_path: &'a Path,
     pub cgroup_path: &'a str,
     pub cpus: u32,
@@ -37,6 +40,7 @@ pub struct SandboxSpec<'a> {
 /// Where init and its run directory appear inside the machine.
 pub const GUEST_INIT: &str = "/.midge/init";
 pub const GUEST_RUN_DIR: &str = "/.midge/run";
+pub const GUEST_LOG_DIR: &str = "/.midge/run/logs";
 
 pub fn runtime_config(spec: &SandboxSpec) -> Value {
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
@@ -59,6 +63,8 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
         json!({"destination": GUEST_INIT, "type": "bind", "source": spec.init_binary,
                "options": ["bind", "ro", "nosuid", "nodev"]}),
         json!({"destination": GUEST_RUN_DIR, "type": "bind", "source": spec.run_dir,
+               "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}),
+        json!({"destination": GUEST_LOG_DIR, "type": "bind", "source": spec.log_dir,
                "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}),
     ];
     for (source, destination) in spec.etc_files {

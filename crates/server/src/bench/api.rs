@@ -5,20 +5,23 @@
 //! GET machine and list machines with a few keep-alive workers, then creates
 //! a batch of machines at once and times them until every one is started.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use midge_agent::{Agent, AgentConfig};
-use midge_store::Catalog;
-use serde_json::{Value, json};
+use anyhow::{Context, ensure};
+use midge_client::ApiClient;
+use midge_types::apps::CreateAppRequest;
+use midge_types::{CreateMachineRequest, InitConfig, MachineConfig};
+use reqwest::{Method, Url};
 
+use crate::bench::LocalApi;
+use crate::host::{Host, HostConfig};
 use crate::shell_image::{SHELL_IMAGE, ensure_shell_image};
 
 const APP: &str = "bench-api";
 const WAIT_TIMEOUT_SECS: u64 = 60;
 
+#[derive(Debug, Clone)]
 pub struct ApiBenchOptions {
     /// Machines in the fleet the reads run against.
     pub machines: usize,
@@ -92,9 +95,7 @@ fn ms(duration: Duration) -> String {
 
 /// The API on a loopback port, in this process, and a keep-alive client.
 struct Bench {
-    client: reqwest::Client,
-    url: String,
-    token: String,
+    client: ApiClient,
 }
 
 pub async fn run(options: ApiBenchOptions) -> anyhow::Result<()> {
@@ -103,71 +104,51 @@ pub async fn run(options: ApiBenchOptions) -> anyhow::Result<()> {
         .prefix("midge-bench-api-")
         .tempdir()
         .context("creating the benchmark's data dir")?;
-    let catalog = Arc::new(
-        Catalog::open(dir.path().join("catalog.db")).context("opening the benchmark catalog")?,
-    );
-    let mut config = AgentConfig::new(dir.path().join("agent"));
+    let mut config = HostConfig::new(dir.path());
     config.resource_prefix = options.prefix.clone();
     config.ipv4_pool = options.ipv4_pool.clone();
-    let agent = Agent::open(config)
+    let host = Host::open(config)
         .await
-        .map_err(|e| anyhow::anyhow!("starting the benchmark's agent: {e}"))?;
+        .context("starting the benchmark's agent")?;
 
     // Interrupted or not, the machines and their host resources go away.
     let result = tokio::select! {
-        result = serve_and_measure(&agent, catalog, &options) => result,
+        result = serve_and_measure(&host, dir.path(), &options) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
 
-    agent.shutdown().await;
-    let teardown = agent.teardown_host().await;
+    host.agent.shutdown();
+    let teardown = host.agent.teardown_host().await;
     let report = result?;
-    teardown.map_err(|e| anyhow::anyhow!("tearing down the benchmark's host resources: {e}"))?;
+    teardown.map_err(|e| {
+        anyhow::anyhow!("tearing down the benchmark's host resources: {}", e.chain())
+    })?;
     println!("{report}");
     Ok(())
 }
 
 async fn serve_and_measure(
-    agent: &Arc<Agent>,
-    catalog: Arc<Catalog>,
+    host: &Host,
+    dir: &std::path::Path,
     options: &ApiBenchOptions,
 ) -> anyhow::Result<String> {
-    ensure_shell_image(agent.images())?;
-    let token = catalog
-        .ensure_admin_token()
-        .context("creating the admin token")?
-        .context("the fresh benchmark catalog already had an admin token")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a loopback port")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = midge_api::ApiState::new(catalog, agent.clone());
-    let server = tokio::spawn(midge_api::serve_with_shutdown(listener, state, async {
-        let _ = stopped.await;
-    }));
+    ensure_shell_image(host.agent.images())?;
+    let api = LocalApi::serve(&host.agent, dir).await?;
     let bench = Bench {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(options.workers.max(options.concurrent_creates))
-            .build()
-            .context("building the HTTP client")?,
-        url,
-        token,
+        client: api.client.clone(),
     };
     let result = measure(&bench, options).await;
-    let _ = stop.send(());
-    let _ = server.await;
+    api.stop().await;
     result
 }
 
 async fn measure(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<String> {
     bench
-        .send(
-            reqwest::Method::POST,
-            "/v1/apps",
-            Some(json!({"name": APP})),
-        )
+        .client
+        .create_app(&CreateAppRequest {
+            name: Some(APP.into()),
+            ..Default::default()
+        })
         .await?;
 
     eprintln!(
@@ -180,16 +161,18 @@ async fn measure(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<Str
 
     eprintln!("timing {} GET machine requests", options.get_requests);
     let get = timed_gets(bench, options.get_requests, options.workers, |i| {
-        format!("/v1/apps/{APP}/machines/{}", ids[i % ids.len()])
+        bench.client.machine_url(APP, &ids[i % ids.len()], &[], &[])
     })
     .await?;
     eprintln!("timing {} list requests", options.list_requests);
     let list = timed_gets(bench, options.list_requests, options.workers, |_| {
-        format!("/v1/apps/{APP}/machines")
+        bench.client.url(&["apps", APP, "machines"], &[])
     })
     .await?;
     let summary = timed_gets(bench, options.list_requests, options.workers, |_| {
-        format!("/v1/apps/{APP}/machines?summary=true")
+        bench
+            .client
+            .url(&["apps", APP, "machines"], &[("summary", "true".into())])
     })
     .await?;
 
@@ -249,71 +232,49 @@ async fn measure(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<Str
 }
 
 impl Bench {
-    /// One request; fails on a non-2xx status. Returns the JSON body (null
-    /// when empty) and its size.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(Value, usize)> {
-        let mut request = self
+    /// A GET, timed by the caller; returns the body's size.
+    async fn get(&self, url: Url) -> anyhow::Result<usize> {
+        let response = self
             .client
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .with_context(|| format!("reading the reply to {method} {path}"))?;
-        if !status.is_success() {
-            bail!(
-                "{method} {path}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
-        }
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((value, bytes.len()))
+            .send("GET", Method::GET, url, None, None)
+            .await?;
+        Ok(response.bytes().await.context("reading the reply")?.len())
     }
 
     async fn create_machine(&self, index: usize, skip_launch: bool) -> anyhow::Result<String> {
-        let body = json!({
-            "name": format!("m-{index}"),
-            "skip_launch": skip_launch,
-            "config": {
-                "image": SHELL_IMAGE,
-                "init": {"exec": ["/bin/sleep", "3600"]},
-                "metadata": {"bench": "api", "index": index.to_string()},
+        let config = MachineConfig {
+            image: SHELL_IMAGE.into(),
+            init: InitConfig {
+                exec: Some(vec!["/bin/sleep".into(), "3600".into()]),
+                ..Default::default()
             },
-        });
-        let (machine, _) = self
-            .send(
-                reqwest::Method::POST,
-                &format!("/v1/apps/{APP}/machines"),
-                Some(body),
-            )
-            .await?;
-        machine["id"]
-            .as_str()
-            .map(str::to_string)
-            .context("a created machine without an id")
+            metadata: [
+                ("bench".to_string(), "api".to_string()),
+                ("index".to_string(), index.to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let request = CreateMachineRequest {
+            name: Some(format!("m-{index}")),
+            skip_launch,
+            config: Some(config),
+            ..Default::default()
+        };
+        Ok(self.client.create_machine(APP, &request).await?.id)
     }
 
     async fn wait_started(&self, id: &str) -> anyhow::Result<()> {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v1/apps/{APP}/machines/{id}/wait?state=started&timeout={WAIT_TIMEOUT_SECS}"),
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.client
+            .wait_machine(
+                APP,
+                id,
+                "started",
+                None,
+                Duration::from_secs(WAIT_TIMEOUT_SECS),
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -347,10 +308,10 @@ async fn timed_gets(
     bench: &Bench,
     total: usize,
     workers: usize,
-    path_of: impl Fn(usize) -> String,
+    url_of: impl Fn(usize) -> Url,
 ) -> anyhow::Result<Timings> {
     let next = AtomicUsize::new(0);
-    let path_of = &path_of;
+    let url_of = &url_of;
     let begun = Instant::now();
     let workers = (0..workers).map(|_| async {
         let mut samples = Vec::new();
@@ -360,9 +321,9 @@ async fn timed_gets(
             if index >= total {
                 return anyhow::Ok((samples, bytes));
             }
-            let path = path_of(index);
+            let url = url_of(index);
             let sent = Instant::now();
-            let (_, size) = bench.send(reqwest::Method::GET, &path, None).await?;
+            let size = bench.get(url).await?;
             samples.push(sent.elapsed());
             bytes += size;
         }

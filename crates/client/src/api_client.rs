@@ -14,8 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";
-const REQUEST_ID_HEADER: &str = "fly-request-id";
+use midge_types::headers::{LEASE_NONCE_HEADER, REQUEST_ID_HEADER};
 
 /// Installs rustls' ring provider; a second call (or another part of the
 /// process having done it) is fine.
@@ -156,7 +155,7 @@ impl std::error::Error for ClientError {}
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base_url: Url,

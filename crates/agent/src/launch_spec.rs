@@ -1,17 +1,75 @@
-//! What init is told about the machine it runs: the image's process, the
-//! machine config's overrides, env with Fly's FLY_* variables, files.
+//! What a run of a machine is made of: the image's layers, the network
+//! attachment, the size, and what init is told (the image's process, the
+//! config's overrides, env with Fly's FLY_* variables, files).
 
 use base64::Engine;
+use midge_agent_api::AgentError;
+use midge_driver::{GuestResources, MachineLaunch, NetworkAttachment};
 use midge_image::Image;
 use midge_init::{FileSpec, ImageProcess, InitOverrides, RunSpec};
-use midge_types::{ApiError, MachineConfig};
+use midge_types::MachineConfig;
 
+use crate::agent::AgentCore;
 use crate::record::MachineRecord;
+
+impl AgentCore {
+    /// Everything a run of this machine's current version needs; attaches
+    /// the network if it went missing.
+    pub(crate) async fn launch_for(
+        &self,
+        record: &MachineRecord,
+    ) -> Result<MachineLaunch, AgentError> {
+        let image = self.image_for(&record.image_key_or_config()).await?;
+        let mut net = self
+            .network
+            .plan(&record.id, record.net_slot, record.org_network)
+            .map_err(|e| AgentError::host("planning the machine's network", e))?;
+        if !self.network.is_attached(&net).await {
+            net = self
+                .network
+                .attach(&record.id, record.net_slot, record.org_network)
+                .await
+                .map_err(|e| AgentError::host("attaching the machine's network", e))?;
+        }
+        let guest = record.config().guest_or_default();
+        Ok(MachineLaunch {
+            machine_id: record.id.clone(),
+            layers: image.layers.clone(),
+            network: NetworkAttachment {
+                netns_path: net.netns_path,
+                ipv4: net.ipv4,
+                gateway_v4: net.gateway_v4,
+                ipv6: net.ipv6,
+                gateway_v6: net.gateway_v6,
+                mtu: net.mtu,
+            },
+            hostname: record.id.clone(),
+            guest: GuestResources {
+                cpus: guest.cpus,
+                memory_mb: guest.memory_mb,
+            },
+            run_spec: run_spec(record, &image)?,
+            etc_hosts: etc_hosts(record),
+            resolv_conf: resolv_conf(),
+        })
+    }
+}
+
+impl MachineRecord {
+    /// The image store key, or the configured image before the first pull.
+    pub(crate) fn image_key_or_config(&self) -> String {
+        if self.image_key.is_empty() {
+            self.config().image.clone()
+        } else {
+            self.image_key.clone()
+        }
+    }
+}
 
 /// Log files are rotated past this size (one old file is kept).
 pub const LOG_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
-pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, ApiError> {
+pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, AgentError> {
     let config: &MachineConfig = record.config();
     let guest = config.guest_or_default();
     let mut env = config.env.clone();
@@ -37,7 +95,7 @@ pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, ApiErr
             base64::engine::general_purpose::STANDARD
                 .decode(raw.trim())
                 .map_err(|e| {
-                    ApiError::invalid(format!(
+                    AgentError::Invalid(format!(
                         "files: raw_value of {} is not base64: {e}",
                         file.guest_path
                     ))
@@ -48,7 +106,7 @@ pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, ApiErr
                 mode: file.mode,
             })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, AgentError>>()?;
     let non_empty = |v: &Option<Vec<String>>| v.clone().filter(|v| !v.is_empty());
     Ok(RunSpec {
         machine_id: record.id.clone(),

@@ -1,0 +1,165 @@
+//! Why an agent call failed, by meaning rather than by HTTP status: the API
+//! crate decides how each becomes a Fly API error. Causes stay attached as
+//! `source`, so a failure reads as a chain ("starting the machine: creating
+//! the container: runc create: …") wherever it is printed.
+
+use std::fmt;
+
+use midge_types::MachineState;
+
+/// A boxed cause, kept as the `source` of an error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A machine operation, as errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Create,
+    Start,
+    Stop,
+    Restart,
+    Update,
+    Destroy,
+    Suspend,
+    Signal,
+    Exec,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 9] = [
+        Operation::Create,
+        Operation::Start,
+        Operation::Stop,
+        Operation::Restart,
+        Operation::Update,
+        Operation::Destroy,
+        Operation::Suspend,
+        Operation::Signal,
+        Operation::Exec,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Start => "start",
+            Operation::Stop => "stop",
+            Operation::Restart => "restart",
+            Operation::Update => "update",
+            Operation::Destroy => "destroy",
+            Operation::Suspend => "suspend",
+            Operation::Signal => "signal",
+            Operation::Exec => "exec",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("machine not found")]
+    MachineNotFound,
+    #[error("machine version {0} not found")]
+    VersionNotFound(String),
+    #[error("lease not found")]
+    LeaseNotFound,
+    /// The request is malformed or asks for something that cannot be.
+    #[error("{0}")]
+    Invalid(String),
+    /// The machine's state does not allow the operation.
+    #[error("unable to {operation} machine from current state: '{state}'")]
+    WrongState {
+        operation: Operation,
+        state: MachineState,
+    },
+    /// The operation needs the machine's program running.
+    #[error("machine is not running (state: {state})")]
+    NotRunning { state: MachineState },
+    /// Destroy without `force` of a machine that runs.
+    #[error(
+        "unable to destroy machine, not currently stopped (state: {state}); use force to kill it"
+    )]
+    StillRunning { state: MachineState },
+    #[error("machine ID {machine} lease currently held by {owner}, expires at {expires_at}")]
+    LeaseHeld {
+        machine: String,
+        owner: String,
+        expires_at: String,
+    },
+    #[error("a machine named {0:?} already exists in this app")]
+    NameTaken(String),
+    /// An update for a version that is no longer current.
+    #[error("machine version mismatch: current version is {current}, request was for {requested}")]
+    VersionMismatch { current: String, requested: String },
+    /// A metadata change for a version that is no longer current.
+    #[error("machine version {requested} is not the current version {current}")]
+    NotCurrentVersion { current: String, requested: String },
+    #[error("insufficient resources: no capacity available in region {region}")]
+    InsufficientCapacity { region: String },
+    /// The image cannot be had: bad reference, not in the registry, refused
+    /// credentials, a malformed or unsafe image. The registry's answer is the source.
+    #[error("failed to get image {reference}")]
+    ImageUnavailable {
+        reference: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The machine's own program could not start (a missing command, a bad user).
+    #[error("the machine's program failed to start: {0}")]
+    ProgramFailed(String),
+    #[error("{operation} is not supported by the {driver} driver")]
+    Unsupported {
+        operation: Operation,
+        driver: &'static str,
+    },
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("the host agent is shutting down")]
+    ShuttingDown,
+    /// The host failed at something it should have been able to do.
+    #[error("{action}")]
+    Host {
+        /// What the agent was doing, e.g. "stopping the machine".
+        action: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl AgentError {
+    /// A host failure while doing `action`.
+    pub fn host(action: impl Into<String>, source: impl Into<BoxError>) -> AgentError {
+        AgentError::Host {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The error and its causes, outermost first, joined by ": ".
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        let io = std::io::Error::other("disk full");
+        let error = AgentError::host("starting the machine", Box::new(io) as BoxError);
+        assert_eq!(error.to_string(), "starting the machine");
+        assert_eq!(error.chain(), "starting the machine: disk full");
+    }
+}

@@ -1,0 +1,92 @@
+//! The host agent interface.
+//!
+//! **API boundary.** The API server, `midge up` and (later) the proxy reach
+//! a host's machines only through [`HostAgent`]. It is implemented by the
+//! in-process agent (`midge-agent`) and, for agents on other hosts, by an
+//! HTTP client of the agent's own API. Every call takes a serializable
+//! request from `midge_types::agent` and answers with a serializable value
+//! or stream, so both implementations carry the same calls; errors are
+//! [`AgentError`], which only the API crate turns into Fly API errors.
+
+mod error;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use midge_types::agent::{
+    AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
+    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
+    PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs, ReleaseLease, RestartMachine,
+    SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
+    WaitMachine,
+};
+use midge_types::{
+    ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
+};
+use tokio::sync::mpsc;
+
+pub use error::{AgentError, BoxError, Operation};
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// An interactive exec session: bytes both ways, resizes, and the exit.
+#[derive(Debug)]
+pub struct PtySession {
+    pub input: mpsc::Sender<PtyInput>,
+    pub output: mpsc::Receiver<PtyOutput>,
+}
+
+/// A host agent: the source of truth for the machines on one host.
+///
+/// Mutations of a leased machine need the lease's nonce. Each mutation runs
+/// under the machine's operation lock, so calls on one machine take effect
+/// one at a time, in order.
+#[async_trait]
+pub trait HostAgent: Send + Sync {
+    /// The region this host belongs to.
+    fn region(&self) -> &str;
+
+    /// Creates a machine (pulling its image, preparing its network) and,
+    /// unless `skip_launch`, starts it in the background.
+    async fn create_machine(&self, call: CreateMachine) -> Result<Machine>;
+    async fn get_machine(&self, call: GetMachine) -> Result<Machine>;
+    /// The id of a machine named by id or by name.
+    async fn find_machine(&self, call: FindMachine) -> Result<String>;
+    /// Oldest first.
+    async fn list_machines(&self, call: ListMachines) -> Result<Vec<Machine>>;
+    async fn machine_counts(&self, app: String) -> Result<MachineCounts>;
+
+    /// Replaces the config with a new version; a running machine reboots into it.
+    async fn update_machine(&self, call: UpdateMachine) -> Result<Machine>;
+    async fn start_machine(&self, call: StartMachine) -> Result<StartResponse>;
+    async fn stop_machine(&self, call: StopMachine) -> Result<()>;
+    async fn restart_machine(&self, call: RestartMachine) -> Result<()>;
+    async fn signal_machine(&self, call: SignalMachine) -> Result<()>;
+    async fn suspend_machine(&self, call: SuspendMachine) -> Result<()>;
+    /// Refused for a running machine unless `force`.
+    async fn destroy_machine(&self, call: DestroyMachine) -> Result<()>;
+    async fn cordon_machine(&self, call: CordonMachine) -> Result<()>;
+
+    /// Long-polls until the machine reaches a target; `DeadlineExceeded` when
+    /// the timeout passes first.
+    async fn wait_machine(&self, call: WaitMachine) -> Result<WaitResponse>;
+    /// Newest first.
+    async fn machine_events(&self, call: ListEvents) -> Result<Vec<MachineEvent>>;
+    /// Newest first.
+    async fn machine_versions(&self, machine: MachineKey) -> Result<Vec<MachineVersion>>;
+
+    /// Acquires a lease (no nonce) or refreshes the held one (its nonce).
+    async fn acquire_lease(&self, call: AcquireLease) -> Result<LeaseData>;
+    async fn get_lease(&self, machine: MachineKey) -> Result<LeaseData>;
+    async fn release_lease(&self, call: ReleaseLease) -> Result<()>;
+
+    async fn get_metadata(&self, machine: MachineKey) -> Result<Metadata>;
+    async fn update_metadata(&self, call: UpdateMetadata) -> Result<()>;
+
+    /// Runs a command to completion and collects its output.
+    async fn exec(&self, call: ExecMachine) -> Result<ExecResponse>;
+    /// Runs a command with a terminal.
+    async fn open_pty(&self, call: OpenPty) -> Result<PtySession>;
+    async fn read_logs(&self, call: ReadLogs) -> Result<BoxStream<'static, LogLine>>;
+    /// Pulls an image into the host's image store, reporting progress.
+    async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>>;
+}

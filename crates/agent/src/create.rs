@@ -1,0 +1,204 @@
+//! Creating a machine: validate the request, claim a name and a network
+//! slot, write the record, pull the image and attach the network, then
+//! start it in the background (or leave it `created` with `skip_launch`).
+
+use std::sync::Arc;
+
+use midge_agent_api::AgentError;
+use midge_types::agent::{CreateMachine, Owner};
+use midge_types::{CreateMachineRequest, Machine, MachineConfig, MachineState};
+
+use crate::agent::{AgentCore, MachineEntry, lock, state_is_alive};
+use crate::record::{Lease, MachineRecord, PendingOp, VersionEntry};
+
+/// The request's config, checked.
+pub(crate) fn validated_config(
+    request: &CreateMachineRequest,
+) -> Result<MachineConfig, AgentError> {
+    let config = request
+        .config
+        .clone()
+        .ok_or_else(|| AgentError::Invalid("config is required".into()))?;
+    config.validate().map_err(AgentError::Invalid)?;
+    Ok(config)
+}
+
+impl AgentCore {
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        call: CreateMachine,
+    ) -> Result<Machine, AgentError> {
+        let CreateMachine {
+            owner,
+            request,
+            lease_owner,
+        } = call;
+        let config = validated_config(&request)?;
+        if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
+            && region != self.config.region
+        {
+            return Err(AgentError::InsufficientCapacity {
+                region: region.to_string(),
+            });
+        }
+        let record = self.claim(&owner, &request, config.clone())?;
+        let entry = self.insert_entry(record);
+        if let Err(err) = self.provision(&entry, &config.image).await {
+            self.roll_back_create(&entry).await;
+            return Err(err);
+        }
+        let launch = !request.skip_launch;
+        let guard = entry.op_lock.clone().lock_owned().await;
+        let nonce = self.update_record(&entry, |record| {
+            record.pending = launch.then_some(PendingOp::Start);
+            record.push_event("launch", "created", "user", None);
+            request.lease_ttl.map(|ttl| {
+                let ttl = i64::try_from(ttl.max(1)).unwrap_or(i64::MAX);
+                let lease = Lease {
+                    nonce: midge_types::ids::new_nonce(),
+                    owner: lease_owner.clone(),
+                    description: String::new(),
+                    expires_at: chrono::Utc::now().timestamp().saturating_add(ttl),
+                };
+                let nonce = lease.nonce.clone();
+                record.lease = Some(lease);
+                nonce
+            })
+        })?;
+        let mut machine = entry.snapshot().to_machine();
+        machine.nonce = nonce;
+        if launch {
+            let core = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                if let Err(err) = core.start_locked(&entry, MachineState::Starting).await {
+                    tracing::warn!(machine = %entry.id(), "start after create failed: {}", err.chain());
+                }
+            });
+        } else {
+            drop(guard);
+            self.prepare_next(&entry);
+        }
+        Ok(machine)
+    }
+
+    /// Checks the name, allocates a network slot and writes the new record,
+    /// all under the create lock so two creates cannot claim the same.
+    fn claim(
+        &self,
+        owner: &Owner,
+        request: &CreateMachineRequest,
+        config: MachineConfig,
+    ) -> Result<MachineRecord, AgentError> {
+        let _guard = lock(&self.create_lock);
+        let requested_name = request.name.as_deref().filter(|n| !n.is_empty());
+        let mut name_taken = false;
+        let mut used: Vec<u32> = Vec::new();
+        for entry in self.entries() {
+            let record = lock(&entry.record);
+            if state_is_alive(record.state) {
+                used.push(record.net_slot);
+                name_taken |=
+                    record.app == owner.app && Some(record.name.as_str()) == requested_name;
+            }
+        }
+        let name = match requested_name {
+            Some(name) if name_taken => return Err(AgentError::NameTaken(name.to_string())),
+            Some(name) => name.to_string(),
+            None => midge_types::ids::generate_name(),
+        };
+        used.sort_unstable();
+        let net_slot = (0u32..)
+            .find(|n| used.binary_search(n).is_err())
+            .unwrap_or(u32::MAX);
+        let record = MachineRecord::new(
+            midge_types::ids::new_machine_id(),
+            owner,
+            name,
+            &self.config.region,
+            config,
+            net_slot,
+            midge_net::private_ip(self.config.host_id, owner.org_network, net_slot).to_string(),
+            request.skip_service_registration,
+        );
+        self.store
+            .save(&record)
+            .map_err(|e| AgentError::host("saving the new machine", e))?;
+        Ok(record)
+    }
+
+    /// Pulls the image and attaches the network of a machine being created.
+    async fn provision(&self, entry: &MachineEntry, image: &str) -> Result<(), AgentError> {
+        let image = self.image_for(image).await?;
+        let record = entry.snapshot();
+        self.network
+            .attach(&record.id, record.net_slot, record.org_network)
+            .await
+            .map_err(|e| AgentError::host("attaching the machine's network", e))?;
+        self.update_record(entry, |record| {
+            record.image_ref = image.image_ref.clone();
+            record.image_key = image.reference.clone();
+        })?;
+        Ok(())
+    }
+
+    /// Undoes a create that did not finish: nothing of it stays.
+    pub(crate) async fn roll_back_create(&self, entry: &MachineEntry) {
+        let id = entry.id();
+        if let Err(err) = self.release_host_resources(&id).await {
+            tracing::warn!(machine = %id, "rolling back a create: {}", err.chain());
+        }
+        if let Err(err) = self.store.delete(&id) {
+            tracing::warn!(machine = %id, "rolling back a create: {err}");
+        }
+        self.remove_entry(&id);
+    }
+}
+
+impl MachineRecord {
+    /// A machine being created: `created`, with `pending: create` until its
+    /// image and network are in place.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument named there"
+    )]
+    pub(crate) fn new(
+        id: String,
+        owner: &Owner,
+        name: String,
+        region: &str,
+        config: MachineConfig,
+        net_slot: u32,
+        private_ip: String,
+        cordoned: bool,
+    ) -> MachineRecord {
+        let now = midge_types::now_rfc3339();
+        MachineRecord {
+            id,
+            app: owner.app.clone(),
+            org_slug: owner.org_slug.clone(),
+            org_network: owner.org_network,
+            name,
+            region: region.to_string(),
+            state: MachineState::Created,
+            versions: vec![VersionEntry {
+                version: midge_types::ids::new_ulid(),
+                config,
+                created_at: now.clone(),
+            }],
+            image_ref: Default::default(),
+            image_key: String::new(),
+            private_ip,
+            net_slot,
+            created_at: now.clone(),
+            updated_at: now,
+            events: Vec::new(),
+            lease: None,
+            cordoned,
+            pending: Some(PendingOp::Create),
+            restarts: Vec::new(),
+            restart_count: 0,
+            stop_request: None,
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The in-process implementation of the agent interface. Mutations take the
+//! machine's op lock and check its lease, then the state table, then run.
+//! Leases, signals and execs take no op lock: they must work while a long
+//! operation (a stop with a long timeout) runs.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use midge_agent_api::{AgentError, HostAgent, Operation, PtySession, Result};
+use midge_types::agent::{
+    AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
+    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
+    PullEvent, PullImage, ReadLogs, ReleaseLease, RestartMachine, SignalMachine, StartMachine,
+    StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
+};
+use midge_types::{
+    ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, StopRequest,
+    WaitResponse,
+};
+
+use crate::agent::Agent;
+use crate::queries::check_lease;
+use crate::transitions::{Op, transition};
+
+#[async_trait]
+impl HostAgent for Agent {
+    fn region(&self) -> &str {
+        &self.core.config.region
+    }
+
+    async fn create_machine(&self, call: CreateMachine) -> Result<Machine> {
+        self.core.create(call).await
+    }
+
+    async fn get_machine(&self, call: GetMachine) -> Result<Machine> {
+        self.core.get_machine(&call)
+    }
+
+    async fn find_machine(&self, call: FindMachine) -> Result<String> {
+        self.core.find_machine(&call)
+    }
+
+    async fn list_machines(&self, call: ListMachines) -> Result<Vec<Machine>> {
+        Ok(self.core.list_machines(&call))
+    }
+
+    async fn machine_counts(&self, app: String) -> Result<MachineCounts> {
+        Ok(self.core.machine_counts(&app))
+    }
+
+    async fn update_machine(&self, call: UpdateMachine) -> Result<Machine> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        self.core.update_locked(&entry, call.request).await?;
+        Ok(entry.snapshot().to_machine())
+    }
+
+    async fn start_machine(&self, call: StartMachine) -> Result<StartResponse> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        let previous = entry.snapshot().state;
+        let step = transition(Op::Start, previous)?;
+        self.core.start_locked(&entry, step.during).await?;
+        Ok(StartResponse {
+            previous_state: previous.to_string(),
+            migrated: false,
+            new_host: String::new(),
+        })
+    }
+
+    async fn stop_machine(&self, call: StopMachine) -> Result<()> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        let step = transition(Op::Stop, entry.snapshot().state)?;
+        self.core.stop_locked(&entry, &call.request, step).await
+    }
+
+    async fn restart_machine(&self, call: RestartMachine) -> Result<()> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        let step = transition(Op::Restart, entry.snapshot().state)?;
+        let request = StopRequest {
+            signal: call.signal,
+            timeout: call.timeout,
+        };
+        self.core.restart_locked(&entry, &request, step).await
+    }
+
+    async fn signal_machine(&self, call: SignalMachine) -> Result<()> {
+        let entry = self.core.entry(&call.machine.app, &call.machine.id)?;
+        let record = entry.snapshot();
+        check_lease(&record, call.nonce.as_deref())?;
+        transition(Op::Signal, record.state)?;
+        let run = entry.current().ok_or(AgentError::NotRunning {
+            state: record.state,
+        })?;
+        run.machine
+            .signal(call.signal.number())
+            .map_err(|e| AgentError::host("signalling the machine", e))
+    }
+
+    async fn suspend_machine(&self, call: SuspendMachine) -> Result<()> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        let capabilities = self.core.driver.capabilities();
+        if !capabilities.suspend {
+            return Err(AgentError::Unsupported {
+                operation: Operation::Suspend,
+                driver: capabilities.name,
+            });
+        }
+        transition(Op::Suspend, entry.snapshot().state)?;
+        Err(AgentError::Unsupported {
+            operation: Operation::Suspend,
+            driver: capabilities.name,
+        })
+    }
+
+    async fn destroy_machine(&self, call: DestroyMachine) -> Result<()> {
+        let (entry, _guard) = self
+            .core
+            .locked(&call.machine, call.nonce.as_deref())
+            .await?;
+        let state = entry.snapshot().state;
+        transition(Op::Destroy, state)?;
+        if entry.current().is_some() && !call.force {
+            return Err(AgentError::StillRunning { state });
+        }
+        self.core.destroy_locked(&entry).await
+    }
+
+    async fn cordon_machine(&self, call: CordonMachine) -> Result<()> {
+        self.core.cordon(call).await
+    }
+
+    async fn wait_machine(&self, call: WaitMachine) -> Result<WaitResponse> {
+        self.core.wait(&call).await
+    }
+
+    async fn machine_events(&self, call: ListEvents) -> Result<Vec<MachineEvent>> {
+        self.core.events(&call.machine, call.limit)
+    }
+
+    async fn machine_versions(&self, machine: MachineKey) -> Result<Vec<MachineVersion>> {
+        self.core.versions(&machine)
+    }
+
+    async fn acquire_lease(&self, call: AcquireLease) -> Result<LeaseData> {
+        self.core.acquire_lease(&call)
+    }
+
+    async fn get_lease(&self, machine: MachineKey) -> Result<LeaseData> {
+        self.core.get_lease(&machine)
+    }
+
+    async fn release_lease(&self, call: ReleaseLease) -> Result<()> {
+        self.core.release_lease(&call)
+    }
+
+    async fn get_metadata(&self, machine: MachineKey) -> Result<Metadata> {
+        self.core.get_metadata(&machine)
+    }
+
+    async fn update_metadata(&self, call: UpdateMetadata) -> Result<()> {
+        self.core.update_metadata(call).await
+    }
+
+    async fn exec(&self, call: ExecMachine) -> Result<ExecResponse> {
+        self.core.exec(call).await
+    }
+
+    async fn open_pty(&self, call: OpenPty) -> Result<PtySession> {
+        self.core.open_pty(call).await
+    }
+
+    async fn read_logs(&self, call: ReadLogs) -> Result<BoxStream<'static, LogLine>> {
+        let entry = self.core.entry(&call.machine.app, &call.machine.id)?;
+        self.core
+            .driver
+            .logs(&entry.id(), call.tail, call.follow)
+            .await
+            .map_err(|e| AgentError::host("reading the machine's log", e))
+    }
+
+    async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
+        Ok(self.core.pull_image(call.reference))
+    }
+}

@@ -1,0 +1,1 @@
+//! Root-free tests of the agent logic against the fake driver and network.

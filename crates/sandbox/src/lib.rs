@@ -1,0 +1,188 @@
+//! The `sandbox` driver: a machine is an OCI bundle run by runc, with a
+//! fresh overlayfs rootfs on every run (the image layers below, an empty
+//! writable layer on top) and midge-init as PID 1.
+//!
+//! Each run is its own container (`<prefix>-<machine>-<run>`) with its own
+//! rootfs, cgroup and init socket, so the next run of a machine can be
+//! prepared while the current one still runs, and removed after it ended
+//! without holding up the next. Nothing of runc leaks out of this crate: the
+//! agent sees [`midge_driver`]'s handles only.
+
+mod cgroups;
+mod exec_fifo;
+pub mod init_binary;
+mod layout;
+mod oci_spec;
+mod pidfd;
+mod recovery;
+mod rootfs;
+mod run;
+mod runc;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use midge_driver::{
+    Capabilities, Driver, DriverError, LogStream, MachineLaunch, PreparedRun, Recovered,
+};
+
+use crate::cgroups::CgroupFs;
+use crate::layout::MachineDir;
+use crate::runc::Runc;
+
+pub use init_binary::InitBinaryError;
+
+/// How a sandbox driver is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The driver's runtime state, on a tmpfs such as `/run`: runc's state
+    /// root is its `runc` subdir.
+    pub state_dir: PathBuf,
+    /// Where each machine's runs and logs live.
+    pub machines_dir: PathBuf,
+    /// The static midge-init every run starts as PID 1.
+    pub init_binary: PathBuf,
+    /// Names every container (`<prefix>-<machine>-<run>`) and the parent
+    /// cgroup of their cgroups.
+    pub prefix: String,
+}
+
+/// What every run of the driver shares.
+#[derive(Debug)]
+pub(crate) struct Host {
+    pub runc: Runc,
+    pub cgroups: CgroupFs,
+    /// Start created containers through their exec fifo instead of `runc start`.
+    pub fifo_start: bool,
+    pub config: SandboxConfig,
+}
+
+impl Host {
+    pub fn machine_dir(&self, machine_id: &str) -> MachineDir {
+        MachineDir::new(&self.config.machines_dir, machine_id)
+    }
+
+    pub fn container_id(&self, machine_id: &str, run_id: &str) -> String {
+        layout::container_id(&self.config.prefix, machine_id, run_id)
+    }
+
+    /// runc's cgroup path of a container.
+    pub fn cgroup_path(&self, container_id: &str) -> String {
+        format!("/{}/{container_id}", self.config.prefix)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxDriver {
+    host: Arc<Host>,
+}
+
+impl SandboxDriver {
+    /// Sets up the driver's state dirs and checks which runc it drives.
+    pub async fn open(config: SandboxConfig) -> Result<SandboxDriver, DriverError> {
+        let runc_root = config.state_dir.join("runc");
+        for dir in [&runc_root, &config.machines_dir] {
+            std::fs::create_dir_all(dir).map_err(DriverError::while_doing(&format!(
+                "creating {}",
+                dir.display()
+            )))?;
+        }
+        let version = runc::version_output().await;
+        if version.is_empty() {
+            return Err(DriverError::host(
+                "running runc --version",
+                "runc is not installed or does not run",
+            ));
+        }
+        let fifo_start = runc::exec_fifo_compatible(&version);
+        if !fifo_start {
+            tracing::info!(
+                version = version.lines().next().unwrap_or_default(),
+                "starting containers with runc start"
+            );
+        }
+        Ok(SandboxDriver {
+            host: Arc::new(Host {
+                runc: Runc::new(runc_root),
+                cgroups: CgroupFs::host(),
+                fifo_start,
+                config,
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Driver for SandboxDriver {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "sandbox",
+            suspend: false,
+        }
+    }
+
+    async fn prepare(&self, launch: &MachineLaunch) -> Result<Box<dyn PreparedRun>, DriverError> {
+        let prepared = run::prepare(&self.host, launch).await?;
+        Ok(Box::new(prepared))
+    }
+
+    async fn recover(&self) -> Result<HashMap<String, Recovered>, DriverError> {
+        recovery::recover(&self.host).await
+    }
+
+    async fn remove_runs(&self, machine_id: &str) -> Result<(), DriverError> {
+        recovery::remove_runs(&self.host, machine_id).await
+    }
+
+    async fn forget(&self, machine_id: &str) -> Result<(), DriverError> {
+        recovery::remove_runs(&self.host, machine_id).await?;
+        let dir = self.host.machine_dir(machine_id);
+        match std::fs::remove_dir_all(&dir.root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DriverError::host(
+                format!("removing {}", dir.root.display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn machines(&self) -> Result<Vec<String>, DriverError> {
+        let dir = &self.host.config.machines_dir;
+        let entries = std::fs::read_dir(dir).map_err(DriverError::while_doing(&format!(
+            "listing {}",
+            dir.display()
+        )))?;
+        Ok(entries
+            .flatten()
+            .filter(|entry| entry.path().is_dir())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+
+    async fn logs(
+        &self,
+        machine_id: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, DriverError> {
+        let logs = self.host.machine_dir(machine_id).logs();
+        Ok(midge_driver::logfile::read(&logs, tail, follow))
+    }
+
+    async fn teardown(&self) -> Result<(), DriverError> {
+        // runc leaves the parent of the runs' cgroups in every hierarchy.
+        self.host
+            .cgroups
+            .remove_parent(&self.host.config.prefix)
+            .map_err(DriverError::while_doing("removing the parent cgroup"))?;
+        let root = &self.host.config.state_dir;
+        match std::fs::remove_dir_all(root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(DriverError::host(format!("removing {}", root.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+}

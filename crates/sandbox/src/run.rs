@@ -1,0 +1,429 @@
+//! One run of a machine: prepared (`runc create`d, init waiting to be let
+//! go), launched, ended, removed.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use midge_driver::{
+    DriverError, ExitStatus, InitStream, MachineLaunch, PreparedRun, RunningMachine,
+};
+use midge_init::StartEvent;
+use tokio::io::AsyncBufReadExt;
+
+use crate::Host;
+use crate::exec_fifo;
+use crate::layout::{self, RunDir};
+use crate::oci_spec::{SandboxSpec, runtime_config};
+use crate::pidfd::ProcessHandle;
+use crate::rootfs;
+
+/// How long init may take from being let go to reporting the program started.
+const START_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unix socket paths longer than this are reached through /proc/self/fd.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// Which run this is and where its pieces are.
+#[derive(Debug, Clone)]
+pub(crate) struct RunInfo {
+    pub machine_id: String,
+    pub run_id: String,
+    pub container_id: String,
+    pub dir: RunDir,
+    pub cgroup_path: String,
+}
+
+impl RunInfo {
+    pub fn new(host: &Host, machine_id: &str, run_id: &str) -> RunInfo {
+        let container_id = host.container_id(machine_id, run_id);
+        RunInfo {
+            machine_id: machine_id.to_string(),
+            run_id: run_id.to_string(),
+            cgroup_path: host.cgroup_path(&container_id),
+            dir: host.machine_dir(machine_id).run(run_id),
+            container_id,
+        }
+    }
+}
+
+/// A created container whose init waits on its exec fifo; `ready` is the
+/// read end of init's fd 3, where it reports the program's start.
+#[derive(Debug)]
+pub(crate) struct SandboxPrepared {
+    host: Arc<Host>,
+    run: RunInfo,
+    ready: OwnedFd,
+    process: ProcessHandle,
+}
+
+pub(crate) async fn prepare(
+    host: &Arc<Host>,
+    launch: &MachineLaunch,
+) -> Result<SandboxPrepared, DriverError> {
+    let machine = host.machine_dir(&launch.machine_id);
+    let run_id = loop {
+        let candidate = layout::new_run_id();
+        if !machine.run(&candidate).root.exists() {
+            break candidate;
+        }
+    };
+    let run = RunInfo::new(host, &launch.machine_id, &run_id);
+    match create(host, &run, launch).await {
+        Ok((ready, process)) => Ok(SandboxPrepared {
+            host: host.clone(),
+            run,
+            ready,
+            process,
+        }),
+        Err(err) => {
+            if let Err(cleanup) = remove(host, &run).await {
+                tracing::warn!(container = %run.container_id, "removing a run that failed to prepare: {cleanup}");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Writes the bundle over a fresh rootfs and `runc create`s it with init's
+/// fd 3 connected to a pipe.
+async fn create(
+    host: &Host,
+    run: &RunInfo,
+    launch: &MachineLaunch,
+) -> Result<(OwnedFd, ProcessHandle), DriverError> {
+    let dir = &run.dir;
+    let init_dir = dir.init_dir();
+    let log_dir = host.machine_dir(&run.machine_id).logs();
+    for path in [
+        init_dir.join(midge_init::spec::LOG_DIR),
+        log_dir.clone(),
+        dir.bundle(),
+    ] {
+        std::fs::create_dir_all(&path).map_err(DriverError::while_doing(&format!(
+            "creating {}",
+            path.display()
+        )))?;
+    }
+    let run_spec = serde_json::to_vec(&launch.run_spec)
+        .map_err(DriverError::while_doing("encoding run.json"))?;
+    let hosts = init_dir.join("hosts");
+    let resolv = init_dir.join("resolv.conf");
+    for (path, bytes) in [
+        (
+            init_dir.join(midge_init::spec::RUN_SPEC_FILE),
+            run_spec.as_slice(),
+        ),
+        (hosts.clone(), launch.etc_hosts.as_bytes()),
+        (resolv.clone(), launch.resolv_conf.as_bytes()),
+    ] {
+        std::fs::write(&path, bytes).map_err(DriverError::while_doing(&format!(
+            "writing {}",
+            path.display()
+        )))?;
+    }
+    rootfs::mount(
+        &dir.rootfs(),
+        &launch.layers,
+        &dir.upper(),
+        &dir.work(),
+        &dir.root.join("empty"),
+    )
+    .map_err(DriverError::while_doing("mounting the rootfs"))?;
+    let config = runtime_config(&SandboxSpec {
+        hostname: &launch.hostname,
+        init_binary: &host.config.init_binary,
+        run_dir: &init_dir,
+        log_dir: &log_dir,
+        netns_path: &launch.network.netns_path,
+        cgroup_path: &run.cgroup_path,
+        cpus: launch.guest.cpus,
+        memory_mb: launch.guest.memory_mb,
+        etc_files: &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+    });
+    let config =
+        serde_json::to_vec(&config).map_err(DriverError::while_doing("encoding config.json"))?;
+    std::fs::write(dir.config(), config)
+        .map_err(DriverError::while_doing("writing config.json"))?;
+
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(DriverError::while_doing("creating the ready pipe"))?;
+    let console = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.console())
+        .map_err(DriverError::while_doing("opening the console log"))?;
+    let console_err = console
+        .try_clone()
+        .map_err(DriverError::while_doing("opening the console log"))?;
+    let mut command = host.runc.command();
+    command
+        .arg("create")
+        .arg("--preserve-fds")
+        .arg("1")
+        .arg("--pid-file")
+        .arg(dir.pid_file())
+        .arg("--bundle")
+        .arg(dir.bundle())
+        .arg(&run.container_id)
+        // The container inherits these: a pipe would never reach EOF while it runs.
+        .stdout(console)
+        .stderr(console_err);
+    let ready_fd = ready_write.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only calls
+    // async-signal-safe functions (fcntl, dup2) on fds that stay open.
+    unsafe {
+        command.pre_exec(move || {
+            let result = if ready_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(ready_fd, 3)
+            };
+            if result < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(DriverError::while_doing("spawning runc create"))?;
+    drop(ready_write);
+    let status = child
+        .wait()
+        .await
+        .map_err(DriverError::while_doing("waiting for runc create"))?;
+    if !status.success() {
+        return Err(DriverError::host(
+            "creating the container",
+            format!("runc create failed: {}", tail_of(&dir.console(), 2048)),
+        ));
+    }
+    let pid: i32 = std::fs::read_to_string(dir.pid_file())
+        .map_err(DriverError::while_doing("reading init's pid file"))?
+        .trim()
+        .parse()
+        .map_err(DriverError::while_doing("reading init's pid file"))?;
+    let process = ProcessHandle::open(pid)
+        .map_err(DriverError::while_doing("opening init's process"))?
+        .ok_or_else(|| {
+            DriverError::host(
+                "creating the container",
+                format!("init exited at once: {}", tail_of(&dir.console(), 2048)),
+            )
+        })?;
+    Ok((ready_read, process))
+}
+
+#[async_trait]
+impl PreparedRun for SandboxPrepared {
+    async fn launch(self: Box<Self>) -> Result<Arc<dyn RunningMachine>, DriverError> {
+        let SandboxPrepared {
+            host,
+            run,
+            ready,
+            process,
+        } = *self;
+        let started = release_and_await_start(&host, &run, ready).await;
+        match started {
+            Ok(()) => Ok(Arc::new(SandboxRun::new(host, run, Some(process)))),
+            Err(err) => {
+                if let Err(cleanup) = remove(&host, &run).await {
+                    tracing::warn!(container = %run.container_id, "removing a run that failed to start: {cleanup}");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn discard(self: Box<Self>) -> Result<(), DriverError> {
+        remove(&self.host, &self.run).await
+    }
+}
+
+/// Lets init exec, then waits for its report that the program runs.
+async fn release_and_await_start(
+    host: &Host,
+    run: &RunInfo,
+    ready: OwnedFd,
+) -> Result<(), DriverError> {
+    if host.fifo_start {
+        exec_fifo::release(&host.runc.root().join(&run.container_id))
+            .await
+            .map_err(DriverError::while_doing("starting the container"))?;
+    } else {
+        host.runc
+            .start(&run.container_id)
+            .await
+            .map_err(DriverError::while_doing("starting the container"))?;
+    }
+    match read_start_event(ready).await? {
+        StartEvent::Started { .. } => Ok(()),
+        StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
+    }
+}
+
+async fn read_start_event(ready: OwnedFd) -> Result<StartEvent, DriverError> {
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
+        .map_err(DriverError::while_doing("reading init's start report"))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(receiver);
+    let read = tokio::time::timeout(START_REPORT_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| DriverError::host("starting the machine", "init did not report within 30s"))?
+        .map_err(DriverError::while_doing("reading init's start report"))?;
+    if read == 0 {
+        return Err(DriverError::host(
+            "starting the machine",
+            "init exited before starting the program",
+        ));
+    }
+    serde_json::from_str(line.trim()).map_err(|e| {
+        DriverError::host(
+            "reading init's start report",
+            format!("bad start event {line:?}: {e}"),
+        )
+    })
+}
+
+/// A launched run: running, or ended and not yet removed.
+#[derive(Debug)]
+pub(crate) struct SandboxRun {
+    host: Arc<Host>,
+    run: RunInfo,
+    /// `None` when init was already gone when the run was found.
+    process: Option<ProcessHandle>,
+    status: OnceLock<ExitStatus>,
+}
+
+impl SandboxRun {
+    pub fn new(host: Arc<Host>, run: RunInfo, process: Option<ProcessHandle>) -> SandboxRun {
+        SandboxRun {
+            host,
+            run,
+            process,
+            status: OnceLock::new(),
+        }
+    }
+
+    fn exit_status(&self) -> ExitStatus {
+        *self
+            .status
+            .get_or_init(|| read_exit_status(&self.host, &self.run))
+    }
+}
+
+/// How the program ended: init's `exit.json`, plus the cgroup's OOM count.
+pub(crate) fn read_exit_status(host: &Host, run: &RunInfo) -> ExitStatus {
+    let oom_killed = host.cgroups.oom_kills(&run.cgroup_path) > 0;
+    let report = std::fs::read(run.dir.exit_report())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<midge_init::ExitReport>(&bytes).ok());
+    match report {
+        Some(report) => ExitStatus {
+            exit_code: report.exit_code,
+            signal: report.signal,
+            oom_killed,
+        },
+        None => ExitStatus {
+            oom_killed,
+            ..ExitStatus::KILLED
+        },
+    }
+}
+
+#[async_trait]
+impl RunningMachine for SandboxRun {
+    async fn wait_exit(&self) -> Result<ExitStatus, DriverError> {
+        if let Some(process) = &self.process {
+            process
+                .exited()
+                .await
+                .map_err(DriverError::while_doing("waiting for the machine's init"))?;
+        }
+        Ok(self.exit_status())
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), DriverError> {
+        match &self.process {
+            Some(process) => process
+                .signal(signal)
+                .map_err(DriverError::while_doing("signalling the machine's init")),
+            None => Ok(()),
+        }
+    }
+
+    async fn connect_init(&self) -> Result<InitStream, DriverError> {
+        let stream = connect_socket(&self.run.dir.socket())
+            .await
+            .map_err(DriverError::while_doing("connecting to the machine's init"))?;
+        Ok(Box::new(stream))
+    }
+
+    async fn remove(&self) -> Result<(), DriverError> {
+        // The cgroup (and its OOM count) and exit.json go with the run.
+        if self.process.as_ref().is_none_or(ProcessHandle::has_exited) {
+            self.exit_status();
+        }
+        remove(&self.host, &self.run).await?;
+        let _ = self.status.set(ExitStatus::KILLED);
+        Ok(())
+    }
+}
+
+async fn connect_socket(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return tokio::net::UnixStream::connect(path).await;
+    }
+    // Too long for sockaddr_un: reach it through an fd of its directory.
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let dir = std::fs::File::open(parent)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let short = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    let stream = tokio::net::UnixStream::connect(&short).await;
+    drop(dir);
+    stream
+}
+
+/// Removes a run: its container (killing what is left), its rootfs mount and
+/// its files. Safe to repeat.
+pub(crate) async fn remove(host: &Host, run: &RunInfo) -> Result<(), DriverError> {
+    host.runc
+        .delete(&run.container_id)
+        .await
+        .map_err(DriverError::while_doing("removing the container"))?;
+    rootfs::unmount(&run.dir.rootfs())
+        .map_err(DriverError::while_doing("unmounting the rootfs"))?;
+    discard_dir(host, run);
+    Ok(())
+}
+
+/// Moves a run's files aside at once and deletes them in the background: a
+/// large writable layer never holds up the next operation.
+fn discard_dir(host: &Host, run: &RunInfo) {
+    let trash = host.machine_dir(&run.machine_id).root.join("trash");
+    let aside = trash.join(&run.run_id);
+    let target = if std::fs::create_dir_all(&trash).is_ok()
+        && std::fs::rename(&run.dir.root, &aside).is_ok()
+    {
+        aside
+    } else {
+        run.dir.root.clone()
+    };
+    std::thread::spawn(move || {
+        let _ = std::fs::remove_dir_all(&target);
+        if let Some(trash) = target.parent()
+            && trash.file_name().is_some_and(|name| name == "trash")
+        {
+            // Only succeeds once the trash is empty.
+            let _ = std::fs::remove_dir(trash);
+        }
+    });
+}
+
+fn tail_of(path: &Path, bytes: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(bytes);
+    String::from_utf8_lossy(&text[start..]).trim().to_string()
+}

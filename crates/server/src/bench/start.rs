@@ -1,0 +1,319 @@
+//! `midge bench start`: how fast a stopped machine starts, through the real
+//! HTTP API (POST start, then GET wait?state=started), in every case a user
+//! meets, side by side with bare `runc run` of the same rootfs and program
+//! measured in the same run:
+//!
+//! - after a pause: the start comes 300 ms after the stop;
+//! - right after the stop: the start follows the stop's answer at once;
+//! - restart: one POST restart of a started machine;
+//! - cold: nothing prepared (a host with prepared runs turned off);
+//! - create → started.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use midge_client::ApiClient;
+use midge_types::{CreateMachineRequest, InitConfig, MachineConfig, Signal, StopRequest};
+
+use crate::bench::LocalApi;
+use crate::host::{Host, HostConfig};
+use crate::shell_image::{SHELL_IMAGE, ensure_shell_image};
+
+const APP: &str = "bench";
+const PAUSE_BEFORE_START: Duration = Duration::from_millis(300);
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub iterations: usize,
+    pub prefix: String,
+    pub ipv4_pool: String,
+}
+
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let last = sorted.len().saturating_sub(1);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "a rank within a short list"
+        )]
+        let rank = ((p / 100.0) * last as f64).round() as usize;
+        sorted.get(rank.min(last)).copied().unwrap_or_default()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    if options.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("midge-bench-start-")
+        .tempdir()
+        .context("creating the benchmark's data dir")?;
+    let n = options.iterations;
+    let mut rows: Vec<(String, Samples)> = Vec::new();
+
+    let prepared = open_host(&options, dir.path(), "prepared", 64).await?;
+    let result = measure_prepared(&prepared, &options, dir.path(), &mut rows).await;
+    teardown(prepared).await?;
+    result?;
+
+    let cold = open_host(&options, dir.path(), "cold", 0).await?;
+    let result = measure_cold(&cold, n, &mut rows).await;
+    teardown(cold).await?;
+    result?;
+
+    let baseline = rows[0].1.percentile(50.0).as_secs_f64();
+    let mut report = format!(
+        "start latency through the API, n={n} each ({} driver, this host)\n{:<40}{:>11}{:>11}{:>10}\n",
+        "sandbox", "", "p50", "p99", "p50 ×bare"
+    );
+    for (name, samples) in &rows {
+        report.push_str(&format!(
+            "{:<40}{:>11}{:>11}{:>9.2}x\n",
+            name,
+            ms(samples.percentile(50.0)),
+            ms(samples.percentile(99.0)),
+            samples.percentile(50.0).as_secs_f64() / baseline,
+        ));
+    }
+    print!("{report}");
+    Ok(())
+}
+
+async fn open_host(
+    options: &BenchOptions,
+    dir: &Path,
+    name: &str,
+    prepared_runs: usize,
+) -> anyhow::Result<Host> {
+    let mut config = HostConfig::new(dir.join(name));
+    config.resource_prefix = options.prefix.clone();
+    config.ipv4_pool = options.ipv4_pool.clone();
+    config.prepared_runs = prepared_runs;
+    let host = Host::open(config).await?;
+    ensure_shell_image(host.agent.images())?;
+    Ok(host)
+}
+
+async fn teardown(host: Host) -> anyhow::Result<()> {
+    host.agent
+        .teardown_host()
+        .await
+        .map_err(|e| anyhow::anyhow!("tearing down the benchmark's host: {}", e.chain()))
+}
+
+fn machine_request() -> CreateMachineRequest {
+    CreateMachineRequest {
+        config: Some(MachineConfig {
+            image: SHELL_IMAGE.into(),
+            init: InitConfig {
+                exec: Some(vec!["/bin/sleep".into(), "3600".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A started machine of the bench app, on a host served over loopback HTTP.
+async fn started_machine(api: &LocalApi) -> anyhow::Result<String> {
+    api.client
+        .create_app(&midge_types::apps::CreateAppRequest {
+            name: Some(APP.into()),
+            ..Default::default()
+        })
+        .await?;
+    let id = api.client.create_machine(APP, &machine_request()).await?.id;
+    api.client
+        .wait_machine(APP, &id, "started", None, WAIT)
+        .await?;
+    Ok(id)
+}
+
+/// POST start, then GET wait?state=started: what a client does.
+async fn timed_start(client: &ApiClient, id: &str) -> anyhow::Result<Duration> {
+    let begun = Instant::now();
+    client.start_machine(APP, id, None).await?;
+    client.wait_machine(APP, id, "started", None, WAIT).await?;
+    Ok(begun.elapsed())
+}
+
+async fn stop(client: &ApiClient, id: &str) -> anyhow::Result<()> {
+    let request = StopRequest {
+        signal: Some(Signal::KILL),
+        timeout: None,
+    };
+    client.stop_machine(APP, id, &request, None).await?;
+    client.wait_machine(APP, id, "stopped", None, WAIT).await?;
+    Ok(())
+}
+
+async fn measure_prepared(
+    host: &Host,
+    options: &BenchOptions,
+    scratch: &Path,
+    rows: &mut Vec<(String, Samples)>,
+) -> anyhow::Result<()> {
+    let n = options.iterations;
+    let image = host
+        .agent
+        .images()
+        .get(SHELL_IMAGE)?
+        .context("shell image missing after import")?;
+    eprintln!("bare runc run: {n} runs");
+    let baseline = bare_runc(&image.layers, scratch, n, &options.prefix).await?;
+    rows.push((
+        "bare runc run --detach (baseline)".into(),
+        Samples(baseline),
+    ));
+
+    let api = LocalApi::serve(&host.agent, scratch).await?;
+    let id = started_machine(&api).await?;
+    let client = &api.client;
+
+    eprintln!(
+        "start {} ms after the stop: {n} cycles",
+        PAUSE_BEFORE_START.as_millis()
+    );
+    let mut paused = Vec::with_capacity(n);
+    for _ in 0..n {
+        stop(client, &id).await?;
+        tokio::time::sleep(PAUSE_BEFORE_START).await;
+        paused.push(timed_start(client, &id).await?);
+    }
+    rows.push((
+        format!("start {} ms after the stop", PAUSE_BEFORE_START.as_millis()),
+        Samples(paused),
+    ));
+
+    eprintln!("start right after the stop: {n} cycles");
+    let mut quick = Vec::with_capacity(n);
+    for _ in 0..n {
+        stop(client, &id).await?;
+        quick.push(timed_start(client, &id).await?);
+    }
+    rows.push(("start right after the stop".into(), Samples(quick)));
+
+    eprintln!("restart: {n} restarts");
+    let mut restarts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let begun = Instant::now();
+        client
+            .restart_machine(APP, &id, Some(Signal::KILL), None, false, None)
+            .await?;
+        client.wait_machine(APP, &id, "started", None, WAIT).await?;
+        restarts.push(begun.elapsed());
+        // Let the next run be prepared, as between restarts in real use.
+        tokio::time::sleep(PAUSE_BEFORE_START).await;
+    }
+    rows.push(("restart (POST restart → started)".into(), Samples(restarts)));
+
+    let creates_n = n.div_ceil(2);
+    eprintln!("create → started: {creates_n} machines");
+    let mut creates = Vec::with_capacity(creates_n);
+    for _ in 0..creates_n {
+        let begun = Instant::now();
+        let created = client.create_machine(APP, &machine_request()).await?.id;
+        client
+            .wait_machine(APP, &created, "started", None, WAIT)
+            .await?;
+        creates.push(begun.elapsed());
+        client.destroy_machine(APP, &created, true, None).await?;
+    }
+    rows.push(("create → started".into(), Samples(creates)));
+    client.destroy_machine(APP, &id, true, None).await?;
+    api.stop().await;
+    Ok(())
+}
+
+async fn measure_cold(
+    host: &Host,
+    n: usize,
+    rows: &mut Vec<(String, Samples)>,
+) -> anyhow::Result<()> {
+    let scratch = host.config.data_dir.clone();
+    let api = LocalApi::serve(&host.agent, &scratch).await?;
+    let id = started_machine(&api).await?;
+    eprintln!("cold start (nothing prepared): {n} cycles");
+    let mut cold = Vec::with_capacity(n);
+    for _ in 0..n {
+        stop(&api.client, &id).await?;
+        tokio::time::sleep(PAUSE_BEFORE_START).await;
+        cold.push(timed_start(&api.client, &id).await?);
+    }
+    rows.push(("cold start (nothing prepared)".into(), Samples(cold)));
+    api.client.destroy_machine(APP, &id, true, None).await?;
+    api.stop().await;
+    Ok(())
+}
+
+/// Bare `runc run --detach` of the same rootfs with the same program, from
+/// spawning runc until it returns with the container running.
+async fn bare_runc(
+    layers: &[std::path::PathBuf],
+    scratch: &Path,
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let rootfs = layers.first().context("shell image has no layer")?;
+    let bundle = scratch.join("bare-bundle");
+    let state = scratch.join("bare-runc-state");
+    std::fs::create_dir_all(&bundle)?;
+    let status = tokio::process::Command::new("runc")
+        .arg("spec")
+        .arg("--bundle")
+        .arg(&bundle)
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("runc spec failed");
+    }
+    let spec_path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/sleep", "3600"]);
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{prefix}/bare"));
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-bare-{i}");
+        let begun = Instant::now();
+        let status = tokio::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        samples.push(begun.elapsed());
+        if !status.success() {
+            bail!("bare runc run failed");
+        }
+        tokio::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force", &id])
+            .status()
+            .await?;
+    }
+    Ok(samples)
+}

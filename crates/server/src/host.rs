@@ -1,0 +1,113 @@
+//! A host assembled: the sandbox driver, machine networking and the image
+//! store, handed to a host agent. This is the one place that picks the
+//! implementations behind the agent's seams; a second driver is one more
+//! arm here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use midge_agent::{Agent, AgentConfig, HostParts};
+use midge_image::ImageStore;
+use midge_net::{NetConfig, Network};
+use midge_sandbox::{SandboxConfig, SandboxDriver};
+
+/// Where runc state and other runtime state of each prefix lives (a tmpfs).
+const RUNTIME_DIR: &str = "/run/midge";
+
+/// How one host is set up.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Everything the host keeps: machine records, images, machine files.
+    pub data_dir: PathBuf,
+    /// The region this host belongs to.
+    pub region: String,
+    /// Put in front of every host resource (namespaces, veths, nftables
+    /// table, cgroups, containers): at most 6 characters.
+    pub resource_prefix: String,
+    /// IPv4 range machines get their /30 link networks from.
+    pub ipv4_pool: String,
+    /// Registries reachable over plain HTTP (host:port), besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// The static midge-init; found next to the running executable when unset.
+    pub init_binary: Option<PathBuf>,
+    /// This host's id in 6PN addresses.
+    pub host_id: u32,
+    /// How many machines may keep a prepared next run; 0 turns them off.
+    pub prepared_runs: usize,
+}
+
+impl HostConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> HostConfig {
+        let defaults = AgentConfig::new(PathBuf::new());
+        HostConfig {
+            data_dir: data_dir.into(),
+            region: defaults.region,
+            resource_prefix: "midge".into(),
+            ipv4_pool: "172.19.0.0/16".into(),
+            insecure_registries: Vec::new(),
+            init_binary: None,
+            host_id: defaults.host_id,
+            prepared_runs: defaults.prepared_runs,
+        }
+    }
+
+    /// runc state and the driver's other runtime state for this prefix.
+    pub fn runtime_dir(&self) -> PathBuf {
+        Path::new(RUNTIME_DIR).join(&self.resource_prefix)
+    }
+}
+
+/// A host's agent, with what it was opened from.
+#[derive(Debug)]
+pub struct Host {
+    pub agent: Agent,
+    pub config: HostConfig,
+}
+
+impl Host {
+    /// Sets up networking, the driver and the image store, then opens the
+    /// agent (which converges whatever an earlier run left).
+    pub async fn open(config: HostConfig) -> anyhow::Result<Host> {
+        let images =
+            ImageStore::open(&config.data_dir.join("images")).context("opening the image store")?;
+        let pool = config
+            .ipv4_pool
+            .parse()
+            .map_err(|e| anyhow::anyhow!("ipv4 pool {:?}: {e}", config.ipv4_pool))?;
+        let network = Network::init(NetConfig {
+            prefix: config.resource_prefix.clone(),
+            ipv4_pool: pool,
+            host_id: config.host_id,
+        })
+        .await
+        .context("setting up host networking")?;
+        let init_binary = midge_sandbox::init_binary::locate(config.init_binary.clone())?;
+        let driver = SandboxDriver::open(SandboxConfig {
+            state_dir: config.runtime_dir(),
+            machines_dir: config.data_dir.join("machines"),
+            init_binary,
+            prefix: config.resource_prefix.clone(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))
+        .context("setting up the sandbox driver")?;
+        let agent_config = AgentConfig {
+            data_dir: config.data_dir.clone(),
+            region: config.region.clone(),
+            host_id: config.host_id,
+            insecure_registries: config.insecure_registries.clone(),
+            prepared_runs: config.prepared_runs,
+        };
+        let parts = HostParts {
+            images,
+            network: Arc::new(network),
+            driver: Arc::new(driver),
+        };
+        let agent = Agent::open(agent_config, parts)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.chain()))
+            .context("starting the host agent")?;
+        Ok(Host { agent, config })
+    }
+}

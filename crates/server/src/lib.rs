@@ -1,0 +1,16 @@
+//! The composition root: it picks the implementations behind midge's seams
+//! (the sandbox driver, machine networking, the SQLite catalog) and
+//! assembles them into the platform's roles.
+//!
+//! - [`host`]: one host — driver, network, images — and its agent.
+//! - [`up`]: `midge up`, the whole single-host platform in one process.
+//! - [`bench`]: `midge bench`, the benchmarks that set up their own host.
+//! - [`image_import`]: `midge image`, the host's image store from the shell.
+
+pub mod bench;
+pub mod host;
+pub mod image_import;
+pub mod shell_image;
+pub mod up;
+
+pub use host::{Host, HostConfig};

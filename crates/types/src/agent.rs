@@ -1,0 +1,367 @@
+//! The host agent's calls as data. Every call of the agent interface
+//! (`midge_agent_api::HostAgent`) takes one of these requests and returns
+//! one of these (or a Fly API type), so the same call can be made in
+//! process or sent as JSON to an agent on another host. Streams carry
+//! [`LogLine`], [`PullEvent`], [`PtyInput`] and [`PtyOutput`] items.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CreateMachineRequest, GoDuration, ImageRef, MachineState, Signal, StopRequest};
+
+/// A machine as calls address it: its app and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MachineKey {
+    pub app: String,
+    pub id: String,
+}
+
+impl MachineKey {
+    pub fn new(app: impl Into<String>, id: impl Into<String>) -> MachineKey {
+        MachineKey {
+            app: app.into(),
+            id: id.into(),
+        }
+    }
+}
+
+/// The app and organization a machine belongs to, as the catalog knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub app: String,
+    pub org_slug: String,
+    /// The org's private network number (the 32 network bits of its 6PN prefix).
+    pub org_network: u32,
+}
+
+/// Lease nonce sent by the caller (`fly-machine-lease-nonce`), checked on
+/// every mutation of a leased machine.
+pub type LeaseNonce = Option<String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateMachine {
+    pub owner: Owner,
+    pub request: CreateMachineRequest,
+    /// Who holds a lease taken with `lease_ttl`.
+    pub lease_owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetMachine {
+    pub machine: MachineKey,
+    /// A past version: the machine as it was then, `replaced`.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// A machine by id, or by name within its app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindMachine {
+    pub app: String,
+    pub id_or_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMachines {
+    pub app: String,
+    #[serde(default)]
+    pub include_deleted: bool,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Any of these states; all when empty.
+    #[serde(default)]
+    pub states: Vec<MachineState>,
+    /// `metadata.KEY=VALUE` filters, all of which must match.
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
+    /// Omit config, events, checks.
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// How many machines an app has here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineCounts {
+    /// Machines that are not destroyed.
+    pub total: u64,
+    pub started: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateMachine {
+    pub machine: MachineKey,
+    pub request: CreateMachineRequest,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartMachine {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopMachine {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub request: StopRequest,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestartMachine {
+    pub machine: MachineKey,
+    /// The stop signal; the config's stop signal when absent.
+    #[serde(default)]
+    pub signal: Option<Signal>,
+    /// How long the stop may take before SIGKILL.
+    #[serde(default)]
+    pub timeout: Option<GoDuration>,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignalMachine {
+    pub machine: MachineKey,
+    pub signal: Signal,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspendMachine {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestroyMachine {
+    pub machine: MachineKey,
+    /// Kill a running machine instead of refusing.
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonMachine {
+    pub machine: MachineKey,
+    pub cordoned: bool,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+/// What `wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitTarget {
+    State(MachineState),
+    /// Any state that is not transient.
+    Settled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitMachine {
+    pub machine: MachineKey,
+    /// Any of these.
+    pub targets: Vec<WaitTarget>,
+    /// Wait for this version (an older one counts as `replaced`).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Only an event newer than this one counts.
+    #[serde(default)]
+    pub from_event_id: Option<String>,
+    pub timeout: GoDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEvents {
+    pub machine: MachineKey,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireLease {
+    pub machine: MachineKey,
+    pub ttl: GoDuration,
+    pub owner: String,
+    #[serde(default)]
+    pub description: String,
+    /// The current lease's nonce, to refresh it.
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseLease {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+/// A merge into the current version's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateMetadata {
+    pub machine: MachineKey,
+    /// A `None` value deletes the key.
+    pub changes: Vec<(String, Option<String>)>,
+    /// When given, must be the current version.
+    #[serde(default)]
+    pub machine_version: Option<String>,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+/// Machine metadata, as stored in the config.
+pub type Metadata = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMachine {
+    pub machine: MachineKey,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    pub timeout: GoDuration,
+    #[serde(default)]
+    pub nonce: LeaseNonce,
+}
+
+/// An interactive exec with a terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenPty {
+    pub machine: MachineKey,
+    pub argv: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// From the user's terminal to the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PtyInput {
+    Data { bytes: Vec<u8> },
+    Resize { cols: u16, rows: u16 },
+    Eof,
+}
+
+/// From the command to the user's terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PtyOutput {
+    Data { bytes: Vec<u8> },
+    Exit { exit_code: i32, signal: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLogs {
+    pub machine: MachineKey,
+    /// The last this many lines first.
+    pub tail: usize,
+    /// Keep going with new lines as they come.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// One line of a machine's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 with milliseconds, UTC.
+    pub ts: String,
+    /// `stdout`, `stderr`, or `init` for init's own diagnostics.
+    pub stream: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullImage {
+    pub reference: String,
+}
+
+/// Progress of an image pull; the last event is `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullEvent {
+    Resolved {
+        digest: String,
+        layers: usize,
+        total_bytes: u64,
+    },
+    LayerStarted {
+        digest: String,
+        size: u64,
+    },
+    LayerBytes {
+        digest: String,
+        downloaded: u64,
+        size: u64,
+    },
+    LayerDone {
+        digest: String,
+    },
+    /// The layer was already unpacked (or its blob already stored); nothing was downloaded.
+    LayerCached {
+        digest: String,
+    },
+    /// Every layer is in the store.
+    Pulled,
+    Done {
+        image_ref: ImageRef,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_round_trip_as_json() {
+        let wait = WaitMachine {
+            machine: MachineKey::new("app", "0123456789abcd"),
+            targets: vec![
+                WaitTarget::State(MachineState::Started),
+                WaitTarget::Settled,
+            ],
+            version: None,
+            from_event_id: Some("01J".into()),
+            timeout: GoDuration::from_secs(30),
+        };
+        let json = serde_json::to_value(&wait).unwrap();
+        assert_eq!(
+            json["targets"],
+            serde_json::json!([{"state": "started"}, "settled"])
+        );
+        assert_eq!(json["timeout"], "30s");
+        assert_eq!(serde_json::from_value::<WaitMachine>(json).unwrap(), wait);
+    }
+
+    #[test]
+    fn stream_items_are_tagged() {
+        let output = serde_json::to_value(PtyOutput::Exit {
+            exit_code: 3,
+            signal: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            output,
+            serde_json::json!({"type": "exit", "exit_code": 3, "signal": 0})
+        );
+        let event = serde_json::to_value(PullEvent::LayerDone {
+            digest: "sha256:ab".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            event,
+            serde_json::json!({"type": "layer_done", "digest": "sha256:ab"})
+        );
+    }
+}
