@@ -31,17 +31,19 @@ impl AgentCore {
         if next.is_some() || self.prepared.load(Ordering::Relaxed) >= self.config.prepared_runs {
             return;
         }
+        // Read now, while the caller still holds the op lock: the record is
+        // settled. A later change of version waits for this preparation (it
+        // takes the `next` lock first) and then discards it.
+        let record = entry.snapshot();
+        let settled = matches!(
+            record.state,
+            MachineState::Created | MachineState::Stopped | MachineState::Started
+        );
+        if !settled || record.pending.is_some() {
+            return;
+        }
         let core = self.clone();
-        let entry = entry.clone();
         tokio::spawn(async move {
-            let record = entry.snapshot();
-            let settled = matches!(
-                record.state,
-                MachineState::Created | MachineState::Stopped | MachineState::Started
-            );
-            if !settled || record.pending.is_some() || core.is_shutting_down() {
-                return;
-            }
             let prepared = match core.launch_for(&record).await {
                 Ok(launch) => core.driver.prepare(&launch).await.map_err(|e| chain(&e)),
                 Err(err) => Err(err.chain()),

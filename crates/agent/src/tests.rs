@@ -1,1 +1,672 @@
-//! Root-free tests of the agent logic against the fake driver and network.
+//! The agent's logic without root: lifecycle, prepared runs, restart
+//! policy, updates and crash recovery, against the fake driver and a fake
+//! network that record what they are asked. (The same behaviour on real
+//! runc sandboxes is tested in `tests/machines.rs`.)
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use midge_agent_api::{AgentError, HostAgent};
+use midge_driver::fake::{FakeCall, FakeDriver};
+use midge_driver::{DriverError, ExitStatus};
+use midge_image::{ImageConfig, ImageStore};
+use midge_net::{MachineNet, MachineNetwork, NetError};
+use midge_types::agent::{
+    CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, MachineKey, Owner,
+    RestartMachine, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
+};
+use midge_types::{
+    CreateMachineRequest, GoDuration, InitConfig, MachineConfig, MachineState, RestartConfig,
+    Signal, StopConfig, StopRequest,
+};
+
+use crate::record::PendingOp;
+use crate::store::RecordStore;
+use crate::{Agent, AgentConfig, HostParts};
+
+const APP: &str = "app";
+const IMAGE: &str = "test/image:latest";
+
+/// Machine networking that only remembers which machines are attached.
+#[derive(Debug, Default, Clone)]
+struct FakeNetwork {
+    attached: Arc<Mutex<HashSet<String>>>,
+    detached: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeNetwork {
+    fn is_attached_id(&self, id: &str) -> bool {
+        self.attached.lock().unwrap().contains(id)
+    }
+}
+
+#[async_trait]
+impl MachineNetwork for FakeNetwork {
+    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError> {
+        Ok(MachineNet {
+            netns: format!("fake-{machine_id}"),
+            netns_path: PathBuf::from(format!("/nonexistent/netns/fake-{machine_id}")),
+            host_veth: format!("fake{slot}"),
+            ipv4: Ipv4Addr::new(10, 0, 0, 2),
+            gateway_v4: Ipv4Addr::new(10, 0, 0, 1),
+            ipv6: midge_net::private_ip(1, org_network, slot),
+            gateway_v6: Ipv6Addr::LOCALHOST,
+            mtu: 1420,
+        })
+    }
+
+    async fn attach(&self, machine_id: &str, slot: u32, org: u32) -> Result<MachineNet, NetError> {
+        self.attached.lock().unwrap().insert(machine_id.to_string());
+        self.plan(machine_id, slot, org)
+    }
+
+    async fn is_attached(&self, net: &MachineNet) -> bool {
+        let id = net.netns.trim_start_matches("fake-");
+        self.is_attached_id(id)
+    }
+
+    async fn detach(&self, machine_id: &str) -> Result<(), NetError> {
+        self.attached.lock().unwrap().remove(machine_id);
+        self.detached.lock().unwrap().push(machine_id.to_string());
+        Ok(())
+    }
+
+    async fn attached_machines(&self) -> Result<Vec<String>, NetError> {
+        Ok(self.attached.lock().unwrap().iter().cloned().collect())
+    }
+
+    async fn teardown(&self) -> Result<(), NetError> {
+        self.attached.lock().unwrap().clear();
+        Ok(())
+    }
+}
+
+/// An agent over the fakes and a temp dir with a tiny image in its store.
+struct Bed {
+    agent: Agent,
+    driver: FakeDriver,
+    network: FakeNetwork,
+    dir: tempfile::TempDir,
+    prepared_runs: usize,
+}
+
+impl Bed {
+    async fn new() -> Bed {
+        Bed::with_prepared_runs(64).await
+    }
+
+    async fn with_prepared_runs(prepared_runs: usize) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::write(rootfs.join("bin/program"), b"#!/bin/true\n").unwrap();
+        let images = ImageStore::open(&dir.path().join("images")).unwrap();
+        let config = ImageConfig {
+            cmd: Some(vec!["/bin/program".into()]),
+            ..Default::default()
+        };
+        images.import_rootfs_dir(&rootfs, IMAGE, config).unwrap();
+        let driver = FakeDriver::new();
+        let network = FakeNetwork::default();
+        let agent = open(&dir, &driver, &network, prepared_runs).await;
+        Bed {
+            agent,
+            driver,
+            network,
+            dir,
+            prepared_runs,
+        }
+    }
+
+    /// A second agent over the same records and "host" (after a crash).
+    async fn reopen(&mut self) {
+        self.agent.shutdown();
+        self.agent = open(&self.dir, &self.driver, &self.network, self.prepared_runs).await;
+    }
+
+    async fn create(&self, config: MachineConfig, skip_launch: bool) -> String {
+        let machine = self
+            .agent
+            .create_machine(CreateMachine {
+                owner: Owner {
+                    app: APP.into(),
+                    org_slug: "personal".into(),
+                    org_network: 1,
+                },
+                request: CreateMachineRequest {
+                    config: Some(config),
+                    skip_launch,
+                    ..Default::default()
+                },
+                lease_owner: "tester".into(),
+            })
+            .await
+            .unwrap();
+        machine.id
+    }
+
+    async fn wait(&self, id: &str, state: MachineState) {
+        self.agent
+            .wait_machine(WaitMachine {
+                machine: MachineKey::new(APP, id),
+                targets: vec![WaitTarget::State(state)],
+                version: None,
+                from_event_id: None,
+                timeout: GoDuration::from_secs(5),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {state}: {}", e.chain()));
+    }
+
+    async fn state(&self, id: &str) -> MachineState {
+        self.agent
+            .get_machine(GetMachine {
+                machine: MachineKey::new(APP, id),
+                version: None,
+            })
+            .await
+            .unwrap()
+            .state
+    }
+
+    async fn start(&self, id: &str) -> Result<(), AgentError> {
+        self.agent
+            .start_machine(StartMachine {
+                machine: MachineKey::new(APP, id),
+                nonce: None,
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn stop(&self, id: &str, request: StopRequest) {
+        self.agent
+            .stop_machine(StopMachine {
+                machine: MachineKey::new(APP, id),
+                request,
+                nonce: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn event_kinds(&self, id: &str) -> Vec<String> {
+        let mut events = self
+            .agent
+            .machine_events(ListEvents {
+                machine: MachineKey::new(APP, id),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        events.reverse();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    /// Waits until the machine has a prepared next run.
+    async fn until_prepared(&self, id: &str) {
+        for _ in 0..200 {
+            if self.driver.prepared(id) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no next run was prepared for {id}");
+    }
+
+    fn calls_since(&self, mark: usize) -> Vec<FakeCall> {
+        self.driver.calls().split_off(mark)
+    }
+}
+
+async fn open(
+    dir: &tempfile::TempDir,
+    driver: &FakeDriver,
+    network: &FakeNetwork,
+    prepared_runs: usize,
+) -> Agent {
+    let mut config = AgentConfig::new(dir.path().join("agent"));
+    config.prepared_runs = prepared_runs;
+    let parts = HostParts {
+        images: ImageStore::open(&dir.path().join("images")).unwrap(),
+        network: Arc::new(network.clone()),
+        driver: Arc::new(driver.clone()),
+    };
+    Agent::open(config, parts).await.unwrap()
+}
+
+fn config() -> MachineConfig {
+    MachineConfig {
+        image: IMAGE.into(),
+        ..Default::default()
+    }
+}
+
+fn with_restart(policy: &str, max_retries: Option<u32>) -> MachineConfig {
+    MachineConfig {
+        restart: Some(RestartConfig {
+            policy: policy.into(),
+            max_retries,
+            ..Default::default()
+        }),
+        ..config()
+    }
+}
+
+fn exited(code: i32) -> ExitStatus {
+    ExitStatus {
+        exit_code: code,
+        signal: 0,
+        oom_killed: false,
+    }
+}
+
+fn kill() -> StopRequest {
+    StopRequest {
+        signal: Some(Signal::KILL),
+        timeout: None,
+    }
+}
+
+fn launches(calls: &[FakeCall]) -> Vec<u64> {
+    calls
+        .iter()
+        .filter_map(|call| match call {
+            FakeCall::Launch { run } => Some(*run),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prepares(calls: &[FakeCall]) -> Vec<u64> {
+    calls
+        .iter()
+        .filter_map(|call| match call {
+            FakeCall::Prepare { run, .. } => Some(*run),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_started_machine_keeps_its_next_run_prepared_and_a_start_launches_it() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    assert!(bed.network.is_attached_id(&id));
+    assert_eq!(bed.driver.running(&id), 1);
+    bed.until_prepared(&id).await;
+
+    bed.stop(&id, kill()).await;
+    assert_eq!(bed.state(&id).await, MachineState::Stopped);
+    assert_eq!(bed.driver.running(&id), 0);
+    let mark = bed.driver.calls().len();
+    bed.start(&id).await.unwrap();
+    let calls = bed.calls_since(mark);
+    let launched = launches(&calls);
+    assert_eq!(launched.len(), 1, "{calls:?}");
+    assert!(
+        !prepares(&calls).contains(&launched[0]),
+        "the start launched a run prepared before it: {calls:?}"
+    );
+    assert_eq!(bed.state(&id).await, MachineState::Started);
+}
+
+#[tokio::test]
+async fn a_start_waits_for_the_preparation_in_flight_instead_of_starting_cold() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.until_prepared(&id).await;
+    bed.driver.delay_prepares(Duration::from_millis(300));
+
+    // Restarting takes the prepared run; its successor takes 300 ms to
+    // prepare, and the stop and start below come well within that.
+    let before = bed.driver.calls().len();
+    bed.agent
+        .restart_machine(RestartMachine {
+            machine: MachineKey::new(APP, &id),
+            signal: Some(Signal::KILL),
+            timeout: None,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    bed.stop(&id, kill()).await;
+    bed.start(&id).await.unwrap();
+    let calls = bed.calls_since(before);
+    let prepared = prepares(&calls);
+    assert_eq!(prepared.len(), 1, "one preparation, never thrown away: {calls:?}");
+    assert_eq!(
+        launches(&calls).last(),
+        prepared.last(),
+        "the start launched the run that was being prepared: {calls:?}"
+    );
+    assert!(!calls.iter().any(|c| matches!(c, FakeCall::Discard { .. })), "{calls:?}");
+}
+
+#[tokio::test]
+async fn without_prepared_runs_every_start_boots_from_scratch() {
+    let bed = Bed::with_prepared_runs(0).await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(bed.driver.prepared(&id), 0);
+    bed.stop(&id, kill()).await;
+    let mark = bed.driver.calls().len();
+    bed.start(&id).await.unwrap();
+    let calls = bed.calls_since(mark);
+    assert_eq!(prepares(&calls), launches(&calls), "prepared and launched at once");
+}
+
+#[tokio::test]
+async fn on_failure_restarts_up_to_the_retry_limit_then_stays_stopped() {
+    let bed = Bed::new().await;
+    let id = bed.create(with_restart("on-failure", Some(2)), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    for _ in 0..3 {
+        bed.wait(&id, MachineState::Started).await;
+        while !bed.driver.exit(&id, exited(1)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bed.wait(&id, MachineState::Stopped).await;
+    let kinds = bed.event_kinds(&id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "restart").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "exit").count(), 3, "{kinds:?}");
+    assert_eq!(bed.driver.running(&id), 0);
+}
+
+#[tokio::test]
+async fn always_restarts_after_a_clean_exit_and_no_never_does() {
+    let bed = Bed::new().await;
+    let always = bed.create(with_restart("always", None), false).await;
+    let never = bed.create(with_restart("no", None), false).await;
+    bed.wait(&always, MachineState::Started).await;
+    bed.wait(&never, MachineState::Started).await;
+    bed.driver.exit(&always, exited(0));
+    bed.driver.exit(&never, exited(0));
+    bed.wait(&never, MachineState::Stopped).await;
+    for _ in 0..100 {
+        if bed.driver.running(&always) == 1 && bed.event_kinds(&always).await.contains(&"restart".into()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bed.state(&always).await, MachineState::Started);
+    assert!(bed.event_kinds(&always).await.contains(&"restart".to_string()));
+    assert!(!bed.event_kinds(&never).await.contains(&"restart".to_string()));
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_when_the_signal_is_ignored() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.driver.ignore_signal(&id, Signal::TERM.number());
+    let mark = bed.driver.calls().len();
+    bed.stop(
+        &id,
+        StopRequest {
+            signal: Some(Signal::TERM),
+            timeout: Some(GoDuration(Duration::from_millis(100))),
+        },
+    )
+    .await;
+    let signals: Vec<i32> = bed
+        .calls_since(mark)
+        .iter()
+        .filter_map(|call| match call {
+            FakeCall::Signal { signal, .. } => Some(*signal),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals, [15, 9]);
+    assert_eq!(bed.state(&id).await, MachineState::Stopped);
+}
+
+#[tokio::test]
+async fn the_config_stop_signal_is_used_by_default() {
+    let bed = Bed::new().await;
+    let id = bed
+        .create(
+            MachineConfig {
+                stop_config: Some(StopConfig {
+                    signal: Some(Signal::TERM),
+                    timeout: None,
+                }),
+                ..config()
+            },
+            false,
+        )
+        .await;
+    bed.wait(&id, MachineState::Started).await;
+    let mark = bed.driver.calls().len();
+    bed.stop(&id, StopRequest::default()).await;
+    assert!(
+        bed.calls_since(mark)
+            .contains(&FakeCall::Signal { run: 1, signal: 15 })
+    );
+}
+
+#[tokio::test]
+async fn an_update_prepares_the_new_version_before_it_stops_the_old() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.until_prepared(&id).await;
+    let mark = bed.driver.calls().len();
+    let mut next = config();
+    next.env.insert("COLOR".into(), "blue".into());
+    let machine = bed
+        .agent
+        .update_machine(UpdateMachine {
+            machine: MachineKey::new(APP, &id),
+            request: CreateMachineRequest {
+                config: Some(next),
+                ..Default::default()
+            },
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(machine.state, MachineState::Started);
+    let calls = bed.calls_since(mark);
+    let discard = calls.iter().position(|c| matches!(c, FakeCall::Discard { .. }));
+    let prepare = calls.iter().position(|c| matches!(c, FakeCall::Prepare { .. }));
+    let signal = calls.iter().position(|c| matches!(c, FakeCall::Signal { .. }));
+    let launch = calls.iter().position(|c| matches!(c, FakeCall::Launch { .. }));
+    assert!(discard.is_some(), "the old version's prepared run is thrown away: {calls:?}");
+    assert!(prepare < signal && signal < launch, "{calls:?}");
+    let env = bed.driver.running_launch(&id).unwrap().run_spec.env;
+    assert_eq!(env.get("COLOR").map(String::as_str), Some("blue"));
+}
+
+#[tokio::test]
+async fn destroy_removes_runs_files_and_network() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.until_prepared(&id).await;
+    let refused = bed
+        .agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(APP, &id),
+            force: false,
+            nonce: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, AgentError::StillRunning { .. }), "{refused}");
+    bed.agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(APP, &id),
+            force: true,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(bed.state(&id).await, MachineState::Destroyed);
+    assert_eq!(bed.driver.present(&id), 0);
+    assert!(bed.driver.was_forgotten(&id));
+    assert!(!bed.network.is_attached_id(&id));
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_start_fails_the_machine_without_a_second_try() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), true).await;
+    bed.until_prepared(&id).await;
+    bed.driver
+        .fail_launches(1, || DriverError::ProgramFailed("exec: /bin/nope: not found".into()));
+    let mark = bed.driver.calls().len();
+    let error = bed.start(&id).await.unwrap_err();
+    assert!(matches!(error, AgentError::ProgramFailed(_)), "{error}");
+    assert!(error.to_string().contains("/bin/nope"));
+    assert_eq!(bed.state(&id).await, MachineState::Failed);
+    let calls = bed.calls_since(mark);
+    assert_eq!(launches(&calls).len(), 1, "the program's failure is not retried: {calls:?}");
+    // A failed machine can be started again.
+    bed.start(&id).await.unwrap();
+    assert_eq!(bed.state(&id).await, MachineState::Started);
+}
+
+#[tokio::test]
+async fn a_host_failure_keeps_its_cause() {
+    let bed = Bed::with_prepared_runs(0).await;
+    let id = bed.create(config(), true).await;
+    bed.driver.fail_prepares(1, || {
+        DriverError::host("mounting the rootfs", std::io::Error::other("disk full"))
+    });
+    let error = bed.start(&id).await.unwrap_err();
+    assert!(matches!(error, AgentError::Host { .. }), "{error}");
+    assert_eq!(
+        error.chain(),
+        "starting the machine: mounting the rootfs: disk full"
+    );
+    assert_eq!(bed.state(&id).await, MachineState::Failed);
+    let kinds = bed.event_kinds(&id).await;
+    assert_eq!(kinds.last().map(String::as_str), Some("start"));
+}
+
+#[tokio::test]
+async fn operations_are_refused_from_the_wrong_state() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    let error = bed.start(&id).await.unwrap_err();
+    assert!(matches!(error, AgentError::WrongState { state: MachineState::Started, .. }), "{error}");
+    bed.stop(&id, kill()).await;
+    let error = bed
+        .agent
+        .exec(ExecMachine {
+            machine: MachineKey::new(APP, &id),
+            argv: vec!["true".into()],
+            stdin: None,
+            timeout: GoDuration::from_secs(1),
+            nonce: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AgentError::NotRunning { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn exec_talks_to_init_over_the_drivers_connection() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    let output = bed
+        .agent
+        .exec(ExecMachine {
+            machine: MachineKey::new(APP, &id),
+            argv: vec!["echo".into(), "hi".into()],
+            stdin: None,
+            timeout: GoDuration::from_secs(5),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, "echo hi\n");
+    assert_eq!(output.exit_code, 0);
+}
+
+#[tokio::test]
+async fn a_restarted_agent_readopts_running_machines_without_rebooting_them() {
+    let mut bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.until_prepared(&id).await;
+    bed.reopen().await;
+    let calls = bed.driver.calls();
+    let after_recover = &calls[calls.iter().rposition(|c| *c == FakeCall::Recover).unwrap()..];
+    assert!(launches(after_recover).is_empty(), "{after_recover:?}");
+    assert_eq!(bed.state(&id).await, MachineState::Started);
+    assert_eq!(bed.driver.running(&id), 1);
+    // Still watched: its end is seen and recorded.
+    bed.driver.exit(&id, exited(0));
+    bed.wait(&id, MachineState::Stopped).await;
+}
+
+#[tokio::test]
+async fn a_machine_that_ended_while_the_agent_was_away_gets_its_restart_policy() {
+    let mut bed = Bed::new().await;
+    let id = bed.create(with_restart("always", None), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.agent.shutdown(); // the monitor no longer handles the exit
+    bed.driver.exit(&id, exited(3));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    bed.reopen().await;
+    bed.wait(&id, MachineState::Started).await;
+    let kinds = bed.event_kinds(&id).await;
+    assert!(kinds.ends_with(&["exit".into(), "restart".into(), "start".into()]), "{kinds:?}");
+    assert_eq!(bed.driver.running(&id), 1);
+}
+
+#[tokio::test]
+async fn interrupted_operations_are_finished_or_rolled_back_on_open() {
+    let mut bed = Bed::new().await;
+    let stopping = bed.create(config(), false).await;
+    let creating = bed.create(config(), true).await;
+    let destroying = bed.create(config(), true).await;
+    bed.wait(&stopping, MachineState::Started).await;
+    bed.agent.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // What a crash in the middle of each operation leaves in the records.
+    let store = RecordStore::open(&bed.dir.path().join("agent/agent.db")).unwrap();
+    for mut record in store.load_all().unwrap() {
+        if record.id == stopping {
+            record.state = MachineState::Stopping;
+            record.pending = Some(PendingOp::Stop {
+                request_signal: Some(9),
+            });
+        } else if record.id == creating {
+            record.pending = Some(PendingOp::Create);
+        } else if record.id == destroying {
+            record.state = MachineState::Destroying;
+            record.pending = Some(PendingOp::Destroy);
+        }
+        store.save(&record).unwrap();
+    }
+    drop(store);
+    bed.reopen().await;
+    assert_eq!(bed.state(&stopping).await, MachineState::Stopped);
+    assert_eq!(bed.driver.running(&stopping), 0);
+    let gone = bed
+        .agent
+        .get_machine(GetMachine {
+            machine: MachineKey::new(APP, &creating),
+            version: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, AgentError::MachineNotFound), "{gone}");
+    assert!(!bed.network.is_attached_id(&creating));
+    assert_eq!(bed.state(&destroying).await, MachineState::Destroyed);
+    assert!(bed.driver.was_forgotten(&destroying));
+}

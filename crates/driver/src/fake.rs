@@ -55,10 +55,14 @@ struct State {
     runs: HashMap<u64, FakeRunState>,
     /// Prepares left to fail, with the error each gives.
     failing_prepares: Vec<DriverError>,
+    /// Launches left to fail, with the error each gives.
+    failing_launches: Vec<DriverError>,
     /// Machines whose programs ignore these signals.
     ignored_signals: HashMap<String, Vec<i32>>,
     logs: HashMap<String, Vec<LogLine>>,
     forgotten: Vec<String>,
+    /// How long each prepare takes.
+    prepare_delay: std::time::Duration,
 }
 
 /// The fake driver; clone it to keep a handle for the test while the agent owns another.
@@ -95,6 +99,19 @@ impl FakeDriver {
         for _ in 0..count {
             state.failing_prepares.push(error());
         }
+    }
+
+    /// The next `count` launches fail with `error()` (the run is removed).
+    pub fn fail_launches(&self, count: usize, error: impl Fn() -> DriverError) {
+        let mut state = self.state();
+        for _ in 0..count {
+            state.failing_launches.push(error());
+        }
+    }
+
+    /// Every prepare from now on takes this long (a slow `runc create`).
+    pub fn delay_prepares(&self, delay: std::time::Duration) {
+        self.state().prepare_delay = delay;
     }
 
     /// The machine's programs ignore `signal` from now on (SIGKILL cannot be ignored).
@@ -220,6 +237,10 @@ impl Driver for FakeDriver {
             machine_id: launch.machine_id.clone(),
             run,
         });
+        let delay = self.state().prepare_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state();
         if !state.failing_prepares.is_empty() {
             return Err(state.failing_prepares.remove(0));
@@ -340,6 +361,14 @@ struct FakePrepared {
 impl PreparedRun for FakePrepared {
     async fn launch(self: Box<Self>) -> Result<Arc<dyn RunningMachine>, DriverError> {
         self.driver.record(FakeCall::Launch { run: self.run });
+        let failure = {
+            let mut state = self.driver.state();
+            (!state.failing_launches.is_empty()).then(|| state.failing_launches.remove(0))
+        };
+        if let Some(error) = failure {
+            self.driver.set_phase(self.run, Phase::Removed);
+            return Err(error);
+        }
         let phase = self.driver.state().runs.get(&self.run).map(|r| r.phase);
         if phase != Some(Phase::Prepared) {
             return Err(DriverError::host(
