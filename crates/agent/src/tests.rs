@@ -340,13 +340,20 @@ async fn a_start_waits_for_the_preparation_in_flight_instead_of_starting_cold() 
     bed.start(&id).await.unwrap();
     let calls = bed.calls_since(before);
     let prepared = prepares(&calls);
-    assert_eq!(prepared.len(), 1, "one preparation, never thrown away: {calls:?}");
+    assert_eq!(
+        prepared.len(),
+        1,
+        "one preparation, never thrown away: {calls:?}"
+    );
     assert_eq!(
         launches(&calls).last(),
         prepared.last(),
         "the start launched the run that was being prepared: {calls:?}"
     );
-    assert!(!calls.iter().any(|c| matches!(c, FakeCall::Discard { .. })), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| matches!(c, FakeCall::Discard { .. })),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test]
@@ -360,7 +367,11 @@ async fn without_prepared_runs_every_start_boots_from_scratch() {
     let mark = bed.driver.calls().len();
     bed.start(&id).await.unwrap();
     let calls = bed.calls_since(mark);
-    assert_eq!(prepares(&calls), launches(&calls), "prepared and launched at once");
+    assert_eq!(
+        prepares(&calls),
+        launches(&calls),
+        "prepared and launched at once"
+    );
 }
 
 #[tokio::test]
@@ -377,8 +388,16 @@ async fn on_failure_restarts_up_to_the_retry_limit_then_stays_stopped() {
     }
     bed.wait(&id, MachineState::Stopped).await;
     let kinds = bed.event_kinds(&id).await;
-    assert_eq!(kinds.iter().filter(|k| *k == "restart").count(), 2, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| *k == "exit").count(), 3, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "restart").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "exit").count(),
+        3,
+        "{kinds:?}"
+    );
     assert_eq!(bed.driver.running(&id), 0);
 }
 
@@ -393,14 +412,24 @@ async fn always_restarts_after_a_clean_exit_and_no_never_does() {
     bed.driver.exit(&never, exited(0));
     bed.wait(&never, MachineState::Stopped).await;
     for _ in 0..100 {
-        if bed.driver.running(&always) == 1 && bed.event_kinds(&always).await.contains(&"restart".into()) {
+        if bed.driver.running(&always) == 1
+            && bed.event_kinds(&always).await.contains(&"restart".into())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(bed.state(&always).await, MachineState::Started);
-    assert!(bed.event_kinds(&always).await.contains(&"restart".to_string()));
-    assert!(!bed.event_kinds(&never).await.contains(&"restart".to_string()));
+    assert!(
+        bed.event_kinds(&always)
+            .await
+            .contains(&"restart".to_string())
+    );
+    assert!(
+        !bed.event_kinds(&never)
+            .await
+            .contains(&"restart".to_string())
+    );
 }
 
 #[tokio::test]
@@ -477,11 +506,22 @@ async fn an_update_prepares_the_new_version_before_it_stops_the_old() {
         .unwrap();
     assert_eq!(machine.state, MachineState::Started);
     let calls = bed.calls_since(mark);
-    let discard = calls.iter().position(|c| matches!(c, FakeCall::Discard { .. }));
-    let prepare = calls.iter().position(|c| matches!(c, FakeCall::Prepare { .. }));
-    let signal = calls.iter().position(|c| matches!(c, FakeCall::Signal { .. }));
-    let launch = calls.iter().position(|c| matches!(c, FakeCall::Launch { .. }));
-    assert!(discard.is_some(), "the old version's prepared run is thrown away: {calls:?}");
+    let discard = calls
+        .iter()
+        .position(|c| matches!(c, FakeCall::Discard { .. }));
+    let prepare = calls
+        .iter()
+        .position(|c| matches!(c, FakeCall::Prepare { .. }));
+    let signal = calls
+        .iter()
+        .position(|c| matches!(c, FakeCall::Signal { .. }));
+    let launch = calls
+        .iter()
+        .position(|c| matches!(c, FakeCall::Launch { .. }));
+    assert!(
+        discard.is_some(),
+        "the old version's prepared run is thrown away: {calls:?}"
+    );
     assert!(prepare < signal && signal < launch, "{calls:?}");
     let env = bed.driver.running_launch(&id).unwrap().run_spec.env;
     assert_eq!(env.get("COLOR").map(String::as_str), Some("blue"));
@@ -502,7 +542,10 @@ async fn destroy_removes_runs_files_and_network() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(refused, AgentError::StillRunning { .. }), "{refused}");
+    assert!(
+        matches!(refused, AgentError::StillRunning { .. }),
+        "{refused}"
+    );
     bed.agent
         .destroy_machine(DestroyMachine {
             machine: MachineKey::new(APP, &id),
@@ -522,15 +565,20 @@ async fn a_program_that_cannot_start_fails_the_machine_without_a_second_try() {
     let bed = Bed::new().await;
     let id = bed.create(config(), true).await;
     bed.until_prepared(&id).await;
-    bed.driver
-        .fail_launches(1, || DriverError::ProgramFailed("exec: /bin/nope: not found".into()));
+    bed.driver.fail_launches(1, || {
+        DriverError::ProgramFailed("exec: /bin/nope: not found".into())
+    });
     let mark = bed.driver.calls().len();
     let error = bed.start(&id).await.unwrap_err();
     assert!(matches!(error, AgentError::ProgramFailed(_)), "{error}");
     assert!(error.to_string().contains("/bin/nope"));
     assert_eq!(bed.state(&id).await, MachineState::Failed);
     let calls = bed.calls_since(mark);
-    assert_eq!(launches(&calls).len(), 1, "the program's failure is not retried: {calls:?}");
+    assert_eq!(
+        launches(&calls).len(),
+        1,
+        "the program's failure is not retried: {calls:?}"
+    );
     // A failed machine can be started again.
     bed.start(&id).await.unwrap();
     assert_eq!(bed.state(&id).await, MachineState::Started);
@@ -560,7 +608,16 @@ async fn operations_are_refused_from_the_wrong_state() {
     let id = bed.create(config(), false).await;
     bed.wait(&id, MachineState::Started).await;
     let error = bed.start(&id).await.unwrap_err();
-    assert!(matches!(error, AgentError::WrongState { state: MachineState::Started, .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            AgentError::WrongState {
+                state: MachineState::Started,
+                ..
+            }
+        ),
+        "{error}"
+    );
     bed.stop(&id, kill()).await;
     let error = bed
         .agent
@@ -624,7 +681,10 @@ async fn a_machine_that_ended_while_the_agent_was_away_gets_its_restart_policy()
     bed.reopen().await;
     bed.wait(&id, MachineState::Started).await;
     let kinds = bed.event_kinds(&id).await;
-    assert!(kinds.ends_with(&["exit".into(), "restart".into(), "start".into()]), "{kinds:?}");
+    assert!(
+        kinds.ends_with(&["exit".into(), "restart".into(), "start".into()]),
+        "{kinds:?}"
+    );
     assert_eq!(bed.driver.running(&id), 1);
 }
 

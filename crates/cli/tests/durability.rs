@@ -310,7 +310,10 @@ impl Server {
             "one host veth per machine namespace"
         );
 
-        let containers = host::runc_containers(&self.prefix);
+        let containers = host::runc_containers(
+            &self.prefix,
+            &self.data_dir().join("agent").join("machines"),
+        );
         let container_ids: BTreeSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
         assert!(
             container_ids.is_subset(&alive),
@@ -410,8 +413,10 @@ mod host {
 
     /// Machine id → runc status of the prefix's containers.
     /// `(machine id, status)` of every container; a machine's runs are
-    /// containers named `<prefix>-<machine>-<run>`.
-    pub fn runc_containers(prefix: &str) -> Vec<(String, String)> {
+    /// containers named `<prefix>-<machine>-<run>`. A run prepared ahead
+    /// of its start runs too (its init waits); it reads as `prepared`, told
+    /// apart by the `launched` marker a launched run has in its run dir.
+    pub fn runc_containers(prefix: &str, machines_dir: &Path) -> Vec<(String, String)> {
         let root = format!("/run/midge/{prefix}/runc");
         let text = run("runc", &["--root", &root, "list", "--format", "json"]);
         let list: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_default();
@@ -419,8 +424,18 @@ mod host {
         list.iter()
             .filter_map(|c| {
                 let id = c["id"].as_str()?.strip_prefix(&own)?;
-                let machine = id.rsplit_once('-').map_or(id, |(machine, _run)| machine);
-                Some((machine.to_string(), c["status"].as_str()?.to_string()))
+                let (machine, run) = id.rsplit_once('-')?;
+                let launched = machines_dir
+                    .join(machine)
+                    .join("runs")
+                    .join(run)
+                    .join("launched")
+                    .exists();
+                let status = match c["status"].as_str()? {
+                    "running" if !launched => "prepared",
+                    status => status,
+                };
+                Some((machine.to_string(), status.to_string()))
             })
             .collect()
     }
@@ -549,7 +564,10 @@ async fn sigkill_keeps_every_record_and_running_machine() {
     server.assert_host_matches_records().await;
 
     server.kill_9();
-    let containers = host::runc_containers(&server.prefix);
+    let containers = host::runc_containers(
+        &server.prefix,
+        &server.data_dir().join("agent").join("machines"),
+    );
     for id in [&running, &updated] {
         assert!(
             containers

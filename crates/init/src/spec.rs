@@ -12,6 +12,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const RUN_SPEC_FILE: &str = "run.json";
 /// File name of the exit report inside the run directory.
 pub const EXIT_FILE: &str = "exit.json";
+/// File name of the FIFO in the run directory where init writes its start
+/// event, when the agent made one (otherwise init writes it to fd 3).
+pub const START_REPORT_FILE: &str = "start";
+/// File name of the FIFO in the run directory that, when the agent made
+/// one, holds back the program until the agent writes a byte (a run
+/// prepared ahead of its start).
+pub const GO_FILE: &str = "go";
 /// File name of the agent socket inside the run directory.
 pub const SOCKET_FILE: &str = "init.sock";
 /// Log directory inside the run directory.
@@ -71,8 +78,8 @@ pub struct FileSpec {
     pub mode: Option<u32>,
 }
 
-/// The single JSON line init writes to fd 3 once it knows whether the
-/// program started.
+/// The single JSON line init writes (to the run dir's start FIFO, or fd 3)
+/// once it knows whether the program started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StartEvent {

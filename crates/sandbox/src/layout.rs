@@ -73,6 +73,10 @@ impl RunDir {
     pub fn exit_report(&self) -> PathBuf {
         self.init_dir().join(midge_init::spec::EXIT_FILE)
     }
+    /// Present once the run's program was let go (a prepared run has none).
+    pub fn launched_marker(&self) -> PathBuf {
+        self.root.join("launched")
+    }
     pub fn console(&self) -> PathBuf {
         self.root.join("console.log")
     }

@@ -33,7 +33,11 @@ pub(crate) async fn recover(host: &Arc<Host>) -> Result<HashMap<String, Recovere
             continue;
         };
         let run = RunInfo::new(host, machine_id, run_id);
-        let running = container.status == "running" && !found.contains_key(machine_id);
+        // A prepared run is running too (its init waits for the go); only a
+        // launched one is the machine's.
+        let running = container.status == "running"
+            && run.dir.launched_marker().exists()
+            && !found.contains_key(machine_id);
         let process = if running {
             ProcessHandle::open(container.pid)
                 .map_err(DriverError::while_doing("opening a running machine's init"))?

@@ -1,7 +1,9 @@
 //! One run of a machine: prepared (`runc create`d, init waiting to be let
 //! go), launched, ended, removed.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +13,8 @@ use midge_driver::{
     DriverError, ExitStatus, InitStream, MachineLaunch, PreparedRun, RunningMachine,
 };
 use midge_init::StartEvent;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::Host;
 use crate::exec_fifo;
@@ -48,14 +51,12 @@ impl RunInfo {
     }
 }
 
-/// A created container whose init waits on its exec fifo; `ready` is the
-/// read end of init's fd 3, where it reports the program's start.
+/// A container whose init has set everything up and waits for the go.
 #[derive(Debug)]
 pub(crate) struct SandboxPrepared {
     host: Arc<Host>,
     run: RunInfo,
-    ready: OwnedFd,
-    process: ProcessHandle,
+    channels: Channels,
 }
 
 pub(crate) async fn prepare(
@@ -71,11 +72,10 @@ pub(crate) async fn prepare(
     };
     let run = RunInfo::new(host, &launch.machine_id, &run_id);
     match create(host, &run, launch).await {
-        Ok((ready, process)) => Ok(SandboxPrepared {
+        Ok(channels) => Ok(SandboxPrepared {
             host: host.clone(),
             run,
-            ready,
-            process,
+            channels,
         }),
         Err(err) => {
             if let Err(cleanup) = remove(host, &run).await {
@@ -92,7 +92,7 @@ async fn create(
     host: &Host,
     run: &RunInfo,
     launch: &MachineLaunch,
-) -> Result<(OwnedFd, ProcessHandle), DriverError> {
+) -> Result<Channels, DriverError> {
     let dir = &run.dir;
     let init_dir = dir.init_dir();
     let log_dir = host.machine_dir(&run.machine_id).logs();
@@ -147,8 +147,11 @@ async fn create(
     std::fs::write(dir.config(), config)
         .map_err(DriverError::while_doing("writing config.json"))?;
 
-    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(DriverError::while_doing("creating the ready pipe"))?;
+    // init writes its start event into this FIFO.
+    let report_path = init_dir.join(midge_init::spec::START_REPORT_FILE);
+    let report = open_fifo(&report_path)?;
+    // init sets up everything but the program, then waits for a byte here.
+    let go = open_fifo(&init_dir.join(midge_init::spec::GO_FILE))?;
     let console = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -157,11 +160,10 @@ async fn create(
     let console_err = console
         .try_clone()
         .map_err(DriverError::while_doing("opening the console log"))?;
-    let mut command = host.runc.command();
-    command
+    let status = host
+        .runc
+        .command()
         .arg("create")
-        .arg("--preserve-fds")
-        .arg("1")
         .arg("--pid-file")
         .arg(dir.pid_file())
         .arg("--bundle")
@@ -169,31 +171,10 @@ async fn create(
         .arg(&run.container_id)
         // The container inherits these: a pipe would never reach EOF while it runs.
         .stdout(console)
-        .stderr(console_err);
-    let ready_fd = ready_write.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and only calls
-    // async-signal-safe functions (fcntl, dup2) on fds that stay open.
-    unsafe {
-        command.pre_exec(move || {
-            let result = if ready_fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(ready_fd, 3)
-            };
-            if result < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .map_err(DriverError::while_doing("spawning runc create"))?;
-    drop(ready_write);
-    let status = child
-        .wait()
+        .stderr(console_err)
+        .status()
         .await
-        .map_err(DriverError::while_doing("waiting for runc create"))?;
+        .map_err(DriverError::while_doing("running runc create"))?;
     if !status.success() {
         return Err(DriverError::host(
             "creating the container",
@@ -213,7 +194,51 @@ async fn create(
                 format!("init exited at once: {}", tail_of(&dir.console(), 2048)),
             )
         })?;
-    Ok((ready_read, process))
+    release(host, run).await?;
+    Ok(Channels {
+        report,
+        go,
+        process,
+    })
+}
+
+/// init's side of a prepared run: where it reports the start, where it
+/// waits for the go, and its process.
+#[derive(Debug)]
+struct Channels {
+    report: std::fs::File,
+    go: std::fs::File,
+    process: ProcessHandle,
+}
+
+/// Makes a FIFO and opens it read-write without blocking: holding both ends
+/// here means it never reads as closed before init wrote, and init's open
+/// never blocks (init's death shows on its pidfd instead).
+fn open_fifo(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
+    let action = format!("creating {}", path.display());
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(DriverError::while_doing(&action))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(DriverError::while_doing(&action))
+}
+
+/// Lets the created container's init exec (what `runc start` does); init
+/// then sets up and waits for the go.
+async fn release(host: &Host, run: &RunInfo) -> Result<(), DriverError> {
+    if host.fifo_start {
+        exec_fifo::release(&host.runc.root().join(&run.container_id))
+            .await
+            .map_err(DriverError::while_doing("starting the container"))
+    } else {
+        host.runc
+            .start(&run.container_id)
+            .await
+            .map_err(DriverError::while_doing("starting the container"))
+    }
 }
 
 #[async_trait]
@@ -222,12 +247,11 @@ impl PreparedRun for SandboxPrepared {
         let SandboxPrepared {
             host,
             run,
-            ready,
-            process,
+            channels,
         } = *self;
-        let started = release_and_await_start(&host, &run, ready).await;
+        let started = go_and_await_start(&run, &channels).await;
         match started {
-            Ok(()) => Ok(Arc::new(SandboxRun::new(host, run, Some(process)))),
+            Ok(()) => Ok(Arc::new(SandboxRun::new(host, run, Some(channels.process)))),
             Err(err) => {
                 if let Err(cleanup) = remove(&host, &run).await {
                     tracing::warn!(container = %run.container_id, "removing a run that failed to start: {cleanup}");
@@ -242,44 +266,66 @@ impl PreparedRun for SandboxPrepared {
     }
 }
 
-/// Lets init exec, then waits for its report that the program runs.
-async fn release_and_await_start(
-    host: &Host,
-    run: &RunInfo,
-    ready: OwnedFd,
-) -> Result<(), DriverError> {
-    if host.fifo_start {
-        exec_fifo::release(&host.runc.root().join(&run.container_id))
-            .await
-            .map_err(DriverError::while_doing("starting the container"))?;
-    } else {
-        host.runc
-            .start(&run.container_id)
-            .await
-            .map_err(DriverError::while_doing("starting the container"))?;
-    }
-    match read_start_event(ready).await? {
+/// Marks the run launched (recovery tells prepared runs from launched ones
+/// by it), lets init start the program, and waits for its report.
+async fn go_and_await_start(run: &RunInfo, channels: &Channels) -> Result<(), DriverError> {
+    std::fs::write(run.dir.launched_marker(), b"")
+        .map_err(DriverError::while_doing("marking the run launched"))?;
+    (&channels.go)
+        .write_all(b"1")
+        .map_err(DriverError::while_doing("letting init start the program"))?;
+    let report = channels
+        .report
+        .try_clone()
+        .map_err(DriverError::while_doing("reading init's start report"))?;
+    match read_start_event(report, &channels.process).await? {
         StartEvent::Started { .. } => Ok(()),
         StartEvent::Failed { error } => Err(DriverError::ProgramFailed(error)),
     }
 }
 
-async fn read_start_event(ready: OwnedFd) -> Result<StartEvent, DriverError> {
-    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
-        .map_err(DriverError::while_doing("reading init's start report"))?;
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(receiver);
-    let read = tokio::time::timeout(START_REPORT_TIMEOUT, reader.read_line(&mut line))
-        .await
-        .map_err(|_| DriverError::host("starting the machine", "init did not report within 30s"))?
-        .map_err(DriverError::while_doing("reading init's start report"))?;
-    if read == 0 {
-        return Err(DriverError::host(
-            "starting the machine",
-            "init exited before starting the program",
-        ));
-    }
-    serde_json::from_str(line.trim()).map_err(|e| {
+/// The line init writes into the start report FIFO, unless init dies first.
+async fn read_start_event(
+    report: std::fs::File,
+    process: &ProcessHandle,
+) -> Result<StartEvent, DriverError> {
+    // SAFETY: the AsyncFd owns the File, so its fd stays open and the same
+    // for as long as it is registered.
+    let report = unsafe { AsyncFd::register_with_interest(report, Interest::READABLE) }
+        .map_err(|e| DriverError::host("reading init's start report", e.to_string()))?;
+    let read_line = async {
+        let mut line = Vec::new();
+        loop {
+            let mut ready = report.readable().await?;
+            let mut chunk = [0u8; 512];
+            match ready.try_io(|file| file.get_ref().read(&mut chunk)) {
+                Ok(Ok(n)) => {
+                    line.extend_from_slice(&chunk[..n]);
+                    if line.contains(&b'\n') {
+                        return Ok::<_, std::io::Error>(line);
+                    }
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_would_block) => {}
+            }
+        }
+    };
+    let line = tokio::select! {
+        biased;
+        line = read_line => line.map_err(DriverError::while_doing("reading init's start report"))?,
+        _ = process.exited() => {
+            return Err(DriverError::host(
+                "starting the machine",
+                "init exited before starting the program",
+            ));
+        }
+        () = tokio::time::sleep(START_REPORT_TIMEOUT) => {
+            return Err(DriverError::host("starting the machine", "init did not report within 30s"));
+        }
+    };
+    let line = String::from_utf8_lossy(&line);
+    let line = line.lines().next().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| {
         DriverError::host(
             "reading init's start report",
             format!("bad start event {line:?}: {e}"),

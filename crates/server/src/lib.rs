@@ -14,3 +14,14 @@ pub mod shell_image;
 pub mod up;
 
 pub use host::{Host, HostConfig};
+
+/// Logs to stderr, filtered by `MIDGE_LOG` (default `info`); a second call
+/// does nothing.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

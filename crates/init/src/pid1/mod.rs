@@ -39,18 +39,24 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the machine and returns init's exit code.
 pub fn run() -> i32 {
-    let agent_pipe = report::take_agent_pipe();
+    let run_dir = std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    // Before any thread or child exists: fd 3 must be close-on-exec first.
+    let agent_pipe = report::open_start_report(&run_dir);
     let signal_set = signals::take_over_signals();
     let reaper = Arc::new(Reaper::default());
     let main = Arc::new(MainProcess::default());
     signals::spawn_signal_thread(signal_set, reaper.clone(), main.clone());
 
-    let run_dir = std::env::var_os(RUN_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
     let logger = Arc::new(Logger::open(run_dir.join(LOG_DIR)));
 
-    let started = start(&run_dir, &reaper, &main, &logger);
+    // Everything but the program first; with a go FIFO (a prepared run),
+    // the program starts only when the agent says so.
+    let started = set_up(&run_dir, &reaper, &main, &logger).and_then(|ready| {
+        report::wait_for_go(&run_dir).map_err(LaunchError::not_found)?;
+        launch_main(ready, &reaper, &main, &logger)
+    });
     let running = match started {
         Ok(running) => running,
         Err(error) => {
@@ -105,12 +111,19 @@ struct Running {
     readers: Readers,
 }
 
-fn start(
+/// A machine whose program can be started: spec read, guest files written,
+/// the agent socket served.
+struct Ready {
+    plan: midge_init::process::LaunchPlan,
+    mode: StdioMode,
+}
+
+fn set_up(
     run_dir: &Path,
     reaper: &Arc<Reaper>,
     main: &Arc<MainProcess>,
     logger: &Arc<Logger>,
-) -> Result<Running, LaunchError> {
+) -> Result<Ready, LaunchError> {
     let spec = read_spec(&run_dir.join(RUN_SPEC_FILE))?;
     logger.set_max_bytes(spec.log_max_bytes);
     let root = Path::new("/");
@@ -139,7 +152,16 @@ fn start(
     } else {
         StdioMode::Pipes { stdin: false }
     };
-    let mut launched = launch(&plan, mode, false, reaper)?;
+    Ok(Ready { plan, mode })
+}
+
+fn launch_main(
+    ready: Ready,
+    reaper: &Arc<Reaper>,
+    main: &Arc<MainProcess>,
+    logger: &Arc<Logger>,
+) -> Result<Running, LaunchError> {
+    let mut launched = launch(&ready.plan, ready.mode, false, reaper)?;
     main.started(launched.pid);
 
     let readers = Readers::default();

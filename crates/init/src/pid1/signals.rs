@@ -50,6 +50,8 @@ pub fn take_over_signals() -> SigSet {
     for &signal in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
         set.add(signal);
         // Installing a handler for these standard signals cannot fail.
+        // SAFETY: the handler does nothing, so it is async-signal-safe, and
+        // this runs before any other thread exists, so no one races it.
         let _ = unsafe { sigaction(signal, &action) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);

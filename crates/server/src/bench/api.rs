@@ -99,6 +99,7 @@ struct Bench {
 }
 
 pub async fn run(options: ApiBenchOptions) -> anyhow::Result<()> {
+    crate::init_logging();
     options.validate()?;
     let dir = tempfile::Builder::new()
         .prefix("midge-bench-api-")
