@@ -147,7 +147,12 @@ impl AgentCore {
             during: MachineState::Started,
             to: MachineState::Stopped,
         });
-        let exit = exit_event(status, false, restart);
+        let exit = exit_event(
+            status,
+            Ended::OnItsOwn {
+                restarting: restart,
+            },
+        );
         let recorded = self.update_record(entry, |record| {
             record.push_event(
                 "exit",
@@ -231,7 +236,7 @@ impl AgentCore {
         }
         .map_err(|e| AgentError::host("waiting for the machine to stop", e))?;
         entry.set_current(None);
-        let exit = exit_event(status, true, false);
+        let exit = exit_event(status, Ended::Requested);
         self.update_record(entry, |record| {
             record.push_event(
                 "exit",
@@ -355,7 +360,20 @@ pub(crate) async fn remove_run(run: &CurrentRun) -> Result<(), AgentError> {
         .map_err(|e| AgentError::host("removing the stopped run", e))
 }
 
-pub(crate) fn exit_event(status: ExitStatus, requested_stop: bool, restarting: bool) -> ExitEvent {
+/// Why a run ended, as its exit event tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// A stop (or restart, update, destroy) asked for it.
+    Requested,
+    /// The program exited (or was killed) by itself.
+    OnItsOwn { restarting: bool },
+}
+
+pub(crate) fn exit_event(status: ExitStatus, ended: Ended) -> ExitEvent {
+    let (requested_stop, restarting) = match ended {
+        Ended::Requested => (true, false),
+        Ended::OnItsOwn { restarting } => (false, restarting),
+    };
     ExitEvent {
         exit_code: status.exit_code,
         guest_exit_code: status.exit_code,

@@ -20,8 +20,8 @@ use midge_types::agent::{
     RestartMachine, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
 };
 use midge_types::{
-    CreateMachineRequest, GoDuration, InitConfig, MachineConfig, MachineState, RestartConfig,
-    Signal, StopConfig, StopRequest,
+    CreateMachineRequest, GoDuration, MachineConfig, MachineState, RestartConfig, Signal,
+    StopConfig, StopRequest,
 };
 
 use crate::record::PendingOp;

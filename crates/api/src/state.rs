@@ -1,3 +1,6 @@
+//! What every handler shares (the catalog and the host agent), and the
+//! access checks that turn a path into an app or machine the caller may see.
+
 use std::sync::Arc;
 
 use midge_agent_api::HostAgent;

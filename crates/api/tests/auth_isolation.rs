@@ -276,7 +276,7 @@ async fn org_tokens_reach_nothing_of_another_org_and_admins_reach_all() {
     );
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 403)
+            assert_eq!(response.status(), 403);
         }
         other => panic!(
             "exec/ws of another org's machine was not refused: {:?}",

@@ -49,7 +49,7 @@ impl Client<'_> {
             Some(_) if lease_envelope => {}
             Some(schema) => self.check(&what, &schema, &reply.body),
             None if status >= 400 => {
-                self.check(&what, &spec().component("ErrorResponse"), &reply.body)
+                self.check(&what, &spec().component("ErrorResponse"), &reply.body);
             }
             None => {}
         }

@@ -424,7 +424,7 @@ async fn list_pages_with_fly_next_cursor_and_includes_leases() {
                 uri = format!(
                     "/v1/apps/{APP}/machines?limit=2&cursor={}",
                     cursor.to_str().unwrap()
-                )
+                );
             }
             None => break,
         }

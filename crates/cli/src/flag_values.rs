@@ -34,6 +34,11 @@ pub fn parse_memory_mb(text: &str) -> Result<u32, String> {
     if megabytes <= 0.0 || megabytes > f64::from(u32::MAX) {
         return Err(format!("invalid memory size {text:?}"));
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a whole number within 1..=u32::MAX, checked above"
+    )]
     Ok(megabytes as u32)
 }
 

@@ -191,9 +191,14 @@ fn spawn_stdin_reader() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
 
 fn terminal_size() -> Option<(u16, u16)> {
     for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
-        // SAFETY: all-zero is a valid `winsize`, and TIOCGWINSZ only writes one
-        // into the struct we pass.
-        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ only writes one `winsize` into the struct we pass,
+        // which lives for the whole call.
         let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
         if rc == 0 && size.ws_col > 0 && size.ws_row > 0 {
             return Some((size.ws_col, size.ws_row));

@@ -380,7 +380,7 @@ fn init_binary() -> Option<PathBuf> {
 
 /// Host state by resource prefix.
 mod host {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -809,7 +809,11 @@ async fn sigkill_in_the_middle_of_operations_converges() {
         fraction(0.1),
         fraction(0.5),
         fraction(0.9),
-        create_returned + delay(0, (create_started - create_returned).as_millis() as u64 + 5),
+        create_returned
+            + delay(
+                0,
+                u64::try_from((create_started - create_returned).as_millis()).unwrap_or(0) + 5,
+            ),
     ];
 
     for (round, cut_at) in create_cuts.into_iter().enumerate() {

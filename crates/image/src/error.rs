@@ -1,3 +1,6 @@
+//! The image store's errors, one variant per way a pull, import or unpack
+//! can fail, so callers can tell the image's fault from the host's.
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong while resolving, fetching, verifying or unpacking an image.

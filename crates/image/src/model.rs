@@ -26,6 +26,19 @@ pub enum RegistrySecret {
     Bearer { token: String },
 }
 
+/// Never prints the secret itself.
+impl std::fmt::Debug for RegistrySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistrySecret::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .finish_non_exhaustive(),
+            RegistrySecret::Bearer { .. } => f.debug_struct("Bearer").finish_non_exhaustive(),
+        }
+    }
+}
+
 impl std::fmt::Debug for RegistryCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.secret {

@@ -38,7 +38,7 @@ fn is_abandoned(name: &str) -> bool {
     else {
         return true;
     };
-    if pid as u32 == std::process::id() {
+    if u32::try_from(pid).is_ok_and(|pid| pid == std::process::id()) {
         return false;
     }
     // SAFETY: kill with signal 0 only checks for the existence of the process.

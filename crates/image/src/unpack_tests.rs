@@ -1,3 +1,6 @@
+//! Tests of layer unpacking: whiteouts, links, modes, and the entries it
+//! must refuse (path escapes, device nodes).
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -74,7 +77,7 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
         )
     };
     (size >= 0).then(|| {
-        buffer.truncate(size as usize);
+        buffer.truncate(usize::try_from(size).unwrap_or(0));
         buffer
     })
 }

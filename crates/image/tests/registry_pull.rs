@@ -72,7 +72,7 @@ async fn pull_unpacks_layers_keeps_config_and_caches() {
     let first = Recorder::default();
     let image = store
         .pull(&reference, &insecure(&registry), &|event| {
-            first.record(event)
+            first.record(event);
         })
         .await
         .unwrap();
@@ -136,7 +136,7 @@ async fn pull_unpacks_layers_keeps_config_and_caches() {
     let second = Recorder::default();
     let again = store
         .pull(&reference, &insecure(&registry), &|event| {
-            second.record(event)
+            second.record(event);
         })
         .await
         .unwrap();
@@ -161,7 +161,7 @@ async fn concurrent_pulls_share_one_download() {
     let rootfs = tempfile::tempdir().unwrap();
     // Incompressible data so the download takes long enough for the pulls to overlap.
     let noise: Vec<u8> = (0..24u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
         .collect();
     fs::write(rootfs.path().join("noise"), &noise).unwrap();
     let reference = registry

@@ -99,7 +99,9 @@ pub(crate) fn encode_header(frame: &Frame) -> io::Result<[u8; 5]> {
         )));
     }
     let mut header = [0u8; 5];
-    header[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    // MAX_FRAME_LEN fits in a u32, so this cannot fail past the check above.
+    let len = u32::try_from(len).map_err(|_| invalid(format!("frame of {len} bytes")))?;
+    header[..4].copy_from_slice(&len.to_be_bytes());
     header[4] = kind;
     Ok(header)
 }
@@ -276,7 +278,7 @@ mod tests {
     fn rejects_bad_frames() {
         let oversized = Frame::Stdout(vec![0; MAX_FRAME_LEN]);
         assert!(write_frame(&mut Vec::new(), &oversized).is_err());
-        let too_long = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        let too_long = u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_be_bytes();
         assert_eq!(
             read_frame(&mut &too_long[..]).unwrap_err().kind(),
             io::ErrorKind::InvalidData

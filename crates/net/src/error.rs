@@ -1,3 +1,6 @@
+//! Machine networking's errors: bad configuration, failed `ip`/`nft` runs
+//! (with the script that failed), and leftovers after a teardown.
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong while setting up or tearing down machine networking.

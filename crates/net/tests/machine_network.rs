@@ -252,7 +252,7 @@ async fn attach_latency_is_reported() {
         "attach latency over {} fresh machines: min {:?}, mean {:?}, max {:?}",
         timings.len(),
         timings.iter().min().unwrap(),
-        total / timings.len() as u32,
+        total / u32::try_from(timings.len()).unwrap(),
         timings.iter().max().unwrap()
     );
     let started = Instant::now();

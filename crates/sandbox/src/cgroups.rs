@@ -22,6 +22,7 @@ impl CgroupFs {
         CgroupFs { root, unified }
     }
 
+    #[cfg(test)]
     pub fn is_unified(&self) -> bool {
         self.unified
     }

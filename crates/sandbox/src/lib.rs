@@ -8,6 +8,7 @@
 //! without holding up the next. Nothing of runc leaks out of this crate: the
 //! agent sees [`midge_driver`]'s handles only.
 
+pub mod baseline;
 mod cgroups;
 mod exec_fifo;
 pub mod init_binary;

@@ -214,7 +214,7 @@ struct Channels {
 /// Makes a FIFO and opens it read-write without blocking: holding both ends
 /// here means it never reads as closed before init wrote, and init's open
 /// never blocks (init's death shows on its pidfd instead).
-fn open_fifo(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
+fn open_fifo(path: &Path) -> Result<std::fs::File, DriverError> {
     let action = format!("creating {}", path.display());
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(DriverError::while_doing(&action))?;

@@ -1,3 +1,7 @@
+//! The catalog: orgs (each with a 6PN network number), hashed API tokens and
+//! apps, in one SQLite file. It holds no machine state: machines belong to
+//! their host's agent.
+
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -76,6 +80,12 @@ pub struct AppRecord {
 /// The catalog store: one SQLite file.
 pub struct Catalog {
     conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
 }
 
 impl Catalog {

@@ -1,3 +1,5 @@
+//! The catalog's errors; the API crate turns them into Fly API errors.
+
 use std::path::PathBuf;
 
 /// What went wrong in the catalog.

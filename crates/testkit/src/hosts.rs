@@ -13,6 +13,7 @@ const POOL_DIR: &str = "/run/midge-test-pools";
 const POOL_COUNT: u32 = 1024;
 
 /// A /24 IPv4 pool reserved for one test agent until dropped.
+#[derive(Debug)]
 pub struct PoolLease {
     index: u32,
 }
@@ -278,7 +279,7 @@ pub fn remove_all_test_resources() {
     prefixes.sort();
     prefixes.dedup();
     for prefix in prefixes {
-        remove_host_resources(&prefix, std::path::Path::new("/nonexistent"));
+        remove_host_resources(&prefix, Path::new("/nonexistent"));
     }
     for mount in mount_points()
         .into_iter()

@@ -1,3 +1,6 @@
+//! Unique resource prefixes, so every test's host resources can be told
+//! apart, checked and removed.
+
 use rand::Rng;
 use rand::distr::Alphanumeric;
 

@@ -28,6 +28,7 @@ const TEST_REGISTRY_HTPASSWD: &str =
     "midge:$2b$04$HbDd9S3UaceZhDENvSmteuWBhS2HYJFFLUYmeDiB1BgUlk9c24ksG\n";
 
 /// A running registry. Dropping it stops the process and removes its storage.
+#[derive(Debug)]
 pub struct TestRegistry {
     /// "127.0.0.1:PORT"
     pub addr: String,
@@ -261,7 +262,7 @@ fn spawn_tied_to_process(config: &Path, log: std::fs::File) -> Result<(i32, Join
         .name("test-registry".to_string())
         .spawn(move || match command.spawn() {
             Ok(mut child) => {
-                let _ = sender.send(Ok(child.id() as i32));
+                let _ = sender.send(Ok(i32::try_from(child.id()).unwrap_or(i32::MAX)));
                 let _ = child.wait();
             }
             Err(err) => {

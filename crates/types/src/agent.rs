@@ -35,10 +35,6 @@ pub struct Owner {
     pub org_network: u32,
 }
 
-/// Lease nonce sent by the caller (`fly-machine-lease-nonce`), checked on
-/// every mutation of a leased machine.
-pub type LeaseNonce = Option<String>;
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateMachine {
     pub owner: Owner,
@@ -92,15 +88,19 @@ pub struct MachineCounts {
 pub struct UpdateMachine {
     pub machine: MachineKey,
     pub request: CreateMachineRequest,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartMachine {
     pub machine: MachineKey,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,8 +108,10 @@ pub struct StopMachine {
     pub machine: MachineKey,
     #[serde(default)]
     pub request: StopRequest,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,23 +123,29 @@ pub struct RestartMachine {
     /// How long the stop may take before SIGKILL.
     #[serde(default)]
     pub timeout: Option<GoDuration>,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignalMachine {
     pub machine: MachineKey,
     pub signal: Signal,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuspendMachine {
     pub machine: MachineKey,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,16 +154,20 @@ pub struct DestroyMachine {
     /// Kill a running machine instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CordonMachine {
     pub machine: MachineKey,
     pub cordoned: bool,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 /// What `wait` waits for.
@@ -195,15 +207,19 @@ pub struct AcquireLease {
     #[serde(default)]
     pub description: String,
     /// The current lease's nonce, to refresh it.
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseLease {
     pub machine: MachineKey,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 /// A merge into the current version's metadata.
@@ -215,8 +231,10 @@ pub struct UpdateMetadata {
     /// When given, must be the current version.
     #[serde(default)]
     pub machine_version: Option<String>,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 /// Machine metadata, as stored in the config.
@@ -229,8 +247,10 @@ pub struct ExecMachine {
     #[serde(default)]
     pub stdin: Option<String>,
     pub timeout: GoDuration,
+    /// The lease nonce the caller sent (`fly-machine-lease-nonce`); a leased
+    /// machine refuses mutations without it.
     #[serde(default)]
-    pub nonce: LeaseNonce,
+    pub nonce: Option<String>,
 }
 
 /// An interactive exec with a terminal.

@@ -1,3 +1,5 @@
+//! Go-style durations (`"1m30s"`), as Fly configs and query parameters carry them.
+
 use std::fmt;
 use std::time::Duration;
 
@@ -22,7 +24,10 @@ impl GoDuration {
             if secs < 0.0 || !secs.is_finite() {
                 return Err(format!("invalid duration {text:?}"));
             }
-            return Ok(Self(Duration::from_secs_f64(secs)));
+            // Huge values are out of range, not a panic.
+            return Duration::try_from_secs_f64(secs)
+                .map(Self)
+                .map_err(|_| format!("invalid duration {text:?}: out of range"));
         }
         text.parse()
     }
@@ -67,7 +72,9 @@ impl std::str::FromStr for GoDuration {
             total += value * nanos_per_unit;
             rest = &rest[unit_len..];
         }
-        Ok(Self(Duration::from_nanos(total as u64)))
+        Duration::try_from_secs_f64(total / 1e9)
+            .map(Self)
+            .map_err(|_| format!("invalid duration {text:?}: out of range"))
     }
 }
 
@@ -113,7 +120,9 @@ impl<'de> Deserialize<'de> for GoDuration {
                 if v < 0.0 || !v.is_finite() {
                     return Err(E::custom("duration must not be negative"));
                 }
-                Ok(GoDuration(Duration::from_nanos(v as u64)))
+                Duration::try_from_secs_f64(v / 1e9)
+                    .map(GoDuration)
+                    .map_err(|_| E::custom("duration out of range"))
             }
         }
         deserializer.deserialize_any(DurationVisitor)
@@ -149,5 +158,14 @@ mod tests {
             serde_json::to_string(&GoDuration::from_secs(7)).unwrap(),
             "\"7s\""
         );
+    }
+
+    #[test]
+    fn out_of_range_durations_are_errors_not_panics() {
+        assert!(GoDuration::parse_lenient("1e300").is_err());
+        assert!(GoDuration::parse_lenient("inf").is_err());
+        assert!(GoDuration::parse_lenient("-1").is_err());
+        assert!("99999999999999999999h".parse::<GoDuration>().is_err());
+        assert!(serde_json::from_str::<GoDuration>("1e300").is_err());
     }
 }

@@ -1,3 +1,6 @@
+//! Fly API errors: the gRPC-style code, the message and the HTTP status they
+//! are answered with. Only the API edge makes them.
+
 use serde::{Deserialize, Serialize};
 
 /// The gRPC-style code flyd puts in front of its error messages; it also picks

@@ -1,3 +1,5 @@
+//! Deserializing `null` as the empty value, as Fly's clients send it.
+
 use serde::{Deserialize, Deserializer};
 
 /// Clients (fly-go among them) send `null` for empty maps and lists; treat it as

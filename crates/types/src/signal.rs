@@ -1,3 +1,5 @@
+//! POSIX signals as the API accepts them: names or numbers.
+
 use std::fmt;
 
 use serde::de::{self, Visitor};

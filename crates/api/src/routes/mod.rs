@@ -1,3 +1,5 @@
+//! The route handlers, one module per resource of the Fly Machines API.
+
 pub mod apps;
 pub mod exec;
 pub mod images;

@@ -151,7 +151,7 @@ impl Spec {
                         .violations
                         .push(format!("{member_at}: property not allowed")),
                     Some(extra) if extra.is_object() => {
-                        self.validate(extra, member, &member_at, findings)
+                        self.validate(extra, member, &member_at, findings);
                     }
                     // Only objects the spec describes property by property
                     // can have undocumented members.

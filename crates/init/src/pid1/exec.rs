@@ -99,13 +99,13 @@ impl ExecSession {
         if let Some(stdout) = launched.stdout.take() {
             let writer = writer.clone();
             readers.spawn("exec-stdout", move || {
-                stream_to(stdout, writer, Frame::Stdout)
+                stream_to(stdout, writer, Frame::Stdout);
             });
         }
         if let Some(stderr) = launched.stderr.take() {
             let writer = writer.clone();
             readers.spawn("exec-stderr", move || {
-                stream_to(stderr, writer, Frame::Stderr)
+                stream_to(stderr, writer, Frame::Stderr);
             });
         }
         if let Some(master) = launched.pty_master.take() {

@@ -109,7 +109,8 @@ pub fn launch(
     // Drop our copies of the pty slave so the master sees EOF when the child is done.
     drop(command);
     Ok(Launched {
-        pid: child.id() as i32,
+        pid: i32::try_from(child.id())
+            .map_err(|_| LaunchError::not_found("the program's pid does not fit a pid_t"))?,
         exit,
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),

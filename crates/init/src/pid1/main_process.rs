@@ -80,7 +80,9 @@ impl MainProcess {
     pub fn status(&self) -> MainStatus {
         let state = self.state();
         let uptime_ms = match (state.running, state.started_at) {
-            (true, Some(started)) => started.elapsed().as_millis() as u64,
+            (true, Some(started)) => {
+                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }
             _ => 0,
         };
         MainStatus {

@@ -168,19 +168,19 @@ fn launch_main(
     if let Some(stdout) = launched.stdout.take() {
         let logger = logger.clone();
         readers.spawn("stdout", move || {
-            log_stream(stdout, LogStream::Stdout, &logger)
+            log_stream(stdout, LogStream::Stdout, &logger);
         });
     }
     if let Some(stderr) = launched.stderr.take() {
         let logger = logger.clone();
         readers.spawn("stderr", move || {
-            log_stream(stderr, LogStream::Stderr, &logger)
+            log_stream(stderr, LogStream::Stderr, &logger);
         });
     }
     if let Some(master) = launched.pty_master.take() {
         let logger = logger.clone();
         readers.spawn("terminal", move || {
-            log_stream(master, LogStream::Stdout, &logger)
+            log_stream(master, LogStream::Stdout, &logger);
         });
     }
     Ok(Running {

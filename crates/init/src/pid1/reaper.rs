@@ -54,7 +54,8 @@ impl Reaper {
         let mut waiters = self.waiters();
         let child = command.spawn()?;
         let (sender, receiver) = mpsc::channel();
-        waiters.insert(child.id() as i32, sender);
+        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+        waiters.insert(pid, sender);
         Ok((child, receiver))
     }
 

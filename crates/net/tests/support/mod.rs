@@ -83,7 +83,7 @@ fn unique_pool() -> Ipv4Pool {
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    let octet = (NEXT.fetch_add(1, Ordering::SeqCst) % 256) as u8;
+    let octet = u8::try_from(NEXT.fetch_add(1, Ordering::SeqCst) % 256).expect("below 256");
     Ipv4Pool::new(Ipv4Addr::new(172, 19, octet, 0), 24).expect("valid pool")
 }
 

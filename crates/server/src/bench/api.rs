@@ -68,6 +68,12 @@ impl Timings {
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.samples.clone();
         sorted.sort();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "a rank within a short list"
+        )]
         let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
         sorted[rank.min(sorted.len() - 1)]
     }
@@ -223,7 +229,7 @@ async fn measure(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<Str
             "\n{n} concurrent creates → all started: {:.2} s total, {} per machine\n\
              create → started per machine: p50 {}, p99 {}",
             burst.wall.as_secs_f64(),
-            ms(burst.wall / burst.samples.len() as u32),
+            ms(burst.wall / u32::try_from(burst.samples.len()).unwrap_or(u32::MAX)),
             ms(burst.percentile(50.0)),
             ms(burst.percentile(99.0)),
             n = burst.samples.len(),

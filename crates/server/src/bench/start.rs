@@ -15,7 +15,6 @@
 //! slower by a quarter, which would favour whichever side did not idle.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -181,7 +180,10 @@ async fn measure_prepared(
         .get(SHELL_IMAGE)?
         .context("shell image missing after import")?;
     eprintln!("bare runc run: {n} runs");
-    let baseline = bare_runc(&image.layers, scratch, n, &options.prefix).await?;
+    let baseline =
+        midge_sandbox::baseline::bare_runc_run(&image.layers, scratch, n, &options.prefix)
+            .await
+            .context("timing bare runc run")?;
     rows.push((
         "bare runc run --detach (baseline)".into(),
         Samples(baseline),
@@ -278,61 +280,4 @@ async fn measure_cold(
     api.client.destroy_machine(APP, &id, true, None).await?;
     api.stop().await;
     Ok(())
-}
-
-/// Bare `runc run --detach` of the same rootfs with the same program, from
-/// spawning runc until it returns with the container running.
-async fn bare_runc(
-    layers: &[std::path::PathBuf],
-    scratch: &Path,
-    n: usize,
-    prefix: &str,
-) -> anyhow::Result<Vec<Duration>> {
-    let rootfs = layers.first().context("shell image has no layer")?;
-    let bundle = scratch.join("bare-bundle");
-    let state = scratch.join("bare-runc-state");
-    std::fs::create_dir_all(&bundle)?;
-    let status = tokio::process::Command::new("runc")
-        .arg("spec")
-        .arg("--bundle")
-        .arg(&bundle)
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("runc spec failed");
-    }
-    let spec_path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["/bin/sleep", "3600"]);
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{prefix}/bare"));
-    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("{prefix}-bare-{i}");
-        let begun = Instant::now();
-        let status = tokio::process::Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["run", "--detach", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await?;
-        samples.push(begun.elapsed());
-        if !status.success() {
-            bail!("bare runc run failed");
-        }
-        tokio::process::Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["delete", "--force", &id])
-            .status()
-            .await?;
-    }
-    Ok(samples)
 }
