@@ -310,7 +310,7 @@ impl Server {
             "one host veth per machine namespace"
         );
 
-        let containers = host::runc_containers(
+        let containers = host::containers(
             &self.prefix,
             &self.data_dir().join("agent").join("machines"),
         );
@@ -412,31 +412,14 @@ mod host {
     }
 
     /// Machine id → runc status of the prefix's containers.
-    /// `(machine id, status)` of every container; a machine's runs are
-    /// containers named `<prefix>-<machine>-<run>`. A run prepared ahead
-    /// of its start runs too (its init waits); it reads as `prepared`, told
-    /// apart by the `launched` marker a launched run has in its run dir.
-    pub fn runc_containers(prefix: &str, machines_dir: &Path) -> Vec<(String, String)> {
-        let root = format!("/run/midge/{prefix}/runc");
-        let text = run("runc", &["--root", &root, "list", "--format", "json"]);
-        let list: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_default();
-        let own = format!("{prefix}-");
-        list.iter()
-            .filter_map(|c| {
-                let id = c["id"].as_str()?.strip_prefix(&own)?;
-                let (machine, run) = id.rsplit_once('-')?;
-                let launched = machines_dir
-                    .join(machine)
-                    .join("runs")
-                    .join(run)
-                    .join("launched")
-                    .exists();
-                let status = match c["status"].as_str()? {
-                    "running" if !launched => "prepared",
-                    status => status,
-                };
-                Some((machine.to_string(), status.to_string()))
-            })
+    /// `(machine id, status)` of every container, as the sandbox driver
+    /// reads its host: a run prepared ahead of its start is `prepared`.
+    pub fn containers(prefix: &str, machines_dir: &Path) -> Vec<(String, String)> {
+        let state_dir = Path::new("/run/midge").join(prefix);
+        midge_sandbox::inspect::runs(&state_dir, prefix, Some(machines_dir))
+            .expect("listing the host's containers")
+            .into_iter()
+            .filter_map(|run| Some((run.machine_id?, run.status)))
             .collect()
     }
 
@@ -564,7 +547,7 @@ async fn sigkill_keeps_every_record_and_running_machine() {
     server.assert_host_matches_records().await;
 
     server.kill_9();
-    let containers = host::runc_containers(
+    let containers = host::containers(
         &server.prefix,
         &server.data_dir().join("agent").join("machines"),
     );

@@ -12,6 +12,7 @@ pub mod baseline;
 mod cgroups;
 mod exec_fifo;
 pub mod init_binary;
+pub mod inspect;
 mod layout;
 mod oci_spec;
 mod pidfd;

@@ -67,8 +67,10 @@ fn run(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn runc_root(prefix: &str) -> String {
-    format!("/run/midge/{prefix}/runc")
+/// The sandbox driver's state dir of a prefix, as `midge up` and the tests
+/// place it.
+fn sandbox_state_dir(prefix: &str) -> std::path::PathBuf {
+    Path::new("/run/midge").join(prefix)
 }
 
 fn netns_names() -> Vec<String> {
@@ -159,12 +161,9 @@ fn remove_cgroup_tree(dir: &Path) {
 /// Removes every host resource named by `prefix` (containers, mounts under
 /// `data_dir`, namespaces, veths, the nftables table, cgroups).
 pub fn remove_host_resources(prefix: &str, data_dir: &Path) {
-    let root = runc_root(prefix);
-    // runc commands of a stopped agent run on; one finishing after the
-    // cleanup would leave its container (or state dir) behind.
-    wait_for_runc_commands(&root, std::time::Duration::from_secs(10));
-    for id in run("runc", &["--root", &root, "list", "-q"]).lines() {
-        run("runc", &["--root", &root, "delete", "--force", id.trim()]);
+    // Containers a stopped agent's commands are still creating are waited for.
+    if let Err(error) = midge_sandbox::inspect::remove_all(&sandbox_state_dir(prefix), prefix) {
+        eprintln!("removing the containers of {prefix}: {error}");
     }
     let _ = std::fs::remove_dir_all(format!("/run/midge/{prefix}"));
     let data_dir = data_dir.display().to_string();
@@ -235,10 +234,14 @@ pub fn leftovers() -> Vec<String> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with(family) {
-                for id in run("runc", &["--root", &runc_root(&name), "list", "-q"]).lines() {
-                    found.push(format!("runc container {id}"));
+                match midge_sandbox::inspect::runs(&entry.path(), &name, None) {
+                    Ok(runs) => found.extend(
+                        runs.into_iter()
+                            .map(|run| format!("container {} ({})", run.container_id, run.status)),
+                    ),
+                    Err(error) => found.push(format!("containers of {name}: cannot tell: {error}")),
                 }
-                found.push(format!("runc state dir /run/midge/{name}"));
+                found.push(format!("driver state dir /run/midge/{name}"));
             }
         }
     }
@@ -293,25 +296,4 @@ pub fn remove_all_test_resources() {
     {
         run("ip", &["link", "delete", &veth]);
     }
-}
-
-/// Waits until no `runc --root <root> …` command runs.
-fn wait_for_runc_commands(root: &str, timeout: std::time::Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline && runc_command_running(root) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-fn runc_command_running(root: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(2)
-                .any(|pair| pair[0] == b"--root" && pair[1] == root.as_bytes())
-        })
-    })
 }
