@@ -58,6 +58,27 @@ impl fmt::Display for Operation {
     }
 }
 
+/// What kind of failure an error is: what the API answers it with, and what
+/// travels when an agent on another host answers a call with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    Invalid,
+    /// The machine's state (or version) does not allow it.
+    Precondition,
+    /// Someone else holds the lease, or the name or version conflicts.
+    Conflict,
+    InsufficientCapacity,
+    ImageUnavailable,
+    ProgramFailed,
+    Unsupported,
+    DeadlineExceeded,
+    /// The host (or agent) cannot be reached or is going away; retry later.
+    Unavailable,
+    Internal,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("machine not found")]
@@ -119,6 +140,13 @@ pub enum AgentError {
     DeadlineExceeded(String),
     #[error("the host agent is shutting down")]
     ShuttingDown,
+    /// The machine's host cannot be reached now.
+    #[error("host {host} is unreachable: {detail}")]
+    HostUnavailable { host: String, detail: String },
+    /// An agent on another host answered with this error (its message
+    /// already carries the whole chain).
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
     /// The host failed at something it should have been able to do.
     #[error("{action}")]
     Host {
@@ -130,6 +158,30 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::MachineNotFound
+            | AgentError::VersionNotFound(_)
+            | AgentError::LeaseNotFound => ErrorKind::NotFound,
+            AgentError::Invalid(_) => ErrorKind::Invalid,
+            AgentError::WrongState { .. }
+            | AgentError::NotRunning { .. }
+            | AgentError::StillRunning { .. }
+            | AgentError::NotCurrentVersion { .. } => ErrorKind::Precondition,
+            AgentError::LeaseHeld { .. }
+            | AgentError::NameTaken(_)
+            | AgentError::VersionMismatch { .. } => ErrorKind::Conflict,
+            AgentError::InsufficientCapacity { .. } => ErrorKind::InsufficientCapacity,
+            AgentError::ImageUnavailable { .. } => ErrorKind::ImageUnavailable,
+            AgentError::ProgramFailed(_) => ErrorKind::ProgramFailed,
+            AgentError::Unsupported { .. } => ErrorKind::Unsupported,
+            AgentError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            AgentError::ShuttingDown | AgentError::HostUnavailable { .. } => ErrorKind::Unavailable,
+            AgentError::Host { .. } => ErrorKind::Internal,
+            AgentError::Remote { kind, .. } => *kind,
+        }
+    }
+
     /// A host failure while doing `action`.
     pub fn host(action: impl Into<String>, source: impl Into<BoxError>) -> AgentError {
         AgentError::Host {

@@ -24,7 +24,7 @@ use midge_types::{
 };
 use tokio::sync::mpsc;
 
-pub use error::{AgentError, BoxError, Operation};
+pub use error::{AgentError, BoxError, ErrorKind, Operation};
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 

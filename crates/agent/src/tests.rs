@@ -3,18 +3,14 @@
 //! network that record what they are asked. (The same behaviour on real
 //! runc sandboxes is tested in `tests/machines.rs`.)
 
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use midge_agent_api::{AgentError, HostAgent};
 use midge_driver::fake::{FakeCall, FakeDriver};
 use midge_driver::{DriverError, ExitStatus};
 use midge_image::{ImageConfig, ImageStore};
-use midge_net::{MachineNet, MachineNetwork, NetError};
+use midge_net::fake::FakeNetwork;
 use midge_types::agent::{
     CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, MachineKey, Owner,
     RestartMachine, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
@@ -30,60 +26,6 @@ use crate::{Agent, AgentConfig, HostParts};
 
 const APP: &str = "app";
 const IMAGE: &str = "test/image:latest";
-
-/// Machine networking that only remembers which machines are attached.
-#[derive(Debug, Default, Clone)]
-struct FakeNetwork {
-    attached: Arc<Mutex<HashSet<String>>>,
-    detached: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeNetwork {
-    fn is_attached_id(&self, id: &str) -> bool {
-        self.attached.lock().unwrap().contains(id)
-    }
-}
-
-#[async_trait]
-impl MachineNetwork for FakeNetwork {
-    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError> {
-        Ok(MachineNet {
-            netns: format!("fake-{machine_id}"),
-            netns_path: PathBuf::from(format!("/nonexistent/netns/fake-{machine_id}")),
-            host_veth: format!("fake{slot}"),
-            ipv4: Ipv4Addr::new(10, 0, 0, 2),
-            gateway_v4: Ipv4Addr::new(10, 0, 0, 1),
-            ipv6: midge_net::private_ip(1, org_network, slot),
-            gateway_v6: Ipv6Addr::LOCALHOST,
-            mtu: 1420,
-        })
-    }
-
-    async fn attach(&self, machine_id: &str, slot: u32, org: u32) -> Result<MachineNet, NetError> {
-        self.attached.lock().unwrap().insert(machine_id.to_string());
-        self.plan(machine_id, slot, org)
-    }
-
-    async fn is_attached(&self, net: &MachineNet) -> bool {
-        let id = net.netns.trim_start_matches("fake-");
-        self.is_attached_id(id)
-    }
-
-    async fn detach(&self, machine_id: &str) -> Result<(), NetError> {
-        self.attached.lock().unwrap().remove(machine_id);
-        self.detached.lock().unwrap().push(machine_id.to_string());
-        Ok(())
-    }
-
-    async fn attached_machines(&self) -> Result<Vec<String>, NetError> {
-        Ok(self.attached.lock().unwrap().iter().cloned().collect())
-    }
-
-    async fn teardown(&self) -> Result<(), NetError> {
-        self.attached.lock().unwrap().clear();
-        Ok(())
-    }
-}
 
 /// An agent over the fakes and a temp dir with a tiny image in its store.
 struct Bed {

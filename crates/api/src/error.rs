@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use midge_agent_api::AgentError;
+use midge_agent_api::{AgentError, ErrorKind};
 use midge_store::StoreError;
 use midge_types::{ApiError, ErrorCode};
 
@@ -59,28 +59,19 @@ impl From<AgentError> for Error {
     /// The one place agent errors become Fly API errors.
     fn from(error: AgentError) -> Self {
         let message = error.chain();
-        let api_error = match &error {
-            AgentError::MachineNotFound
-            | AgentError::VersionNotFound(_)
-            | AgentError::LeaseNotFound => ApiError::not_found(message),
-            AgentError::Invalid(_) | AgentError::ImageUnavailable { .. } => {
-                ApiError::invalid(message)
-            }
-            AgentError::WrongState { .. }
-            | AgentError::NotRunning { .. }
-            | AgentError::StillRunning { .. }
-            | AgentError::NotCurrentVersion { .. } => ApiError::precondition(message),
-            AgentError::LeaseHeld { .. }
-            | AgentError::NameTaken(_)
-            | AgentError::VersionMismatch { .. } => ApiError::aborted(message),
-            AgentError::InsufficientCapacity { .. } => {
+        let api_error = match error.kind() {
+            ErrorKind::NotFound => ApiError::not_found(message),
+            ErrorKind::Invalid | ErrorKind::ImageUnavailable => ApiError::invalid(message),
+            ErrorKind::Precondition => ApiError::precondition(message),
+            ErrorKind::Conflict => ApiError::aborted(message),
+            ErrorKind::InsufficientCapacity => {
                 ApiError::precondition(message).with_status("insufficient_capacity")
             }
-            AgentError::ProgramFailed(_) => ApiError::new(ErrorCode::Unprocessable, message),
-            AgentError::Unsupported { .. } => ApiError::new(ErrorCode::Unimplemented, message),
-            AgentError::DeadlineExceeded(_) => ApiError::new(ErrorCode::DeadlineExceeded, message),
-            AgentError::ShuttingDown => ApiError::new(ErrorCode::Unavailable, message),
-            AgentError::Host { .. } => {
+            ErrorKind::ProgramFailed => ApiError::new(ErrorCode::Unprocessable, message),
+            ErrorKind::Unsupported => ApiError::new(ErrorCode::Unimplemented, message),
+            ErrorKind::DeadlineExceeded => ApiError::new(ErrorCode::DeadlineExceeded, message),
+            ErrorKind::Unavailable => ApiError::new(ErrorCode::Unavailable, message),
+            ErrorKind::Internal => {
                 tracing::error!(error = %message, "host agent failure");
                 ApiError::internal(message)
             }

@@ -9,6 +9,8 @@
 mod addressing;
 mod command;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 mod firewall;
 mod links;
 mod names;
