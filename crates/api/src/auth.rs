@@ -29,7 +29,8 @@ impl FromRequestParts<ApiState> for Caller {
         })?;
         let identity = state
             .catalog
-            .authenticate(token)?
+            .authenticate(token)
+            .await?
             .ok_or_else(|| Error::unauthenticated("token validation error"))?;
         Ok(Caller { identity })
     }
@@ -66,7 +67,7 @@ impl Caller {
 
     /// The org a request names (`personal` or none meaning the caller's own),
     /// provided the caller may act in it.
-    pub fn org(&self, catalog: &Catalog, requested: Option<&str>) -> Result<Org, Error> {
+    pub async fn org(&self, catalog: &dyn Catalog, requested: Option<&str>) -> Result<Org, Error> {
         let requested = requested.map(str::trim).filter(|slug| !slug.is_empty());
         let slug = match (&self.identity.principal, requested) {
             (Principal::Admin, None) => PERSONAL_ORG,
@@ -80,7 +81,8 @@ impl Caller {
             }
         };
         catalog
-            .get_org(slug)?
+            .get_org(slug)
+            .await?
             .ok_or_else(|| Error::not_found(format!("org {slug:?} not found")))
     }
 

@@ -46,9 +46,18 @@ impl From<StoreError> for Error {
             StoreError::OrgExists(_) => ApiError::new(ErrorCode::Unprocessable, error.to_string()),
             StoreError::OrgNotFound(_) => ApiError::not_found(error.to_string()),
             StoreError::Invalid(_) => ApiError::invalid(error.to_string()),
-            StoreError::Open { .. } | StoreError::Sqlite { .. } => {
-                tracing::error!(%error, "catalog failure");
-                ApiError::internal(error.to_string())
+            StoreError::HostNotFound(_) => ApiError::not_found(error.to_string()),
+            StoreError::Unauthorized(_) => {
+                ApiError::new(ErrorCode::Unauthenticated, error.to_string())
+            }
+            StoreError::Open { .. }
+            | StoreError::Sqlite { .. }
+            | StoreError::Postgres { .. }
+            | StoreError::Pool { .. }
+            | StoreError::Corrupt { .. } => {
+                let message = AgentError::host("the catalog", error).chain();
+                tracing::error!(error = %message, "catalog failure");
+                ApiError::internal(message)
             }
         };
         Error(api_error)

@@ -15,7 +15,7 @@ use crate::extract::MachinePath;
 /// operations go to (never a driver).
 #[derive(Clone)]
 pub struct ApiState {
-    pub catalog: Arc<Catalog>,
+    pub catalog: Arc<dyn Catalog>,
     pub agent: Arc<dyn HostAgent>,
 }
 
@@ -42,17 +42,18 @@ impl MachineTarget {
 }
 
 impl ApiState {
-    pub fn new(catalog: Arc<Catalog>, agent: Arc<dyn HostAgent>) -> Self {
+    pub fn new(catalog: Arc<dyn Catalog>, agent: Arc<dyn HostAgent>) -> Self {
         ApiState { catalog, agent }
     }
 
     /// The app named in a path, provided it exists (404) and the caller may
     /// see it (403).
-    pub(crate) fn app(&self, caller: &Caller, name: &str) -> Result<AppRecord, Error> {
+    pub(crate) async fn app(&self, caller: &Caller, name: &str) -> Result<AppRecord, Error> {
         validate_app_name(name).map_err(Error::invalid)?;
         let app = self
             .catalog
-            .get_app(name)?
+            .get_app(name)
+            .await?
             .ok_or_else(|| Error::not_found(format!("Could not find App {name:?}")))?;
         caller.check_app(&app)?;
         Ok(app)
@@ -64,7 +65,7 @@ impl ApiState {
         caller: &Caller,
         path: &MachinePath,
     ) -> Result<MachineTarget, Error> {
-        let app = self.app(caller, &path.app)?;
+        let app = self.app(caller, &path.app).await?;
         validate_machine_ref(&path.machine)?;
         let id = self
             .agent

@@ -355,8 +355,8 @@ async fn org_tokens_reach_nothing_of_another_org_and_admins_reach_all() {
         .await
         .expect(200);
     assert_eq!(lease.body["data"]["nonce"], nonce_b.as_str());
-    assert!(h.catalog.get_app(APP_B).unwrap().is_some());
-    assert!(h.catalog.get_app("planted").unwrap().is_none());
+    assert!(h.catalog.get_app(APP_B).await.unwrap().is_some());
+    assert!(h.catalog.get_app("planted").await.unwrap().is_none());
 
     // B is refused A's machine the same way.
     let id_a = machine_a["id"].as_str().unwrap();

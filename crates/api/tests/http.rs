@@ -41,7 +41,7 @@ async fn requests_without_a_valid_token_are_401_json() {
 #[tokio::test]
 async fn org_tokens_see_only_their_org() {
     let h = Harness::new().await;
-    let acme = h.org_token("acme");
+    let acme = h.org_token("acme").await;
     h.create_app(&acme, "acme-web").await;
     h.create_app(&h.admin, "admin-web").await;
 
@@ -138,7 +138,7 @@ async fn apps_create_get_list_delete() {
         )
         .await;
     assert_eq!(legacy.status, StatusCode::CREATED);
-    assert!(h.catalog.get_app("legacy-app").unwrap().is_some());
+    assert!(h.catalog.get_app("legacy-app").await.unwrap().is_some());
 
     let list: midge_types::apps::ListAppsResponse = serde_json::from_value(
         h.admin("GET", "/v1/apps?org_slug=personal", None)
@@ -203,7 +203,7 @@ async fn bad_app_input_is_400_json() {
         .await
         .assert_error(400);
     assert!(
-        h.catalog.get_app("target").unwrap().is_some(),
+        h.catalog.get_app("target").await.unwrap().is_some(),
         "a rejected delete deleted the app"
     );
 }
@@ -494,7 +494,12 @@ async fn orgs_and_tokens_are_admin_only() {
     let acme = token.body["token"].as_str().unwrap().to_string();
     h.create_app(&acme, "acme-app").await;
     assert_eq!(
-        h.catalog.get_app("acme-app").unwrap().unwrap().org_slug,
+        h.catalog
+            .get_app("acme-app")
+            .await
+            .unwrap()
+            .unwrap()
+            .org_slug,
         "acme"
     );
 
@@ -646,7 +651,7 @@ async fn serves_over_tcp_until_shut_down() {
     );
     let created = raw_request(addr, &create).await;
     assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    assert!(h.catalog.get_app("over-tcp").unwrap().is_some());
+    assert!(h.catalog.get_app("over-tcp").await.unwrap().is_some());
 
     stop.send(()).unwrap();
     server.await.unwrap().expect("server ended cleanly");

@@ -110,7 +110,7 @@ async fn machine_lifecycle_over_http() {
     // An app with a started machine is not deleted without force.
     let refused = h.admin("DELETE", &format!("/v1/apps/{APP}"), None).await;
     refused.assert_error(412);
-    assert!(h.catalog.get_app(APP).unwrap().is_some());
+    assert!(h.catalog.get_app(APP).await.unwrap().is_some());
 
     // Exec: argv, the legacy cmd string, stdin.
     let exec = async |body: Value| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use midge_client::ClientConfig;
-use midge_store::Catalog;
+use midge_store::{Catalog, SqliteCatalog};
 
 use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
@@ -45,8 +45,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::init_logging();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let catalog =
-        Arc::new(Catalog::open(args.data_dir.join("catalog.db")).context("opening the catalog")?);
+    let catalog = Arc::new(
+        SqliteCatalog::open(args.data_dir.join("catalog.db")).context("opening the catalog")?,
+    );
     let mut config = HostConfig::new(args.data_dir.join("agent"));
     config.region = args.region.clone();
     config.resource_prefix = args.resource_prefix.clone();
@@ -64,6 +65,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()
+        .await
         .context("creating the admin token")?
     {
         Some(token) => {

@@ -1,15 +1,118 @@
-//! The catalog: orgs, tokens and apps in SQLite.
+//! The catalog: orgs, tokens and apps, and for a cluster its hosts, the
+//! machine → host index (with each machine's last reported record) and the
+//! intents waiting for unreachable hosts.
 //!
-//! One SQLite file in WAL mode with `synchronous=NORMAL`: every committed
-//! write is in the WAL before the call returns, so it survives the process
-//! being killed (an OS crash may lose the last transactions, never corrupt).
+//! One trait, [`Catalog`], two engines that pass one conformance suite:
+//! SQLite (one file in WAL mode, the default of `midge up`) and PostgreSQL
+//! (tokio-postgres with a deadpool pool, for API servers sharing a catalog).
+//! Machine state lives first on each host's agent; the catalog holds what
+//! the API needs to answer when a host is down.
 
-mod catalog;
 mod error;
+mod model;
 mod names;
-mod schema;
+mod postgres;
+mod postgres_schema;
+mod sqlite;
+mod sqlite_schema;
 mod tokens;
 
-pub use catalog::{AppRecord, Catalog, Identity, NewApp, Org, PERSONAL_ORG, Principal, TokenScope};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
 pub use error::StoreError;
+pub use model::{
+    AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
+    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
+};
 pub use names::{validate_app_name, validate_org_slug};
+pub use postgres::PostgresCatalog;
+pub use sqlite::SqliteCatalog;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a catalog lives: `postgres://…` (or `postgresql://…`), else a
+/// SQLite file path (optionally written `sqlite:PATH`).
+pub async fn open(url: &str) -> Result<Arc<dyn Catalog>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresCatalog::connect(url).await?))
+    } else {
+        let path = url.strip_prefix("sqlite:").unwrap_or(url);
+        Ok(Arc::new(SqliteCatalog::open(path)?))
+    }
+}
+
+#[async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    // ---- orgs, tokens, apps ----
+
+    async fn create_org(&self, slug: &str, name: &str) -> Result<Org>;
+    async fn get_org(&self, slug: &str) -> Result<Option<Org>>;
+    async fn list_orgs(&self) -> Result<Vec<Org>>;
+    /// Creates a token and returns its secret; only its hash is kept.
+    async fn create_token(&self, scope: &TokenScope, name: &str) -> Result<String>;
+    /// Creates the first admin token when none exists and returns its secret.
+    async fn ensure_admin_token(&self) -> Result<Option<String>>;
+    /// The identity of `token`, or `None` when it is not a valid token.
+    async fn authenticate(&self, token: &str) -> Result<Option<Identity>>;
+    /// With an idempotency key already used in the org, returns the app made then.
+    async fn create_app(&self, new: &NewApp) -> Result<AppRecord>;
+    async fn get_app(&self, name: &str) -> Result<Option<AppRecord>>;
+    /// Apps of one org, or of every org when `None`; oldest first.
+    async fn list_apps(&self, org_slug: Option<&str>) -> Result<Vec<AppRecord>>;
+    /// Returns whether the app existed.
+    async fn delete_app(&self, name: &str) -> Result<bool>;
+
+    // ---- hosts ----
+
+    /// Adds a host, or updates one already known (which must present its
+    /// token); a host keeps its number for good.
+    async fn register_host(
+        &self,
+        registration: &HostRegistration,
+        token: Option<&str>,
+    ) -> Result<Registered>;
+    /// The host `id` if `token` is its token.
+    async fn authenticate_host(&self, id: &str, token: &str) -> Result<Option<HostRecord>>;
+    async fn heartbeat(&self, id: &str, load: &HostLoad) -> Result<()>;
+    /// Every host, by number.
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>>;
+    async fn get_host(&self, id: &str) -> Result<Option<HostRecord>>;
+
+    // ---- machines ----
+
+    /// Places a machine on a host (again, for a machine placed before:
+    /// then with the next epoch). Returns the placement's epoch.
+    async fn place_machine(&self, id: &str, app: &str, name: &str, host_id: &str) -> Result<u64>;
+    /// Takes a host's reports. A report older (by generation) than the
+    /// entry is ignored; a report of a machine placed on another host, or
+    /// of an older placement, is refused and its id returned: the host
+    /// holds a copy it must destroy.
+    async fn record_machines(
+        &self,
+        host_id: &str,
+        reports: &[MachineReport],
+    ) -> Result<Vec<String>>;
+    async fn machine_entry(&self, id: &str) -> Result<Option<MachineEntry>>;
+    /// By id, or by name among the app's machines that are not destroyed.
+    async fn find_machine_entry(&self, app: &str, id_or_name: &str)
+    -> Result<Option<MachineEntry>>;
+    /// The app's machines, oldest first.
+    async fn list_machine_entries(&self, app: &str) -> Result<Vec<MachineEntry>>;
+    /// Every machine entry of a host.
+    async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>>;
+
+    // ---- intents ----
+
+    async fn add_intent(
+        &self,
+        host_id: &str,
+        machine_id: &str,
+        app: &str,
+        intent: &IntentKind,
+    ) -> Result<Intent>;
+    /// The host's intents, oldest first.
+    async fn pending_intents(&self, host_id: &str) -> Result<Vec<Intent>>;
+    async fn complete_intent(&self, id: i64) -> Result<()>;
+}

@@ -207,6 +207,19 @@ pub fn leftovers() -> Vec<String> {
     let family = TEST_PREFIX_FAMILY;
     let mut found = Vec::new();
     found.extend(
+        processes_mentioning(crate::TEST_POSTGRES_DIR_PREFIX)
+            .into_iter()
+            .map(|(pid, command)| format!("test PostgreSQL process {pid}: {command}")),
+    );
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::TEST_POSTGRES_DIR_PREFIX) {
+                found.push(format!("test PostgreSQL dir {}", entry.path().display()));
+            }
+        }
+    }
+    found.extend(
         netns_names()
             .into_iter()
             .filter(|n| n.starts_with(family))
@@ -296,4 +309,21 @@ pub fn remove_all_test_resources() {
     {
         run("ip", &["link", "delete", &veth]);
     }
+}
+
+/// Processes whose command line contains `text`, with that command line.
+fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pid != own && command.contains(text)).then(|| (pid, command.trim().to_string()))
+        })
+        .collect()
 }

@@ -283,7 +283,7 @@ pub struct OkResponse {
     pub ok: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineVersion {
     pub version: String,
     pub user_config: MachineConfig,

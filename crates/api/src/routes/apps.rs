@@ -32,7 +32,9 @@ pub async fn create_app(
     JsonBody(body): JsonBody<CreateAppBody>,
 ) -> Result<(StatusCode, Json<CreateAppResponse>)> {
     params.flag("wait")?;
-    let org = caller.org(&state.catalog, body.org_slug.as_deref())?;
+    let org = caller
+        .org(&*state.catalog, body.org_slug.as_deref())
+        .await?;
     let name = body
         .name
         .or(body.app_name)
@@ -42,12 +44,15 @@ pub async fn create_app(
     if name.is_empty() && body.idempotency_key.is_none() {
         return Err(Error::invalid("app name is required (\"name\")"));
     }
-    let app = state.catalog.create_app(&NewApp {
-        name,
-        org_slug: org.slug,
-        network: body.network,
-        idempotency_key: body.idempotency_key,
-    })?;
+    let app = state
+        .catalog
+        .create_app(&NewApp {
+            name,
+            org_slug: org.slug,
+            network: body.network,
+            idempotency_key: body.idempotency_key,
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreateAppResponse {
@@ -76,10 +81,10 @@ pub async fn list_apps(
         .map(str::trim)
         .filter(|slug| !slug.is_empty());
     let records = if caller.is_admin() && org_slug.is_none() {
-        state.catalog.list_apps(None)?
+        state.catalog.list_apps(None).await?
     } else {
-        let org = caller.org(&state.catalog, org_slug)?;
-        state.catalog.list_apps(Some(&org.slug))?
+        let org = caller.org(&*state.catalog, org_slug).await?;
+        state.catalog.list_apps(Some(&org.slug)).await?
     };
     let mut apps = Vec::with_capacity(records.len());
     for record in records {
@@ -105,7 +110,7 @@ pub async fn get_app(
     caller: Caller,
     path: AppPath,
 ) -> Result<Json<AppResponse>> {
-    let record = state.app(&caller, &path.app)?;
+    let record = state.app(&caller, &path.app).await?;
     Ok(Json(app_response(&state, record).await?))
 }
 
@@ -127,7 +132,7 @@ pub async fn delete_app(
     params: Params,
 ) -> Result<StatusCode> {
     let force = params.flag("force")?;
-    let app = state.app(&caller, &path.app)?;
+    let app = state.app(&caller, &path.app).await?;
     let started = state.agent.machine_counts(app.name.clone()).await?.started;
     if started > 0 && !force {
         return Err(Error(midge_types::ApiError::precondition(format!(
@@ -153,12 +158,12 @@ pub async fn delete_app(
             })
             .await?;
     }
-    state.catalog.delete_app(&app.name)?;
+    state.catalog.delete_app(&app.name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 async fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
-    let org: Org = state.catalog.get_org(&app.org_slug)?.ok_or_else(|| {
+    let org: Org = state.catalog.get_org(&app.org_slug).await?.ok_or_else(|| {
         Error::not_found(format!(
             "org {:?} of app {:?} not found",
             app.org_slug, app.name

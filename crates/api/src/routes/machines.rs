@@ -45,7 +45,7 @@ pub async fn list_machines(
     path: AppPath,
     params: Params,
 ) -> Result<Response> {
-    let app = state.app(&caller, &path.app)?;
+    let app = state.app(&caller, &path.app).await?;
     let limit = params.parse::<u32>("limit")?;
     if let Some(limit) = limit
         && !(1..=MAX_LIST_LIMIT).contains(&limit)
@@ -144,7 +144,7 @@ pub async fn create_machine(
     path: AppPath,
     JsonBody(mut request): JsonBody<CreateMachineRequest>,
 ) -> Result<Json<Machine>> {
-    let app = state.app(&caller, &path.app)?;
+    let app = state.app(&caller, &path.app).await?;
     require_image(&request)?;
     let region = request.region.as_deref().map(str::trim).unwrap_or_default();
     if region.is_empty() {

@@ -36,7 +36,7 @@ pub async fn create_org(
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .unwrap_or(slug);
-    let org = state.catalog.create_org(slug, name)?;
+    let org = state.catalog.create_org(slug, name).await?;
     Ok((StatusCode::CREATED, Json(org_response(org))))
 }
 
@@ -51,7 +51,8 @@ pub async fn list_orgs(
     caller.require_admin()?;
     let orgs = state
         .catalog
-        .list_orgs()?
+        .list_orgs()
+        .await?
         .into_iter()
         .map(org_response)
         .collect();
@@ -80,9 +81,9 @@ pub async fn create_token(
     let scope = match (body.admin, body.org_slug) {
         (true, Some(_)) => return Err(Error::invalid("an admin token has no org_slug")),
         (true, None) => TokenScope::Admin,
-        (false, slug) => TokenScope::Org(caller.org(&state.catalog, slug.as_deref())?.slug),
+        (false, slug) => TokenScope::Org(caller.org(&*state.catalog, slug.as_deref()).await?.slug),
     };
-    let token = state.catalog.create_token(&scope, name)?;
+    let token = state.catalog.create_token(&scope, name).await?;
     Ok((StatusCode::CREATED, Json(CreateTokenResponse { token })))
 }
 

@@ -13,13 +13,13 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use midge_api::{ApiState, router};
 use midge_server::{Host, HostConfig};
-use midge_store::{Catalog, TokenScope};
+use midge_store::{Catalog, SqliteCatalog, TokenScope};
 use serde_json::Value;
 use tower::ServiceExt;
 
 pub struct Harness {
     pub router: Router,
-    pub catalog: Arc<Catalog>,
+    pub catalog: Arc<dyn Catalog>,
     pub state: ApiState,
     /// The host agent behind the API, for teardown.
     pub agent: midge_agent::Agent,
@@ -102,7 +102,8 @@ impl Harness {
 
     async fn build(registry: Option<(String, String)>) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
-        let catalog = Arc::new(Catalog::open(dir.path().join("catalog.db")).expect("catalog"));
+        let catalog: Arc<dyn Catalog> =
+            Arc::new(SqliteCatalog::open(dir.path().join("catalog.db")).expect("catalog"));
         let data_dir = dir.path().join("agent");
         let prefix = midge_testkit::unique_prefix();
         let pool = midge_testkit::PoolLease::acquire().expect("address pool");
@@ -117,7 +118,11 @@ impl Harness {
             None => String::new(),
         };
         let agent = Host::open(config).await.expect("host").agent;
-        let admin = catalog.ensure_admin_token().unwrap().expect("admin token");
+        let admin = catalog
+            .ensure_admin_token()
+            .await
+            .unwrap()
+            .expect("admin token");
         let state = ApiState::new(catalog.clone(), Arc::new(agent.clone()));
         Harness {
             router: router(state.clone()),
@@ -133,12 +138,13 @@ impl Harness {
         }
     }
 
-    pub fn org_token(&self, org: &str) -> String {
-        if self.catalog.get_org(org).unwrap().is_none() {
-            self.catalog.create_org(org, org).unwrap();
+    pub async fn org_token(&self, org: &str) -> String {
+        if self.catalog.get_org(org).await.unwrap().is_none() {
+            self.catalog.create_org(org, org).await.unwrap();
         }
         self.catalog
             .create_token(&TokenScope::Org(org.into()), "tester")
+            .await
             .unwrap()
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use midge_agent::Agent;
 use midge_client::ApiClient;
-use midge_store::Catalog;
+use midge_store::{Catalog, SqliteCatalog};
 
 /// The API of a benchmark's host, served on a loopback port in this
 /// process with a catalog of its own, and a client holding its admin token.
@@ -23,10 +23,12 @@ pub(crate) struct LocalApi {
 impl LocalApi {
     pub async fn serve(agent: &Agent, dir: &Path) -> anyhow::Result<LocalApi> {
         let catalog = Arc::new(
-            Catalog::open(dir.join("bench-catalog.db")).context("opening the benchmark catalog")?,
+            SqliteCatalog::open(dir.join("bench-catalog.db"))
+                .context("opening the benchmark catalog")?,
         );
         let token = catalog
             .ensure_admin_token()
+            .await
             .context("creating the admin token")?
             .context("the fresh benchmark catalog already had an admin token")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

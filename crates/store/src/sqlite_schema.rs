@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -43,6 +43,49 @@ CREATE INDEX apps_by_org ON apps(org_slug);
 CREATE UNIQUE INDEX apps_by_idempotency_key ON apps(org_slug, idempotency_key);
 ";
 
+/// Hosts, the machine index and intents: what a cluster adds.
+const SCHEMA_V2: &str = "
+CREATE TABLE hosts (
+    id TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE,
+    region TEXT NOT NULL,
+    agent_url TEXT NOT NULL,
+    underlay TEXT,
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    used_cpus INTEGER NOT NULL DEFAULT 0,
+    used_memory_mb INTEGER NOT NULL DEFAULT 0,
+    machines INTEGER NOT NULL DEFAULT 0,
+    token_hash BLOB NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL
+);
+CREATE TABLE machines (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    machine TEXT,
+    versions TEXT NOT NULL,
+    destroyed INTEGER NOT NULL,
+    created_seq INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX machines_by_app ON machines(app);
+CREATE INDEX machines_by_host ON machines(host_id);
+CREATE TABLE intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_id TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    app TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX intents_by_host ON intents(host_id);
+";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -52,12 +95,18 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "catalog schema version {version} is newer than this midge understands ({VERSION})"
         )));
     }
-    if version < 1 {
+    if version < VERSION {
         let tx = conn
             .transaction()
             .map_err(StoreError::sqlite("starting migration"))?;
-        tx.execute_batch(SCHEMA_V1)
-            .map_err(StoreError::sqlite("creating tables"))?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1)
+                .map_err(StoreError::sqlite("creating tables"))?;
+        }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2)
+                .map_err(StoreError::sqlite("creating the cluster tables"))?;
+        }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;
         tx.commit()

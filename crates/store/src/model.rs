@@ -1,0 +1,172 @@
+//! What the catalog holds: orgs, tokens, apps, and for a cluster its hosts,
+//! the index of which machine lives on which host (with each machine's last
+//! reported record, so the API can answer while a host is down), and the
+//! intents waiting for hosts that were unreachable.
+
+use midge_types::{Machine, MachineVersion};
+use serde::{Deserialize, Serialize};
+
+/// The org every catalog starts with, and the one `personal` means for admins.
+pub const PERSONAL_ORG: &str = "personal";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    /// The 32 network bits of the org's private IPv6 prefix; non-zero, unique.
+    pub network: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenScope {
+    Admin,
+    Org(String),
+}
+
+/// What an authenticated token may act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Sees and manages every org.
+    Admin,
+    /// Sees only the apps of this org (by slug).
+    Org(String),
+}
+
+/// The result of authenticating a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    pub token_name: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewApp {
+    pub name: String,
+    pub org_slug: String,
+    /// A named private network of the org, isolated from its default one.
+    pub network: Option<String>,
+    /// Makes a retried create return the app the first attempt made.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub org_slug: String,
+    pub network: String,
+    /// The 6PN network number machines of this app live in.
+    pub network_number: u32,
+    pub internal_numeric_id: i64,
+    pub status: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// What a host says about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRegistration {
+    /// Chosen by the host once and kept in its data dir.
+    pub id: String,
+    pub region: String,
+    /// Where API servers reach its agent API.
+    pub agent_url: String,
+    /// The address other hosts route its machines' 6PN traffic to.
+    #[serde(default)]
+    pub underlay: Option<String>,
+    pub cpus: u32,
+    pub memory_mb: u32,
+}
+
+/// A host's load, reported with every heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLoad {
+    /// CPUs and memory of the machines that hold a reservation.
+    pub used_cpus: u32,
+    pub used_memory_mb: u32,
+    /// Machines on the host that are not destroyed.
+    pub machines: u32,
+}
+
+/// A host as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: String,
+    /// Its field in 6PN addresses (`fdaa:org:host:slot::2`); unique, non-zero.
+    pub number: u32,
+    pub region: String,
+    pub agent_url: String,
+    pub underlay: Option<String>,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub load: HostLoad,
+    /// Unix milliseconds of the last heartbeat.
+    pub heartbeat_at: i64,
+    pub registered_at: i64,
+}
+
+/// A host just registered, with the token it authenticates with from now on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub host: HostRecord,
+    /// Shown once; the catalog keeps only its hash.
+    pub token: String,
+}
+
+/// A host's report of one of its machines. `generation` grows with every
+/// change the host makes, so a report older than what the catalog has is
+/// ignored whatever order reports arrive in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineReport {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    /// Which placement of the machine the host holds.
+    pub epoch: u64,
+    pub generation: u64,
+    pub machine: Machine,
+    /// Every config version, newest first.
+    pub versions: Vec<MachineVersion>,
+    pub destroyed: bool,
+}
+
+/// The catalog's entry for a machine: where it is placed and the last
+/// record its host reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineEntry {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub host_id: String,
+    /// Bumped every time the machine is placed on a host; a host holding an
+    /// older epoch holds a copy that was replaced.
+    pub epoch: u64,
+    pub generation: u64,
+    /// `None` until the host first reports it.
+    pub machine: Option<Machine>,
+    pub versions: Vec<MachineVersion>,
+    pub destroyed: bool,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Something to do on a host that could not be reached when it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IntentKind {
+    Destroy { force: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub id: i64,
+    pub host_id: String,
+    pub machine_id: String,
+    pub app: String,
+    pub intent: IntentKind,
+    pub created_at: i64,
+}

@@ -1,0 +1,443 @@
+//! One suite, both engines: every test runs against a SQLite file and a
+//! PostgreSQL database (a throwaway server started by the test process).
+
+use std::sync::Arc;
+
+use midge_store::{
+    Catalog, HostLoad, HostRegistration, Identity, IntentKind, MachineReport, NewApp, PERSONAL_ORG,
+    Principal, StoreError, TokenScope,
+};
+use midge_types::{Machine, MachineState};
+
+fn new_app(name: &str, org: &str) -> NewApp {
+    NewApp {
+        name: name.into(),
+        org_slug: org.into(),
+        ..NewApp::default()
+    }
+}
+
+fn host(id: &str, region: &str) -> HostRegistration {
+    HostRegistration {
+        id: id.into(),
+        region: region.into(),
+        agent_url: format!("http://{id}:4290"),
+        underlay: Some(format!("fd00::{}", id.len())),
+        cpus: 4,
+        memory_mb: 2048,
+    }
+}
+
+fn machine(id: &str, state: MachineState) -> Machine {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "name": "web", "state": state, "region": "ord", "instance_id": "v1",
+        "version": "v1", "private_ip": "fdaa::2", "image_ref": {"registry": "", "repository": "",
+        "tag": "", "digest": ""}, "created_at": "now", "updated_at": "now", "host_status": "ok",
+    }))
+    .unwrap()
+}
+
+fn report(id: &str, epoch: u64, generation: u64, state: MachineState) -> MachineReport {
+    MachineReport {
+        id: id.into(),
+        app: "web".into(),
+        name: "web".into(),
+        epoch,
+        generation,
+        machine: machine(id, state),
+        versions: Vec::new(),
+        destroyed: false,
+    }
+}
+
+async fn personal_org_exists_once(catalog: Arc<dyn Catalog>) {
+    let personal = catalog
+        .get_org(PERSONAL_ORG)
+        .await
+        .unwrap()
+        .expect("personal");
+    assert_ne!(personal.network, 0);
+    assert_eq!(catalog.list_orgs().await.unwrap(), vec![personal]);
+}
+
+async fn orgs_get_unique_networks_and_refuse_duplicates(catalog: Arc<dyn Catalog>) {
+    let acme = catalog.create_org("acme", "Acme Inc").await.unwrap();
+    let globex = catalog.create_org("globex", "Globex").await.unwrap();
+    assert_ne!(acme.network, globex.network);
+    assert!(matches!(
+        catalog.create_org("acme", "again").await,
+        Err(StoreError::OrgExists(_))
+    ));
+    assert!(matches!(
+        catalog.create_org("Bad Slug", "x").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let slugs: Vec<_> = catalog
+        .list_orgs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.slug)
+        .collect();
+    assert_eq!(slugs, ["personal", "acme", "globex"]);
+}
+
+async fn tokens_authenticate_to_their_scope(catalog: Arc<dyn Catalog>) {
+    catalog.create_org("acme", "Acme").await.unwrap();
+    let org_token = catalog
+        .create_token(&TokenScope::Org("acme".into()), "ci")
+        .await
+        .unwrap();
+    let admin_token = catalog
+        .create_token(&TokenScope::Admin, "root")
+        .await
+        .unwrap();
+    assert!(org_token.starts_with("midge_") && org_token.len() > 30);
+    assert_eq!(
+        catalog.authenticate(&org_token).await.unwrap(),
+        Some(Identity {
+            principal: Principal::Org("acme".into()),
+            token_name: "ci".into()
+        })
+    );
+    assert_eq!(
+        catalog
+            .authenticate(&admin_token)
+            .await
+            .unwrap()
+            .unwrap()
+            .principal,
+        Principal::Admin
+    );
+    assert_eq!(catalog.authenticate("midge_notatoken").await.unwrap(), None);
+    assert_eq!(catalog.authenticate("").await.unwrap(), None);
+    assert!(matches!(
+        catalog
+            .create_token(&TokenScope::Org("nope".into()), "x")
+            .await,
+        Err(StoreError::OrgNotFound(_))
+    ));
+}
+
+async fn the_admin_token_is_created_once(catalog: Arc<dyn Catalog>) {
+    let token = catalog.ensure_admin_token().await.unwrap().expect("first");
+    assert_eq!(catalog.ensure_admin_token().await.unwrap(), None);
+    assert_eq!(
+        catalog
+            .authenticate(&token)
+            .await
+            .unwrap()
+            .unwrap()
+            .principal,
+        Principal::Admin
+    );
+}
+
+async fn apps_have_global_names(catalog: Arc<dyn Catalog>) {
+    catalog.create_org("acme", "Acme").await.unwrap();
+    let personal = catalog.get_org(PERSONAL_ORG).await.unwrap().unwrap();
+    let app = catalog
+        .create_app(&new_app("web", PERSONAL_ORG))
+        .await
+        .unwrap();
+    assert_eq!(app.id.len(), 16);
+    assert_eq!(app.network_number, personal.network);
+    assert_eq!(app.network, "default");
+    assert!(matches!(
+        catalog.create_app(&new_app("web", "acme")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert!(matches!(
+        catalog.create_app(&new_app("Web_1", "acme")).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        catalog.create_app(&new_app("api", "nope")).await,
+        Err(StoreError::OrgNotFound(_))
+    ));
+    let api = catalog.create_app(&new_app("api", "acme")).await.unwrap();
+    assert_ne!(api.network_number, personal.network);
+    assert_eq!(catalog.get_app("web").await.unwrap(), Some(app));
+    assert_eq!(catalog.list_apps(Some("acme")).await.unwrap(), vec![api]);
+    assert_eq!(catalog.list_apps(None).await.unwrap().len(), 2);
+    assert!(catalog.delete_app("web").await.unwrap());
+    assert!(!catalog.delete_app("web").await.unwrap());
+    assert_eq!(catalog.get_app("web").await.unwrap(), None);
+    catalog.create_app(&new_app("web", "acme")).await.unwrap();
+}
+
+async fn two_creates_of_one_name_make_one_app(catalog: Arc<dyn Catalog>) {
+    let attempts = (0..4).map(|_| {
+        let catalog = catalog.clone();
+        tokio::spawn(async move { catalog.create_app(&new_app("race", PERSONAL_ORG)).await })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let made = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(StoreError::NameTaken(_)))))
+        .count();
+    assert_eq!((made, refused), (1, 3), "{results:?}");
+}
+
+async fn named_networks_are_shared_within_the_org(catalog: Arc<dyn Catalog>) {
+    let with_net = |name: &str| NewApp {
+        network: Some("blue".into()),
+        ..new_app(name, PERSONAL_ORG)
+    };
+    let a = catalog.create_app(&with_net("a")).await.unwrap();
+    let b = catalog.create_app(&with_net("b")).await.unwrap();
+    let c = catalog
+        .create_app(&new_app("c", PERSONAL_ORG))
+        .await
+        .unwrap();
+    assert_eq!(a.network, "blue");
+    assert_eq!(a.network_number, b.network_number);
+    assert_ne!(a.network_number, c.network_number);
+}
+
+async fn an_idempotency_key_returns_the_first_app(catalog: Arc<dyn Catalog>) {
+    let keyed = |name: &str| NewApp {
+        idempotency_key: Some("k1".into()),
+        ..new_app(name, PERSONAL_ORG)
+    };
+    let first = catalog.create_app(&keyed("once")).await.unwrap();
+    assert_eq!(catalog.create_app(&keyed("once")).await.unwrap(), first);
+    assert_eq!(catalog.create_app(&keyed("")).await.unwrap(), first);
+    assert!(matches!(
+        catalog.create_app(&keyed("other")).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn hosts_keep_their_number_and_need_their_token(catalog: Arc<dyn Catalog>) {
+    let first = catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    let second = catalog
+        .register_host(&host("h-b", "ams"), None)
+        .await
+        .unwrap();
+    assert_eq!((first.host.number, second.host.number), (1, 2));
+    assert_ne!(first.token, second.token);
+
+    let mut moved = host("h-a", "ord");
+    moved.agent_url = "http://elsewhere:4290".into();
+    let again = catalog
+        .register_host(&moved, Some(&first.token))
+        .await
+        .unwrap();
+    assert_eq!(again.host.number, 1, "a host keeps its number");
+    assert_eq!(again.host.agent_url, "http://elsewhere:4290");
+    assert!(matches!(
+        catalog.register_host(&moved, Some(&second.token)).await,
+        Err(StoreError::Unauthorized(_))
+    ));
+    assert!(matches!(
+        catalog.register_host(&moved, None).await,
+        Err(StoreError::Unauthorized(_))
+    ));
+    assert_eq!(
+        catalog
+            .authenticate_host("h-a", &first.token)
+            .await
+            .unwrap()
+            .map(|h| h.number),
+        Some(1)
+    );
+    assert_eq!(
+        catalog
+            .authenticate_host("h-a", &second.token)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let load = HostLoad {
+        used_cpus: 2,
+        used_memory_mb: 512,
+        machines: 3,
+    };
+    catalog.heartbeat("h-b", &load).await.unwrap();
+    assert_eq!(catalog.get_host("h-b").await.unwrap().unwrap().load, load);
+    assert!(matches!(
+        catalog.heartbeat("h-zz", &load).await,
+        Err(StoreError::HostNotFound(_))
+    ));
+    let ids: Vec<String> = catalog
+        .list_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, ["h-a", "h-b"]);
+}
+
+async fn machine_reports_apply_by_generation_and_fence_other_placements(catalog: Arc<dyn Catalog>) {
+    catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    catalog
+        .register_host(&host("h-b", "ord"), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        catalog.place_machine("m1", "web", "web", "h-zz").await,
+        Err(StoreError::HostNotFound(_))
+    ));
+    assert_eq!(
+        catalog
+            .place_machine("m1", "web", "web", "h-a")
+            .await
+            .unwrap(),
+        1
+    );
+    let placed = catalog.machine_entry("m1").await.unwrap().unwrap();
+    assert_eq!((placed.host_id.as_str(), placed.epoch), ("h-a", 1));
+    assert!(placed.machine.is_none());
+
+    let fenced = catalog
+        .record_machines("h-a", &[report("m1", 1, 5, MachineState::Started)])
+        .await
+        .unwrap();
+    assert!(fenced.is_empty());
+    // An older report arriving late changes nothing.
+    catalog
+        .record_machines("h-a", &[report("m1", 1, 3, MachineState::Stopped)])
+        .await
+        .unwrap();
+    let entry = catalog.machine_entry("m1").await.unwrap().unwrap();
+    assert_eq!(entry.generation, 5);
+    assert_eq!(entry.machine.unwrap().state, MachineState::Started);
+
+    // Another host cannot write it, and a new placement fences the old one.
+    assert_eq!(
+        catalog
+            .record_machines("h-b", &[report("m1", 1, 9, MachineState::Stopped)])
+            .await
+            .unwrap(),
+        ["m1"]
+    );
+    assert_eq!(
+        catalog
+            .place_machine("m1", "web", "web", "h-b")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        catalog
+            .record_machines("h-a", &[report("m1", 1, 9, MachineState::Started)])
+            .await
+            .unwrap(),
+        ["m1"]
+    );
+    catalog
+        .record_machines("h-b", &[report("m1", 2, 9, MachineState::Started)])
+        .await
+        .unwrap();
+    assert_eq!(
+        catalog.machine_entry("m1").await.unwrap().unwrap().host_id,
+        "h-b"
+    );
+
+    // A report of a machine the catalog never placed is taken as it is.
+    catalog
+        .record_machines("h-a", &[report("m2", 1, 1, MachineState::Created)])
+        .await
+        .unwrap();
+    let found = catalog
+        .find_machine_entry("web", "m2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.host_id, "h-a");
+    let by_name = catalog
+        .find_machine_entry("web", "web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_name.id, "m1", "the first machine of that name");
+    let listed: Vec<String> = catalog
+        .list_machine_entries("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, ["m1", "m2"]);
+    let on_a: Vec<String> = catalog
+        .host_machine_entries("h-a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(on_a, ["m2"]);
+}
+
+async fn intents_wait_for_their_host(catalog: Arc<dyn Catalog>) {
+    let kind = IntentKind::Destroy { force: true };
+    let first = catalog.add_intent("h-a", "m1", "web", &kind).await.unwrap();
+    let second = catalog.add_intent("h-a", "m2", "web", &kind).await.unwrap();
+    catalog.add_intent("h-b", "m3", "web", &kind).await.unwrap();
+    let pending = catalog.pending_intents("h-a").await.unwrap();
+    assert_eq!(pending, vec![first.clone(), second.clone()]);
+    catalog.complete_intent(first.id).await.unwrap();
+    assert_eq!(catalog.pending_intents("h-a").await.unwrap(), vec![second]);
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let catalog = midge_store::open(path.to_str().unwrap()).await.unwrap();
+    (dir, catalog)
+}
+
+async fn postgres() -> Arc<dyn Catalog> {
+    let url = midge_testkit::test_database()
+        .await
+        .expect("a test database");
+    midge_store::open(&url)
+        .await
+        .expect("opening the PostgreSQL catalog")
+}
+
+macro_rules! on_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_dir, catalog) = super::sqlite().await;
+                    super::$test(catalog).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    personal_org_exists_once,
+    orgs_get_unique_networks_and_refuse_duplicates,
+    tokens_authenticate_to_their_scope,
+    the_admin_token_is_created_once,
+    apps_have_global_names,
+    two_creates_of_one_name_make_one_app,
+    named_networks_are_shared_within_the_org,
+    an_idempotency_key_returns_the_first_app,
+    hosts_keep_their_number_and_need_their_token,
+    machine_reports_apply_by_generation_and_fence_other_placements,
+    intents_wait_for_their_host,
+);
