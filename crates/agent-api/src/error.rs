@@ -118,8 +118,15 @@ pub enum AgentError {
     /// A metadata change for a version that is no longer current.
     #[error("machine version {requested} is not the current version {current}")]
     NotCurrentVersion { current: String, requested: String },
-    #[error("insufficient resources: no capacity available in region {region}")]
-    InsufficientCapacity { region: String },
+    /// Nothing in the region can take the machine; `detail` says what was short.
+    #[error(
+        "insufficient resources: no capacity available in region {region}{}",
+        .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )]
+    InsufficientCapacity {
+        region: String,
+        detail: Option<String>,
+    },
     /// The image cannot be had: bad reference, not in the registry, refused
     /// credentials, a malformed or unsafe image. The registry's answer is the source.
     #[error("failed to get image {reference}")]

@@ -86,6 +86,7 @@ async fn create(remote: &RemoteAgent, name: &str) -> String {
                 ..Default::default()
             },
             lease_owner: "tester".into(),
+            placement: None,
         })
         .await
         .unwrap()

@@ -50,9 +50,13 @@ pub(crate) struct AgentCore {
     /// Serializes name checks and network slot allocation across creates.
     pub create_lock: Mutex<()>,
     /// Counts runs, so a monitor of an old run can tell it is stale.
-    pub generation: AtomicU64,
+    pub runs: AtomicU64,
     /// How many machines hold a prepared next run.
     pub prepared: AtomicUsize,
+    /// What each machine that may run holds of the host's capacity.
+    pub reservations: Mutex<HashMap<String, crate::capacity::Reservation>>,
+    /// The id of every machine whose record changed, as it changes.
+    pub changes: tokio::sync::broadcast::Sender<String>,
     pub shutting_down: AtomicBool,
 }
 
@@ -73,7 +77,7 @@ pub(crate) struct MachineEntry {
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentRun {
     pub machine: Arc<dyn RunningMachine>,
-    pub generation: u64,
+    pub number: u64,
 }
 
 /// A machine's next run, prepared ahead so that starting it is a launch.
@@ -163,17 +167,21 @@ impl AgentCore {
         let mut record = lock(&entry.record);
         let mut next = record.clone();
         let result = change(&mut next);
+        next.generation = record.generation + 1;
         self.store.save(&next).map_err(|e| {
             AgentError::host(format!("saving the record of machine {}", next.id), e)
         })?;
+        let id = next.id.clone();
         *record = next;
         drop(record);
         entry.changed.send_modify(|n| *n += 1);
+        // Nobody listening (a single host) is fine.
+        let _ = self.changes.send(id);
         Ok(result)
     }
 
-    pub fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    pub fn next_run_number(&self) -> u64 {
+        self.runs.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -17,6 +17,8 @@ pub struct AgentConfig {
     /// How many machines may keep a prepared next run (each holds a created
     /// sandbox and a mounted rootfs); 0 turns prepared runs off.
     pub prepared_runs: usize,
+    /// What machines may reserve; unlimited when `None` (a laptop).
+    pub capacity: Option<crate::capacity::Capacity>,
 }
 
 impl AgentConfig {
@@ -27,6 +29,7 @@ impl AgentConfig {
             host_id: 1,
             insecure_registries: Vec::new(),
             prepared_runs: 64,
+            capacity: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use midge_agent_api::AgentError;
-use midge_types::agent::{CreateMachine, Owner};
+use midge_types::agent::{CreateMachine, Owner, Placement};
 use midge_types::{CreateMachineRequest, Machine, MachineConfig, MachineState};
 
 use crate::agent::{AgentCore, MachineEntry, lock, state_is_alive};
@@ -32,6 +32,7 @@ impl AgentCore {
             owner,
             request,
             lease_owner,
+            placement,
         } = call;
         let config = validated_config(&request)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
@@ -39,15 +40,25 @@ impl AgentCore {
         {
             return Err(AgentError::InsufficientCapacity {
                 region: region.to_string(),
+                detail: Some(format!("this host is in {}", self.config.region)),
             });
         }
-        let record = self.claim(&owner, &request, config.clone())?;
+        let launch = !request.skip_launch;
+        let record = self.claim(&owner, &request, config.clone(), placement)?;
         let entry = self.insert_entry(record);
-        if let Err(err) = self.provision(&entry, &config.image).await {
+        let admitted = if launch {
+            self.admit(&entry.id(), &config)
+        } else {
+            Ok(())
+        };
+        let provisioned = match admitted {
+            Ok(()) => self.provision(&entry, &config.image).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = provisioned {
             self.roll_back_create(&entry).await;
             return Err(err);
         }
-        let launch = !request.skip_launch;
         let guard = entry.op_lock.clone().lock_owned().await;
         let nonce = self.update_record(&entry, |record| {
             record.pending = launch.then_some(PendingOp::Start);
@@ -89,8 +100,21 @@ impl AgentCore {
         owner: &Owner,
         request: &CreateMachineRequest,
         config: MachineConfig,
+        placement: Option<Placement>,
     ) -> Result<MachineRecord, AgentError> {
         let _guard = lock(&self.create_lock);
+        if let Some(placement) = &placement
+            && self
+                .machines
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&placement.id)
+        {
+            return Err(AgentError::Invalid(format!(
+                "machine {} exists on this host already",
+                placement.id
+            )));
+        }
         let requested_name = request.name.as_deref().filter(|n| !n.is_empty());
         let mut name_taken = false;
         let mut used: Vec<u32> = Vec::new();
@@ -111,8 +135,12 @@ impl AgentCore {
         let net_slot = (0u32..)
             .find(|n| used.binary_search(n).is_err())
             .unwrap_or(u32::MAX);
-        let record = MachineRecord::new(
-            midge_types::ids::new_machine_id(),
+        let (id, epoch) = match placement {
+            Some(placement) => (placement.id, placement.epoch),
+            None => (midge_types::ids::new_machine_id(), 1),
+        };
+        let mut record = MachineRecord::new(
+            id,
             owner,
             name,
             &self.config.region,
@@ -121,6 +149,7 @@ impl AgentCore {
             midge_net::private_ip(self.config.host_id, owner.org_network, net_slot).to_string(),
             request.skip_service_registration,
         );
+        record.epoch = epoch;
         self.store
             .save(&record)
             .map_err(|e| AgentError::host("saving the new machine", e))?;
@@ -145,6 +174,7 @@ impl AgentCore {
     /// Undoes a create that did not finish: nothing of it stays.
     pub(crate) async fn roll_back_create(&self, entry: &MachineEntry) {
         let id = entry.id();
+        self.release(&id);
         if let Err(err) = self.release_host_resources(&id).await {
             tracing::warn!(machine = %id, "rolling back a create: {}", err.chain());
         }
@@ -199,6 +229,8 @@ impl MachineRecord {
             restarts: Vec::new(),
             restart_count: 0,
             stop_request: None,
+            generation: 0,
+            epoch: 1,
         }
     }
 }

@@ -61,8 +61,10 @@ impl HostAgent for Agent {
             .core
             .locked(&call.machine, call.nonce.as_deref())
             .await?;
-        let previous = entry.snapshot().state;
+        let record = entry.snapshot();
+        let previous = record.state;
         let step = transition(Op::Start, previous)?;
+        self.core.admit(&record.id, record.config())?;
         self.core.start_locked(&entry, step.during).await?;
         Ok(StartResponse {
             previous_state: previous.to_string(),
@@ -85,7 +87,11 @@ impl HostAgent for Agent {
             .core
             .locked(&call.machine, call.nonce.as_deref())
             .await?;
-        let step = transition(Op::Restart, entry.snapshot().state)?;
+        let record = entry.snapshot();
+        let step = transition(Op::Restart, record.state)?;
+        if entry.current().is_none() {
+            self.core.admit(&record.id, record.config())?;
+        }
         let request = StopRequest {
             signal: call.signal,
             timeout: call.timeout,

@@ -8,6 +8,8 @@
 //! composition root, so nothing here names runc or a guest's host paths.
 
 mod agent;
+mod capacity;
+mod cluster;
 mod config;
 mod create;
 mod exec;
@@ -28,4 +30,5 @@ mod wait;
 mod tests;
 
 pub use agent::{Agent, HostParts};
+pub use capacity::Capacity;
 pub use config::AgentConfig;

@@ -54,7 +54,7 @@ impl AgentCore {
             Ok(machine) => {
                 let run = CurrentRun {
                     machine,
-                    generation: self.next_generation(),
+                    number: self.next_run_number(),
                 };
                 entry.set_current(Some(run.clone()));
                 self.update_record(entry, |record| {
@@ -69,6 +69,7 @@ impl AgentCore {
             }
             Err(err) => {
                 let message = err.chain();
+                self.release(&entry.id());
                 self.update_record(entry, |record| {
                     record.set_state(MachineState::Failed);
                     record.pending = None;
@@ -110,8 +111,8 @@ impl AgentCore {
                 }
             };
             let _guard = entry.op_lock.clone().lock_owned().await;
-            let current = entry.current().map(|r| r.generation);
-            if current != Some(run.generation) || core.is_shutting_down() {
+            let current = entry.current().map(|r| r.number);
+            if current != Some(run.number) || core.is_shutting_down() {
                 return; // an operation already handled this end
             }
             core.handle_exit(&entry, Some(run), status).await;
@@ -188,6 +189,7 @@ impl AgentCore {
         } else if config.auto_destroy {
             self.destroy_locked(entry).await
         } else {
+            self.release(&record.id);
             remove_ended(&record.id, run).await;
             self.prepare_next(entry);
             Ok(())
@@ -277,6 +279,7 @@ impl AgentCore {
             request_signal: request.signal.map(|s| s.number()),
         };
         self.stop_run(entry, request, step.during, pending).await?;
+        self.release(&entry.id());
         self.update_record(entry, |record| {
             record.set_state(step.to);
             record.pending = None;
@@ -323,6 +326,7 @@ impl AgentCore {
         )
         .await?;
         self.release_host_resources(&entry.id()).await?;
+        self.release(&entry.id());
         self.update_record(entry, |record| {
             record.set_state(MachineState::Destroyed);
             record.pending = None;

@@ -68,6 +68,17 @@ pub struct MachineRecord {
     /// The stop request currently being carried out, if any.
     #[serde(default)]
     pub stop_request: Option<StopRequest>,
+    /// Grows with every change, so a cluster's catalog can order reports.
+    #[serde(default)]
+    pub generation: u64,
+    /// Which placement of the machine this host holds (a cluster bumps it
+    /// when the machine is placed again elsewhere).
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 /// How much of a machine a view shows.

@@ -46,8 +46,10 @@ impl Agent {
             network,
             driver,
             create_lock: Default::default(),
-            generation: Default::default(),
+            runs: Default::default(),
             prepared: Default::default(),
+            reservations: Default::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
             shutting_down: Default::default(),
         });
         for record in records {
@@ -138,9 +140,10 @@ impl AgentCore {
         }
         let exited = match found {
             Some(Recovered::Running(machine)) => {
+                self.hold(&record.id, record.config());
                 entry.set_current(Some(CurrentRun {
                     machine,
-                    generation: self.next_generation(),
+                    number: self.next_run_number(),
                 }));
                 None
             }
@@ -173,6 +176,7 @@ impl AgentCore {
                 // Whatever runs may be the old version: start over.
                 self.stop_run(entry, &kill_now(), MachineState::Starting, PendingOp::Start)
                     .await?;
+                self.hold(&record.id, record.config());
                 self.start_locked(entry, MachineState::Starting).await
             }
             None if record.state == MachineState::Started => {
@@ -187,7 +191,10 @@ impl AgentCore {
                         Ok(())
                     }
                     // Gone without a trace (a host reboot): it should be running.
-                    (None, None) => self.start_locked(entry, MachineState::Starting).await,
+                    (None, None) => {
+                        self.hold(&record.id, record.config());
+                        self.start_locked(entry, MachineState::Starting).await
+                    }
                 }
             }
             None => {

@@ -85,6 +85,7 @@ impl Bed {
                     ..Default::default()
                 },
                 lease_owner: "tester".into(),
+                placement: None,
             })
             .await
             .unwrap();
@@ -173,6 +174,11 @@ async fn open(
 ) -> Agent {
     let mut config = AgentConfig::new(dir.path().join("agent"));
     config.prepared_runs = prepared_runs;
+    config.region = "ord".into();
+    config.capacity = Some(crate::Capacity {
+        cpus: 4,
+        memory_mb: 1024,
+    });
     let parts = HostParts {
         images: ImageStore::open(&dir.path().join("images")).unwrap(),
         network: Arc::new(network.clone()),
@@ -671,4 +677,107 @@ async fn interrupted_operations_are_finished_or_rolled_back_on_open() {
     assert!(!bed.network.is_attached_id(&creating));
     assert_eq!(bed.state(&destroying).await, MachineState::Destroyed);
     assert!(bed.driver.was_forgotten(&destroying));
+}
+
+fn sized(memory_mb: u32) -> MachineConfig {
+    MachineConfig {
+        guest: Some(midge_types::Guest {
+            cpus: 1,
+            memory_mb,
+            ..Default::default()
+        }),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn machines_that_may_run_hold_capacity_and_the_rest_is_refused_with_the_shortfall() {
+    let bed = Bed::new().await;
+    let big = bed.create(sized(512), false).await;
+    let other = bed.create(sized(512), false).await;
+    bed.wait(&big, MachineState::Started).await;
+    bed.wait(&other, MachineState::Started).await;
+    assert_eq!(bed.agent.load().used_memory_mb, 1024);
+
+    let refused = bed
+        .agent
+        .create_machine(CreateMachine {
+            owner: Owner {
+                app: APP.into(),
+                org_slug: "personal".into(),
+                org_network: 1,
+            },
+            request: CreateMachineRequest {
+                config: Some(sized(256)),
+                ..Default::default()
+            },
+            lease_owner: "tester".into(),
+            placement: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "insufficient resources: no capacity available in region ord \
+         (needs 256 MB and 1 CPUs; this host has 0 MB and 2 CPUs free)"
+    );
+    // Nothing of the refused machine stays.
+    assert_eq!(bed.agent.reports().len(), 2);
+
+    // A created machine holds nothing until it starts.
+    let waiting = bed.create(sized(256), true).await;
+    assert_eq!(bed.agent.load().used_memory_mb, 1024);
+    let error = bed.start(&waiting).await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        midge_agent_api::ErrorKind::InsufficientCapacity
+    );
+
+    // A stopped machine gives its room back.
+    bed.stop(&big, kill()).await;
+    assert_eq!(bed.agent.load().used_memory_mb, 512);
+    bed.start(&waiting).await.unwrap();
+    assert_eq!(bed.agent.load().used_memory_mb, 768);
+    assert_eq!(bed.agent.load().machines, 3);
+}
+
+#[tokio::test]
+async fn reports_carry_a_growing_generation_and_the_placement() {
+    let bed = Bed::new().await;
+    let mut changes = bed.agent.changes();
+    let machine = bed
+        .agent
+        .create_machine(CreateMachine {
+            owner: Owner {
+                app: APP.into(),
+                org_slug: "personal".into(),
+                org_network: 1,
+            },
+            request: CreateMachineRequest {
+                config: Some(config()),
+                ..Default::default()
+            },
+            lease_owner: "tester".into(),
+            placement: Some(midge_types::agent::Placement {
+                id: "0123456789abcd".into(),
+                epoch: 3,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(machine.id, "0123456789abcd");
+    bed.wait(&machine.id, MachineState::Started).await;
+    assert_eq!(changes.recv().await.unwrap(), machine.id);
+    let first = bed.agent.report(&machine.id).unwrap();
+    assert_eq!(first.epoch, 3);
+    assert_eq!(first.machine.state, MachineState::Started);
+    bed.stop(&machine.id, kill()).await;
+    let second = bed.agent.report(&machine.id).unwrap();
+    assert!(second.generation > first.generation);
+    assert_eq!(second.machine.state, MachineState::Stopped);
+    assert_eq!(second.versions.len(), 1);
+
+    bed.agent.fence(&machine.id).await.unwrap();
+    assert!(bed.agent.report(&machine.id).unwrap().destroyed);
+    assert!(bed.driver.was_forgotten(&machine.id));
 }

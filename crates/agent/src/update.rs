@@ -49,6 +49,9 @@ impl AgentCore {
         let running = entry.current().is_some();
         let launch = !request.skip_launch && (running || record.state != MachineState::Created);
         let step = transition(Op::Update { launch }, record.state)?;
+        if launch {
+            self.admit(&record.id, &config)?;
+        }
         // The image first: a bad one leaves the machine as it was.
         let image = self.image_for(&config.image).await?;
         self.discard_next(entry).await;
@@ -85,6 +88,7 @@ impl AgentCore {
             if let Some(run) = ended {
                 remove_run(&run).await?;
             }
+            self.release(&record.id);
             self.update_record(entry, |record| {
                 record.set_state(step.to);
                 record.pending = None;

@@ -35,6 +35,8 @@ pub struct HostConfig {
     pub host_id: u32,
     /// How many machines may keep a prepared next run; 0 turns them off.
     pub prepared_runs: usize,
+    /// What machines may reserve on this host; unlimited when `None`.
+    pub capacity: Option<midge_agent::Capacity>,
 }
 
 impl HostConfig {
@@ -49,6 +51,7 @@ impl HostConfig {
             init_binary: None,
             host_id: defaults.host_id,
             prepared_runs: defaults.prepared_runs,
+            capacity: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl Host {
             host_id: config.host_id,
             insecure_registries: config.insecure_registries.clone(),
             prepared_runs: config.prepared_runs,
+            capacity: config.capacity,
         };
         let parts = HostParts {
             images,

@@ -3,6 +3,7 @@
 //! reported record, so the API can answer while a host is down), and the
 //! intents waiting for hosts that were unreachable.
 
+pub use midge_types::cluster::{HostLoad, HostRegistration, MachineReport};
 use midge_types::{Machine, MachineVersion};
 use serde::{Deserialize, Serialize};
 
@@ -67,31 +68,6 @@ pub struct AppRecord {
     pub created_at: i64,
 }
 
-/// What a host says about itself when it joins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRegistration {
-    /// Chosen by the host once and kept in its data dir.
-    pub id: String,
-    pub region: String,
-    /// Where API servers reach its agent API.
-    pub agent_url: String,
-    /// The address other hosts route its machines' 6PN traffic to.
-    #[serde(default)]
-    pub underlay: Option<String>,
-    pub cpus: u32,
-    pub memory_mb: u32,
-}
-
-/// A host's load, reported with every heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostLoad {
-    /// CPUs and memory of the machines that hold a reservation.
-    pub used_cpus: u32,
-    pub used_memory_mb: u32,
-    /// Machines on the host that are not destroyed.
-    pub machines: u32,
-}
-
 /// A host as the catalog knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -115,23 +91,6 @@ pub struct Registered {
     pub host: HostRecord,
     /// Shown once; the catalog keeps only its hash.
     pub token: String,
-}
-
-/// A host's report of one of its machines. `generation` grows with every
-/// change the host makes, so a report older than what the catalog has is
-/// ignored whatever order reports arrive in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MachineReport {
-    pub id: String,
-    pub app: String,
-    pub name: String,
-    /// Which placement of the machine the host holds.
-    pub epoch: u64,
-    pub generation: u64,
-    pub machine: Machine,
-    /// Every config version, newest first.
-    pub versions: Vec<MachineVersion>,
-    pub destroyed: bool,
 }
 
 /// The catalog's entry for a machine: where it is placed and the last

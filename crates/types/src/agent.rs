@@ -41,6 +41,17 @@ pub struct CreateMachine {
     pub request: CreateMachineRequest,
     /// Who holds a lease taken with `lease_ttl`.
     pub lease_owner: String,
+    /// The id and placement epoch a cluster's catalog gave the machine;
+    /// without it the host picks the id (epoch 1).
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+/// Where a cluster placed a machine: its id and which placement this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub id: String,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

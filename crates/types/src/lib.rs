@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod error;

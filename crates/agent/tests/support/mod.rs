@@ -91,6 +91,7 @@ impl TestAgent {
                 owner: self.owner(),
                 request,
                 lease_owner: "tester".into(),
+                placement: None,
             })
             .await
             .expect("create")

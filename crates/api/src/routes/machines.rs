@@ -169,6 +169,7 @@ pub async fn create_machine(
             owner,
             request,
             lease_owner: caller.lease_owner(),
+            placement: None,
         })
         .await?;
     Ok(Json(machine))
