@@ -15,9 +15,9 @@ use futures::stream::BoxStream;
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
     GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs, ReleaseLease, RestartMachine,
-    SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
-    WaitMachine,
+    PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease,
+    RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
+    UpdateMetadata, WaitMachine,
 };
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
@@ -89,4 +89,17 @@ pub trait HostAgent: Send + Sync {
     async fn read_logs(&self, call: ReadLogs) -> Result<BoxStream<'static, LogLine>>;
     /// Pulls an image into the host's image store, reporting progress.
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>>;
+
+    /// The regions machines can be placed in. One host offers its own.
+    async fn regions(&self) -> Result<Vec<RegionCapacity>> {
+        Ok(vec![RegionCapacity {
+            code: self.region().to_string(),
+            hosts: 1,
+            hosts_up: 1,
+            cpus: 0,
+            memory_mb: 0,
+            used_cpus: 0,
+            used_memory_mb: 0,
+        }])
+    }
 }

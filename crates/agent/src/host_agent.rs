@@ -9,8 +9,8 @@ use midge_agent_api::{AgentError, HostAgent, Operation, PtySession, Result};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
     GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    PullEvent, PullImage, ReadLogs, ReleaseLease, RestartMachine, SignalMachine, StartMachine,
-    StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
+    PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease, RestartMachine, SignalMachine,
+    StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, StopRequest,
@@ -194,5 +194,19 @@ impl HostAgent for Agent {
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
         Ok(self.core.pull_image(call.reference))
+    }
+
+    async fn regions(&self) -> Result<Vec<RegionCapacity>> {
+        let load = self.core.load();
+        let capacity = self.core.config.capacity;
+        Ok(vec![RegionCapacity {
+            code: self.core.config.region.clone(),
+            hosts: 1,
+            hosts_up: 1,
+            cpus: capacity.map_or(0, |c| c.cpus),
+            memory_mb: capacity.map_or(0, |c| c.memory_mb),
+            used_cpus: load.used_cpus,
+            used_memory_mb: load.used_memory_mb,
+        }])
     }
 }

@@ -167,6 +167,14 @@ pub struct Region {
     pub gateway_available: bool,
     pub requires_paid_plan: bool,
     pub deprecated: bool,
+    /// midge extension: the region's hosts, and those answering.
+    pub hosts: u32,
+    pub hosts_up: u32,
+    /// midge extension: the hosts' capacity and what machines hold of it.
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub used_cpus: u32,
+    pub used_memory_mb: u32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -66,6 +66,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     // ---- hosts ----
 
+    /// The secret API servers present to agents, made on first use.
+    async fn cluster_secret(&self) -> Result<String>;
+
     /// Adds a host, or updates one already known (which must present its
     /// token); a host keeps its number for good.
     async fn register_host(
@@ -100,6 +103,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     -> Result<Option<MachineEntry>>;
     /// The app's machines, oldest first.
     async fn list_machine_entries(&self, app: &str) -> Result<Vec<MachineEntry>>;
+    /// Forgets a placement whose host never took the machine (refused or
+    /// unreachable); a machine a host already reported stays.
+    async fn remove_placement(&self, id: &str) -> Result<()>;
     /// Every machine entry of a host.
     async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>>;
 

@@ -844,6 +844,38 @@ impl Catalog for PostgresCatalog {
             .collect()
     }
 
+    async fn cluster_secret(&self) -> Result<String, StoreError> {
+        let client = self.client("reading the cluster secret").await?;
+        client
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('cluster_secret', $1)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&new_token()],
+            )
+            .await
+            .map_err(StoreError::postgres("making the cluster secret"))?;
+        let row = client
+            .query_one(
+                "SELECT value FROM settings WHERE key = 'cluster_secret'",
+                &[],
+            )
+            .await
+            .map_err(StoreError::postgres("reading the cluster secret"))?;
+        Ok(row.get(0))
+    }
+
+    async fn remove_placement(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.client("removing placement").await?;
+        client
+            .execute(
+                "DELETE FROM machines WHERE id = $1 AND machine IS NULL",
+                &[&id],
+            )
+            .await
+            .map_err(StoreError::postgres("removing placement"))?;
+        Ok(())
+    }
+
     async fn complete_intent(&self, id: i64) -> Result<(), StoreError> {
         let client = self.client("completing intent").await?;
         client

@@ -82,6 +82,10 @@ CREATE TABLE intents (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX intents_by_host ON intents(host_id);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -650,6 +650,32 @@ impl SqliteCatalog {
         Ok(intents)
     }
 
+    fn cluster_secret(&self) -> Result<String, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES ('cluster_secret', ?1)
+             ON CONFLICT (key) DO NOTHING",
+            [new_token()],
+        )
+        .map_err(StoreError::sqlite("making the cluster secret"))?;
+        conn.query_row(
+            "SELECT value FROM settings WHERE key = 'cluster_secret'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(StoreError::sqlite("reading the cluster secret"))
+    }
+
+    fn remove_placement(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM machines WHERE id = ?1 AND machine IS NULL",
+                [id],
+            )
+            .map_err(StoreError::sqlite("removing placement"))?;
+        Ok(())
+    }
+
     fn complete_intent(&self, id: i64) -> Result<(), StoreError> {
         self.lock()
             .execute("DELETE FROM intents WHERE id = ?1", [id])
@@ -835,6 +861,12 @@ impl Catalog for SqliteCatalog {
     }
     async fn complete_intent(&self, id: i64) -> Result<(), StoreError> {
         SqliteCatalog::complete_intent(self, id)
+    }
+    async fn cluster_secret(&self) -> Result<String, StoreError> {
+        SqliteCatalog::cluster_secret(self)
+    }
+    async fn remove_placement(&self, id: &str) -> Result<(), StoreError> {
+        SqliteCatalog::remove_placement(self, id)
     }
 }
 

@@ -84,6 +84,10 @@ CREATE TABLE intents (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX intents_by_host ON intents(host_id);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -390,6 +390,38 @@ async fn intents_wait_for_their_host(catalog: Arc<dyn Catalog>) {
     assert_eq!(catalog.pending_intents("h-a").await.unwrap(), vec![second]);
 }
 
+async fn the_cluster_secret_is_made_once_and_placements_can_be_taken_back(
+    catalog: Arc<dyn Catalog>,
+) {
+    let secret = catalog.cluster_secret().await.unwrap();
+    assert!(secret.len() > 30);
+    assert_eq!(catalog.cluster_secret().await.unwrap(), secret);
+
+    catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    catalog
+        .place_machine("m1", "web", "web", "h-a")
+        .await
+        .unwrap();
+    catalog
+        .place_machine("m2", "web", "web", "h-a")
+        .await
+        .unwrap();
+    catalog
+        .record_machines("h-a", &[report("m2", 1, 1, MachineState::Started)])
+        .await
+        .unwrap();
+    catalog.remove_placement("m1").await.unwrap();
+    catalog.remove_placement("m2").await.unwrap();
+    assert!(catalog.machine_entry("m1").await.unwrap().is_none());
+    assert!(
+        catalog.machine_entry("m2").await.unwrap().is_some(),
+        "a machine its host reported stays"
+    );
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
@@ -440,4 +472,5 @@ on_both_engines!(
     hosts_keep_their_number_and_need_their_token,
     machine_reports_apply_by_generation_and_fence_other_placements,
     intents_wait_for_their_host,
+    the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
 );

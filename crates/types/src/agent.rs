@@ -350,6 +350,19 @@ pub enum PullEvent {
     },
 }
 
+/// A region as the platform offers it, with its hosts' room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionCapacity {
+    pub code: String,
+    /// Hosts in the region, and of those the ones answering.
+    pub hosts: u32,
+    pub hosts_up: u32,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub used_cpus: u32,
+    pub used_memory_mb: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
