@@ -19,7 +19,7 @@ mod output;
 mod progress;
 mod wait;
 
-use midge_server::{bench, image_import, up};
+use midge_server::{agent_role, api_role, bench, image_import, up};
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +57,10 @@ enum Command {
     Machine(commands::machine::MachineCommand),
     /// Run the whole platform on this host: API, host agent and storage
     Up(up::UpArgs),
+    /// Run a stateless API server of a cluster over a shared catalog
+    Api(api_role::ApiArgs),
+    /// Run one host of a cluster: its agent, joined through an API server
+    Agent(agent_role::AgentArgs),
     /// Measure how fast machines start on this host
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -115,6 +119,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
+        Command::Api(args) => api_role::api(args).await,
+        Command::Agent(args) => agent_role::agent(args).await,
         Command::Image(command) => image_import::run(command),
         Command::Bench(BenchCommand::Start {
             iterations,

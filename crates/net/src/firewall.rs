@@ -32,6 +32,7 @@ add rule inet {table} forward ct state established,related accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} meta nfproto ipv6 accept
+add rule inet {table} forward iifname @{MACHINE_IFACES} ip6 daddr fdaa::/16 accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} meta nfproto ipv6 drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} ip saddr != {pool} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} drop

@@ -14,6 +14,7 @@ pub mod fake;
 mod firewall;
 mod links;
 mod names;
+mod peers;
 mod sysctl;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -30,6 +31,7 @@ pub use addressing::{
 pub use error::NetError;
 pub use links::MTU;
 pub use names::NETNS_DIR;
+pub use peers::{PeerRoute, sync_peer_routes};
 
 const SYS_CLASS_NET: &str = "/sys/class/net";
 

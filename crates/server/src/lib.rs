@@ -4,9 +4,13 @@
 //!
 //! - [`host`]: one host — driver, network, images — and its agent.
 //! - [`up`]: `midge up`, the whole single-host platform in one process.
+//! - [`api_role`]: `midge api`, a stateless API server of a cluster.
+//! - [`agent_role`]: `midge agent`, one host of a cluster.
 //! - [`bench`]: `midge bench`, the benchmarks that set up their own host.
 //! - [`image_import`]: `midge image`, the host's image store from the shell.
 
+pub mod agent_role;
+pub mod api_role;
 pub mod bench;
 pub mod host;
 pub mod image_import;
@@ -24,4 +28,35 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Writes `text` to a file only root may read.
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
 }

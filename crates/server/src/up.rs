@@ -11,6 +11,7 @@ use midge_store::{Catalog, SqliteCatalog};
 
 use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
+use crate::write_private;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -90,32 +91,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("try:   midge machine run --shell");
 
     let state = midge_api::ApiState::new(catalog, Arc::new(agent.clone()));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    midge_api::serve_with_shutdown(listener, state, shutdown)
+    midge_api::serve_with_shutdown(listener, state, crate::shutdown_signal())
         .await
         .context("serving the API")?;
     agent.shutdown();
     println!("midge stopped; machines keep running and are re-adopted by the next `midge up`");
-    Ok(())
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(file, "{text}")?;
     Ok(())
 }

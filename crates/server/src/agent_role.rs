@@ -1,0 +1,297 @@
+//! `midge agent`: one host of a cluster. It joins through an API server
+//! (keeping its identity in its data dir), runs its machines with its own
+//! agent, serves the agent API to API servers, and in the background
+//! heartbeats (carrying out intents and installing 6PN routes to its peers)
+//! and reports every change of its machines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use midge_agent::{Agent, Capacity};
+use midge_agent_api::{ErrorKind, HostAgent};
+use midge_cluster::member::Membership;
+use midge_store::{Intent, IntentKind};
+use midge_types::agent::{DestroyMachine, MachineKey};
+use midge_types::cluster::HostRegistration;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::host::{Host, HostConfig};
+use crate::shell_image::ensure_shell_image;
+
+/// How long a new host keeps trying to reach an API server to join.
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+/// Every machine is reported this often, whatever changed (anti-entropy).
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// Changes that arrive this close together go in one report.
+const REPORT_BATCH: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// An API server of the cluster.
+    #[arg(long, env = "MIDGE_API_URL")]
+    pub api: String,
+    /// An admin token, to join the first time (a host that joined keeps its own).
+    #[arg(long, env = "MIDGE_API_TOKEN")]
+    pub token: Option<String>,
+    /// The region this host belongs to.
+    #[arg(long, env = "MIDGE_REGION")]
+    pub region: String,
+    /// Address the agent API listens on.
+    #[arg(long, default_value = "127.0.0.1:4290")]
+    pub listen: SocketAddr,
+    /// Where API servers reach this agent; `http://<listen>` by default.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The address other hosts route 6PN traffic to this host's machines through.
+    #[arg(long)]
+    pub underlay: Option<String>,
+    /// Where the host keeps its identity, records, images and machines.
+    #[arg(long, env = "MIDGE_DATA_DIR", default_value = "/var/lib/midge-agent")]
+    pub data_dir: PathBuf,
+    /// CPUs machines may reserve; all of this host's by default.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory machines may reserve, in MB; all of this host's by default.
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// Prefix of every host resource (at most 6 characters).
+    #[arg(long, default_value = "midge")]
+    pub resource_prefix: String,
+    /// IPv4 range machines get their link networks from.
+    #[arg(long, default_value = "172.19.0.0/16")]
+    pub ipv4_pool: String,
+    /// A registry (host:port) reachable over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_ms: u64,
+}
+
+fn host_memory_mb() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(1024, |kb| u32::try_from(kb / 1024).unwrap_or(u32::MAX))
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    crate::init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let capacity = Capacity {
+        cpus: args.cpus.unwrap_or_else(host_cpus),
+        memory_mb: args.memory_mb.unwrap_or_else(host_memory_mb),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let identity = args.data_dir.join("host.json");
+    let registration = HostRegistration {
+        id: midge_cluster::member::host_id(&identity)?,
+        region: args.region.clone(),
+        agent_url: advertise.clone(),
+        underlay: args.underlay.clone(),
+        cpus: capacity.cpus,
+        memory_mb: capacity.memory_mb,
+    };
+    let member = join(&args, &identity, registration).await?;
+
+    let mut config = HostConfig::new(args.data_dir.join("agent"));
+    config.region = args.region.clone();
+    config.resource_prefix = args.resource_prefix.clone();
+    config.ipv4_pool = args.ipv4_pool.clone();
+    config.insecure_registries = args.insecure_registries.clone();
+    config.host_id = member.host.number;
+    config.capacity = Some(capacity);
+    let agent = Host::open(config).await?.agent;
+    if let Err(err) = ensure_shell_image(agent.images()) {
+        tracing::warn!("the default shell image is not available: {err:#}");
+    }
+    let rpc = midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret);
+    let server = tokio::spawn(async move { axum::serve(listener, rpc).await });
+    println!(
+        "host {} (number {}) in region {} serves its agent at {advertise}",
+        member.host.id, member.host.number, args.region
+    );
+    let heartbeats = tokio::spawn(keep_beating(
+        agent.clone(),
+        member.clone(),
+        Duration::from_millis(args.heartbeat_ms.max(100)),
+    ));
+    let reports = tokio::spawn(keep_reporting(agent.clone(), member));
+
+    tokio::select! {
+        () = crate::shutdown_signal() => {}
+        served = server => {
+            if let Ok(Err(error)) = served {
+                tracing::error!("the agent API stopped: {error}");
+            }
+        }
+    }
+    heartbeats.abort();
+    reports.abort();
+    agent.shutdown();
+    println!("agent stopped; machines keep running and are re-adopted by the next start");
+    Ok(())
+}
+
+async fn join(
+    args: &AgentArgs,
+    identity: &std::path::Path,
+    registration: HostRegistration,
+) -> anyhow::Result<Membership> {
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        match Membership::join(
+            &args.api,
+            args.token.as_deref(),
+            identity,
+            registration.clone(),
+        )
+        .await
+        {
+            Ok(member) => return Ok(member),
+            Err(error @ midge_cluster::member::MemberError::Refused { .. }) => {
+                return Err(anyhow::Error::new(error)).context("joining the cluster");
+            }
+            Err(error) if tokio::time::Instant::now() > deadline => {
+                return Err(anyhow::Error::new(error)).context("joining the cluster");
+            }
+            Err(error) => {
+                tracing::info!(
+                    "waiting for the API to join: {}",
+                    midge_client::error_chain(&error)
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn keep_beating(agent: Agent, member: Membership, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match member.heartbeat(agent.load()).await {
+            Ok(answer) => {
+                if failing {
+                    tracing::info!("the API answers heartbeats again");
+                    failing = false;
+                }
+                for intent in answer.intents {
+                    carry_out(&agent, &member, intent).await;
+                }
+                let routes: Vec<midge_net::PeerRoute> = answer
+                    .routes
+                    .into_iter()
+                    .map(|r| midge_net::PeerRoute {
+                        prefix: r.prefix,
+                        via: r.via,
+                    })
+                    .collect();
+                if let Err(error) = midge_net::sync_peer_routes(&routes).await {
+                    tracing::warn!("installing 6PN routes to other hosts: {error}");
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!("heartbeat: {}", midge_client::error_chain(&error));
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// What was asked while the host could not be reached.
+async fn carry_out(agent: &Agent, member: &Membership, intent: Intent) {
+    let IntentKind::Destroy { force } = intent.intent;
+    let done = agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(intent.app.clone(), intent.machine_id.clone()),
+            force,
+            nonce: None,
+        })
+        .await;
+    match done {
+        Ok(()) => {}
+        Err(error) if error.kind() == ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(machine = %intent.machine_id, "a queued destroy: {}", error.chain());
+            return;
+        }
+    }
+    if let Err(error) = member.intent_done(intent.id).await {
+        tracing::warn!(
+            "marking an intent done: {}",
+            midge_client::error_chain(&error)
+        );
+    }
+}
+
+async fn keep_reporting(agent: Agent, member: Membership) {
+    let mut changes = agent.changes();
+    let mut full = tokio::time::interval(FULL_REPORT_EVERY);
+    loop {
+        let ids: Option<Vec<String>> = tokio::select! {
+            _ = full.tick() => None,
+            received = changes.recv() => match received {
+                Ok(id) => {
+                    tokio::time::sleep(REPORT_BATCH).await;
+                    let mut ids = vec![id];
+                    while let Ok(more) = changes.try_recv() {
+                        ids.push(more);
+                    }
+                    ids.sort();
+                    ids.dedup();
+                    Some(ids)
+                }
+                Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let reports = match ids {
+            Some(ids) => ids.iter().filter_map(|id| agent.report(id)).collect(),
+            None => agent.reports(),
+        };
+        if reports.is_empty() {
+            continue;
+        }
+        match member.report(reports).await {
+            Ok(answer) => {
+                for id in answer.fenced {
+                    if let Err(error) = agent.fence(&id).await {
+                        tracing::warn!(machine = %id, "destroying a fenced copy: {}", error.chain());
+                    }
+                }
+            }
+            // The next full report repairs what this one missed.
+            Err(error) => {
+                tracing::debug!("reporting machines: {}", midge_client::error_chain(&error));
+            }
+        }
+    }
+}
