@@ -197,6 +197,18 @@ pub async fn destroy(client: &ApiClient, args: DestroyArgs) -> Result<()> {
                 machine.id
             );
         }
+        if machine.host_status != "ok" && !machine.host_status.is_empty() {
+            // No lease can be had from a host that does not answer; the
+            // cluster records the destroy and carries it out when it is back.
+            client
+                .destroy_machine(&app, &machine.id, args.force, None)
+                .await?;
+            println!(
+                "Machine {} will be destroyed when its host is back (host status: {})",
+                machine.id, machine.host_status
+            );
+            continue;
+        }
         with_lease(client, &app, &machine.id, async |lease| {
             client
                 .destroy_machine(&app, &machine.id, args.force, Some(&lease.nonce))
