@@ -14,6 +14,8 @@ pub mod api_role;
 pub mod bench;
 pub mod host;
 pub mod image_import;
+pub mod postgres;
+pub mod process;
 pub mod shell_image;
 pub mod up;
 
