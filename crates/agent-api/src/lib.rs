@@ -98,7 +98,7 @@ pub trait HostAgent: Send + Sync {
             hosts_up: 1,
             cpus: 0,
             memory_mb: 0,
-            used_cpus: 0,
+            used_millicpus: 0,
             used_memory_mb: 0,
         }])
     }

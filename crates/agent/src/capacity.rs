@@ -13,7 +13,7 @@ use crate::agent::{AgentCore, lock, state_is_alive};
 /// What one machine holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reservation {
-    pub cpus: u32,
+    pub millicpus: u32,
     pub memory_mb: u32,
 }
 
@@ -21,7 +21,7 @@ impl Reservation {
     pub fn of(config: &MachineConfig) -> Reservation {
         let guest = config.guest_or_default();
         Reservation {
-            cpus: guest.cpus,
+            millicpus: guest.millicpus(),
             memory_mb: guest.memory_mb,
         }
     }
@@ -32,6 +32,12 @@ impl Reservation {
 pub struct Capacity {
     pub cpus: u32,
     pub memory_mb: u32,
+}
+
+impl Capacity {
+    pub fn millicpus(&self) -> u32 {
+        self.cpus.saturating_mul(1000)
+    }
 }
 
 impl AgentCore {
@@ -45,16 +51,18 @@ impl AgentCore {
                 .iter()
                 .filter(|(other, _)| other.as_str() != id)
                 .fold((0u32, 0u32), |(c, m), (_, r)| {
-                    (c.saturating_add(r.cpus), m.saturating_add(r.memory_mb))
+                    (c.saturating_add(r.millicpus), m.saturating_add(r.memory_mb))
                 });
             let free_memory = capacity.memory_mb.saturating_sub(memory);
-            let free_cpus = capacity.cpus.saturating_sub(cpus);
-            if wanted.memory_mb > free_memory || wanted.cpus > free_cpus {
+            let free_millicpus = capacity.millicpus().saturating_sub(cpus);
+            if wanted.memory_mb > free_memory || wanted.millicpus > free_millicpus {
                 return Err(AgentError::InsufficientCapacity {
                     region: self.config.region.clone(),
                     detail: Some(format!(
-                        "needs {} MB and {} CPUs; this host has {free_memory} MB and {free_cpus} CPUs free",
-                        wanted.memory_mb, wanted.cpus
+                        "needs {} MB and {} CPUs; this host has {free_memory} MB and {} CPUs free",
+                        wanted.memory_mb,
+                        midge_types::cpus_text(wanted.millicpus),
+                        midge_types::cpus_text(free_millicpus)
                     )),
                 });
             }
@@ -74,10 +82,10 @@ impl AgentCore {
 
     /// What the host's machines hold, and how many machines it has.
     pub(crate) fn load(&self) -> HostLoad {
-        let (used_cpus, used_memory_mb) = lock(&self.reservations)
+        let (used_millicpus, used_memory_mb) = lock(&self.reservations)
             .values()
             .fold((0u32, 0u32), |(c, m), r| {
-                (c.saturating_add(r.cpus), m.saturating_add(r.memory_mb))
+                (c.saturating_add(r.millicpus), m.saturating_add(r.memory_mb))
             });
         let machines = self
             .entries()
@@ -85,7 +93,7 @@ impl AgentCore {
             .filter(|entry| state_is_alive(lock(&entry.record).state))
             .count();
         HostLoad {
-            used_cpus,
+            used_millicpus,
             used_memory_mb,
             machines: u32::try_from(machines).unwrap_or(u32::MAX),
         }

@@ -36,7 +36,7 @@ impl AgentCore {
         } = call;
         let config = validated_config(&request)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
-            && region != self.config.region
+            && !region_includes(region, &self.config.region)
         {
             return Err(AgentError::InsufficientCapacity {
                 region: region.to_string(),
@@ -232,5 +232,25 @@ impl MachineRecord {
             generation: 0,
             epoch: 1,
         }
+    }
+}
+
+/// Whether a region as Fly accepts it (a code, a list, `any`) lets a
+/// machine run in `own`. Aliases are the cluster's to expand.
+fn region_includes(requested: &str, own: &str) -> bool {
+    requested
+        .split(',')
+        .map(str::trim)
+        .any(|part| part.eq_ignore_ascii_case(own) || part.eq_ignore_ascii_case("any"))
+}
+
+#[cfg(test)]
+mod region_tests {
+    #[test]
+    fn a_host_takes_its_region_alone_in_a_list_or_as_any() {
+        assert!(super::region_includes("ord", "ord"));
+        assert!(super::region_includes("ams, ord", "ord"));
+        assert!(super::region_includes("any", "ord"));
+        assert!(!super::region_includes("ams", "ord"));
     }
 }

@@ -205,7 +205,7 @@ impl HostAgent for Agent {
             hosts_up: 1,
             cpus: capacity.map_or(0, |c| c.cpus),
             memory_mb: capacity.map_or(0, |c| c.memory_mb),
-            used_cpus: load.used_cpus,
+            used_millicpus: load.used_millicpus,
             used_memory_mb: load.used_memory_mb,
         }])
     }

@@ -719,7 +719,7 @@ async fn machines_that_may_run_hold_capacity_and_the_rest_is_refused_with_the_sh
     assert_eq!(
         refused.to_string(),
         "insufficient resources: no capacity available in region ord \
-         (needs 256 MB and 1 CPUs; this host has 0 MB and 2 CPUs free)"
+         (needs 256 MB and 0.062 CPUs; this host has 0 MB and 3.876 CPUs free)"
     );
     // Nothing of the refused machine stays.
     assert_eq!(bed.agent.reports().len(), 2);
@@ -739,6 +739,24 @@ async fn machines_that_may_run_hold_capacity_and_the_rest_is_refused_with_the_sh
     bed.start(&waiting).await.unwrap();
     assert_eq!(bed.agent.load().used_memory_mb, 768);
     assert_eq!(bed.agent.load().machines, 3);
+
+    // Performance vCPUs take whole cores: four no longer fit beside the
+    // shared ones on this four-CPU host.
+    let performance = MachineConfig {
+        guest: Some(midge_types::Guest {
+            cpu_kind: "performance".into(),
+            cpus: 4,
+            memory_mb: 128,
+            ..Default::default()
+        }),
+        ..config()
+    };
+    let cores = bed.create(performance, true).await;
+    let error = bed.start(&cores).await.unwrap_err();
+    assert!(
+        error.to_string().contains("needs 128 MB and 4 CPUs"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

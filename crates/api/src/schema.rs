@@ -173,7 +173,8 @@ pub struct Region {
     /// midge extension: the hosts' capacity and what machines hold of it.
     pub cpus: u32,
     pub memory_mb: u32,
-    pub used_cpus: u32,
+    /// What machines hold, in CPUs (a shared vCPU holds 1/16).
+    pub used_cpus: f64,
     pub used_memory_mb: u32,
 }
 

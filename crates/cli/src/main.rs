@@ -19,7 +19,7 @@ mod output;
 mod progress;
 mod wait;
 
-use midge_server::{agent_role, api_role, bench, image_import, up};
+use midge_server::{agent_role, api_role, bench, dev_cluster, image_import, up};
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +61,9 @@ enum Command {
     Api(api_role::ApiArgs),
     /// Run one host of a cluster: its agent, joined through an API server
     Agent(agent_role::AgentArgs),
+    /// A whole cluster on this machine: PostgreSQL, API servers, hosts in namespaces
+    #[command(subcommand)]
+    DevCluster(dev_cluster::DevClusterCommand),
     /// Measure how fast machines start on this host
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -122,6 +125,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => api_role::api(args).await,
         Command::Agent(args) => agent_role::agent(args).await,
         Command::Image(command) => image_import::run(command),
+        Command::DevCluster(command) => dev_cluster::run(command).await,
         Command::Bench(BenchCommand::Start {
             iterations,
             prefix,

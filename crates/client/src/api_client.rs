@@ -22,6 +22,35 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `GET /v1/platform/regions`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PlatformRegions {
+    #[serde(default)]
+    pub nearest: String,
+    #[serde(default)]
+    pub regions: Vec<PlatformRegion>,
+}
+
+/// A region; all but `code` and `name` are midge's extension.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PlatformRegion {
+    pub code: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub hosts: u32,
+    #[serde(default)]
+    pub hosts_up: u32,
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mb: u32,
+    #[serde(default)]
+    pub used_cpus: f64,
+    #[serde(default)]
+    pub used_memory_mb: u32,
+}
+
 /// Why a call to the API failed.
 #[derive(Debug)]
 pub enum ClientError {
@@ -406,6 +435,15 @@ impl ApiClient {
         )
         .await?;
         Ok(())
+    }
+
+    // ---- platform ----
+
+    /// The regions, with midge's capacity figures for each.
+    pub async fn regions(&self) -> ClientResult<PlatformRegions> {
+        let url = self.url(&["platform", "regions"], &[]);
+        self.call("listing regions", Method::GET, url, None, None)
+            .await
     }
 
     // ---- machines ----

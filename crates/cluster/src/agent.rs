@@ -133,7 +133,7 @@ impl ClusterAgent {
             .ok_or_else(|| AgentError::Invalid("config is required".into()))?;
         let guest = config.guest_or_default();
         let needs = Needs {
-            cpus: guest.cpus,
+            millicpus: guest.millicpus(),
             memory_mb: guest.memory_mb,
         };
         let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
@@ -592,7 +592,7 @@ impl HostAgent for ClusterAgent {
                     hosts_up: 0,
                     cpus: 0,
                     memory_mb: 0,
-                    used_cpus: 0,
+                    used_millicpus: 0,
                     used_memory_mb: 0,
                 });
             region.hosts += 1;
@@ -600,7 +600,7 @@ impl HostAgent for ClusterAgent {
                 region.hosts_up += 1;
                 region.cpus += host.cpus;
                 region.memory_mb += host.memory_mb;
-                region.used_cpus += host.load.used_cpus;
+                region.used_millicpus += host.load.used_millicpus;
                 region.used_memory_mb += host.load.used_memory_mb;
             }
         }

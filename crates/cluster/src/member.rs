@@ -3,6 +3,8 @@
 //! machines, and marking intents done.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use midge_store::HostRecord;
@@ -19,6 +21,8 @@ pub enum MemberError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("no API server to talk to")]
+    NoApiServer,
     #[error("the API refused: {status}: {body}")]
     Refused { status: u16, body: String },
     #[error("{action} {path}")]
@@ -92,18 +96,62 @@ pub fn host_id(identity_file: &Path) -> Result<String, MemberError> {
 #[derive(Debug, Clone)]
 pub struct Membership {
     http: reqwest::Client,
-    api_url: String,
+    api: ApiServers,
     token: String,
     pub host: HostRecord,
     /// What API servers present to this host's agent.
     pub cluster_secret: String,
 }
 
+/// The API servers a host talks to: the one that answered last first, the
+/// others when it does not (any of them serves the hosts' API).
+#[derive(Debug, Clone)]
+struct ApiServers {
+    urls: Arc<Vec<String>>,
+    preferred: Arc<AtomicUsize>,
+}
+
+impl ApiServers {
+    fn new(urls: &[String]) -> ApiServers {
+        ApiServers {
+            urls: Arc::new(
+                urls.iter()
+                    .map(|url| url.trim_end_matches('/').to_string())
+                    .collect(),
+            ),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Sends the request `build` makes for one server's URL, moving on to
+    /// the next server while one cannot be reached.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<T, MemberError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for attempt in 0..self.urls.len() {
+            let index = (first + attempt) % self.urls.len();
+            let url = &self.urls[index];
+            match answer(url, build(url).send().await).await {
+                Err(error @ MemberError::Unreachable { .. }) => last_error = Some(error),
+                answered => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(last_error.unwrap_or(MemberError::NoApiServer))
+    }
+}
+
 impl Membership {
-    /// Joins the cluster at `api_url`: a host seen before comes back with the
-    /// token in `identity_file`; a new one presents `admin_token`.
+    /// Joins the cluster through one of `api_urls`: a host seen before comes
+    /// back with the token in `identity_file`; a new one presents
+    /// `admin_token`.
     pub async fn join(
-        api_url: &str,
+        api_urls: &[String],
         admin_token: Option<&str>,
         identity_file: &Path,
         mut registration: HostRegistration,
@@ -115,72 +163,59 @@ impl Membership {
             .no_proxy()
             .build()
             .map_err(|source| MemberError::Unreachable {
-                url: api_url.to_string(),
+                url: api_urls.join(","),
                 source,
             })?;
+        let api = ApiServers::new(api_urls);
         let mut identity = load_identity(identity_file)?;
         registration.id.clone_from(&identity.id);
-        let api_url = api_url.trim_end_matches('/').to_string();
-        let mut request = http
-            .post(format!("{api_url}/internal/v1/hosts"))
-            .json(&Join {
-                registration,
-                token: identity.token.clone(),
-            });
-        if let Some(token) = admin_token {
-            request = request.bearer_auth(token);
-        }
-        let joined: Joined = answer(&api_url, request.send().await).await?;
+        let join = Join {
+            registration,
+            token: identity.token.clone(),
+        };
+        let joined: Joined = api
+            .send(|url| {
+                let request = http.post(format!("{url}/internal/v1/hosts")).json(&join);
+                match admin_token {
+                    Some(token) => request.bearer_auth(token),
+                    None => request,
+                }
+            })
+            .await?;
         identity.token = Some(joined.token.clone());
         save_identity(identity_file, &identity)?;
         Ok(Membership {
             http,
-            api_url,
+            api,
             token: joined.token,
             host: joined.host,
             cluster_secret: joined.cluster_secret,
         })
     }
 
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+    fn post(&self, url: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .post(format!(
-                "{}/internal/v1/hosts/{}/{path}",
-                self.api_url, self.host.id
-            ))
+            .post(format!("{url}/internal/v1/hosts/{}/{path}", self.host.id))
             .bearer_auth(&self.token)
     }
 
     pub async fn heartbeat(&self, load: HostLoad) -> Result<HeartbeatAnswer, MemberError> {
-        let sent = self
-            .post("heartbeat")
-            .json(&Heartbeat { load })
-            .send()
-            .await;
-        answer(&self.api_url, sent).await
+        let body = Heartbeat { load };
+        self.api
+            .send(|url| self.post(url, "heartbeat").json(&body))
+            .await
     }
 
     pub async fn report(&self, machines: Vec<MachineReport>) -> Result<ReportsAnswer, MemberError> {
-        let sent = self
-            .post("machines")
-            .json(&Reports { machines })
-            .send()
-            .await;
-        answer(&self.api_url, sent).await
+        let body = Reports { machines };
+        self.api
+            .send(|url| self.post(url, "machines").json(&body))
+            .await
     }
 
     pub async fn intent_done(&self, intent: i64) -> Result<(), MemberError> {
-        let sent = self.post(&format!("intents/{intent}/done")).send().await;
-        let response = sent.map_err(|source| MemberError::Unreachable {
-            url: self.api_url.clone(),
-            source,
-        })?;
-        if !response.status().is_success() {
-            return Err(MemberError::Refused {
-                status: response.status().as_u16(),
-                body: response.text().await.unwrap_or_default(),
-            });
-        }
+        let path = format!("intents/{intent}/done");
+        let _: serde::de::IgnoredAny = self.api.send(|url| self.post(url, &path)).await?;
         Ok(())
     }
 }
@@ -200,11 +235,17 @@ async fn answer<T: serde::de::DeserializeOwned>(
             body: response.text().await.unwrap_or_default(),
         });
     }
-    response
-        .json()
+    let body = response
+        .bytes()
         .await
         .map_err(|source| MemberError::Unreachable {
             url: url.to_string(),
             source,
-        })
+        })?;
+    // An empty answer (204) reads as JSON null.
+    let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+    serde_json::from_slice(body).map_err(|error| MemberError::Refused {
+        status: status.as_u16(),
+        body: format!("an answer that does not parse: {error}"),
+    })
 }

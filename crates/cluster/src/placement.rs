@@ -14,7 +14,8 @@ use crate::status::{HostStatus, Liveness};
 /// What a machine needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    pub cpus: u32,
+    /// Thousandths of a CPU.
+    pub millicpus: u32,
     pub memory_mb: u32,
 }
 
@@ -31,7 +32,9 @@ pub const MAX_TRIES: usize = 3;
 
 fn free(host: &HostRecord) -> (u32, u32) {
     (
-        host.cpus.saturating_sub(host.load.used_cpus),
+        host.cpus
+            .saturating_mul(1000)
+            .saturating_sub(host.load.used_millicpus),
         host.memory_mb.saturating_sub(host.load.used_memory_mb),
     )
 }
@@ -61,7 +64,7 @@ pub fn candidates(
         .copied()
         .filter(|h| {
             let (cpus, memory) = free(h);
-            cpus >= needs.cpus && memory >= needs.memory_mb
+            cpus >= needs.millicpus && memory >= needs.memory_mb
         })
         .collect();
     if fitting.is_empty() {
@@ -72,7 +75,10 @@ pub fn candidates(
             .unwrap_or_default();
         return Candidates::None(format!(
             "needs {} MB and {} CPUs; the roomiest host in {region} has {} MB and {} CPUs free",
-            needs.memory_mb, needs.cpus, best.1, best.0
+            needs.memory_mb,
+            midge_types::cpus_text(needs.millicpus),
+            best.1,
+            midge_types::cpus_text(best.0)
         ));
     }
     let score = |h: &HostRecord| {
@@ -105,7 +111,7 @@ mod tests {
             cpus: 4,
             memory_mb: 1024,
             load: HostLoad {
-                used_cpus: 0,
+                used_millicpus: 0,
                 used_memory_mb,
                 machines: 0,
             },
@@ -116,7 +122,7 @@ mod tests {
 
     const NOW: i64 = 1_000_000;
     const NEEDS: Needs = Needs {
-        cpus: 1,
+        millicpus: 1000,
         memory_mb: 512,
     };
 

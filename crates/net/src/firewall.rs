@@ -4,7 +4,8 @@
 //! wildcard) so that tables of different prefixes never act on each other's machines.
 //! `machine_orgs` maps each machine interface to its organization's /48: a packet
 //! may leave a machine only with a source address of its own org, and may enter a
-//! machine only from a source address of the destination's org.
+//! machine only from a source address of the destination's org, whether it comes
+//! from a machine on this host or over the underlay from another host.
 
 use std::net::Ipv6Addr;
 
@@ -33,6 +34,7 @@ add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @
 add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} meta nfproto ipv6 accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} ip6 daddr fdaa::/16 accept
+add rule inet {table} forward oifname @{MACHINE_IFACES} ip6 saddr fdaa::/16 accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} meta nfproto ipv6 drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} ip saddr != {pool} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} drop

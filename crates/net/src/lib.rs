@@ -33,8 +33,6 @@ pub use links::MTU;
 pub use names::NETNS_DIR;
 pub use peers::{PeerRoute, sync_peer_routes};
 
-const SYS_CLASS_NET: &str = "/sys/class/net";
-
 /// Host-wide settings of machine networking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
@@ -216,7 +214,7 @@ impl Network {
     /// Host-side veths of this prefix, sorted.
     pub async fn list_host_veths(&self) -> Result<Vec<String>, NetError> {
         let prefix = &self.config.prefix;
-        let mut veths = list_dir(Path::new(SYS_CLASS_NET)).await?;
+        let mut veths = interface_names()?;
         veths.retain(|name| names::is_own_veth(prefix, name));
         veths.sort();
         Ok(veths)
@@ -287,8 +285,25 @@ async fn path_exists(path: &Path) -> bool {
     tokio::fs::try_exists(path).await.unwrap_or(false)
 }
 
+/// Asks the kernel rather than `/sys/class/net`, whose view is the network
+/// namespace sysfs was mounted in, not necessarily the agent's own.
 async fn interface_exists(interface: &str) -> bool {
-    path_exists(&Path::new(SYS_CLASS_NET).join(interface)).await
+    nix::net::if_::if_nametoindex(interface).is_ok()
+}
+
+/// Interfaces of the network namespace this process runs in.
+fn interface_names() -> Result<Vec<String>, NetError> {
+    let interfaces = nix::net::if_::if_nameindex().map_err(|errno| {
+        NetError::io(
+            "listing interfaces of",
+            Path::new("this network namespace"),
+            errno.into(),
+        )
+    })?;
+    Ok(interfaces
+        .iter()
+        .filter_map(|interface| interface.name().to_str().ok().map(str::to_string))
+        .collect())
 }
 
 /// Entry names of a directory; a missing directory has none.

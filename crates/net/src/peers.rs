@@ -25,7 +25,7 @@ pub(crate) fn sync_batch(wanted: &[PeerRoute], existing: &[String]) -> String {
     let mut batch = String::new();
     for route in wanted {
         batch.push_str(&format!(
-            "-6 route replace {} via {} proto {PEER_PROTO}\n",
+            "route replace {} via {} proto {PEER_PROTO}\n",
             route.prefix, route.via
         ));
     }
@@ -33,7 +33,7 @@ pub(crate) fn sync_batch(wanted: &[PeerRoute], existing: &[String]) -> String {
         .iter()
         .filter(|dst| !wanted_prefixes.contains(dst.as_str()))
     {
-        batch.push_str(&format!("-6 route del {stale} proto {PEER_PROTO}\n"));
+        batch.push_str(&format!("route del {stale} proto {PEER_PROTO}\n"));
     }
     batch
 }
@@ -91,8 +91,8 @@ mod tests {
         let existing = vec!["fdaa:1:2:0:2::/80".into(), "fdaa:1:2:0:3::/80".into()];
         assert_eq!(
             sync_batch(&wanted, &existing),
-            "-6 route replace fdaa:1:2:0:2::/80 via fd00:77::12 proto 199\n\
-             -6 route del fdaa:1:2:0:3::/80 proto 199\n"
+            "route replace fdaa:1:2:0:2::/80 via fd00:77::12 proto 199\n\
+             route del fdaa:1:2:0:3::/80 proto 199\n"
         );
         assert_eq!(sync_batch(&[], &[]), "");
     }

@@ -30,9 +30,10 @@ const REPORT_BATCH: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// An API server of the cluster.
-    #[arg(long, env = "MIDGE_API_URL")]
-    pub api: String,
+    /// The cluster's API servers (comma separated); the host talks to the
+    /// first that answers.
+    #[arg(long, env = "MIDGE_API_URL", value_delimiter = ',', required = true)]
+    pub api: Vec<String>,
     /// An admin token, to join the first time (a host that joined keeps its own).
     #[arg(long, env = "MIDGE_API_TOKEN")]
     pub token: Option<String>,

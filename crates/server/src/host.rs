@@ -13,7 +13,7 @@ use midge_net::{NetConfig, Network};
 use midge_sandbox::{SandboxConfig, SandboxDriver};
 
 /// Where runc state and other runtime state of each prefix lives (a tmpfs).
-const RUNTIME_DIR: &str = "/run/midge";
+pub const RUNTIME_DIR: &str = "/run/midge";
 
 /// How one host is set up.
 #[derive(Debug, Clone)]

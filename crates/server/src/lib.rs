@@ -6,13 +6,16 @@
 //! - [`up`]: `midge up`, the whole single-host platform in one process.
 //! - [`api_role`]: `midge api`, a stateless API server of a cluster.
 //! - [`agent_role`]: `midge agent`, one host of a cluster.
+//! - [`dev_cluster`]: `midge dev-cluster`, a whole cluster on one machine.
 //! - [`bench`]: `midge bench`, the benchmarks that set up their own host.
 //! - [`image_import`]: `midge image`, the host's image store from the shell.
 
 pub mod agent_role;
 pub mod api_role;
 pub mod bench;
+pub mod dev_cluster;
 pub mod host;
+pub mod host_cleanup;
 pub mod image_import;
 pub mod postgres;
 pub mod process;

@@ -1,8 +1,9 @@
 //! A PostgreSQL server of midge's own (Debian's `postgresql` package): a
 //! fresh data dir, trust authentication for the `midge` role, listening on
-//! a TCP address (inside a network namespace when asked), and killed with
-//! the thread that started it. `midge dev-cluster` runs the cluster's
-//! catalog on one; the tests run a throwaway one per test process.
+//! a TCP address (inside a network namespace when asked), either killed with
+//! the thread that started it or left running on its own. `midge
+//! dev-cluster` runs the cluster's catalog on one; the tests run a throwaway
+//! one per test process.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,11 @@ pub struct PostgresOptions {
     pub netns: Option<String>,
     /// Turns off fsync and friends: for tests, whose data does not matter.
     pub throwaway: bool,
+    /// Addresses (CIDR) besides loopback that may connect as `midge`.
+    pub trusted_clients: Vec<String>,
+    /// Outlives this process (in its own process group) instead of dying
+    /// with the thread that started it.
+    pub detached: bool,
 }
 
 /// The newest PostgreSQL binaries installed.
@@ -72,22 +78,10 @@ impl PostgresServer {
         nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
             .with_context(|| format!("handing {} to postgres", dir.display()))?;
         let data = dir.join("data");
-        let status = Command::new(bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C"])
-            .args(options.throwaway.then_some("--no-sync"))
-            .uid(uid)
-            .gid(gid)
-            .env("HOME", dir)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running initdb")?;
-        if !status.success() {
-            bail!("initdb failed in {}", data.display());
+        if !data.join("PG_VERSION").exists() {
+            initdb(&bin, &options, &data, uid, gid)?;
         }
+        trust_clients(&data, &options.trusted_clients)?;
         let log = dir.join("postgres.log");
         let pid = spawn(&bin, &options, &data, &log, uid, gid)?;
         let server = PostgresServer {
@@ -108,9 +102,28 @@ impl PostgresServer {
         self.pid
     }
 
-    /// Creates database `name`.
-    pub async fn create_database(&self, name: &str) -> Result<()> {
-        let (host, port) = self.address.rsplit_once(':').unwrap_or((&self.address, "5432"));
+    /// Creates database `name` unless it exists.
+    pub async fn ensure_database(&self, name: &str) -> Result<()> {
+        let client = self.connect().await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await
+            .context("looking up databases")?
+            .is_some();
+        if exists {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (host, port) = self
+            .address
+            .rsplit_once(':')
+            .unwrap_or((&self.address, "5432"));
         let (client, connection) = tokio_postgres::connect(
             &format!("host={host} port={port} user={USER} dbname=postgres"),
             tokio_postgres::NoTls,
@@ -118,14 +131,23 @@ impl PostgresServer {
         .await
         .context("connecting to PostgreSQL")?;
         tokio::spawn(connection);
-        client
+        Ok(client)
+    }
+
+    /// Creates database `name`.
+    pub async fn create_database(&self, name: &str) -> Result<()> {
+        self.connect()
+            .await?
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .with_context(|| format!("creating database {name}"))
     }
 
     async fn wait_until_ready(&self) -> Result<()> {
-        let (host, port) = self.address.rsplit_once(':').unwrap_or((&self.address, "5432"));
+        let (host, port) = self
+            .address
+            .rsplit_once(':')
+            .unwrap_or((&self.address, "5432"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let connected = tokio_postgres::connect(
@@ -136,7 +158,8 @@ impl PostgresServer {
             match connected {
                 Ok(_) => return Ok(()),
                 Err(error) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
                     bail!("PostgreSQL did not come up: {error}\n{log}")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -157,8 +180,50 @@ impl PostgresServer {
     }
 }
 
+/// Lets `clients` connect without a password, as initdb does for loopback.
+fn trust_clients(data: &Path, clients: &[String]) -> Result<()> {
+    let path = data.join("pg_hba.conf");
+    let mut text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut changed = false;
+    for client in clients {
+        let line = format!("host all {USER} {client} trust");
+        if !text.lines().any(|l| l.trim() == line) {
+            text.push_str(&line);
+            text.push('\n');
+            changed = true;
+        }
+    }
+    if changed {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A fresh data dir with the `midge` role as superuser.
+fn initdb(bin: &Path, options: &PostgresOptions, data: &Path, uid: u32, gid: u32) -> Result<()> {
+    let dir = &options.dir;
+    let status = Command::new(bin.join("initdb"))
+        .arg("-D")
+        .arg(data)
+        .args(["-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C"])
+        .args(options.throwaway.then_some("--no-sync"))
+        .uid(uid)
+        .gid(gid)
+        .env("HOME", dir)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running initdb")?;
+    if !status.success() {
+        bail!("initdb failed in {}", data.display());
+    }
+    Ok(())
+}
+
 /// The postmaster, killed with this process (PR_SET_PDEATHSIG from a thread
-/// that lives as long as the server does). In a namespace it runs under
+/// that lives as long as the server does) unless detached. In a namespace it runs under
 /// `ip netns exec` and `setpriv`, which exec without forking, so the
 /// process started is the postmaster itself.
 fn spawn(
@@ -184,7 +249,11 @@ fn spawn(
         "max_connections=300".into(),
     ];
     if options.throwaway {
-        for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+        for setting in [
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ] {
             args.push("-c".into());
             args.push(setting.into());
         }
@@ -213,6 +282,13 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
+    if options.detached {
+        let child = command
+            .process_group(0)
+            .spawn()
+            .context("starting postgres")?;
+        return Ok(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    }
     crate::process::die_with_parent(&mut command);
     crate::process::spawn_tied(command, "postgres")
 }

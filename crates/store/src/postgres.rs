@@ -109,7 +109,7 @@ fn org_from_row(row: &Row) -> Org {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_cpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
 
 fn host_from_row(row: &Row) -> HostRecord {
     HostRecord {
@@ -121,7 +121,7 @@ fn host_from_row(row: &Row) -> HostRecord {
         cpus: to_u32(row.get(5)),
         memory_mb: to_u32(row.get(6)),
         load: HostLoad {
-            used_cpus: to_u32(row.get(7)),
+            used_millicpus: to_u32(row.get(7)),
             used_memory_mb: to_u32(row.get(8)),
             machines: to_u32(row.get(9)),
         },
@@ -597,11 +597,11 @@ impl Catalog for PostgresCatalog {
         let client = self.client("recording heartbeat").await?;
         let updated = client
             .execute(
-                "UPDATE hosts SET used_cpus = $2, used_memory_mb = $3, machines = $4,
+                "UPDATE hosts SET used_millicpus = $2, used_memory_mb = $3, machines = $4,
                     heartbeat_at = $5 WHERE id = $1",
                 &[
                     &id,
-                    &i64::from(load.used_cpus),
+                    &i64::from(load.used_millicpus),
                     &i64::from(load.used_memory_mb),
                     &i64::from(load.machines),
                     &now_millis(),

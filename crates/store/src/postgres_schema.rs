@@ -51,7 +51,7 @@ CREATE TABLE hosts (
     underlay TEXT,
     cpus BIGINT NOT NULL,
     memory_mb BIGINT NOT NULL,
-    used_cpus BIGINT NOT NULL DEFAULT 0,
+    used_millicpus BIGINT NOT NULL DEFAULT 0,
     used_memory_mb BIGINT NOT NULL DEFAULT 0,
     machines BIGINT NOT NULL DEFAULT 0,
     token_hash BYTEA NOT NULL,

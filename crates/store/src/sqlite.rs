@@ -415,11 +415,11 @@ impl SqliteCatalog {
         let updated = self
             .lock()
             .execute(
-                "UPDATE hosts SET used_cpus = ?2, used_memory_mb = ?3, machines = ?4,
+                "UPDATE hosts SET used_millicpus = ?2, used_memory_mb = ?3, machines = ?4,
                     heartbeat_at = ?5 WHERE id = ?1",
                 params![
                     id,
-                    load.used_cpus,
+                    load.used_millicpus,
                     load.used_memory_mb,
                     load.machines,
                     now_millis()
@@ -685,7 +685,7 @@ impl SqliteCatalog {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_cpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
 
 fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
     Ok(HostRecord {
@@ -697,7 +697,7 @@ fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
         cpus: row.get(5)?,
         memory_mb: row.get(6)?,
         load: HostLoad {
-            used_cpus: row.get(7)?,
+            used_millicpus: row.get(7)?,
             used_memory_mb: row.get(8)?,
             machines: row.get(9)?,
         },

@@ -53,7 +53,7 @@ CREATE TABLE hosts (
     underlay TEXT,
     cpus INTEGER NOT NULL,
     memory_mb INTEGER NOT NULL,
-    used_cpus INTEGER NOT NULL DEFAULT 0,
+    used_millicpus INTEGER NOT NULL DEFAULT 0,
     used_memory_mb INTEGER NOT NULL DEFAULT 0,
     machines INTEGER NOT NULL DEFAULT 0,
     token_hash BLOB NOT NULL,

@@ -255,7 +255,7 @@ async fn hosts_keep_their_number_and_need_their_token(catalog: Arc<dyn Catalog>)
     );
 
     let load = HostLoad {
-        used_cpus: 2,
+        used_millicpus: 2,
         used_memory_mb: 512,
         machines: 3,
     };

@@ -26,10 +26,8 @@ pub async fn test_database() -> Result<String> {
 
 async fn start_shared() -> Result<PostgresServer> {
     remove_stale_dirs();
-    let dir = std::env::temp_dir().join(format!(
-        "{TEST_POSTGRES_DIR_PREFIX}{}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("{TEST_POSTGRES_DIR_PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -41,6 +39,8 @@ async fn start_shared() -> Result<PostgresServer> {
         connect_host: "127.0.0.1".into(),
         netns: None,
         throwaway: true,
+        trusted_clients: Vec::new(),
+        detached: false,
     })
     .await
     .context("starting the test PostgreSQL")?;

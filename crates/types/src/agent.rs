@@ -359,7 +359,8 @@ pub struct RegionCapacity {
     pub hosts_up: u32,
     pub cpus: u32,
     pub memory_mb: u32,
-    pub used_cpus: u32,
+    /// Thousandths of a CPU that machines hold.
+    pub used_millicpus: u32,
     pub used_memory_mb: u32,
 }
 

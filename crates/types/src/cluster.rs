@@ -23,8 +23,8 @@ pub struct HostRegistration {
 /// A host's load, reported with every heartbeat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostLoad {
-    /// CPUs and memory of the machines that hold a reservation.
-    pub used_cpus: u32,
+    /// CPU (in thousandths) and memory of the machines that hold a reservation.
+    pub used_millicpus: u32,
     pub used_memory_mb: u32,
     /// Machines on the host that are not destroyed.
     pub machines: u32,

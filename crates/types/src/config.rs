@@ -108,7 +108,22 @@ impl Default for Guest {
     }
 }
 
+/// A shared vCPU gets this share of a core (in thousandths), as on Fly
+/// where a shared vCPU is guaranteed 1/16 of one.
+pub const SHARED_CPU_MILLICPUS: u32 = 1000 / 16;
+
 impl Guest {
+    /// What the guest reserves of a host's CPUs, in thousandths of a CPU: a
+    /// whole core per performance vCPU, a sixteenth per shared one.
+    pub fn millicpus(&self) -> u32 {
+        let per_cpu = if self.cpu_kind == "performance" {
+            1000
+        } else {
+            SHARED_CPU_MILLICPUS
+        };
+        self.cpus.saturating_mul(per_cpu)
+    }
+
     fn default_cpu_kind() -> String {
         "shared".into()
     }
@@ -363,5 +378,38 @@ mod tests {
             RestartPolicy::OnFailure { max_retries: 10 }
         );
         assert!(MachineConfig::default().validate().is_err());
+    }
+}
+
+/// Thousandths of a CPU as people read them: `1`, `0.062`, `2.5`.
+pub fn cpus_text(millicpus: u32) -> String {
+    let whole = millicpus / 1000;
+    let rest = millicpus % 1000;
+    if rest == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{rest:03}")
+            .trim_end_matches('0')
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn shared_vcpus_reserve_a_sixteenth_and_performance_ones_a_core() {
+        let shared = Guest::default();
+        assert_eq!(shared.millicpus(), 62);
+        let performance = Guest {
+            cpu_kind: "performance".into(),
+            cpus: 2,
+            ..Guest::default()
+        };
+        assert_eq!(performance.millicpus(), 2000);
+        assert_eq!(cpus_text(2000), "2");
+        assert_eq!(cpus_text(62), "0.062");
+        assert_eq!(cpus_text(2500), "2.5");
     }
 }

@@ -8,9 +8,7 @@ use midge_types::agent::{
     CreateMachine, DestroyMachine, GetMachine, ListEvents, ListMachines, MachineKey, Owner,
     UpdateMachine,
 };
-use midge_types::{
-    ApiError, CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion,
-};
+use midge_types::{CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion};
 
 use crate::ApiState;
 use crate::auth::Caller;
@@ -146,17 +144,15 @@ pub async fn create_machine(
 ) -> Result<Json<Machine>> {
     let app = state.app(&caller, &path.app).await?;
     require_image(&request)?;
-    let region = request.region.as_deref().map(str::trim).unwrap_or_default();
-    if region.is_empty() {
+    // Machines without a region go to this server's (the nearest) region.
+    if request
+        .region
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .is_empty()
+    {
         request.region = Some(state.agent.region().to_string());
-    } else if region != state.agent.region() {
-        return Err(Error(
-            ApiError::precondition(format!(
-                "insufficient capacity: no host in region {region:?} (this platform runs machines in {:?})",
-                state.agent.region()
-            ))
-            .with_status("insufficient_capacity"),
-        ));
     }
     let owner = Owner {
         app: app.name.clone(),

@@ -31,7 +31,7 @@ pub async fn regions(
                 hosts_up: region.hosts_up,
                 cpus: region.cpus,
                 memory_mb: region.memory_mb,
-                used_cpus: region.used_cpus,
+                used_cpus: f64::from(region.used_millicpus) / 1000.0,
                 used_memory_mb: region.used_memory_mb,
             })
             .collect(),
