@@ -26,6 +26,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::wire::{CALL_PREFIX, WireError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection whose peer stops acknowledging (a host cut off mid-call)
+/// is given up after this long, rather than TCP's quarter of an hour; idle
+/// ones are probed as often, so a long call to a host that vanished fails
+/// as fast.
+const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(8);
+/// Reads are answered from the agent's memory: one that takes longer is
+/// from a host in trouble, and the caller has the catalog to fall back on.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Beyond a wait's own timeout, how long its answer may take.
 const WAIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -47,6 +55,10 @@ impl RemoteAgent {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(DEAD_PEER_TIMEOUT / 4)
+            .tcp_keepalive_interval(DEAD_PEER_TIMEOUT / 4)
+            .tcp_keepalive_retries(3)
+            .tcp_user_timeout(DEAD_PEER_TIMEOUT)
             .no_proxy()
             .build()
             .map_err(|e| AgentError::host("building the agent client", e))?;
@@ -116,6 +128,14 @@ impl RemoteAgent {
         request: &Req,
     ) -> Result<Resp> {
         self.unary_within(call, request, None).await
+    }
+
+    async fn read<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        call: &str,
+        request: &Req,
+    ) -> Result<Resp> {
+        self.unary_within(call, request, Some(READ_TIMEOUT)).await
     }
 
     async fn unary_within<Req: Serialize, Resp: DeserializeOwned>(
@@ -188,7 +208,7 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn get_machine(&self, call: GetMachine) -> Result<Machine> {
-        self.unary("get_machine", &call).await
+        self.read("get_machine", &call).await
     }
 
     async fn find_machine(&self, call: FindMachine) -> Result<String> {
@@ -196,7 +216,7 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn list_machines(&self, call: ListMachines) -> Result<Vec<Machine>> {
-        self.unary("list_machines", &call).await
+        self.read("list_machines", &call).await
     }
 
     async fn machine_counts(&self, app: String) -> Result<MachineCounts> {
@@ -241,11 +261,11 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn machine_events(&self, call: ListEvents) -> Result<Vec<MachineEvent>> {
-        self.unary("machine_events", &call).await
+        self.read("machine_events", &call).await
     }
 
     async fn machine_versions(&self, machine: MachineKey) -> Result<Vec<MachineVersion>> {
-        self.unary("machine_versions", &machine).await
+        self.read("machine_versions", &machine).await
     }
 
     async fn acquire_lease(&self, call: AcquireLease) -> Result<LeaseData> {
@@ -253,7 +273,7 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn get_lease(&self, machine: MachineKey) -> Result<LeaseData> {
-        self.unary("get_lease", &machine).await
+        self.read("get_lease", &machine).await
     }
 
     async fn release_lease(&self, call: ReleaseLease) -> Result<()> {
@@ -261,7 +281,7 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn get_metadata(&self, machine: MachineKey) -> Result<Metadata> {
-        self.unary("get_metadata", &machine).await
+        self.read("get_metadata", &machine).await
     }
 
     async fn update_metadata(&self, call: UpdateMetadata) -> Result<()> {

@@ -52,6 +52,9 @@ enum Command {
     /// Manage API tokens
     #[command(subcommand, visible_alias = "token")]
     Tokens(commands::tokens::TokensCommand),
+    /// What the platform offers: regions
+    #[command(subcommand)]
+    Platform(commands::platform::PlatformCommand),
     /// Manage machines
     #[command(subcommand, visible_aliases = ["machines", "m"])]
     Machine(commands::machine::MachineCommand),
@@ -121,6 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Orgs(command) => commands::orgs::run(command, &cli.api).await,
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
+        Command::Platform(command) => commands::platform::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,
         Command::Agent(args) => agent_role::agent(args).await,

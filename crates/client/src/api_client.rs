@@ -23,7 +23,7 @@ pub fn install_crypto_provider() {
 }
 
 /// `GET /v1/platform/regions`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlatformRegions {
     #[serde(default)]
     pub nearest: String,
@@ -32,7 +32,7 @@ pub struct PlatformRegions {
 }
 
 /// A region; all but `code` and `name` are midge's extension.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlatformRegion {
     pub code: String,
     #[serde(default)]

@@ -109,7 +109,24 @@ impl ClusterAgent {
     /// The agent of the machine's host.
     async fn agent_of(&self, machine: &MachineKey) -> Result<RemoteAgent> {
         let (_, host) = self.locate(machine).await?;
-        self.remote(&host)
+        self.answering(&host)
+    }
+
+    /// The host's agent if its heartbeats are fresh. A host that missed
+    /// them is not tried (a cut-off host would hold every call until TCP
+    /// gives up): calls fail at once and reads answer from the catalog.
+    fn answering(&self, host: &HostRecord) -> Result<RemoteAgent> {
+        match self.status(host) {
+            HostStatus::Ok => self.remote(host),
+            status => Err(AgentError::HostUnavailable {
+                host: host.id.clone(),
+                detail: format!(
+                    "no heartbeat for {}s (host status {})",
+                    (now_millis() - host.heartbeat_at).max(0) / 1000,
+                    status.as_str()
+                ),
+            }),
+        }
     }
 
     /// The last record the host reported, marked with the host's status.
@@ -301,7 +318,11 @@ impl HostAgent for ClusterAgent {
 
     async fn get_machine(&self, call: GetMachine) -> Result<Machine> {
         let (entry, host) = self.locate(&call.machine).await?;
-        match self.remote(&host)?.get_machine(call.clone()).await {
+        let answer = match self.answering(&host) {
+            Ok(remote) => remote.get_machine(call.clone()).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Ok(machine) => Ok(machine),
             Err(error) if error.kind() == ErrorKind::Unavailable => {
                 let status = match self.status(&host) {
@@ -448,7 +469,11 @@ impl HostAgent for ClusterAgent {
 
     async fn destroy_machine(&self, call: DestroyMachine) -> Result<()> {
         let (entry, host) = self.locate(&call.machine).await?;
-        match self.remote(&host)?.destroy_machine(call.clone()).await {
+        let answer = match self.answering(&host) {
+            Ok(remote) => remote.destroy_machine(call.clone()).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Err(error) if error.kind() == ErrorKind::Unavailable => {
                 // Carried out when the host is back; the machine reads as
                 // being destroyed until then.
@@ -498,7 +523,11 @@ impl HostAgent for ClusterAgent {
 
     async fn machine_events(&self, call: ListEvents) -> Result<Vec<MachineEvent>> {
         let (entry, host) = self.locate(&call.machine).await?;
-        match self.remote(&host)?.machine_events(call.clone()).await {
+        let answer = match self.answering(&host) {
+            Ok(remote) => remote.machine_events(call.clone()).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Err(error) if error.kind() == ErrorKind::Unavailable => {
                 let machine = Self::last_known(&entry, HostStatus::Unknown)?;
                 Ok(machine.events.into_iter().take(call.limit).collect())
@@ -509,7 +538,11 @@ impl HostAgent for ClusterAgent {
 
     async fn machine_versions(&self, machine: MachineKey) -> Result<Vec<MachineVersion>> {
         let (entry, host) = self.locate(&machine).await?;
-        match self.remote(&host)?.machine_versions(machine).await {
+        let answer = match self.answering(&host) {
+            Ok(remote) => remote.machine_versions(machine).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Err(error) if error.kind() == ErrorKind::Unavailable && !entry.versions.is_empty() => {
                 Ok(entry.versions)
             }
@@ -537,7 +570,11 @@ impl HostAgent for ClusterAgent {
 
     async fn get_metadata(&self, machine: MachineKey) -> Result<Metadata> {
         let (entry, host) = self.locate(&machine).await?;
-        match self.remote(&host)?.get_metadata(machine).await {
+        let answer = match self.answering(&host) {
+            Ok(remote) => remote.get_metadata(machine).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Err(error) if error.kind() == ErrorKind::Unavailable => {
                 Ok(Self::last_known(&entry, HostStatus::Unknown)?
                     .config

@@ -177,6 +177,11 @@ async fn report(
         Ok(host) => host,
         Err(refused) => return refused,
     };
+    if let Some(load) = &reports.load
+        && let Err(error) = hosts.catalog.heartbeat(&host.id, load).await
+    {
+        return failure(&error);
+    }
     match hosts
         .catalog
         .record_machines(&host.id, &reports.machines)

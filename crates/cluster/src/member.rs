@@ -206,8 +206,15 @@ impl Membership {
             .await
     }
 
-    pub async fn report(&self, machines: Vec<MachineReport>) -> Result<ReportsAnswer, MemberError> {
-        let body = Reports { machines };
+    pub async fn report(
+        &self,
+        machines: Vec<MachineReport>,
+        load: HostLoad,
+    ) -> Result<ReportsAnswer, MemberError> {
+        let body = Reports {
+            machines,
+            load: Some(load),
+        };
         self.api
             .send(|url| self.post(url, "machines").json(&body))
             .await

@@ -59,14 +59,11 @@ pub fn candidates(
     if up.is_empty() {
         return Candidates::None(format!("no host in {region} is answering"));
     }
-    let mut fitting: Vec<&HostRecord> = up
-        .iter()
-        .copied()
-        .filter(|h| {
-            let (cpus, memory) = free(h);
-            cpus >= needs.millicpus && memory >= needs.memory_mb
-        })
-        .collect();
+    let fits = |h: &HostRecord| {
+        let (cpus, memory) = free(h);
+        cpus >= needs.millicpus && memory >= needs.memory_mb
+    };
+    let mut fitting: Vec<&HostRecord> = up.iter().copied().filter(|h| fits(h)).collect();
     if fitting.is_empty() {
         let best = up
             .iter()
@@ -81,16 +78,24 @@ pub fn candidates(
             midge_types::cpus_text(best.0)
         ));
     }
-    let score = |h: &HostRecord| {
-        let same_app = app_machines.get(&h.id).copied().unwrap_or(0);
-        let used = f64::from(h.load.used_memory_mb.saturating_add(needs.memory_mb))
-            / f64::from(h.memory_mb.max(1));
-        #[allow(clippy::cast_precision_loss, reason = "a small count")]
-        let spread = same_app as f64 * 10.0;
-        spread + used
+    let same_app = |h: &HostRecord| app_machines.get(&h.id).copied().unwrap_or(0);
+    let used = |h: &HostRecord| {
+        f64::from(h.load.used_memory_mb.saturating_add(needs.memory_mb))
+            / f64::from(h.memory_mb.max(1))
     };
-    fitting.sort_by(|a, b| score(a).total_cmp(&score(b)).then(a.number.cmp(&b.number)));
-    if fitting.len() > 1 && rand::rng().random_bool(0.5) {
+    // Fewest of the app's machines first (spread), then the emptiest.
+    fitting.sort_by(|a, b| {
+        same_app(a)
+            .cmp(&same_app(b))
+            .then(used(a).total_cmp(&used(b)))
+            .then(a.number.cmp(&b.number))
+    });
+    // Loads are as old as the last heartbeat: between two equally good
+    // hosts, a coin keeps concurrent placements from piling onto one.
+    if fitting.len() > 1
+        && same_app(fitting[0]) == same_app(fitting[1])
+        && rand::rng().random_bool(0.5)
+    {
         fitting.swap(0, 1);
     }
     Candidates::Hosts(fitting.into_iter().take(MAX_TRIES).cloned().collect())
@@ -201,9 +206,7 @@ mod tests {
                 &Liveness::default(),
                 NOW,
             ));
-            assert_eq!(found.len(), 3);
-            assert_eq!(found[2], "a", "the host with most of the app comes last");
-            assert!(found[..2].contains(&"ccc".to_string()));
+            assert_eq!(found, ["ccc", "bb", "a"], "fewest of the app first");
         }
     }
 }

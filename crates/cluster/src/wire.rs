@@ -47,6 +47,10 @@ pub struct HeartbeatAnswer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reports {
     pub machines: Vec<MachineReport>,
+    /// The host's load after these changes, so placement sees room freed
+    /// or taken before the next heartbeat.
+    #[serde(default)]
+    pub load: Option<HostLoad>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

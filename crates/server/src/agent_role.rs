@@ -97,6 +97,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     crate::init_logging();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // What the host cannot run machines without, before it joins.
+    midge_sandbox::init_binary::locate(None)?;
     let capacity = Capacity {
         cpus: args.cpus.unwrap_or_else(host_cpus),
         memory_mb: args.memory_mb.unwrap_or_else(host_memory_mb),
@@ -281,7 +283,7 @@ async fn keep_reporting(agent: Agent, member: Membership) {
         if reports.is_empty() {
             continue;
         }
-        match member.report(reports).await {
+        match member.report(reports, agent.load()).await {
             Ok(answer) => {
                 for id in answer.fenced {
                     if let Err(error) = agent.fence(&id).await {

@@ -12,6 +12,38 @@ use midge_server::host_cleanup::{
 /// leftovers of any test.
 pub const TEST_PREFIX_FAMILY: &str = "mgt";
 
+/// Dirs of test dev clusters (under the temp dir) are named so; every
+/// process of such a cluster names its dir.
+pub const TEST_CLUSTER_DIR_PREFIX: &str = "midge-test-cluster-";
+
+/// Containers of a resource prefix, with their runc status.
+pub fn containers_of(prefix: &str) -> Vec<(String, String)> {
+    let state_dir = Path::new(midge_server::host::RUNTIME_DIR).join(prefix);
+    midge_sandbox::inspect::runs(&state_dir, prefix, None)
+        .map(|runs| {
+            runs.into_iter()
+                .map(|run| (run.container_id, run.status))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn test_cluster_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(TEST_CLUSTER_DIR_PREFIX)
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 const POOL_DIR: &str = "/run/midge-test-pools";
 /// 172.20.0.0/14 holds 1024 /24 pools.
 const POOL_COUNT: u32 = 1024;
@@ -68,6 +100,16 @@ impl Drop for PoolLease {
 pub fn leftovers() -> Vec<String> {
     let family = TEST_PREFIX_FAMILY;
     let mut found = Vec::new();
+    found.extend(
+        processes_mentioning(&format!("/{TEST_CLUSTER_DIR_PREFIX}"))
+            .into_iter()
+            .map(|(pid, command)| format!("test dev cluster process {pid}: {command}")),
+    );
+    found.extend(
+        test_cluster_dirs()
+            .into_iter()
+            .map(|dir| format!("test dev cluster dir {}", dir.display())),
+    );
     found.extend(
         processes_mentioning(crate::TEST_POSTGRES_DIR_PREFIX)
             .into_iter()
@@ -130,6 +172,17 @@ pub fn leftovers() -> Vec<String> {
 
 /// Removes everything any test prefix names (after a crashed test run).
 pub fn remove_all_test_resources() {
+    for dir in test_cluster_dirs() {
+        let down = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(midge_server::dev_cluster::down(&dir)));
+        if let Err(error) = down {
+            eprintln!("removing the dev cluster in {}: {error:#}", dir.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let mut prefixes: Vec<String> = netns_names()
         .into_iter()
         .filter(|n| n.starts_with(TEST_PREFIX_FAMILY))

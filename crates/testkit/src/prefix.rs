@@ -15,6 +15,14 @@ pub fn unique_prefix() -> String {
     format!("mgt{suffix}")
 }
 
+/// A dev cluster's prefix: one character shorter, since each host's
+/// resource prefix is the cluster's plus the host's number.
+pub fn unique_cluster_prefix() -> String {
+    let mut prefix = unique_prefix();
+    prefix.truncate(5);
+    prefix
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

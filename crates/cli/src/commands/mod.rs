@@ -3,6 +3,7 @@
 pub mod apps;
 pub mod machine;
 pub mod orgs;
+pub mod platform;
 pub mod tokens;
 
 use anyhow::Result;

@@ -346,7 +346,7 @@ pub fn unique_app(stem: &str) -> String {
 
 /// The static init `midge up` puts in machines: `MIDGE_INIT_BINARY`, else
 /// the one `scripts/build` leaves next to the `midge` binary.
-fn init_binary() -> PathBuf {
+pub fn init_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MIDGE_INIT_BINARY").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
@@ -361,7 +361,7 @@ fn init_binary() -> PathBuf {
 }
 
 /// The loopback registry (started once per test process) and its test image.
-fn shared_registry_image() -> (String, String) {
+pub fn shared_registry_image() -> (String, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -336,14 +336,20 @@ async fn wait_for_api(url: &str, processes: &Processes, name: &str) -> Result<()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if http.get(format!("{url}/v1/apps")).send().await.is_ok() {
             return Ok(());
         }
-        if processes.running(name).is_none() || Instant::now() > deadline {
+        let running = processes.running(name).is_some();
+        if !running || Instant::now() > deadline {
+            let state = if running {
+                "runs but does not answer"
+            } else {
+                "exited"
+            };
             bail!(
-                "{name} did not come up at {url}:\n{}",
+                "{name} did not come up at {url} ({state}):\n{}",
                 processes.log_tail(name)
             );
         }
@@ -407,6 +413,14 @@ async fn wait_for_hosts(topology: &Topology, processes: &Processes, token: &str)
     let wanted = topology.hosts.len();
     let deadline = Instant::now() + HOSTS_PATIENCE;
     loop {
+        let dead = topology
+            .hosts
+            .iter()
+            .map(|h| format!("host-{}", h.number))
+            .find(|name| processes.running(name).is_none());
+        if let Some(name) = dead {
+            bail!("{name} stopped:\n{}", processes.log_tail(&name));
+        }
         let up = match client.regions().await {
             Ok(answer) => answer
                 .regions
@@ -417,15 +431,6 @@ async fn wait_for_hosts(topology: &Topology, processes: &Processes, token: &str)
         };
         if up >= wanted {
             return Ok(());
-        }
-        let dead: Vec<String> = topology
-            .hosts
-            .iter()
-            .map(|h| format!("host-{}", h.number))
-            .filter(|name| processes.running(name).is_none())
-            .collect();
-        if let Some(name) = dead.first() {
-            bail!("{name} stopped:\n{}", processes.log_tail(name));
         }
         if Instant::now() > deadline {
             bail!("{up} of {wanted} hosts joined in {HOSTS_PATIENCE:?}");
@@ -446,7 +451,8 @@ fn process_names(topology: &Topology) -> Vec<String> {
     names
 }
 
-async fn down(dir: &Path) -> Result<()> {
+/// Stops the cluster in `dir` and removes everything it made.
+pub async fn down(dir: &Path) -> Result<()> {
     let Some(topology) = Topology::load(dir)? else {
         println!("no dev cluster in {}", dir.display());
         return Ok(());

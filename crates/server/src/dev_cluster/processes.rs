@@ -51,6 +51,10 @@ impl Processes {
             .parse()
             .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        if cmdline.is_empty() {
+            // A zombie, or a process in the middle of exec.
+            return (!is_zombie(pid)).then_some(pid);
+        }
         let marker = self.dir.as_os_str().as_encoded_bytes();
         cmdline
             .windows(marker.len())
@@ -131,4 +135,13 @@ impl Processes {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, None | Some("Z" | "X"))
 }

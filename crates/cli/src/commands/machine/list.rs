@@ -58,16 +58,17 @@ pub fn machine_table(machines: &[Machine]) -> String {
     let rows: Vec<Vec<String>> = machines
         .iter()
         .map(|machine| {
-            let unreachable = if machine.host_status.is_empty() || machine.host_status == "ok" {
-                ""
+            let host_status = if machine.host_status.is_empty() {
+                "ok".to_string()
             } else {
-                "*"
+                machine.host_status.clone()
             };
             vec![
-                format!("{}{unreachable}", machine.id),
+                machine.id.clone(),
                 machine.name.clone(),
                 machine.state.to_string(),
                 machine.region.clone(),
+                host_status,
                 image_of(machine),
                 machine.private_ip.clone(),
                 short_time(&machine.created_at),
@@ -81,6 +82,7 @@ pub fn machine_table(machines: &[Machine]) -> String {
             "NAME",
             "STATE",
             "REGION",
+            "HOST",
             "IMAGE",
             "IP ADDRESS",
             "CREATED",
@@ -252,6 +254,29 @@ mod tests {
         ] {
             assert!(row.contains(expected), "{expected} missing in {row}");
         }
+    }
+
+    #[test]
+    fn list_shows_whether_the_host_answers() {
+        let mut machine = sample_machine();
+        assert_eq!(
+            header_and_cell(&machine_table(&[machine.clone()]), "HOST"),
+            "ok"
+        );
+        machine.host_status = "unreachable".into();
+        assert_eq!(
+            header_and_cell(&machine_table(&[machine]), "HOST"),
+            "unreachable"
+        );
+    }
+
+    /// The first row's cell under `column`.
+    fn header_and_cell(table: &str, column: &str) -> String {
+        let mut lines = table.lines();
+        let header = lines.next().unwrap();
+        let start = header.find(column).unwrap();
+        let row = lines.next().unwrap();
+        row[start..].split_whitespace().next().unwrap().to_string()
     }
 
     #[test]

@@ -1,0 +1,448 @@
+//! A real cluster on this machine: `midge dev-cluster up` (PostgreSQL from
+//! Debian, two API servers, hosts in their own network namespaces with
+//! their own agents), driven through the API and the `midge` client.
+//! Needs root, runc, nftables and PostgreSQL.
+
+#[path = "support/dev_cluster.rs"]
+mod dev_cluster;
+#[allow(dead_code)]
+#[path = "support/e2e_platform.rs"]
+mod e2e_platform;
+
+use std::time::Duration;
+
+use dev_cluster::{Cluster, ClusterOptions};
+use e2e_platform::{machine_id_in, unique_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SHELL: &str = "midge/shell:latest";
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn shell_config() -> Value {
+    json!({"image": SHELL, "init": {"cmd": ["sleep", "infinity"]}})
+}
+
+fn machine_path(app: &str, id: &str) -> String {
+    format!("/v1/apps/{app}/machines/{id}")
+}
+
+/// Waits (server side) until the machine is started.
+fn wait_started(cluster: &Cluster, app: &str, id: &str) {
+    let (status, body) = cluster.get(
+        0,
+        &format!("{}/wait?state=started&timeout=60", machine_path(app, id)),
+    );
+    assert_eq!(status, 200, "waiting for {id} to start: {body}");
+}
+
+fn region_entry(regions: &Value, code: &str) -> Value {
+    regions["regions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["code"] == code))
+        .cloned()
+        .unwrap_or_else(|| panic!("no region {code} in {regions}"))
+}
+
+#[test]
+fn placement_follows_regions_lists_aliases_and_capacity_and_clones_into_a_region() {
+    // Hosts 1 and 3 in ord, host 2 in ams; two 256 MB machines fit a host.
+    let cluster = Cluster::up(ClusterOptions {
+        memory_mb: 512,
+        registry: true,
+        ..Default::default()
+    });
+    let registry_image = cluster.registry_image.clone().expect("relayed registry");
+    let app = unique_app("place");
+    cluster.midge(0, &["apps", "create", &app]).success();
+
+    let regions = cluster
+        .midge(0, &["platform", "regions", "--json"])
+        .success()
+        .json();
+    assert_eq!(regions["nearest"], "ord");
+    assert_eq!(region_entry(&regions, "ord")["hosts_up"], 2);
+    assert_eq!(region_entry(&regions, "ord")["memory_mb"], 1024);
+    assert_eq!(region_entry(&regions, "ams")["hosts"], 1);
+
+    // A region lands there.
+    let run = cluster.midge(
+        0,
+        &[
+            "machine", "run", SHELL, "-a", &app, "--region", "ams", "--", "sleep", "infinity",
+        ],
+    );
+    let in_ams = machine_id_in(&run.success().stdout);
+    assert_eq!(
+        cluster.get(0, &machine_path(&app, &in_ams)).1["region"],
+        "ams"
+    );
+
+    // No region through the second API server: its own region (ams), which
+    // is then full.
+    let (status, nearest) = cluster.create(1, &app, json!({"config": shell_config()}));
+    assert_eq!(status, 200, "{nearest}");
+    assert_eq!(nearest["region"], "ams");
+
+    // A list falls through to its next region when the first is full.
+    let (status, fell_through) = cluster.create(
+        0,
+        &app,
+        json!({"region": "ams,ord", "config": {
+            "image": registry_image, "init": {"cmd": ["sleep", "infinity"]}
+        }}),
+    );
+    assert_eq!(status, 200, "{fell_through}");
+    assert_eq!(fell_through["region"], "ord");
+    let fell_through = fell_through["id"].as_str().expect("an id").to_string();
+
+    // A full region is refused with the region and what was short.
+    let (status, refused) =
+        cluster.create(0, &app, json!({"region": "ams", "config": shell_config()}));
+    assert_eq!(status, 412, "{refused}");
+    assert_eq!(refused["status"], "insufficient_capacity");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ams") && message.contains("256 MB"),
+        "{message}"
+    );
+
+    // `any` goes where there is room.
+    let (status, anywhere) =
+        cluster.create(0, &app, json!({"region": "any", "config": shell_config()}));
+    assert_eq!(status, 200, "{anywhere}");
+    assert_eq!(anywhere["region"], "ord");
+
+    // ord's last room, then the CLI's error names the region and the shortfall.
+    for _ in 0..2 {
+        let (status, last) =
+            cluster.create(0, &app, json!({"region": "ord", "config": shell_config()}));
+        assert_eq!(status, 200, "{last}");
+    }
+    let stderr = cluster
+        .midge(
+            0,
+            &[
+                "machine", "run", SHELL, "-a", &app, "--region", "ord", "--", "true",
+            ],
+        )
+        .failure()
+        .to_string();
+    assert!(
+        stderr.contains("insufficient") && stderr.contains("ord") && stderr.contains("256 MB"),
+        "{stderr}"
+    );
+    cluster.eventually("heartbeats carry the load", SETTLE, || {
+        let regions = cluster.get(0, "/v1/platform/regions").1;
+        region_entry(&regions, "ord")["used_memory_mb"] == 1024
+            && region_entry(&regions, "ams")["used_memory_mb"] == 512
+    });
+
+    // Clone into the other region: its host pulls the image through its
+    // own registry connection.
+    cluster
+        .midge(0, &["machine", "destroy", &in_ams, "-a", &app, "--force"])
+        .success();
+    // Placement goes by the loads hosts report, a moment behind.
+    cluster.eventually("the freed room is reported", SETTLE, || {
+        region_entry(&cluster.get(0, "/v1/platform/regions").1, "ams")["used_memory_mb"] == 256
+    });
+    let clone = cluster.midge(
+        0,
+        &[
+            "machine",
+            "clone",
+            &fell_through,
+            "-a",
+            &app,
+            "--region",
+            "ams",
+        ],
+    );
+    let cloned = machine_id_in(&clone.success().stdout);
+    wait_started(&cluster, &app, &cloned);
+    let machine = cluster.get(0, &machine_path(&app, &cloned)).1;
+    assert_eq!(machine["region"], "ams");
+    let image = machine["config"]["image"].as_str().unwrap_or_default();
+    assert!(image.starts_with(&registry_image), "{image}");
+    let list = cluster
+        .midge(0, &["machine", "list", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(list.contains("HOST") && list.contains(" ok "), "{list}");
+}
+
+#[test]
+fn concurrent_creates_through_both_api_servers_never_overcommit_a_host() {
+    // Two hosts with room for two machines each.
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        regions: "ord",
+        memory_mb: 512,
+        ..Default::default()
+    });
+    let app = unique_app("burst");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let outcomes: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let creates: Vec<_> = (0..10)
+            .map(|i| {
+                let (cluster, app) = (&cluster, &app);
+                scope.spawn(move || {
+                    cluster.create(
+                        i % 2,
+                        app,
+                        json!({"region": "ord", "config": shell_config()}),
+                    )
+                })
+            })
+            .collect();
+        creates
+            .into_iter()
+            .map(|c| c.join().expect("a create thread"))
+            .collect()
+    });
+    let created = outcomes.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(created, 4, "{outcomes:?}");
+    for (status, body) in outcomes.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 412, "{body}");
+        assert_eq!(body["status"], "insufficient_capacity", "{body}");
+    }
+    for (status, body) in outcomes.iter().filter(|(status, _)| *status == 200) {
+        let id = body["id"].as_str().expect("an id");
+        wait_started(&cluster, &app, id);
+        assert_eq!(*status, 200);
+    }
+    for host in [1, 2] {
+        let machines = cluster.machines_on(host);
+        assert_eq!(
+            machines.len(),
+            2,
+            "host {host} runs two machines: {machines:?}"
+        );
+    }
+    let regions = cluster.get(1, "/v1/platform/regions").1;
+    cluster.eventually("the load reaches the catalog", SETTLE, || {
+        region_entry(&cluster.get(1, "/v1/platform/regions").1, "ord")["used_memory_mb"] == 1024
+    });
+    assert_eq!(region_entry(&regions, "ord")["memory_mb"], 1024);
+}
+
+fn private_ip(cluster: &Cluster, app: &str, id: &str) -> String {
+    cluster.get(0, &machine_path(app, id)).1["private_ip"]
+        .as_str()
+        .expect("a private ip")
+        .to_string()
+}
+
+fn pings(cluster: &Cluster, app: &str, id: &str, address: &str) -> bool {
+    let command = format!("ping -c 1 -W 1 {address}");
+    cluster
+        .midge(0, &["machine", "exec", id, "-a", app, &command])
+        .code
+        == Some(0)
+}
+
+#[test]
+fn private_network_reaches_across_hosts_within_an_org_and_not_across_orgs() {
+    let cluster = Cluster::up(ClusterOptions::default());
+    let first = unique_app("sixpn");
+    let second = unique_app("sixpn");
+    let org = format!("org-{}", midge_testkit::unique_prefix());
+    let stranger = unique_app("sixpn");
+    cluster.midge(0, &["apps", "create", &first]).success();
+    cluster.midge(0, &["apps", "create", &second]).success();
+    cluster.midge(0, &["orgs", "create", &org]).success();
+    cluster
+        .midge(0, &["apps", "create", &stranger, "--org", &org])
+        .success();
+    let run = |app: &str, region: &str| {
+        let run = cluster.midge(
+            0,
+            &[
+                "machine", "run", SHELL, "-a", app, "--region", region, "--", "sleep", "infinity",
+            ],
+        );
+        machine_id_in(&run.success().stdout)
+    };
+    let in_ord = run(&first, "ord");
+    let in_ams = run(&second, "ams");
+    let other_org = run(&stranger, "ams");
+    let ams_ip = private_ip(&cluster, &second, &in_ams);
+    let ord_ip = private_ip(&cluster, &first, &in_ord);
+    let other_ip = private_ip(&cluster, &stranger, &other_org);
+
+    // Routes to other hosts come with the next heartbeat.
+    cluster.eventually("ord reaches ams over 6PN", SETTLE, || {
+        pings(&cluster, &first, &in_ord, &ams_ip)
+    });
+    assert!(pings(&cluster, &second, &in_ams, &ord_ip), "and back");
+    assert!(
+        !pings(&cluster, &first, &in_ord, &other_ip),
+        "another org's machine on another host is dropped"
+    );
+    assert!(
+        !pings(&cluster, &stranger, &other_org, &ord_ip),
+        "and it cannot reach in either"
+    );
+}
+
+fn host_status(cluster: &Cluster, api: usize, app: &str, id: &str) -> String {
+    cluster.get(api, &machine_path(app, id)).1["host_status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the machine runs on host `number`.
+fn runs_on(cluster: &Cluster, number: u32, id: &str) -> bool {
+    cluster.machines_on(number).contains(id)
+}
+
+#[test]
+fn hosts_that_go_away_answer_from_the_catalog_and_carry_out_what_was_asked_on_return() {
+    let cluster = Cluster::up(ClusterOptions {
+        heartbeat_ms: 300,
+        unknown_after: 2,
+        unreachable_after: 4,
+        ..Default::default()
+    });
+    let app = unique_app("away");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let run = |region: &str| {
+        let run = cluster.midge(
+            0,
+            &[
+                "machine", "run", SHELL, "-a", &app, "--region", region, "--", "sleep", "infinity",
+            ],
+        );
+        machine_id_in(&run.success().stdout)
+    };
+    let kept = run("ams");
+    let doomed = run("ams");
+    // A file in the machine's fresh rootfs tells its run was never replaced.
+    cluster
+        .midge(
+            0,
+            &["machine", "exec", &kept, "-a", &app, "touch /tmp/alive"],
+        )
+        .success();
+
+    // kill -9 of the only ams host's agent.
+    cluster.kill("host-2");
+    assert!(runs_on(&cluster, 2, &kept), "the machine keeps running");
+    cluster.eventually("the host shows unknown", SETTLE, || {
+        host_status(&cluster, 0, &app, &kept) == "unknown"
+    });
+    let (status, machine) = cluster.get(0, &machine_path(&app, &kept));
+    assert_eq!(status, 200);
+    assert_eq!(machine["state"], "started");
+    assert_eq!(
+        machine["config"]["image"], SHELL,
+        "the whole config: {machine}"
+    );
+    assert_eq!(
+        machine["config"]["init"]["cmd"],
+        json!(["sleep", "infinity"])
+    );
+    cluster.eventually("the host shows unreachable", SETTLE, || {
+        host_status(&cluster, 1, &app, &kept) == "unreachable"
+    });
+    let list = cluster
+        .midge(1, &["machine", "list", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(list.contains("unreachable"), "{list}");
+    let (status, refused) = cluster.api(
+        0,
+        Method::POST,
+        &format!("{}/stop", machine_path(&app, &kept)),
+        Some(json!({})),
+    );
+    assert_eq!(status, 503, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(message.contains("host h-"), "names the host: {message}");
+    let destroy = cluster.midge(0, &["machine", "destroy", &doomed, "-a", &app, "--force"]);
+    assert!(
+        destroy.success().stdout.contains("when its host is back"),
+        "{destroy}"
+    );
+    assert!(
+        runs_on(&cluster, 2, &doomed),
+        "nothing happens while it is away"
+    );
+
+    // The agent comes back: the queued destroy is carried out, the other
+    // machine is adopted as it ran.
+    cluster.up_again();
+    cluster.eventually("the queued destroy is done", SETTLE, || {
+        let (status, machine) = cluster.get(0, &machine_path(&app, &doomed));
+        cluster
+            .containers(2)
+            .iter()
+            .all(|(c, _)| !c.contains(&doomed))
+            && (status == 404 || machine["state"] == "destroyed")
+    });
+    cluster.eventually("the host is ok again", SETTLE, || {
+        host_status(&cluster, 0, &app, &kept) == "ok"
+    });
+    cluster
+        .midge(
+            0,
+            &["machine", "exec", &kept, "-a", &app, "test -f /tmp/alive"],
+        )
+        .success();
+
+    // A host cut off the network and plugged back in.
+    let in_ord = run("ord");
+    let ord_host = [1, 3]
+        .into_iter()
+        .find(|number| runs_on(&cluster, *number, &in_ord))
+        .expect("the ord machine's host");
+    cluster.set_link(ord_host, false);
+    cluster.eventually("the cut-off host stops showing ok", SETTLE, || {
+        host_status(&cluster, 0, &app, &in_ord) != "ok"
+    });
+    let (status, _) = cluster.api(
+        0,
+        Method::POST,
+        &format!("{}/stop", machine_path(&app, &in_ord)),
+        Some(json!({})),
+    );
+    assert_eq!(status, 503);
+    cluster.set_link(ord_host, true);
+    cluster.eventually("the host is back", SETTLE, || {
+        host_status(&cluster, 0, &app, &in_ord) == "ok"
+    });
+    assert_eq!(
+        cluster.get(0, &machine_path(&app, &in_ord)).1["state"],
+        "started"
+    );
+
+    // An API server killed: the other serves, and hosts heartbeat through it.
+    cluster.kill("api-1");
+    let (status, _) = cluster.get(1, &machine_path(&app, &kept));
+    assert_eq!(status, 200);
+    let (status, created) =
+        cluster.create(1, &app, json!({"region": "ord", "config": shell_config()}));
+    assert_eq!(status, 200, "{created}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(host_status(&cluster, 1, &app, &kept), "ok");
+    cluster.up_again();
+    assert_eq!(cluster.get(0, &machine_path(&app, &kept)).0, 200);
+
+    // `down` leaves nothing behind.
+    let dir = cluster.dir.clone();
+    let prefix = cluster.prefix.clone();
+    drop(cluster);
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let namespaces = midge_server::host_cleanup::netns_names();
+    assert!(
+        !namespaces.iter().any(|n| n.starts_with(&prefix)),
+        "{namespaces:?}"
+    );
+    for number in 1..=3 {
+        assert!(midge_testkit::containers_of(&format!("{prefix}{number}")).is_empty());
+    }
+}
