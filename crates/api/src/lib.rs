@@ -15,5 +15,5 @@ mod state;
 
 pub use error::Error;
 pub use extract::LEASE_NONCE_HEADER;
-pub use router::{REQUEST_ID_HEADER, openapi, router, serve, serve_with_shutdown};
+pub use router::{REQUEST_ID_HEADER, no_delay, openapi, router, serve, serve_with_shutdown};
 pub use state::ApiState;

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -138,9 +139,17 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// For `ListenerExt::tap_io`: replies are small and written whole, so
+/// nothing is gained by Nagle's algorithm holding back their last segment.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!("setting TCP_NODELAY: {error}");
+    }
+}
+
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    axum::serve(listener.tap_io(no_delay), router(state)).await
 }
 
 /// Serves until `shutdown` completes, then finishes requests in flight.
@@ -149,7 +158,7 @@ pub async fn serve_with_shutdown(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener.tap_io(no_delay), router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -89,6 +89,27 @@ enum BenchCommand {
         #[arg(long, default_value = "172.18.250.0/24")]
         ipv4_pool: String,
     },
+    /// Creates and GETs through a dev cluster of three hosts against one host, and how soon a dead host shows
+    Cluster {
+        /// Creates with skip_launch on each platform
+        #[arg(long, default_value_t = 300)]
+        machines: usize,
+        /// Creates timed until started on each platform
+        #[arg(long, default_value_t = 30)]
+        started: usize,
+        /// GET machine requests to time on each platform
+        #[arg(long, default_value_t = 5000)]
+        get_requests: usize,
+        /// Concurrent keep-alive HTTP clients
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Resource prefix (at most 4 characters; the cluster's hosts add to it)
+        #[arg(long, default_value = "mbcl")]
+        prefix: String,
+        /// Address pool of the single host's machines
+        #[arg(long, default_value = "172.18.64.0/19")]
+        ipv4_pool: String,
+    },
     /// Time API reads against a fleet of machines, and a burst of concurrent creates, over loopback HTTP
     Api {
         /// Machines in the fleet (most are created with skip_launch)
@@ -137,6 +158,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             bench::start::run(bench::start::BenchOptions {
                 iterations,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Cluster {
+            machines,
+            started,
+            get_requests,
+            workers,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench::cluster::run(bench::cluster::ClusterBenchOptions {
+                machines,
+                started,
+                get_requests,
+                workers,
                 prefix,
                 ipv4_pool,
             })

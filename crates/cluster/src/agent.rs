@@ -160,15 +160,13 @@ impl ClusterAgent {
         let requested = call.request.region.as_deref();
         let regions = resolve(requested, &self.config.region, &self.config.aliases, &known);
         let mut app_machines: HashMap<String, usize> = HashMap::new();
-        for entry in self
+        for (host_id, count) in self
             .catalog
-            .list_machine_entries(&call.owner.app)
+            .app_machines_per_host(&call.owner.app)
             .await
             .map_err(catalog_error)?
-            .into_iter()
-            .filter(|e| !e.destroyed)
         {
-            *app_machines.entry(entry.host_id).or_default() += 1;
+            app_machines.insert(host_id, usize::try_from(count).unwrap_or(usize::MAX));
         }
         let name = call
             .request

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use midge_agent::{Agent, Capacity};
 use midge_agent_api::{ErrorKind, HostAgent};
 use midge_cluster::member::Membership;
@@ -133,7 +134,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::warn!("the default shell image is not available: {err:#}");
     }
     let rpc = midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret);
-    let server = tokio::spawn(async move { axum::serve(listener, rpc).await });
+    let server =
+        tokio::spawn(async move { axum::serve(listener.tap_io(midge_api::no_delay), rpc).await });
     println!(
         "host {} (number {}) in region {} serves its agent at {advertise}",
         member.host.id, member.host.number, args.region

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use midge_cluster::status::Liveness;
 use midge_cluster::{ClusterAgent, ClusterConfig};
 
@@ -34,6 +35,10 @@ pub struct ApiArgs {
     /// Seconds without a heartbeat before they show `unreachable`.
     #[arg(long, default_value_t = 30)]
     pub host_unreachable_after: u64,
+    /// Milliseconds this server trusts what it read from the catalog
+    /// (tokens, apps, hosts, machine entries); 0 reads it every time.
+    #[arg(long, default_value_t = 1000)]
+    pub catalog_cache_ms: u64,
     /// Writes the admin token here when this server creates it.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
@@ -44,6 +49,14 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let catalog = midge_store::open(&args.catalog)
         .await
         .with_context(|| format!("opening the catalog {}", redact(&args.catalog)))?;
+    let catalog: Arc<dyn midge_store::Catalog> = if args.catalog_cache_ms == 0 {
+        catalog
+    } else {
+        Arc::new(midge_store::CachedCatalog::new(
+            catalog,
+            Duration::from_millis(args.catalog_cache_ms),
+        ))
+    };
     if let Some(token) = catalog
         .ensure_admin_token()
         .await
@@ -75,7 +88,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     println!("API:   http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
+    axum::serve(listener.tap_io(midge_api::no_delay), app)
         .with_graceful_shutdown(crate::shutdown_signal())
         .await
         .context("serving the API")

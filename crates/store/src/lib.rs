@@ -8,6 +8,7 @@
 //! Machine state lives first on each host's agent; the catalog holds what
 //! the API needs to answer when a host is down.
 
+mod cached;
 mod error;
 mod model;
 mod names;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use cached::CachedCatalog;
 pub use error::StoreError;
 pub use model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
@@ -103,6 +105,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     -> Result<Option<MachineEntry>>;
     /// The app's machines, oldest first.
     async fn list_machine_entries(&self, app: &str) -> Result<Vec<MachineEntry>>;
+    /// How many of the app's machines that are not destroyed each host has
+    /// (what placement spreads by), by host id.
+    async fn app_machines_per_host(&self, app: &str) -> Result<Vec<(String, u64)>>;
     /// Forgets a placement whose host never took the machine (refused or
     /// unreachable); a machine a host already reported stays.
     async fn remove_placement(&self, id: &str) -> Result<()>;

@@ -777,6 +777,25 @@ impl Catalog for PostgresCatalog {
             .collect()
     }
 
+    async fn app_machines_per_host(&self, app: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.client("counting machines").await?;
+        let rows = client
+            .query(
+                "SELECT host_id, COUNT(*) FROM machines WHERE app = $1 AND NOT destroyed \
+                 GROUP BY host_id ORDER BY host_id",
+                &[&app],
+            )
+            .await
+            .map_err(StoreError::postgres("counting machines"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let count: i64 = row.get(1);
+                (row.get(0), u64::try_from(count).unwrap_or(0))
+            })
+            .collect())
+    }
+
     async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>, StoreError> {
         let client = self.client("listing machines").await?;
         client

@@ -847,6 +847,25 @@ impl Catalog for SqliteCatalog {
     async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>, StoreError> {
         self.machine_entries("host_id", host_id)
     }
+    async fn app_machines_per_host(&self, app: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT host_id, COUNT(*) FROM machines WHERE app = ?1 AND NOT destroyed \
+                 GROUP BY host_id ORDER BY host_id",
+            )
+            .map_err(StoreError::sqlite("counting machines"))?;
+        let rows = statement
+            .query_map([app], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(StoreError::sqlite("counting machines"))?;
+        rows.map(|row| {
+            row.map(|(host, count)| (host, u64::try_from(count).unwrap_or(0)))
+                .map_err(StoreError::sqlite("counting machines"))
+        })
+        .collect()
+    }
     async fn add_intent(
         &self,
         host_id: &str,

@@ -1,5 +1,6 @@
 //! One suite, both engines: every test runs against a SQLite file and a
-//! PostgreSQL database (a throwaway server started by the test process).
+//! PostgreSQL database (a throwaway server started by the test process),
+//! and through the cache API servers put in front of PostgreSQL.
 
 use std::sync::Arc;
 
@@ -349,6 +350,18 @@ async fn machine_reports_apply_by_generation_and_fence_other_placements(catalog:
         .record_machines("h-a", &[report("m2", 1, 1, MachineState::Created)])
         .await
         .unwrap();
+    assert_eq!(
+        catalog.app_machines_per_host("web").await.unwrap(),
+        [("h-a".to_string(), 1), ("h-b".to_string(), 1)],
+        "placement spreads by these"
+    );
+    assert!(
+        catalog
+            .app_machines_per_host("other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let found = catalog
         .find_machine_entry("web", "m2")
         .await
@@ -454,6 +467,20 @@ macro_rules! on_both_engines {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::postgres().await).await;
+                }
+            )*
+        }
+        // What an API server reads through: the cache must not change a
+        // single answer to what was written through it.
+        mod on_postgres_cached {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let cached = midge_store::CachedCatalog::new(
+                        super::postgres().await,
+                        std::time::Duration::from_secs(600),
+                    );
+                    super::$test(std::sync::Arc::new(cached)).await;
                 }
             )*
         }

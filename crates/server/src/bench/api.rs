@@ -6,20 +6,17 @@
 //! a batch of machines at once and times them until every one is started.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use midge_client::ApiClient;
 use midge_types::apps::CreateAppRequest;
-use midge_types::{CreateMachineRequest, InitConfig, MachineConfig};
-use reqwest::{Method, Url};
 
 use crate::bench::LocalApi;
+use crate::bench::measure::{Bench, create_burst, ms, size, timed_gets};
 use crate::host::{Host, HostConfig};
-use crate::shell_image::{SHELL_IMAGE, ensure_shell_image};
+use crate::shell_image::ensure_shell_image;
 
 const APP: &str = "bench-api";
-const WAIT_TIMEOUT_SECS: u64 = 60;
 
 #[derive(Debug, Clone)]
 pub struct ApiBenchOptions {
@@ -55,53 +52,6 @@ impl ApiBenchOptions {
         );
         Ok(())
     }
-}
-
-/// Latencies of one kind of request, with the wall time they took together.
-struct Timings {
-    samples: Vec<Duration>,
-    wall: Duration,
-    bytes: usize,
-}
-
-impl Timings {
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "a rank within a short list"
-        )]
-        let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-        sorted[rank.min(sorted.len() - 1)]
-    }
-
-    fn per_second(&self) -> f64 {
-        self.samples.len() as f64 / self.wall.as_secs_f64()
-    }
-
-    fn mean_bytes(&self) -> usize {
-        self.bytes / self.samples.len().max(1)
-    }
-}
-
-fn size(bytes: usize) -> String {
-    if bytes < 10 * 1024 {
-        format!("{bytes} B")
-    } else {
-        format!("{} KB", bytes / 1024)
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
-}
-
-/// The API on a loopback port, in this process, and a keep-alive client.
-struct Bench {
-    client: ApiClient,
 }
 
 pub async fn run(options: ApiBenchOptions) -> anyhow::Result<()> {
@@ -143,6 +93,7 @@ async fn serve_and_measure(
     let api = LocalApi::serve(&host.agent, dir).await?;
     let bench = Bench {
         client: api.client.clone(),
+        app: APP.into(),
     };
     let result = measure(&bench, options).await;
     api.stop().await;
@@ -238,53 +189,6 @@ async fn measure(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<Str
     Ok(table)
 }
 
-impl Bench {
-    /// A GET, timed by the caller; returns the body's size.
-    async fn get(&self, url: Url) -> anyhow::Result<usize> {
-        let response = self
-            .client
-            .send("GET", Method::GET, url, None, None)
-            .await?;
-        Ok(response.bytes().await.context("reading the reply")?.len())
-    }
-
-    async fn create_machine(&self, index: usize, skip_launch: bool) -> anyhow::Result<String> {
-        let config = MachineConfig {
-            image: SHELL_IMAGE.into(),
-            init: InitConfig {
-                exec: Some(vec!["/bin/sleep".into(), "3600".into()]),
-                ..Default::default()
-            },
-            metadata: [
-                ("bench".to_string(), "api".to_string()),
-                ("index".to_string(), index.to_string()),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        let request = CreateMachineRequest {
-            name: Some(format!("m-{index}")),
-            skip_launch,
-            config: Some(config),
-            ..Default::default()
-        };
-        Ok(self.client.create_machine(APP, &request).await?.id)
-    }
-
-    async fn wait_started(&self, id: &str) -> anyhow::Result<()> {
-        self.client
-            .wait_machine(
-                APP,
-                id,
-                "started",
-                None,
-                Duration::from_secs(WAIT_TIMEOUT_SECS),
-            )
-            .await?;
-        Ok(())
-    }
-}
-
 /// The fleet: the first `started` machines launched, the rest `skip_launch`.
 async fn create_fleet(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Result<Vec<String>> {
     let next = AtomicUsize::new(0);
@@ -308,66 +212,4 @@ async fn create_fleet(bench: &Bench, options: &ApiBenchOptions) -> anyhow::Resul
         ids.extend(created?);
     }
     Ok(ids)
-}
-
-/// `total` GETs of `path_of(i)` spread over `workers` concurrent clients.
-async fn timed_gets(
-    bench: &Bench,
-    total: usize,
-    workers: usize,
-    url_of: impl Fn(usize) -> Url,
-) -> anyhow::Result<Timings> {
-    let next = AtomicUsize::new(0);
-    let url_of = &url_of;
-    let begun = Instant::now();
-    let workers = (0..workers).map(|_| async {
-        let mut samples = Vec::new();
-        let mut bytes = 0;
-        loop {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= total {
-                return anyhow::Ok((samples, bytes));
-            }
-            let url = url_of(index);
-            let sent = Instant::now();
-            let size = bench.get(url).await?;
-            samples.push(sent.elapsed());
-            bytes += size;
-        }
-    });
-    let results = futures::future::join_all(workers).await;
-    let wall = begun.elapsed();
-    let mut timings = Timings {
-        samples: Vec::with_capacity(total),
-        wall,
-        bytes: 0,
-    };
-    for result in results {
-        let (samples, bytes) = result?;
-        timings.samples.extend(samples);
-        timings.bytes += bytes;
-    }
-    Ok(timings)
-}
-
-/// `count` creates sent at once, each followed by a wait until started.
-async fn create_burst(bench: &Bench, count: usize) -> anyhow::Result<Option<Timings>> {
-    if count == 0 {
-        return Ok(None);
-    }
-    let begun = Instant::now();
-    let machines = (0..count).map(|i| async move {
-        let sent = Instant::now();
-        let id = bench.create_machine(1_000_000 + i, false).await?;
-        bench.wait_started(&id).await?;
-        anyhow::Ok(sent.elapsed())
-    });
-    let results = futures::future::join_all(machines).await;
-    let wall = begun.elapsed();
-    let samples = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Some(Timings {
-        samples,
-        wall,
-        bytes: 0,
-    }))
 }

@@ -2,6 +2,8 @@
 //! resource prefix and address pool) and remove it when they finish.
 
 pub mod api;
+pub mod cluster;
+mod measure;
 pub mod start;
 
 use std::path::Path;

@@ -108,7 +108,64 @@ fn absolute(dir: &Path) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))
 }
 
+/// A cluster that is up: where its API servers are and the admin token.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub topology: Topology,
+    pub api_urls: Vec<String>,
+    pub token: String,
+}
+
+impl Running {
+    /// SIGKILL to one of the cluster's processes (`host-1`, `api-2`, …).
+    pub async fn kill(&self, name: &str) {
+        Processes::new(&self.topology.dir)
+            .stop(name, Signal::SIGKILL, Duration::ZERO)
+            .await;
+    }
+}
+
 async fn up(args: UpArgs) -> Result<()> {
+    let running = start(&args).await?;
+    let topology = &running.topology;
+    if !args.no_client_config {
+        let path = midge_client::ClientConfig {
+            api_url: running.api_urls[0].clone(),
+            token: running.token.clone(),
+        }
+        .save()?;
+        println!("client config written to {}", path.display());
+    }
+    let mut regions: Vec<&str> = topology.hosts.iter().map(|h| h.region.as_str()).collect();
+    regions.sort_unstable();
+    regions.dedup();
+    println!(
+        "dev cluster {} is up in {}: {} hosts, {} API servers, catalog on PostgreSQL",
+        topology.prefix,
+        topology.dir.display(),
+        topology.hosts.len(),
+        topology.apis.len()
+    );
+    for host in &topology.hosts {
+        println!(
+            "host {} in {} (namespace {})",
+            host.number, host.region, host.netns
+        );
+    }
+    for url in &running.api_urls {
+        println!("API:   {url}");
+    }
+    println!("token: {}", running.token);
+    println!(
+        "try:   midge machine run --shell --region {}",
+        regions.last().copied().unwrap_or("ord")
+    );
+    Ok(())
+}
+
+/// Starts whatever of the cluster `args` describe is not running, and
+/// returns once every host has joined.
+pub async fn start(args: &UpArgs) -> Result<Running> {
     for alias in &args.region_aliases {
         midge_cluster::regions::parse_alias(alias).map_err(anyhow::Error::msg)?;
     }
@@ -117,7 +174,7 @@ async fn up(args: UpArgs) -> Result<()> {
         let _lock = allocation_lock()?;
         let topology = match Topology::load(&dir)? {
             Some(existing) => existing,
-            None => new_topology(&args, &dir)?,
+            None => new_topology(args, &dir)?,
         };
         network::ensure(&topology)
             .await
@@ -142,41 +199,12 @@ async fn up(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| hint(&topology, "waiting for the hosts"))?;
 
-    let urls: Vec<String> = topology.apis.iter().map(|a| topology.api_url(a)).collect();
-    if !args.no_client_config {
-        let path = midge_client::ClientConfig {
-            api_url: urls[0].clone(),
-            token: token.clone(),
-        }
-        .save()?;
-        println!("client config written to {}", path.display());
-    }
-    let mut regions: Vec<&str> = topology.hosts.iter().map(|h| h.region.as_str()).collect();
-    regions.dedup();
-    regions.sort_unstable();
-    regions.dedup();
-    println!(
-        "dev cluster {} is up in {}: {} hosts, {} API servers, catalog on PostgreSQL",
-        topology.prefix,
-        topology.dir.display(),
-        topology.hosts.len(),
-        topology.apis.len()
-    );
-    for host in &topology.hosts {
-        println!(
-            "host {} in {} (namespace {})",
-            host.number, host.region, host.netns
-        );
-    }
-    for url in &urls {
-        println!("API:   {url}");
-    }
-    println!("token: {token}");
-    println!(
-        "try:   midge machine run --shell --region {}",
-        regions.last().copied().unwrap_or("ord")
-    );
-    Ok(())
+    let api_urls = topology.apis.iter().map(|a| topology.api_url(a)).collect();
+    Ok(Running {
+        topology,
+        api_urls,
+        token,
+    })
 }
 
 fn hint(topology: &Topology, doing: &str) -> String {
