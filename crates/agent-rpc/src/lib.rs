@@ -6,8 +6,10 @@
 //! own process. One route per call, `POST /agent/v1/<call>` with the call's
 //! request as JSON; streams answer NDJSON, the PTY is a WebSocket. Errors
 //! travel as their [`ErrorKind`](midge_agent_api::ErrorKind) and message.
-//! Every request carries the host's token.
+//! Every request carries the host's token. Hosts read each other's image
+//! blobs by digest ([`blobs`]).
 
+pub mod blobs;
 mod client;
 pub mod server;
 mod wire;

@@ -38,7 +38,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         })
 }
 
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -62,7 +62,7 @@ fn agent_error(error: &AgentError) -> Response {
     error_response(status_of(wire.kind), &wire)
 }
 
-fn bad_request(message: String) -> Response {
+pub(crate) fn bad_request(message: String) -> Response {
     let wire = WireError {
         kind: midge_agent_api::ErrorKind::Invalid,
         message,
@@ -70,7 +70,7 @@ fn bad_request(message: String) -> Response {
     error_response(400, &wire)
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     let wire = WireError {
         kind: midge_agent_api::ErrorKind::Invalid,
         message: "the host token was missing or wrong".into(),

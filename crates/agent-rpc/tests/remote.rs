@@ -25,7 +25,7 @@ struct Served {
     remote: RemoteAgent,
     url: String,
     driver: FakeDriver,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn serve() -> Served {
@@ -43,16 +43,18 @@ async fn serve() -> Served {
     let agent = Agent::open(
         config,
         HostParts {
-            images,
+            images: images.clone(),
             network: Arc::new(FakeNetwork::default()),
             driver: Arc::new(driver.clone()),
+            image_peers: None,
         },
     )
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = midge_agent_rpc::server::router(Arc::new(agent), TOKEN);
+    let router = midge_agent_rpc::server::router(Arc::new(agent), TOKEN)
+        .merge(midge_agent_rpc::blobs::router(images, TOKEN));
     tokio::spawn(async move { axum::serve(listener, router).await });
     let region = RemoteAgent::fetch_region(&url, TOKEN).await.unwrap();
     assert_eq!(region, "ams");
@@ -61,7 +63,7 @@ async fn serve() -> Served {
         remote,
         url,
         driver,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -87,6 +89,7 @@ async fn create(remote: &RemoteAgent, name: &str) -> String {
             },
             lease_owner: "tester".into(),
             placement: None,
+            image_sources: Vec::new(),
         })
         .await
         .unwrap()
@@ -274,5 +277,40 @@ async fn a_wrong_token_or_a_dead_agent_reads_as_an_unavailable_host() {
     assert!(
         error.to_string().starts_with("host h9 is unreachable"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn another_host_copies_an_image_by_digest_and_needs_the_token() {
+    let served = serve().await;
+    let source_images = served.dir.path().join("images");
+    let digest = ImageStore::open(&source_images)
+        .unwrap()
+        .get("test/image:latest")
+        .unwrap()
+        .expect("the served image")
+        .image_ref
+        .digest;
+    let pinned = format!("test/image:latest@{digest}");
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = ImageStore::open(target_dir.path()).unwrap();
+
+    let wrong = midge_agent_rpc::blobs::PeerBlobs::new(&served.url, "not-the-token").unwrap();
+    let refused = target.fetch_from(&pinned, &wrong, &|_| {}).await;
+    assert!(
+        matches!(refused, Err(midge_image::ImageError::Unreachable { .. })),
+        "{refused:?}"
+    );
+
+    let peer = midge_agent_rpc::blobs::PeerBlobs::new(&served.url, TOKEN).unwrap();
+    let copied = target.fetch_from(&pinned, &peer, &|_| {}).await.unwrap();
+    assert_eq!(copied.image_ref.digest, digest);
+    assert!(copied.layers[0].join("bin/program").is_file());
+
+    let unknown = format!("test/image:latest@sha256:{}", "1".repeat(64));
+    let missing = target.fetch_from(&unknown, &peer, &|_| {}).await;
+    assert!(
+        matches!(missing, Err(midge_image::ImageError::NotFound { .. })),
+        "{missing:?}"
     );
 }

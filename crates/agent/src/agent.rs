@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use midge_agent_api::AgentError;
 use midge_driver::{Driver, PreparedRun, RunningMachine};
-use midge_image::ImageStore;
+use midge_image::{BlobSource, ImageError, ImageStore};
 use midge_net::MachineNetwork;
 use midge_types::MachineState;
 use tokio::sync::watch;
@@ -23,6 +23,14 @@ pub struct HostParts {
     pub images: ImageStore,
     pub network: Arc<dyn MachineNetwork>,
     pub driver: Arc<dyn Driver>,
+    /// Other hosts' image stores, in a cluster; `None` on one host.
+    pub image_peers: Option<Arc<dyn ImagePeers>>,
+}
+
+/// Reaches the image stores of other hosts by their agent's URL, to copy a
+/// pinned image that no registry this host reaches holds.
+pub trait ImagePeers: Send + Sync + fmt::Debug {
+    fn source(&self, agent_url: &str) -> Result<Box<dyn BlobSource>, ImageError>;
 }
 
 /// The host agent; cheap to clone (every clone is the same agent).
@@ -45,6 +53,7 @@ pub(crate) struct AgentCore {
     pub store: RecordStore,
     pub machines: RwLock<HashMap<String, Arc<MachineEntry>>>,
     pub images: ImageStore,
+    pub image_peers: Option<Arc<dyn ImagePeers>>,
     pub network: Arc<dyn MachineNetwork>,
     pub driver: Arc<dyn Driver>,
     /// Serializes name checks and network slot allocation across creates.

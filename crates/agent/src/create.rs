@@ -33,6 +33,7 @@ impl AgentCore {
             request,
             lease_owner,
             placement,
+            image_sources,
         } = call;
         let config = validated_config(&request)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
@@ -52,7 +53,7 @@ impl AgentCore {
             Ok(())
         };
         let provisioned = match admitted {
-            Ok(()) => self.provision(&entry, &config.image).await,
+            Ok(()) => self.provision(&entry, &config.image, &image_sources).await,
             Err(err) => Err(err),
         };
         if let Err(err) = provisioned {
@@ -157,8 +158,13 @@ impl AgentCore {
     }
 
     /// Pulls the image and attaches the network of a machine being created.
-    async fn provision(&self, entry: &MachineEntry, image: &str) -> Result<(), AgentError> {
-        let image = self.image_for(image).await?;
+    async fn provision(
+        &self,
+        entry: &MachineEntry,
+        image: &str,
+        image_sources: &[String],
+    ) -> Result<(), AgentError> {
+        let image = self.image_from(image, image_sources).await?;
         let record = entry.snapshot();
         self.network
             .attach(&record.id, record.net_slot, record.org_network)

@@ -31,25 +31,60 @@ impl AgentCore {
 
     /// The image, from the store or pulled.
     pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, AgentError> {
+        self.image_from(reference, &[]).await
+    }
+
+    /// The image, from the store, else copied from the first of `sources`
+    /// (other hosts' agents) that holds it when the reference is pinned,
+    /// else pulled from its registry.
+    pub(crate) async fn image_from(
+        &self,
+        reference: &str,
+        sources: &[String],
+    ) -> Result<Image, AgentError> {
         let fail = |error| image_error(reference, error);
-        if let Some(image) = self.images.get(reference).map_err(fail)? {
+        if let Some(image) = self.local_image(reference).map_err(fail)? {
             return Ok(image);
         }
-        // A pinned reference (`repo:tag@sha256:…`, as clone writes) matches any
-        // local image with that manifest digest, imported ones included.
-        if let Some((_, digest)) = reference.rsplit_once('@') {
-            let local = self.images.list().map_err(fail)?;
-            if let Some(image) = local
-                .into_iter()
-                .find(|image| image.image_ref.digest == digest)
-            {
-                return Ok(image);
+        if reference.contains('@')
+            && let Some(peers) = &self.image_peers
+        {
+            for url in sources {
+                let copied = match peers.source(url) {
+                    Ok(source) => self.images.fetch_from(reference, &*source, &|_| {}).await,
+                    Err(error) => Err(error),
+                };
+                match copied {
+                    Ok(image) => {
+                        tracing::info!(%reference, from = %url, "copied the image from another host");
+                        return Ok(image);
+                    }
+                    Err(error) => {
+                        tracing::info!(%reference, from = %url, "not copied: {error}");
+                    }
+                }
             }
         }
         self.images
             .ensure(reference, &self.pull_options(), &|_| {})
             .await
             .map_err(fail)
+    }
+
+    fn local_image(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        if let Some(image) = self.images.get(reference)? {
+            return Ok(Some(image));
+        }
+        // A pinned reference (`repo:tag@sha256:…`, as clone writes) matches any
+        // local image with that manifest digest, imported ones included.
+        let Some((_, digest)) = reference.rsplit_once('@') else {
+            return Ok(None);
+        };
+        Ok(self
+            .images
+            .list()?
+            .into_iter()
+            .find(|image| image.image_ref.digest == digest))
     }
 
     /// Pulls `reference` into the store (nothing to do when it is there),

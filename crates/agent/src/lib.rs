@@ -29,6 +29,6 @@ mod wait;
 #[cfg(test)]
 mod tests;
 
-pub use agent::{Agent, HostParts};
+pub use agent::{Agent, HostParts, ImagePeers};
 pub use capacity::Capacity;
 pub use config::AgentConfig;

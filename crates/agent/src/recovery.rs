@@ -37,12 +37,14 @@ impl Agent {
             images,
             network,
             driver,
+            image_peers,
         } = parts;
         let core = Arc::new(AgentCore {
             config,
             store,
             machines: Default::default(),
             images,
+            image_peers,
             network,
             driver,
             create_lock: Default::default(),

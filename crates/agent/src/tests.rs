@@ -86,6 +86,7 @@ impl Bed {
                 },
                 lease_owner: "tester".into(),
                 placement: None,
+                image_sources: Vec::new(),
             })
             .await
             .unwrap();
@@ -183,6 +184,7 @@ async fn open(
         images: ImageStore::open(&dir.path().join("images")).unwrap(),
         network: Arc::new(network.clone()),
         driver: Arc::new(driver.clone()),
+        image_peers: None,
     };
     Agent::open(config, parts).await.unwrap()
 }
@@ -713,6 +715,7 @@ async fn machines_that_may_run_hold_capacity_and_the_rest_is_refused_with_the_sh
             },
             lease_owner: "tester".into(),
             placement: None,
+            image_sources: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -780,6 +783,7 @@ async fn reports_carry_a_growing_generation_and_the_placement() {
                 id: "0123456789abcd".into(),
                 epoch: 3,
             }),
+            image_sources: Vec::new(),
         })
         .await
         .unwrap();

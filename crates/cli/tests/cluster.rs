@@ -173,6 +173,90 @@ fn placement_follows_regions_lists_aliases_and_capacity_and_clones_into_a_region
     assert!(list.contains("HOST") && list.contains(" ok "), "{list}");
 }
 
+fn logs_contain(cluster: &Cluster, app: &str, id: &str, text: &str) -> bool {
+    cluster
+        .midge(0, &["machine", "logs", "-a", app, id])
+        .stdout
+        .contains(text)
+}
+
+#[test]
+fn an_imported_image_follows_a_clone_to_another_host_by_digest() {
+    // Host 1 in ord, host 2 in ams; the image exists only in host 1's store.
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        ..Default::default()
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let tarball = e2e_platform::docker_archive(scratch.path(), "local/imported:1");
+    let data_dir = |number: u32| {
+        cluster.host(number)["data_dir"]
+            .as_str()
+            .expect("a data dir")
+            .to_string()
+    };
+    cluster
+        .midge(
+            0,
+            &[
+                "image",
+                "import",
+                tarball.to_str().unwrap(),
+                "--data-dir",
+                &data_dir(1),
+            ],
+        )
+        .success();
+    let app = unique_app("imported");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let run = cluster.midge(
+        0,
+        &[
+            "machine",
+            "run",
+            "local/imported:1",
+            "-a",
+            &app,
+            "--region",
+            "ord",
+        ],
+    );
+    let original = machine_id_in(&run.success().stdout);
+    wait_started(&cluster, &app, &original);
+
+    let clone = cluster.midge(
+        0,
+        &["machine", "clone", &original, "-a", &app, "--region", "ams"],
+    );
+    let cloned = machine_id_in(&clone.success().stdout);
+    wait_started(&cluster, &app, &cloned);
+    let machine = cluster.get(0, &machine_path(&app, &cloned)).1;
+    assert_eq!(machine["region"], "ams");
+    let image = machine["config"]["image"].as_str().unwrap_or_default();
+    assert!(image.contains("@sha256:"), "{image}");
+    cluster.eventually("the clone runs the copied image", SETTLE, || {
+        logs_contain(&cluster, &app, &cloned, "imported-ok")
+    });
+    let listed = cluster
+        .midge(0, &["image", "ls", "--data-dir", &data_dir(2)])
+        .success()
+        .stdout
+        .clone();
+    assert!(listed.contains("local/imported"), "{listed}");
+
+    // A digest no host holds is refused, and nothing is left placed.
+    let (_, digest) = image.rsplit_once('@').expect("pinned");
+    let unknown = image.replace(digest, &format!("sha256:{}", "0".repeat(64)));
+    let (status, refused) = cluster.create(
+        0,
+        &app,
+        json!({"region": "ams", "config": {"image": unknown}}),
+    );
+    assert!((400..500).contains(&status), "{status}: {refused}");
+    let (_, machines) = cluster.get(0, &format!("/v1/apps/{app}/machines"));
+    assert_eq!(machines.as_array().map(Vec::len), Some(2), "{machines}");
+}
+
 #[test]
 fn concurrent_creates_through_both_api_servers_never_overcommit_a_host() {
     // Two hosts with room for two machines each.

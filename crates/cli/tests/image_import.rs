@@ -5,30 +5,7 @@
 #[allow(dead_code, reason = "shared with the other end-to-end tests")]
 mod e2e_platform;
 
-use e2e_platform::{Platform, machine_id_in, unique_app};
-use sha2::{Digest, Sha256};
-
-fn docker_archive(dir: &std::path::Path, reference: &str) -> std::path::PathBuf {
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    midge_testkit::busybox_rootfs(&rootfs).unwrap();
-    let layer = midge_testkit::tar_dir(&rootfs).unwrap();
-    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
-    let archive = dir.join("archive");
-    std::fs::create_dir_all(&archive).unwrap();
-    std::fs::write(archive.join("layer.tar"), &layer).unwrap();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["sh", "-c", "echo imported-ok; sleep 600"], "Env": ["PATH=/bin:/usr/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    });
-    std::fs::write(archive.join("config.json"), config.to_string()).unwrap();
-    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [reference], "Layers": ["layer.tar"]}]);
-    std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
-    let tarball = dir.join("image.tar");
-    std::fs::write(&tarball, midge_testkit::tar_dir(&archive).unwrap()).unwrap();
-    tarball
-}
+use e2e_platform::{Platform, docker_archive, machine_id_in, unique_app};
 
 #[test]
 fn imported_image_runs_without_a_registry() {

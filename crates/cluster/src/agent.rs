@@ -184,6 +184,7 @@ impl ClusterAgent {
         {
             return Err(AgentError::NameTaken(name));
         }
+        let image_sources = self.image_sources(&config.image, &hosts, &app_machines);
         let mut shortfalls = Vec::new();
         for region in &regions {
             let hosts = match candidates(
@@ -201,7 +202,7 @@ impl ClusterAgent {
                 }
             };
             for host in hosts {
-                match self.create_on(&host, &call, &name).await {
+                match self.create_on(&host, &call, &name, &image_sources).await {
                     Ok(machine) => return Ok(machine),
                     Err(error)
                         if matches!(
@@ -222,6 +223,29 @@ impl ClusterAgent {
         })
     }
 
+    /// Agents that may hold a pinned image a host lacks (clone writes pinned
+    /// references): answering hosts that run machines of the app, most first.
+    fn image_sources(
+        &self,
+        image: &str,
+        hosts: &[HostRecord],
+        app_machines: &HashMap<String, usize>,
+    ) -> Vec<(String, String)> {
+        if !image.contains('@') {
+            return Vec::new();
+        }
+        let mut holders: Vec<(usize, &HostRecord)> = hosts
+            .iter()
+            .filter(|host| self.status(host) == HostStatus::Ok)
+            .filter_map(|host| Some((*app_machines.get(&host.id)?, host)))
+            .collect();
+        holders.sort_by_key(|holder| std::cmp::Reverse(holder.0));
+        holders
+            .into_iter()
+            .map(|(_, host)| (host.id.clone(), host.agent_url.clone()))
+            .collect()
+    }
+
     /// Places the machine on `host` in the catalog, then asks the host; a
     /// refusal takes the placement back.
     async fn create_on(
@@ -229,6 +253,7 @@ impl ClusterAgent {
         host: &HostRecord,
         call: &CreateMachine,
         name: &str,
+        image_sources: &[(String, String)],
     ) -> Result<Machine> {
         let id = midge_types::ids::new_machine_id();
         let epoch = self
@@ -249,6 +274,11 @@ impl ClusterAgent {
                     id: id.clone(),
                     epoch,
                 }),
+                image_sources: image_sources
+                    .iter()
+                    .filter(|(source, _)| *source != host.id)
+                    .map(|(_, url)| url.clone())
+                    .collect(),
             })
             .await;
         match created {

@@ -73,6 +73,24 @@ pub struct AgentArgs {
     pub heartbeat_ms: u64,
 }
 
+/// Other hosts' image stores, through their agents' blob routes.
+#[derive(Debug)]
+struct PeerImages {
+    secret: String,
+}
+
+impl midge_agent::ImagePeers for PeerImages {
+    fn source(
+        &self,
+        agent_url: &str,
+    ) -> Result<Box<dyn midge_image::BlobSource>, midge_image::ImageError> {
+        Ok(Box::new(midge_agent_rpc::blobs::PeerBlobs::new(
+            agent_url,
+            &self.secret,
+        )?))
+    }
+}
+
 fn host_memory_mb() -> u32 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -129,11 +147,17 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.insecure_registries = args.insecure_registries.clone();
     config.host_id = member.host.number;
     config.capacity = Some(capacity);
+    config.image_peers = Some(Arc::new(PeerImages {
+        secret: member.cluster_secret.clone(),
+    }));
     let agent = Host::open(config).await?.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {
         tracing::warn!("the default shell image is not available: {err:#}");
     }
-    let rpc = midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret);
+    let rpc =
+        midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret).merge(
+            midge_agent_rpc::blobs::router(agent.images().clone(), &member.cluster_secret),
+        );
     let server =
         tokio::spawn(async move { axum::serve(listener.tap_io(midge_api::no_delay), rpc).await });
     println!(

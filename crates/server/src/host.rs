@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub prepared_runs: usize,
     /// What machines may reserve on this host; unlimited when `None`.
     pub capacity: Option<midge_agent::Capacity>,
+    /// Other hosts' image stores (a cluster's agents); none on one host.
+    pub image_peers: Option<Arc<dyn midge_agent::ImagePeers>>,
 }
 
 impl HostConfig {
@@ -52,6 +54,7 @@ impl HostConfig {
             host_id: defaults.host_id,
             prepared_runs: defaults.prepared_runs,
             capacity: None,
+            image_peers: None,
         }
     }
 
@@ -107,6 +110,7 @@ impl Host {
             images,
             network: Arc::new(network),
             driver: Arc::new(driver),
+            image_peers: config.image_peers.clone(),
         };
         let agent = Agent::open(agent_config, parts)
             .await

@@ -45,6 +45,10 @@ pub struct CreateMachine {
     /// without it the host picks the id (epoch 1).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// Agents (their URLs) of other hosts that may hold the machine's image,
+    /// to copy a pinned image from when this host lacks it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_sources: Vec<String>,
 }
 
 /// Where a cluster placed a machine: its id and which placement this is.

@@ -92,6 +92,7 @@ impl TestAgent {
                 request,
                 lease_owner: "tester".into(),
                 placement: None,
+                image_sources: Vec::new(),
             })
             .await
             .expect("create")

@@ -166,6 +166,7 @@ pub async fn create_machine(
             request,
             lease_owner: caller.lease_owner(),
             placement: None,
+            image_sources: Vec::new(),
         })
         .await?;
     Ok(Json(machine))

@@ -410,3 +410,31 @@ impl PipeReader {
         String::from_utf8_lossy(&self.received.lock().expect("pipe buffer")).into_owned()
     }
 }
+
+/// A `docker save`-style tarball in `dir` of a busybox image named
+/// `reference` whose command logs `imported-ok`.
+#[allow(dead_code, reason = "used by the image and cluster tests")]
+pub fn docker_archive(dir: &std::path::Path, reference: &str) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    midge_testkit::busybox_rootfs(&rootfs).unwrap();
+    let layer = midge_testkit::tar_dir(&rootfs).unwrap();
+    let diff_id = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer))
+    );
+    let archive = dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(archive.join("layer.tar"), &layer).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh", "-c", "echo imported-ok; sleep 600"], "Env": ["PATH=/bin:/usr/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    std::fs::write(archive.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [reference], "Layers": ["layer.tar"]}]);
+    std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
+    let tarball = dir.join("image.tar");
+    std::fs::write(&tarball, midge_testkit::tar_dir(&archive).unwrap()).unwrap();
+    tarball
+}
