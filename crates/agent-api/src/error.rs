@@ -87,6 +87,20 @@ pub enum AgentError {
     VersionNotFound(String),
     #[error("lease not found")]
     LeaseNotFound,
+    #[error("volume not found")]
+    VolumeNotFound,
+    #[error("snapshot not found")]
+    SnapshotNotFound,
+    /// Fly's words, which clients match on (the API edge adds Fly's
+    /// `failed_precondition: `).
+    #[error("volume is currently bound to machine: {machine}")]
+    VolumeBound { volume: String, machine: String },
+    #[error("insufficient resources to create new machine with existing volume{}",
+        .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    NoRoomWithVolume {
+        volume: String,
+        detail: Option<String>,
+    },
     /// The request is malformed or asks for something that cannot be.
     #[error("{0}")]
     Invalid(String),
@@ -143,6 +157,8 @@ pub enum AgentError {
         operation: Operation,
         driver: &'static str,
     },
+    #[error("{0} is not available in a cluster yet")]
+    NotInCluster(&'static str),
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("the host agent is shutting down")]
@@ -169,19 +185,24 @@ impl AgentError {
         match self {
             AgentError::MachineNotFound
             | AgentError::VersionNotFound(_)
-            | AgentError::LeaseNotFound => ErrorKind::NotFound,
+            | AgentError::LeaseNotFound
+            | AgentError::VolumeNotFound
+            | AgentError::SnapshotNotFound => ErrorKind::NotFound,
             AgentError::Invalid(_) => ErrorKind::Invalid,
             AgentError::WrongState { .. }
             | AgentError::NotRunning { .. }
             | AgentError::StillRunning { .. }
-            | AgentError::NotCurrentVersion { .. } => ErrorKind::Precondition,
+            | AgentError::NotCurrentVersion { .. }
+            | AgentError::VolumeBound { .. } => ErrorKind::Precondition,
             AgentError::LeaseHeld { .. }
             | AgentError::NameTaken(_)
             | AgentError::VersionMismatch { .. } => ErrorKind::Conflict,
-            AgentError::InsufficientCapacity { .. } => ErrorKind::InsufficientCapacity,
+            AgentError::InsufficientCapacity { .. } | AgentError::NoRoomWithVolume { .. } => {
+                ErrorKind::InsufficientCapacity
+            }
             AgentError::ImageUnavailable { .. } => ErrorKind::ImageUnavailable,
             AgentError::ProgramFailed(_) => ErrorKind::ProgramFailed,
-            AgentError::Unsupported { .. } => ErrorKind::Unsupported,
+            AgentError::Unsupported { .. } | AgentError::NotInCluster(_) => ErrorKind::Unsupported,
             AgentError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             AgentError::ShuttingDown | AgentError::HostUnavailable { .. } => ErrorKind::Unavailable,
             AgentError::Host { .. } => ErrorKind::Internal,

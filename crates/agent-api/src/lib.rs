@@ -19,6 +19,8 @@ use midge_types::agent::{
     RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
     UpdateMetadata, WaitMachine,
 };
+use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
+use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
 };
@@ -89,6 +91,21 @@ pub trait HostAgent: Send + Sync {
     async fn read_logs(&self, call: ReadLogs) -> Result<BoxStream<'static, LogLine>>;
     /// Pulls an image into the host's image store, reporting progress.
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>>;
+
+    /// Creates a volume: empty, restored from a snapshot, or forked.
+    async fn create_volume(&self, call: CreateVolume) -> Result<Volume>;
+    async fn get_volume(&self, volume: VolumeKey) -> Result<Volume>;
+    /// Oldest first, destroyed ones included (with their state).
+    async fn list_volumes(&self, call: ListVolumes) -> Result<Vec<Volume>>;
+    async fn update_volume(&self, call: UpdateVolume) -> Result<Volume>;
+    /// Grows a volume; `needs_restart` when its machine must restart first.
+    async fn extend_volume(&self, call: ExtendVolume) -> Result<ExtendVolumeResponse>;
+    /// Refused while a machine's config mounts it; the data stays for a
+    /// grace period.
+    async fn destroy_volume(&self, volume: VolumeKey) -> Result<Volume>;
+    async fn snapshot_volume(&self, volume: VolumeKey) -> Result<VolumeSnapshot>;
+    /// Newest first.
+    async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>>;
 
     /// The regions machines can be placed in. One host offers its own.
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

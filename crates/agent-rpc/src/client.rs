@@ -14,6 +14,8 @@ use midge_types::agent::{
     SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
     WaitMachine,
 };
+use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
+use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
 };
@@ -384,5 +386,37 @@ impl HostAgent for RemoteAgent {
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
         self.streaming("pull_image", &call).await
+    }
+
+    async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {
+        self.unary("create_volume", &call).await
+    }
+
+    async fn get_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        self.read("get_volume", &volume).await
+    }
+
+    async fn list_volumes(&self, call: ListVolumes) -> Result<Vec<Volume>> {
+        self.read("list_volumes", &call).await
+    }
+
+    async fn update_volume(&self, call: UpdateVolume) -> Result<Volume> {
+        self.unary("update_volume", &call).await
+    }
+
+    async fn extend_volume(&self, call: ExtendVolume) -> Result<ExtendVolumeResponse> {
+        self.unary("extend_volume", &call).await
+    }
+
+    async fn destroy_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        self.unary("destroy_volume", &volume).await
+    }
+
+    async fn snapshot_volume(&self, volume: VolumeKey) -> Result<VolumeSnapshot> {
+        self.unary("snapshot_volume", &volume).await
+    }
+
+    async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>> {
+        self.read("volume_snapshots", &volume).await
     }
 }

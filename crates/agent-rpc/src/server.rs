@@ -171,6 +171,14 @@ async fn call(
         "exec" => unary(body, |c| async move { a.exec(c).await }).await,
         "read_logs" => streaming(body, |c| async move { a.read_logs(c).await }).await,
         "pull_image" => streaming(body, |c| async move { a.pull_image(c).await }).await,
+        "create_volume" => unary(body, |c| async move { a.create_volume(c).await }).await,
+        "get_volume" => unary(body, |c| async move { a.get_volume(c).await }).await,
+        "list_volumes" => unary(body, |c| async move { a.list_volumes(c).await }).await,
+        "update_volume" => unary(body, |c| async move { a.update_volume(c).await }).await,
+        "extend_volume" => unary(body, |c| async move { a.extend_volume(c).await }).await,
+        "destroy_volume" => unary(body, |c| async move { a.destroy_volume(c).await }).await,
+        "snapshot_volume" => unary(body, |c| async move { a.snapshot_volume(c).await }).await,
+        "volume_snapshots" => unary(body, |c| async move { a.volume_snapshots(c).await }).await,
         other => error_response(
             404,
             &WireError {

@@ -47,6 +47,7 @@ async fn serve() -> Served {
             network: Arc::new(FakeNetwork::default()),
             driver: Arc::new(driver.clone()),
             image_peers: None,
+            volumes: midge_volume::VolumePool::open(&dir.path().join("volumes")).unwrap(),
         },
     )
     .await

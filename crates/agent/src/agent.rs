@@ -11,6 +11,7 @@ use midge_driver::{Driver, PreparedRun, RunningMachine};
 use midge_image::{BlobSource, ImageError, ImageStore};
 use midge_net::MachineNetwork;
 use midge_types::MachineState;
+use midge_volume::VolumePool;
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
@@ -23,6 +24,8 @@ pub struct HostParts {
     pub images: ImageStore,
     pub network: Arc<dyn MachineNetwork>,
     pub driver: Arc<dyn Driver>,
+    /// Where the host's volumes live.
+    pub volumes: VolumePool,
     /// Other hosts' image stores, in a cluster; `None` on one host.
     pub image_peers: Option<Arc<dyn ImagePeers>>,
 }
@@ -56,6 +59,10 @@ pub(crate) struct AgentCore {
     pub image_peers: Option<Arc<dyn ImagePeers>>,
     pub network: Arc<dyn MachineNetwork>,
     pub driver: Arc<dyn Driver>,
+    pub volume_pool: VolumePool,
+    pub volumes: Mutex<HashMap<String, crate::volume_record::VolumeRecord>>,
+    /// Runs volume operations (creates, grows, snapshots) one at a time.
+    pub volume_ops: tokio::sync::Mutex<()>,
     /// Serializes name checks and network slot allocation across creates.
     pub create_lock: Mutex<()>,
     /// Counts runs, so a monitor of an old run can tell it is stale.

@@ -19,6 +19,8 @@ pub struct AgentConfig {
     pub prepared_runs: usize,
     /// What machines may reserve; unlimited when `None` (a laptop).
     pub capacity: Option<crate::capacity::Capacity>,
+    /// How long a destroyed volume's data is kept (Fly keeps a day).
+    pub volume_grace: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -30,6 +32,7 @@ impl AgentConfig {
             insecure_registries: Vec::new(),
             prepared_runs: 64,
             capacity: None,
+            volume_grace: std::time::Duration::from_secs(24 * 60 * 60),
         }
     }
 }

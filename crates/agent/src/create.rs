@@ -47,6 +47,10 @@ impl AgentCore {
         let launch = !request.skip_launch;
         let record = self.claim(&owner, &request, config.clone(), placement)?;
         let entry = self.insert_entry(record);
+        if let Err(err) = self.bind_volumes(&entry.id(), &owner.app, &config) {
+            self.roll_back_create(&entry).await;
+            return Err(err);
+        }
         let admitted = if launch {
             self.admit(&entry.id(), &config)
         } else {
@@ -243,7 +247,7 @@ impl MachineRecord {
 
 /// Whether a region as Fly accepts it (a code, a list, `any`) lets a
 /// machine run in `own`. Aliases are the cluster's to expand.
-fn region_includes(requested: &str, own: &str) -> bool {
+pub(crate) fn region_includes(requested: &str, own: &str) -> bool {
     requested
         .split(',')
         .map(str::trim)

@@ -17,6 +17,9 @@ use midge_types::{
     WaitResponse,
 };
 
+use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
+use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
+
 use crate::agent::Agent;
 use crate::queries::check_lease;
 use crate::transitions::{Op, transition};
@@ -194,6 +197,38 @@ impl HostAgent for Agent {
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
         Ok(self.core.pull_image(call.reference))
+    }
+
+    async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {
+        self.core.create_volume(call).await
+    }
+
+    async fn get_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        self.core.get_volume(&volume)
+    }
+
+    async fn list_volumes(&self, call: ListVolumes) -> Result<Vec<Volume>> {
+        Ok(self.core.list_volumes(&call.app))
+    }
+
+    async fn update_volume(&self, call: UpdateVolume) -> Result<Volume> {
+        self.core.update_volume(call).await
+    }
+
+    async fn extend_volume(&self, call: ExtendVolume) -> Result<ExtendVolumeResponse> {
+        self.core.extend_volume(call).await
+    }
+
+    async fn destroy_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        self.core.destroy_volume(&volume).await
+    }
+
+    async fn snapshot_volume(&self, volume: VolumeKey) -> Result<VolumeSnapshot> {
+        self.core.snapshot_volume(&volume).await
+    }
+
+    async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>> {
+        self.core.volume_snapshots(&volume)
     }
 
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

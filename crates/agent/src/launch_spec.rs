@@ -32,6 +32,15 @@ impl AgentCore {
                 .map_err(|e| AgentError::host("attaching the machine's network", e))?;
         }
         let guest = record.config().guest_or_default();
+        let holds_run = self
+            .machines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.id)
+            .is_some_and(|entry| entry.current().is_some());
+        let volumes = self
+            .volume_disks(&record.id, record.config(), holds_run)
+            .await?;
         Ok(MachineLaunch {
             machine_id: record.id.clone(),
             layers: image.layers.clone(),
@@ -51,6 +60,7 @@ impl AgentCore {
             run_spec: run_spec(record, &image)?,
             etc_hosts: etc_hosts(record),
             resolv_conf: resolv_conf(),
+            volumes,
         })
     }
 }

@@ -24,6 +24,8 @@ mod recovery;
 mod store;
 mod transitions;
 mod update;
+mod volume_record;
+mod volumes;
 mod wait;
 
 #[cfg(test)]

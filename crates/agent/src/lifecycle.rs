@@ -336,12 +336,13 @@ impl AgentCore {
         Ok(())
     }
 
-    /// Removes the machine's runs, files and network.
+    /// Removes the machine's runs, files and network, and lets go of its volumes.
     pub(crate) async fn release_host_resources(&self, id: &str) -> Result<(), AgentError> {
         self.driver
             .forget(id)
             .await
             .map_err(|e| AgentError::host("removing the machine's runs", e))?;
+        self.release_volumes(id).await;
         self.network
             .detach(id)
             .await

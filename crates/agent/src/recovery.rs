@@ -12,12 +12,15 @@ use midge_agent_api::AgentError;
 use midge_driver::Recovered;
 use midge_types::{MachineState, StopRequest};
 
-use crate::agent::{Agent, AgentCore, CurrentRun, HostParts, MachineEntry, state_is_alive};
+use crate::agent::{Agent, AgentCore, CurrentRun, HostParts, MachineEntry, lock, state_is_alive};
 use crate::config::AgentConfig;
 use crate::lifecycle::kill_now;
 use crate::record::PendingOp;
 use crate::store::RecordStore;
 use crate::transitions::Transition;
+
+/// How often destroyed volumes past their grace period are removed.
+const VOLUME_PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long teardown waits for a machine's running operation.
 const TEARDOWN_LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -38,6 +41,7 @@ impl Agent {
             network,
             driver,
             image_peers,
+            volumes,
         } = parts;
         let core = Arc::new(AgentCore {
             config,
@@ -47,6 +51,9 @@ impl Agent {
             image_peers,
             network,
             driver,
+            volume_pool: volumes,
+            volumes: Default::default(),
+            volume_ops: Default::default(),
             create_lock: Default::default(),
             runs: Default::default(),
             prepared: Default::default(),
@@ -57,6 +64,14 @@ impl Agent {
         for record in records {
             core.insert_entry(record);
         }
+        let volumes = core
+            .store
+            .load_volumes()
+            .map_err(|e| AgentError::host("loading the volume records", e))?;
+        for volume in volumes {
+            lock(&core.volumes).insert(volume.id.clone(), volume);
+        }
+        core.recover_volumes().await;
         let recovered = core
             .driver
             .recover()
@@ -64,6 +79,7 @@ impl Agent {
             .map_err(|e| AgentError::host("recovering the host's runs", e))?;
         core.converge_all(recovered).await;
         core.collect_orphans().await;
+        tokio::spawn(keep_purging_volumes(Arc::downgrade(&core)));
         Ok(Agent { core })
     }
 
@@ -98,6 +114,14 @@ impl Agent {
         for id in core.driver.machines().unwrap_or_default() {
             let _ = core.driver.forget(&id).await;
         }
+        // Volumes keep their data (an uninstall removes the data dir); none stays mounted.
+        let pool = core.volume_pool.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in pool.mounted().unwrap_or_default() {
+                let _ = pool.unmount(&id);
+            }
+        })
+        .await;
         core.network
             .teardown()
             .await
@@ -250,5 +274,16 @@ impl AgentCore {
             }
             Err(err) => tracing::warn!("listing the driver's machines: {err}"),
         }
+    }
+}
+
+async fn keep_purging_volumes(core: std::sync::Weak<AgentCore>) {
+    loop {
+        tokio::time::sleep(VOLUME_PURGE_EVERY).await;
+        let Some(core) = core.upgrade() else { return };
+        if core.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        core.purge_volumes().await;
     }
 }

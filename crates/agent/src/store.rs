@@ -1,5 +1,6 @@
-//! The agent's embedded store: one SQLite file with a row per machine. WAL
-//! with synchronous=NORMAL survives a kill -9 of the process.
+//! The agent's embedded store: one SQLite file with a row per machine and
+//! one per volume. WAL with synchronous=NORMAL survives a kill -9 of the
+//! process.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -7,6 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 
 use crate::record::MachineRecord;
+use crate::volume_record::VolumeRecord;
 
 pub struct RecordStore {
     conn: Mutex<Connection>,
@@ -41,6 +43,11 @@ impl RecordStore {
                 id TEXT PRIMARY KEY,
                 app TEXT NOT NULL,
                 record TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS volumes (
+                id TEXT PRIMARY KEY,
+                app TEXT NOT NULL,
+                record TEXT NOT NULL
             );",
         )?;
         Ok(RecordStore {
@@ -67,6 +74,39 @@ impl RecordStore {
     pub fn load_all(&self) -> Result<Vec<MachineRecord>, RecordStoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut statement = conn.prepare("SELECT id, record FROM machines")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            records.push(
+                serde_json::from_str(&json)
+                    .map_err(|source| RecordStoreError::Corrupt { id, source })?,
+            );
+        }
+        Ok(records)
+    }
+
+    pub fn save_volume(&self, record: &VolumeRecord) -> Result<(), RecordStoreError> {
+        let json = serde_json::to_string(record).map_err(RecordStoreError::Encode)?;
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO volumes (id, app, record) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![record.id, record.app, json])?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<(), RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn load_volumes(&self) -> Result<Vec<VolumeRecord>, RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = conn.prepare("SELECT id, record FROM volumes")?;
         let rows = statement.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })?;

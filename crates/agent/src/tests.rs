@@ -12,9 +12,11 @@ use midge_driver::{DriverError, ExitStatus};
 use midge_image::{ImageConfig, ImageStore};
 use midge_net::fake::FakeNetwork;
 use midge_types::agent::{
-    CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, MachineKey, Owner,
-    RestartMachine, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
+    CreateMachine, CreateVolume, DestroyMachine, ExecMachine, ExtendVolume, GetMachine, ListEvents,
+    ListVolumes, MachineKey, Owner, RestartMachine, StartMachine, StopMachine, UpdateMachine,
+    VolumeKey, WaitMachine, WaitTarget,
 };
+use midge_types::volume::{CreateVolumeRequest, VolumeState};
 use midge_types::{
     CreateMachineRequest, GoDuration, MachineConfig, MachineState, RestartConfig, Signal,
     StopConfig, StopRequest,
@@ -68,6 +70,27 @@ impl Bed {
     async fn reopen(&mut self) {
         self.agent.shutdown();
         self.agent = open(&self.dir, &self.driver, &self.network, self.prepared_runs).await;
+    }
+
+    /// A create that may be refused.
+    async fn create_with(&self, config: MachineConfig) -> Result<String, AgentError> {
+        self.agent
+            .create_machine(CreateMachine {
+                owner: Owner {
+                    app: APP.into(),
+                    org_slug: "personal".into(),
+                    org_network: 1,
+                },
+                request: CreateMachineRequest {
+                    config: Some(config),
+                    ..Default::default()
+                },
+                lease_owner: "tester".into(),
+                placement: None,
+                image_sources: Vec::new(),
+            })
+            .await
+            .map(|machine| machine.id)
     }
 
     async fn create(&self, config: MachineConfig, skip_launch: bool) -> String {
@@ -173,8 +196,21 @@ async fn open(
     network: &FakeNetwork,
     prepared_runs: usize,
 ) -> Agent {
+    open_with_grace(dir, driver, network, prepared_runs, None).await
+}
+
+async fn open_with_grace(
+    dir: &tempfile::TempDir,
+    driver: &FakeDriver,
+    network: &FakeNetwork,
+    prepared_runs: usize,
+    volume_grace: Option<Duration>,
+) -> Agent {
     let mut config = AgentConfig::new(dir.path().join("agent"));
     config.prepared_runs = prepared_runs;
+    if let Some(grace) = volume_grace {
+        config.volume_grace = grace;
+    }
     config.region = "ord".into();
     config.capacity = Some(crate::Capacity {
         cpus: 4,
@@ -185,6 +221,7 @@ async fn open(
         network: Arc::new(network.clone()),
         driver: Arc::new(driver.clone()),
         image_peers: None,
+        volumes: midge_volume::VolumePool::open(&dir.path().join("volumes")).unwrap(),
     };
     Agent::open(config, parts).await.unwrap()
 }
@@ -802,4 +839,154 @@ async fn reports_carry_a_growing_generation_and_the_placement() {
     bed.agent.fence(&machine.id).await.unwrap();
     assert!(bed.agent.report(&machine.id).unwrap().destroyed);
     assert!(bed.driver.was_forgotten(&machine.id));
+}
+
+fn volume_request(name: &str) -> CreateVolume {
+    CreateVolume {
+        owner: Owner {
+            app: APP.into(),
+            org_slug: "personal".into(),
+            org_network: 1,
+        },
+        request: CreateVolumeRequest {
+            name: Some(name.into()),
+            size_gb: Some(1),
+            ..Default::default()
+        },
+        id: None,
+    }
+}
+
+fn mounting(volume: &str) -> MachineConfig {
+    MachineConfig {
+        mounts: vec![midge_types::MachineMount {
+            volume: volume.into(),
+            path: "/data".into(),
+            ..Default::default()
+        }],
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn a_volume_binds_to_one_machine_and_outlives_it() {
+    let mut bed = Bed::new().await;
+    let volume = bed
+        .agent
+        .create_volume(volume_request("data"))
+        .await
+        .unwrap();
+    assert_eq!(volume.state, VolumeState::Created);
+    assert_eq!(volume.size_gb, 1);
+    let key = VolumeKey::new(APP, &volume.id);
+    let machine = bed.create(mounting(&volume.id), false).await;
+    bed.wait(&machine, MachineState::Started).await;
+    let bound = bed.agent.get_volume(key.clone()).await.unwrap();
+    assert_eq!(bound.attached_machine_id.as_deref(), Some(machine.as_str()));
+
+    // One machine at a time, and no destroy while bound.
+    let second = bed.create_with(mounting(&volume.id)).await.unwrap_err();
+    assert!(matches!(second, AgentError::VolumeBound { .. }), "{second}");
+    let refused = bed.agent.destroy_volume(key.clone()).await.unwrap_err();
+    assert!(
+        matches!(refused, AgentError::VolumeBound { .. }),
+        "{refused}"
+    );
+
+    // The binding survives a restart of the agent; the machine's destroy ends it.
+    bed.reopen().await;
+    let bound = bed.agent.get_volume(key.clone()).await.unwrap();
+    assert_eq!(bound.attached_machine_id.as_deref(), Some(machine.as_str()));
+    bed.agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(APP, &machine),
+            force: true,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    let free = bed.agent.get_volume(key.clone()).await.unwrap();
+    assert_eq!(free.attached_machine_id, None);
+
+    let destroyed = bed.agent.destroy_volume(key.clone()).await.unwrap();
+    assert_eq!(destroyed.state, VolumeState::PendingDestroy);
+    let image = bed
+        .dir
+        .path()
+        .join(format!("volumes/images/{}.img", volume.id));
+    assert!(image.exists(), "the data stays for the grace period");
+    let refused = bed.create_with(mounting(&volume.id)).await.unwrap_err();
+    assert!(matches!(refused, AgentError::Invalid(_)), "{refused}");
+}
+
+#[tokio::test]
+async fn a_destroyed_volume_is_removed_after_its_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = open_with_grace(
+        &dir,
+        &FakeDriver::new(),
+        &FakeNetwork::default(),
+        0,
+        Some(Duration::ZERO),
+    )
+    .await;
+    let volume = agent.create_volume(volume_request("data")).await.unwrap();
+    let image = dir.path().join(format!("volumes/images/{}.img", volume.id));
+    assert!(image.exists());
+    let destroyed = agent
+        .destroy_volume(VolumeKey::new(APP, &volume.id))
+        .await
+        .unwrap();
+    assert_eq!(destroyed.state, VolumeState::Destroyed);
+    assert!(!image.exists());
+    let listed = agent
+        .list_volumes(ListVolumes { app: APP.into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "destroyed volumes are still listed, as on Fly"
+    );
+}
+
+#[tokio::test]
+async fn volume_requests_are_checked() {
+    let bed = Bed::new().await;
+    for (name, size) in [("Data", 1), ("data", 0), ("data", 501)] {
+        let mut call = volume_request(name);
+        call.request.size_gb = Some(size);
+        let error = bed.agent.create_volume(call).await.unwrap_err();
+        assert!(
+            matches!(error, AgentError::Invalid(_)),
+            "{name} {size}: {error}"
+        );
+    }
+    let mut elsewhere = volume_request("data");
+    elsewhere.request.region = Some("ams".into());
+    let error = bed.agent.create_volume(elsewhere).await.unwrap_err();
+    assert!(
+        matches!(error, AgentError::InsufficientCapacity { .. }),
+        "{error}"
+    );
+    let volume = bed
+        .agent
+        .create_volume(volume_request("data"))
+        .await
+        .unwrap();
+    let error = bed
+        .agent
+        .extend_volume(ExtendVolume {
+            volume: VolumeKey::new(APP, &volume.id),
+            size_gb: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AgentError::Invalid(_)), "{error}");
+    let missing = bed
+        .agent
+        .get_volume(VolumeKey::new("other-app", &volume.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, AgentError::VolumeNotFound), "{missing}");
 }

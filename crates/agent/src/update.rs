@@ -54,6 +54,7 @@ impl AgentCore {
         }
         // The image first: a bad one leaves the machine as it was.
         let image = self.image_for(&config.image).await?;
+        self.bind_volumes(&record.id, &record.app, &config)?;
         self.discard_next(entry).await;
         self.update_record(entry, |record| {
             record.versions.push(VersionEntry {

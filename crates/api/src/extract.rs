@@ -180,6 +180,24 @@ impl<S: Send + Sync> FromRequestParts<S> for AppPath {
     }
 }
 
+/// `/v1/apps/{app_name}/volumes/{volume_id}`.
+pub struct VolumePath {
+    pub app: String,
+    pub volume: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for VolumePath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(VolumePath {
+            app: params.take("app_name")?,
+            volume: params.take("volume_id")?,
+        })
+    }
+}
+
 /// `/v1/apps/{app_name}/machines/{machine_id}`: the machine segment is an id
 /// or a name.
 pub struct MachinePath {

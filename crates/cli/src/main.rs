@@ -58,6 +58,9 @@ enum Command {
     /// Manage machines
     #[command(subcommand, visible_aliases = ["machines", "m"])]
     Machine(commands::machine::MachineCommand),
+    /// Manage volumes: persistent storage pinned to a host
+    #[command(subcommand, visible_aliases = ["volume", "vol", "v"])]
+    Volumes(commands::volumes::VolumesCommand),
     /// Run the whole platform on this host: API, host agent and storage
     Up(up::UpArgs),
     /// Run a stateless API server of a cluster over a shared catalog
@@ -145,6 +148,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Orgs(command) => commands::orgs::run(command, &cli.api).await,
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
+        Command::Volumes(command) => commands::volumes::run(command, &cli.api).await,
         Command::Platform(command) => commands::platform::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,

@@ -530,3 +530,104 @@ fn hosts_that_go_away_answer_from_the_catalog_and_carry_out_what_was_asked_on_re
         assert!(midge_testkit::containers_of(&format!("{prefix}{number}")).is_empty());
     }
 }
+
+#[test]
+fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
+    // Hosts 1 and 3 in ord, host 2 in ams.
+    let cluster = Cluster::up(ClusterOptions::default());
+    let app = unique_app("vols");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let volumes = format!("/v1/apps/{app}/volumes");
+    let create = |body: Value| cluster.api(0, Method::POST, &volumes, Some(body));
+    let data = json!({"name": "data", "region": "ord", "size_gb": 1});
+
+    // One volume of a name per host (require_unique_zone, the default).
+    let (status, first) = create(data.clone());
+    assert_eq!(status, 200, "{first}");
+    let (status, second) = create(data.clone());
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(first["zone"], second["zone"], "{first} {second}");
+    let (status, refused) = create(data.clone());
+    assert_eq!(status, 412, "{refused}");
+    assert_eq!(refused["status"], "insufficient_capacity");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("require_unique_zone")),
+        "{refused}"
+    );
+    let vol = first["id"].as_str().expect("an id").to_string();
+
+    // A machine that mounts it runs on its host.
+    let run = cluster.midge(
+        0,
+        &[
+            "machine",
+            "run",
+            SHELL,
+            "-a",
+            &app,
+            "--region",
+            "ord",
+            "-v",
+            &format!("{vol}:/data"),
+            "--",
+            "sleep",
+            "infinity",
+        ],
+    );
+    let machine = machine_id_in(&run.success().stdout);
+    wait_started(&cluster, &app, &machine);
+    let host = (1..=3)
+        .find(|n| runs_on(&cluster, *n, &machine))
+        .expect("the machine runs on some host");
+    let (_, attached) = cluster.get(1, &format!("{volumes}/{vol}"));
+    assert_eq!(
+        attached["attached_machine_id"],
+        machine.as_str(),
+        "{attached}"
+    );
+    assert_eq!(attached["zone"], first["zone"]);
+    cluster
+        .midge(
+            0,
+            &[
+                "machine",
+                "exec",
+                &machine,
+                "-a",
+                &app,
+                "sh -c 'echo pinned > /data/f'",
+            ],
+        )
+        .success();
+    let (status, elsewhere) = cluster.create(
+        0,
+        &app,
+        json!({"region": "ams", "config": {"image": SHELL,
+            "mounts": [{"volume": vol, "path": "/data"}]}}),
+    );
+    assert_eq!(status, 412, "a volume in ord cannot go to ams: {elsewhere}");
+
+    // A fork lands with its source.
+    let (status, fork) = create(json!({"name": "data", "source_volume_id": vol}));
+    assert_eq!(status, 200, "{fork}");
+    assert_eq!(fork["zone"], first["zone"]);
+
+    // The host goes away: reads answer from the catalog, changes are refused.
+    cluster.kill(&format!("host-{host}"));
+    let (status, last_known) = cluster.get(1, &format!("{volumes}/{vol}"));
+    assert_eq!(status, 200, "{last_known}");
+    assert_ne!(last_known["host_status"], "ok", "{last_known}");
+    assert_eq!(last_known["attached_machine_id"], machine.as_str());
+    let (status, listed) = cluster.get(0, &volumes);
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let (status, refused) = cluster.api(
+        0,
+        Method::PUT,
+        &format!("{volumes}/{vol}/extend"),
+        Some(json!({"size_gb": 2})),
+    );
+    assert_eq!(status, 503, "{refused}");
+}

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use midge_types::apps::{App, CreateAppRequest, ListAppsResponse, Organization};
 use midge_types::error::ErrorBody;
+use midge_types::volume::{
+    CreateVolumeRequest, ExtendVolumeResponse, UpdateVolumeRequest, Volume, VolumeSnapshot,
+};
 use midge_types::{
     CreateMachineRequest, ExecRequest, ExecResponse, LeaseData, LeaseResponse, Machine, Signal,
     StopRequest, UpdateMachineRequest, WaitResponse,
@@ -444,6 +447,121 @@ impl ApiClient {
         let url = self.url(&["platform", "regions"], &[]);
         self.call("listing regions", Method::GET, url, None, None)
             .await
+    }
+
+    // ---- volumes ----
+
+    pub async fn list_volumes(&self, app: &str) -> ClientResult<Vec<Volume>> {
+        let url = self.url(&["apps", app, "volumes"], &[]);
+        self.call(
+            &format!("listing volumes of app {app}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_volume(
+        &self,
+        app: &str,
+        request: &CreateVolumeRequest,
+    ) -> ClientResult<Volume> {
+        let url = self.url(&["apps", app, "volumes"], &[]);
+        self.call(
+            &format!("creating a volume in app {app}"),
+            Method::POST,
+            url,
+            Some(encode(request)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get_volume(&self, app: &str, id: &str) -> ClientResult<Volume> {
+        let url = self.url(&["apps", app, "volumes", id], &[]);
+        self.call(
+            &format!("getting volume {id}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn update_volume(
+        &self,
+        app: &str,
+        id: &str,
+        request: &UpdateVolumeRequest,
+    ) -> ClientResult<Volume> {
+        let url = self.url(&["apps", app, "volumes", id], &[]);
+        self.call(
+            &format!("updating volume {id}"),
+            Method::PUT,
+            url,
+            Some(encode(request)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: u64,
+    ) -> ClientResult<ExtendVolumeResponse> {
+        let url = self.url(&["apps", app, "volumes", id, "extend"], &[]);
+        let body = serde_json::json!({ "size_gb": size_gb });
+        self.call(
+            &format!("extending volume {id}"),
+            Method::PUT,
+            url,
+            Some(encode(&body)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn destroy_volume(&self, app: &str, id: &str) -> ClientResult<Volume> {
+        let url = self.url(&["apps", app, "volumes", id], &[]);
+        self.call(
+            &format!("destroying volume {id}"),
+            Method::DELETE,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_snapshots(&self, app: &str, id: &str) -> ClientResult<Vec<VolumeSnapshot>> {
+        let url = self.url(&["apps", app, "volumes", id, "snapshots"], &[]);
+        self.call(
+            &format!("listing snapshots of volume {id}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_snapshot(&self, app: &str, id: &str) -> ClientResult<()> {
+        let url = self.url(&["apps", app, "volumes", id, "snapshots"], &[]);
+        let _: Value = self
+            .call(
+                &format!("snapshotting volume {id}"),
+                Method::POST,
+                url,
+                None,
+                None,
+            )
+            .await?;
+        Ok(())
     }
 
     // ---- machines ----

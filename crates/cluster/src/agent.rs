@@ -19,7 +19,9 @@ use midge_types::agent::{
     SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
     WaitMachine,
 };
+use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
 use midge_types::cluster::MachineReport;
+use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineState, MachineVersion, StartResponse,
     WaitResponse,
@@ -41,8 +43,8 @@ pub struct ClusterConfig {
 
 /// The cluster's machines behind one `HostAgent`.
 pub struct ClusterAgent {
-    catalog: Arc<dyn Catalog>,
-    config: ClusterConfig,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) config: ClusterConfig,
     /// Presented to every agent.
     secret: String,
     /// One client per host, rebuilt when the host's address changes.
@@ -57,7 +59,7 @@ impl std::fmt::Debug for ClusterAgent {
     }
 }
 
-fn catalog_error(error: StoreError) -> AgentError {
+pub(crate) fn catalog_error(error: StoreError) -> AgentError {
     AgentError::host("reading the cluster catalog", error)
 }
 
@@ -84,7 +86,7 @@ impl ClusterAgent {
         Ok(agent)
     }
 
-    fn status(&self, host: &HostRecord) -> HostStatus {
+    pub(crate) fn status(&self, host: &HostRecord) -> HostStatus {
         self.config.liveness.status(host, now_millis())
     }
 
@@ -115,7 +117,7 @@ impl ClusterAgent {
     /// The host's agent if its heartbeats are fresh. A host that missed
     /// them is not tried (a cut-off host would hold every call until TCP
     /// gives up): calls fail at once and reads answer from the catalog.
-    fn answering(&self, host: &HostRecord) -> Result<RemoteAgent> {
+    pub(crate) fn answering(&self, host: &HostRecord) -> Result<RemoteAgent> {
         match self.status(host) {
             HostStatus::Ok => self.remote(host),
             status => Err(AgentError::HostUnavailable {
@@ -185,6 +187,23 @@ impl ClusterAgent {
             return Err(AgentError::NameTaken(name));
         }
         let image_sources = self.image_sources(&config.image, &hosts, &app_machines);
+        if let Some((volume, host)) = self
+            .volume_host_of_mounts(&call.owner.app, &config.mounts)
+            .await?
+        {
+            return self
+                .place_with_volume(
+                    &call,
+                    &name,
+                    &volume,
+                    &host,
+                    &regions,
+                    needs,
+                    &app_machines,
+                    &image_sources,
+                )
+                .await;
+        }
         let mut shortfalls = Vec::new();
         for region in &regions {
             let hosts = match candidates(
@@ -221,6 +240,49 @@ impl ClusterAgent {
             region: regions.join(","),
             detail: Some(shortfalls.join("; ")),
         })
+    }
+
+    /// A machine that mounts a volume runs on the volume's host, or nowhere.
+    #[allow(clippy::too_many_arguments, reason = "one call site, in place()")]
+    async fn place_with_volume(
+        &self,
+        call: &CreateMachine,
+        name: &str,
+        volume: &str,
+        host: &HostRecord,
+        regions: &[String],
+        needs: Needs,
+        app_machines: &HashMap<String, usize>,
+        image_sources: &[(String, String)],
+    ) -> Result<Machine> {
+        if !regions.contains(&host.region) {
+            return Err(AgentError::InsufficientCapacity {
+                region: regions.join(","),
+                detail: Some(format!("volume {volume} is in {}", host.region)),
+            });
+        }
+        self.answering(host)?;
+        let fits = candidates(
+            std::slice::from_ref(host),
+            &host.region,
+            needs,
+            app_machines,
+            &self.config.liveness,
+            now_millis(),
+        );
+        let no_room = |detail: String| AgentError::NoRoomWithVolume {
+            volume: volume.to_string(),
+            detail: Some(detail),
+        };
+        match fits {
+            Candidates::None(why) => Err(no_room(why)),
+            Candidates::Hosts(_) => match self.create_on(host, call, name, image_sources).await {
+                Err(error) if error.kind() == ErrorKind::InsufficientCapacity => {
+                    Err(no_room(error.to_string()))
+                }
+                other => other,
+            },
+        }
     }
 
     /// Agents that may hold a pinned image a host lacks (clone writes pinned
@@ -643,6 +705,49 @@ impl HostAgent for ClusterAgent {
                 detail: "none is answering".into(),
             })?;
         self.remote(host)?.pull_image(call).await
+    }
+
+    async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {
+        self.create_cluster_volume(call).await
+    }
+
+    async fn get_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        self.get_cluster_volume(volume).await
+    }
+
+    async fn list_volumes(&self, call: ListVolumes) -> Result<Vec<Volume>> {
+        self.list_cluster_volumes(call).await
+    }
+
+    async fn update_volume(&self, call: UpdateVolume) -> Result<Volume> {
+        let (remote, host) = self.volume_agent(&call.volume).await?;
+        let volume = remote.update_volume(call).await?;
+        self.keep_volume(&host, &volume).await;
+        Ok(volume)
+    }
+
+    async fn extend_volume(&self, call: ExtendVolume) -> Result<ExtendVolumeResponse> {
+        let (remote, host) = self.volume_agent(&call.volume).await?;
+        let extended = remote.extend_volume(call).await?;
+        self.keep_volume(&host, &extended.volume).await;
+        Ok(extended)
+    }
+
+    async fn destroy_volume(&self, volume: VolumeKey) -> Result<Volume> {
+        let (remote, host) = self.volume_agent(&volume).await?;
+        let destroyed = remote.destroy_volume(volume).await?;
+        self.keep_volume(&host, &destroyed).await;
+        Ok(destroyed)
+    }
+
+    async fn snapshot_volume(&self, volume: VolumeKey) -> Result<VolumeSnapshot> {
+        let (remote, _) = self.volume_agent(&volume).await?;
+        remote.snapshot_volume(volume).await
+    }
+
+    async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>> {
+        let (remote, _) = self.volume_agent(&volume).await?;
+        remote.volume_snapshots(volume).await
     }
 
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

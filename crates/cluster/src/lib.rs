@@ -17,6 +17,7 @@ pub mod member;
 pub mod placement;
 pub mod regions;
 pub mod status;
+mod volumes;
 pub mod wire;
 
 pub use agent::{ClusterAgent, ClusterConfig};

@@ -21,6 +21,19 @@ pub struct MachineLaunch {
     /// The guest's `/etc/hosts` and `/etc/resolv.conf`.
     pub etc_hosts: String,
     pub resolv_conf: String,
+    /// Volumes, as the raw disk images they are: a sandbox mounts each on
+    /// the host and binds it in; a VM attaches it as a disk.
+    pub volumes: Vec<VolumeDisk>,
+}
+
+/// One volume of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    pub volume_id: String,
+    /// The ext4 image file.
+    pub image: PathBuf,
+    /// Where the machine sees it.
+    pub guest_path: String,
 }
 
 /// The machine's network as the network layer set it up.

@@ -21,7 +21,7 @@ pub mod logfile;
 mod machine;
 
 pub use error::{BoxError, DriverError};
-pub use launch::{GuestResources, MachineLaunch, NetworkAttachment};
+pub use launch::{GuestResources, MachineLaunch, NetworkAttachment, VolumeDisk};
 pub use machine::{
     Capabilities, Driver, ExitStatus, InitIo, InitStream, LogStream, PreparedRun, Recovered,
     RunningMachine,

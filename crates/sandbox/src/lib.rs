@@ -49,6 +49,9 @@ pub struct SandboxConfig {
     /// Names every container (`<prefix>-<machine>-<run>`) and the parent
     /// cgroup of their cgroups.
     pub prefix: String,
+    /// The host's volumes, mounted on the host and bound into the runs
+    /// whose machines mount them.
+    pub volumes: midge_volume::VolumePool,
 }
 
 /// What every run of the driver shares.

@@ -35,6 +35,8 @@ pub struct SandboxSpec<'a> {
     pub memory_mb: u32,
     /// Files bind-mounted read-only over the guest's (resolv.conf, hosts).
     pub etc_files: &'a [(&'a Path, &'a str)],
+    /// Mounted volumes (host dir, guest path), bound read-write.
+    pub volumes: &'a [(std::path::PathBuf, &'a str)],
 }
 
 /// Where init and its run directory appear inside the machine.
@@ -67,6 +69,12 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
         json!({"destination": GUEST_LOG_DIR, "type": "bind", "source": spec.log_dir,
                "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}),
     ];
+    for (source, destination) in spec.volumes {
+        mounts.push(
+            json!({"destination": destination, "type": "bind", "source": source,
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}),
+        );
+    }
     for (source, destination) in spec.etc_files {
         mounts.push(
             json!({"destination": destination, "type": "bind", "source": source,

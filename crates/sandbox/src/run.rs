@@ -131,6 +131,18 @@ async fn create(
         &dir.root.join("empty"),
     )
     .map_err(DriverError::while_doing("mounting the rootfs"))?;
+    let mut volumes = Vec::with_capacity(launch.volumes.len());
+    for disk in &launch.volumes {
+        let mounted =
+            host.config
+                .volumes
+                .mount(&disk.volume_id)
+                .map_err(DriverError::while_doing(&format!(
+                    "mounting volume {}",
+                    disk.volume_id
+                )))?;
+        volumes.push((mounted, disk.guest_path.as_str()));
+    }
     let config = runtime_config(&SandboxSpec {
         hostname: &launch.hostname,
         init_binary: &host.config.init_binary,
@@ -141,6 +153,7 @@ async fn create(
         cpus: launch.guest.cpus,
         memory_mb: launch.guest.memory_mb,
         etc_files: &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+        volumes: &volumes,
     });
     let config =
         serde_json::to_vec(&config).map_err(DriverError::while_doing("encoding config.json"))?;

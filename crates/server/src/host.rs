@@ -11,6 +11,7 @@ use midge_agent::{Agent, AgentConfig, HostParts};
 use midge_image::ImageStore;
 use midge_net::{NetConfig, Network};
 use midge_sandbox::{SandboxConfig, SandboxDriver};
+use midge_volume::VolumePool;
 
 /// Where runc state and other runtime state of each prefix lives (a tmpfs).
 pub const RUNTIME_DIR: &str = "/run/midge";
@@ -37,6 +38,8 @@ pub struct HostConfig {
     pub prepared_runs: usize,
     /// What machines may reserve on this host; unlimited when `None`.
     pub capacity: Option<midge_agent::Capacity>,
+    /// How long a destroyed volume's data is kept.
+    pub volume_grace: std::time::Duration,
     /// Other hosts' image stores (a cluster's agents); none on one host.
     pub image_peers: Option<Arc<dyn midge_agent::ImagePeers>>,
 }
@@ -54,6 +57,7 @@ impl HostConfig {
             host_id: defaults.host_id,
             prepared_runs: defaults.prepared_runs,
             capacity: None,
+            volume_grace: defaults.volume_grace,
             image_peers: None,
         }
     }
@@ -77,6 +81,8 @@ impl Host {
     pub async fn open(config: HostConfig) -> anyhow::Result<Host> {
         let images =
             ImageStore::open(&config.data_dir.join("images")).context("opening the image store")?;
+        let volumes = VolumePool::open(&config.data_dir.join("volumes"))
+            .context("opening the volume pool")?;
         let pool = config
             .ipv4_pool
             .parse()
@@ -94,6 +100,7 @@ impl Host {
             machines_dir: config.data_dir.join("machines"),
             init_binary,
             prefix: config.resource_prefix.clone(),
+            volumes: volumes.clone(),
         })
         .await
         .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))
@@ -105,12 +112,14 @@ impl Host {
             insecure_registries: config.insecure_registries.clone(),
             prepared_runs: config.prepared_runs,
             capacity: config.capacity,
+            volume_grace: config.volume_grace,
         };
         let parts = HostParts {
             images,
             network: Arc::new(network),
             driver: Arc::new(driver),
             image_peers: config.image_peers.clone(),
+            volumes,
         };
         let agent = Agent::open(agent_config, parts)
             .await

@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// Do not write the client config file (~/.config/midge/config.json).
     #[arg(long)]
     pub no_client_config: bool,
+    /// Seconds a destroyed volume's data is kept before it is removed.
+    #[arg(long, env = "MIDGE_VOLUME_GRACE_SECS", default_value_t = 24 * 60 * 60)]
+    pub volume_grace_secs: u64,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
     config.insecure_registries = args.insecure_registries.clone();
+    config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     let host = Host::open(config).await?;
     let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use midge_types::volume::Volume;
 
 use crate::{
     AppRecord, Catalog, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind,
-    MachineEntry, MachineReport, NewApp, Org, Registered, Result, TokenScope,
+    MachineEntry, MachineReport, NewApp, Org, Registered, Result, TokenScope, VolumeEntry,
 };
 
 /// Values of one kind, each kept until its TTL runs out.
@@ -282,5 +283,22 @@ impl Catalog for CachedCatalog {
 
     async fn complete_intent(&self, id: i64) -> Result<()> {
         self.inner.complete_intent(id).await
+    }
+
+    // Volumes are read far less than machines: not cached.
+    async fn place_volume(&self, id: &str, app: &str, name: &str, host_id: &str) -> Result<()> {
+        self.inner.place_volume(id, app, name, host_id).await
+    }
+    async fn record_volume(&self, host_id: &str, volume: &Volume) -> Result<()> {
+        self.inner.record_volume(host_id, volume).await
+    }
+    async fn volume_entry(&self, id: &str) -> Result<Option<VolumeEntry>> {
+        self.inner.volume_entry(id).await
+    }
+    async fn list_volume_entries(&self, app: &str) -> Result<Vec<VolumeEntry>> {
+        self.inner.list_volume_entries(app).await
+    }
+    async fn remove_volume(&self, id: &str) -> Result<()> {
+        self.inner.remove_volume(id).await
     }
 }

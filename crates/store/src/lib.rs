@@ -1,6 +1,6 @@
 //! The catalog: orgs, tokens and apps, and for a cluster its hosts, the
-//! machine → host index (with each machine's last reported record) and the
-//! intents waiting for unreachable hosts.
+//! machine → host index (with each machine's last reported record), the
+//! volume → host index, and the intents waiting for unreachable hosts.
 //!
 //! One trait, [`Catalog`], two engines that pass one conformance suite:
 //! SQLite (one file in WAL mode, the default of `midge up`) and PostgreSQL
@@ -21,12 +21,13 @@ mod tokens;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use midge_types::volume::Volume;
 
 pub use cached::CachedCatalog;
 pub use error::StoreError;
 pub use model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
-    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
+    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
 pub use names::{validate_app_name, validate_org_slug};
 pub use postgres::PostgresCatalog;
@@ -126,4 +127,17 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// The host's intents, oldest first.
     async fn pending_intents(&self, host_id: &str) -> Result<Vec<Intent>>;
     async fn complete_intent(&self, id: i64) -> Result<()>;
+
+    // ---- volumes ----
+
+    /// Places a new volume on a host.
+    async fn place_volume(&self, id: &str, app: &str, name: &str, host_id: &str) -> Result<()>;
+    /// What the volume's host last answered about it; a host may write only
+    /// its own volumes (`HostNotFound` otherwise).
+    async fn record_volume(&self, host_id: &str, volume: &Volume) -> Result<()>;
+    async fn volume_entry(&self, id: &str) -> Result<Option<VolumeEntry>>;
+    /// The app's volumes, oldest first.
+    async fn list_volume_entries(&self, app: &str) -> Result<Vec<VolumeEntry>>;
+    /// Forgets a volume whose host never made it.
+    async fn remove_volume(&self, id: &str) -> Result<()>;
 }

@@ -129,3 +129,16 @@ pub struct Intent {
     pub intent: IntentKind,
     pub created_at: i64,
 }
+
+/// A volume's place in a cluster: its host, and the host's last answer about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeEntry {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub host_id: String,
+    /// `None` until the host has made it.
+    pub volume: Option<midge_types::volume::Volume>,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}

@@ -13,11 +13,12 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
-    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
+    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{Catalog, StoreError, postgres_schema};
+use midge_types::volume::Volume;
 
 const DEFAULT_NETWORK: &str = "default";
 const ADMIN_TOKEN_NAME: &str = "admin";
@@ -228,6 +229,42 @@ async fn ensure_network(
     Err(StoreError::Invalid(
         "could not find a free network number".into(),
     ))
+}
+
+impl PostgresCatalog {
+    async fn volume_entries(
+        &self,
+        filter: &str,
+        value: &str,
+    ) -> Result<Vec<VolumeEntry>, StoreError> {
+        let client = self.client("listing volumes").await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT id, app, name, host_id, volume, updated_at FROM volumes
+                     WHERE {filter} = $1 ORDER BY created_seq"
+                ),
+                &[&value],
+            )
+            .await
+            .map_err(StoreError::postgres("listing volumes"))?;
+        rows.iter()
+            .map(|row| {
+                let volume: Option<String> = row.get(4);
+                Ok(VolumeEntry {
+                    id: row.get(0),
+                    app: row.get(1),
+                    name: row.get(2),
+                    host_id: row.get(3),
+                    volume: volume
+                        .map(|json| serde_json::from_str(&json))
+                        .transpose()
+                        .map_err(StoreError::corrupt("volume"))?,
+                    updated_at: row.get(5),
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -892,6 +929,64 @@ impl Catalog for PostgresCatalog {
             )
             .await
             .map_err(StoreError::postgres("removing placement"))?;
+        Ok(())
+    }
+
+    async fn place_volume(
+        &self,
+        id: &str,
+        app: &str,
+        name: &str,
+        host_id: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.client("placing volume").await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO volumes (id, app, name, host_id, volume, updated_at)
+                 SELECT $1, $2, $3, id, NULL, $5 FROM hosts WHERE id = $4",
+                &[&id, &app, &name, &host_id, &now_millis()],
+            )
+            .await
+            .map_err(StoreError::postgres("placing volume"))?;
+        if inserted == 0 {
+            return Err(StoreError::HostNotFound(host_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn record_volume(&self, host_id: &str, volume: &Volume) -> Result<(), StoreError> {
+        let json = serde_json::to_string(volume).map_err(StoreError::corrupt("volume"))?;
+        let client = self.client("recording volume").await?;
+        let changed = client
+            .execute(
+                "UPDATE volumes SET volume = $1, updated_at = $2 WHERE id = $3 AND host_id = $4",
+                &[&json, &now_millis(), &volume.id, &host_id],
+            )
+            .await
+            .map_err(StoreError::postgres("recording volume"))?;
+        if changed == 0 {
+            return Err(StoreError::HostNotFound(format!(
+                "{host_id} (it does not hold volume {})",
+                volume.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn volume_entry(&self, id: &str) -> Result<Option<VolumeEntry>, StoreError> {
+        Ok(self.volume_entries("id", id).await?.into_iter().next())
+    }
+
+    async fn list_volume_entries(&self, app: &str) -> Result<Vec<VolumeEntry>, StoreError> {
+        self.volume_entries("app", app).await
+    }
+
+    async fn remove_volume(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.client("removing volume").await?;
+        client
+            .execute("DELETE FROM volumes WHERE id = $1", &[&id])
+            .await
+            .map_err(StoreError::postgres("removing volume"))?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use deadpool_postgres::Client;
 
 use crate::StoreError;
 
-const VERSION: i32 = 1;
+const VERSION: i32 = 2;
 /// The advisory lock every schema change holds.
 const SCHEMA_LOCK: i64 = 0x6d69_6467_6500;
 
@@ -88,6 +88,20 @@ CREATE TABLE settings (
 );
 ";
 
+/// The volume → host index.
+const SCHEMA_V2: &str = "
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    volume TEXT,
+    created_seq BIGSERIAL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX volumes_by_app ON volumes(app);
+";
+
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
         .transaction()
@@ -113,6 +127,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tx.batch_execute(SCHEMA_V1)
             .await
             .map_err(StoreError::postgres("creating tables"))?;
+    }
+    if version < 2 {
+        tx.batch_execute(SCHEMA_V2)
+            .await
+            .map_err(StoreError::postgres("creating the volume table"))?;
+    }
+    if version < VERSION {
+        tx.execute("DELETE FROM midge_schema", &[])
+            .await
+            .map_err(StoreError::postgres("recording schema version"))?;
         tx.execute(
             "INSERT INTO midge_schema (version) VALUES ($1)",
             &[&VERSION],

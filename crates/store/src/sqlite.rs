@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use crate::Catalog;
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
-    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
+    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{StoreError, sqlite_schema as schema};
+use midge_types::volume::Volume;
 
 const DEFAULT_NETWORK: &str = "default";
 const ADMIN_TOKEN_NAME: &str = "admin";
@@ -684,6 +685,89 @@ impl SqliteCatalog {
     }
 }
 
+impl SqliteCatalog {
+    fn place_volume(
+        &self,
+        id: &str,
+        app: &str,
+        name: &str,
+        host_id: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let host_known: bool = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM hosts WHERE id = ?1)",
+                [host_id],
+                |row| row.get(0),
+            )
+            .map_err(StoreError::sqlite("looking up host"))?;
+        if !host_known {
+            return Err(StoreError::HostNotFound(host_id.to_string()));
+        }
+        conn.execute(
+            "INSERT INTO volumes (id, app, name, host_id, volume, created_seq, updated_at)
+             VALUES (?1, ?2, ?3, ?4, NULL,
+                (SELECT COALESCE(MAX(created_seq), 0) + 1 FROM volumes), ?5)",
+            params![id, app, name, host_id, now_millis()],
+        )
+        .map_err(StoreError::sqlite("placing volume"))?;
+        Ok(())
+    }
+
+    fn record_volume(&self, host_id: &str, volume: &Volume) -> Result<(), StoreError> {
+        let json = serde_json::to_string(volume).map_err(StoreError::corrupt("volume"))?;
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE volumes SET volume = ?1, updated_at = ?2 WHERE id = ?3 AND host_id = ?4",
+                params![json, now_millis(), volume.id, host_id],
+            )
+            .map_err(StoreError::sqlite("recording volume"))?;
+        if changed == 0 {
+            return Err(StoreError::HostNotFound(format!(
+                "{host_id} (it does not hold volume {})",
+                volume.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn volume_entries(&self, filter: &str, value: &str) -> Result<Vec<VolumeEntry>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT id, app, name, host_id, volume, updated_at FROM volumes
+                 WHERE {filter} = ?1 ORDER BY created_seq"
+            ))
+            .map_err(StoreError::sqlite("listing volumes"))?;
+        let rows = statement
+            .query_map([value], |row| {
+                Ok((
+                    VolumeEntry {
+                        id: row.get(0)?,
+                        app: row.get(1)?,
+                        name: row.get(2)?,
+                        host_id: row.get(3)?,
+                        volume: None,
+                        updated_at: row.get(5)?,
+                    },
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            })
+            .map_err(StoreError::sqlite("listing volumes"))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (mut entry, json) = row.map_err(StoreError::sqlite("listing volumes"))?;
+            entry.volume = json
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(StoreError::corrupt("volume"))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
     used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
 
@@ -880,6 +964,30 @@ impl Catalog for SqliteCatalog {
     }
     async fn complete_intent(&self, id: i64) -> Result<(), StoreError> {
         SqliteCatalog::complete_intent(self, id)
+    }
+    async fn place_volume(
+        &self,
+        id: &str,
+        app: &str,
+        name: &str,
+        host_id: &str,
+    ) -> Result<(), StoreError> {
+        SqliteCatalog::place_volume(self, id, app, name, host_id)
+    }
+    async fn record_volume(&self, host_id: &str, volume: &Volume) -> Result<(), StoreError> {
+        SqliteCatalog::record_volume(self, host_id, volume)
+    }
+    async fn volume_entry(&self, id: &str) -> Result<Option<VolumeEntry>, StoreError> {
+        Ok(self.volume_entries("id", id)?.into_iter().next())
+    }
+    async fn list_volume_entries(&self, app: &str) -> Result<Vec<VolumeEntry>, StoreError> {
+        self.volume_entries("app", app)
+    }
+    async fn remove_volume(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM volumes WHERE id = ?1", [id])
+            .map_err(StoreError::sqlite("removing volume"))?;
+        Ok(())
     }
     async fn cluster_secret(&self) -> Result<String, StoreError> {
         SqliteCatalog::cluster_secret(self)

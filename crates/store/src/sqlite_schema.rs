@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -90,6 +90,20 @@ CREATE TABLE settings (
 );
 ";
 
+/// The volume → host index.
+const SCHEMA_V3: &str = "
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    volume TEXT,
+    created_seq INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX volumes_by_app ON volumes(app);
+";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -110,6 +124,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if version < 2 {
             tx.execute_batch(SCHEMA_V2)
                 .map_err(StoreError::sqlite("creating the cluster tables"))?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3)
+                .map_err(StoreError::sqlite("creating the volume table"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;

@@ -435,6 +435,80 @@ async fn the_cluster_secret_is_made_once_and_placements_can_be_taken_back(
     );
 }
 
+fn volume(id: &str, size_gb: u64) -> midge_types::volume::Volume {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "name": "data", "state": "created", "size_gb": size_gb,
+        "region": "ord", "zone": "0001", "encrypted": false,
+        "attached_machine_id": null, "attached_alloc_id": null,
+        "created_at": "2026-12-01T00:00:00Z", "fstype": "", "block_size": 0,
+        "blocks": 0, "blocks_free": 0, "blocks_avail": 0, "bytes_total": 0,
+        "bytes_used": 0, "snapshot_retention": 5, "auto_backup_enabled": true,
+        "host_status": "ok"
+    }))
+    .unwrap()
+}
+
+async fn volumes_are_indexed_by_host_and_only_their_host_writes_them(catalog: Arc<dyn Catalog>) {
+    catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    catalog
+        .register_host(&host("h-b", "ord"), None)
+        .await
+        .unwrap();
+    let refused = catalog.place_volume("vol_x", "web", "data", "h-none").await;
+    assert!(
+        matches!(refused, Err(StoreError::HostNotFound(_))),
+        "{refused:?}"
+    );
+    catalog
+        .place_volume("vol_1", "web", "data", "h-a")
+        .await
+        .unwrap();
+    catalog
+        .place_volume("vol_2", "web", "data", "h-b")
+        .await
+        .unwrap();
+    catalog
+        .place_volume("vol_3", "api", "data", "h-b")
+        .await
+        .unwrap();
+    let placed = catalog
+        .volume_entry("vol_1")
+        .await
+        .unwrap()
+        .expect("placed");
+    assert_eq!((placed.host_id.as_str(), placed.volume), ("h-a", None));
+
+    catalog
+        .record_volume("h-a", &volume("vol_1", 3))
+        .await
+        .unwrap();
+    let other = catalog.record_volume("h-b", &volume("vol_1", 9)).await;
+    assert!(
+        matches!(other, Err(StoreError::HostNotFound(_))),
+        "{other:?}"
+    );
+    let recorded = catalog
+        .volume_entry("vol_1")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(recorded.volume, Some(volume("vol_1", 3)));
+
+    let listed: Vec<String> = catalog
+        .list_volume_entries("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
+    assert_eq!(listed, ["vol_1", "vol_2"], "the app's, oldest first");
+    catalog.remove_volume("vol_2").await.unwrap();
+    assert!(catalog.volume_entry("vol_2").await.unwrap().is_none());
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
@@ -500,4 +574,5 @@ on_both_engines!(
     machine_reports_apply_by_generation_and_fence_other_placements,
     intents_wait_for_their_host,
     the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
+    volumes_are_indexed_by_host_and_only_their_host_writes_them,
 );

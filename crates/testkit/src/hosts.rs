@@ -144,8 +144,17 @@ pub fn leftovers() -> Vec<String> {
     found.extend(
         mount_points()
             .into_iter()
-            .filter(|m| m.contains("/midge-test") || m.contains(&format!("/{family}")))
+            .filter(|m| {
+                m.contains("/midge-test")
+                    || m.contains("/midge-volume-test")
+                    || m.contains(&format!("/{family}"))
+            })
             .map(|m| format!("mount {m}")),
+    );
+    found.extend(
+        test_loop_devices()
+            .into_iter()
+            .map(|(device, backing)| format!("loop device {device} on {}", backing.display())),
     );
     if let Ok(entries) = std::fs::read_dir("/run/midge") {
         for entry in entries.flatten() {
@@ -214,7 +223,7 @@ pub fn remove_all_test_resources() {
     }
     for mount in mount_points()
         .into_iter()
-        .filter(|m| m.contains("/midge-test"))
+        .filter(|m| m.contains("/midge-test") || m.contains("/midge-volume-test"))
     {
         let _ = unmount(&mount);
     }
@@ -224,6 +233,20 @@ pub fn remove_all_test_resources() {
     {
         run("ip", &["link", "delete", &veth]);
     }
+    for (device, _) in test_loop_devices() {
+        run("losetup", &["-d", &device]);
+    }
+}
+
+/// Loop devices backed by a file in a test's temp dir (volumes, images).
+fn test_loop_devices() -> Vec<(String, std::path::PathBuf)> {
+    midge_volume::loop_devices_backed_under(&std::env::temp_dir())
+        .into_iter()
+        .filter(|(_, backing)| {
+            let text = backing.to_string_lossy();
+            text.contains("/midge-test") || text.contains("/midge-volume-test")
+        })
+        .collect()
 }
 
 /// Processes whose command line contains `text`, with that command line.

@@ -414,3 +414,45 @@ mod tests {
         );
     }
 }
+
+/// A volume of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeKey {
+    pub app: String,
+    pub id: String,
+}
+
+impl VolumeKey {
+    pub fn new(app: impl Into<String>, id: impl Into<String>) -> VolumeKey {
+        VolumeKey {
+            app: app.into(),
+            id: id.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVolume {
+    pub owner: Owner,
+    pub request: crate::volume::CreateVolumeRequest,
+    /// The id a cluster's catalog gave the volume; without it the host picks one.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListVolumes {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateVolume {
+    pub volume: VolumeKey,
+    pub request: crate::volume::UpdateVolumeRequest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendVolume {
+    pub volume: VolumeKey,
+    pub size_gb: u64,
+}

@@ -37,6 +37,17 @@ pub fn new_volume_id() -> String {
     )
 }
 
+/// A volume snapshot id: `vs_` and 22 base62 characters.
+pub fn new_snapshot_id() -> String {
+    format!(
+        "vs_{}",
+        random_from(
+            "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+            22
+        )
+    )
+}
+
 pub fn random_hex(len: usize) -> String {
     random_from("0123456789abcdef", len)
 }

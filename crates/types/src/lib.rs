@@ -1,5 +1,5 @@
 //! Types of the Fly Machines API as midge speaks it: machine configs, machine
-//! objects, events, leases, errors, and the small value types (ids, durations,
+//! objects, events, leases, volumes, errors, and the small value types (ids, durations,
 //! signals) every part of midge shares.
 
 pub mod agent;
@@ -13,6 +13,7 @@ pub mod ids;
 pub mod machine;
 mod nullable;
 pub mod signal;
+pub mod volume;
 
 pub use config::*;
 pub use duration::GoDuration;

@@ -10,3 +10,4 @@ pub mod machines;
 pub mod metadata;
 pub mod orgs;
 pub mod platform;
+pub mod volumes;

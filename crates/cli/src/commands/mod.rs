@@ -5,6 +5,7 @@ pub mod machine;
 pub mod orgs;
 pub mod platform;
 pub mod tokens;
+pub mod volumes;
 
 use anyhow::Result;
 use clap::Args;

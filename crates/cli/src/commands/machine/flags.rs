@@ -122,6 +122,10 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "stop")]
     pub autostop: Option<String>,
 
+    /// Mount a volume: vol_ID:/path (replaces the mount at that path)
+    #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH")]
+    pub volume: Vec<String>,
+
     /// Run on a schedule: hourly, daily, weekly or monthly
     #[arg(long, value_name = "INTERVAL")]
     pub schedule: Option<String>,
@@ -165,6 +169,11 @@ impl ConfigFlags {
         }
         if let Some(entrypoint) = &self.entrypoint {
             config.init.entrypoint = split_command(entrypoint, "--entrypoint")?;
+        }
+        for spec in &self.volume {
+            let mount = parse_volume(spec)?;
+            config.mounts.retain(|m| m.path != mount.path);
+            config.mounts.push(mount);
         }
         for spec in &self.file_local {
             let (path, local) = crate::flag_values::parse_file_arg(spec, "file-local")
@@ -220,6 +229,27 @@ impl ConfigFlags {
 }
 
 /// Splits a command line like a shell; an empty line means "none".
+/// `vol_ID:/path`, as flyctl's `--volume` takes it (options after a
+/// second colon are not supported).
+fn parse_volume(spec: &str) -> Result<midge_types::MachineMount> {
+    let (volume, path) = spec
+        .split_once(':')
+        .with_context(|| format!("invalid --volume {spec:?}: expected VOLUME_ID:/path"))?;
+    if !volume.starts_with("vol_") {
+        bail!(
+            "invalid --volume {spec:?}: give the volume's id (vol_…); `midge volumes list` shows them"
+        );
+    }
+    if !path.starts_with('/') || path.contains(':') {
+        bail!("invalid --volume {spec:?}: the path must be absolute, with no options after it");
+    }
+    Ok(midge_types::MachineMount {
+        volume: volume.to_string(),
+        path: path.to_string(),
+        ..Default::default()
+    })
+}
+
 pub fn split_command(text: &str, flag: &str) -> Result<Option<Vec<String>>> {
     let words = shell_words::split(text).with_context(|| format!("parsing {flag} {text:?}"))?;
     Ok((!words.is_empty()).then_some(words))
@@ -418,5 +448,34 @@ mod tests {
             "alpine"
         );
         assert!(load_machine_config("/no/such/file.json").is_err());
+    }
+
+    #[test]
+    fn volume_flags_add_or_replace_a_mount_by_path() {
+        let mut config = MachineConfig::default();
+        let flags = ConfigFlags {
+            volume: vec!["vol_abc:/data".into()],
+            ..Default::default()
+        };
+        flags.apply(&mut config).unwrap();
+        let again = ConfigFlags {
+            volume: vec!["vol_def:/data".into()],
+            ..Default::default()
+        };
+        again.apply(&mut config).unwrap();
+        assert_eq!(config.mounts.len(), 1);
+        assert_eq!(config.mounts[0].volume, "vol_def");
+        for bad in [
+            "data:/data",
+            "vol_abc",
+            "vol_abc:relative",
+            "vol_abc:/data:rw",
+        ] {
+            let flags = ConfigFlags {
+                volume: vec![bad.into()],
+                ..Default::default()
+            };
+            assert!(flags.apply(&mut MachineConfig::default()).is_err(), "{bad}");
+        }
     }
 }

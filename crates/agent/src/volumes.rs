@@ -1,0 +1,675 @@
+//! Volumes on this host: sparse ext4 images in the host's pool, each bound
+//! to at most one machine (the one whose config mounts it) and mounted by
+//! the driver for that machine's runs. A volume outlives its machine; it
+//! is destroyed on its own, softly: its data stays for a grace period.
+
+use std::sync::Arc;
+
+use midge_agent_api::AgentError;
+use midge_driver::VolumeDisk;
+use midge_types::MachineConfig;
+use midge_types::agent::{CreateVolume, ExtendVolume, UpdateVolume, VolumeKey};
+use midge_types::volume::{
+    DEFAULT_SIZE_GB, DEFAULT_SNAPSHOT_RETENTION, ExtendVolumeResponse, SNAPSHOT_RETENTION_RANGE,
+    Volume, VolumeSnapshot, VolumeState,
+};
+use midge_volume::{FsStats, VolumePool};
+
+use crate::agent::{AgentCore, lock};
+use crate::volume_record::{SnapshotRecord, VolumeRecord, VolumeUsage};
+
+const GB: u64 = 1 << 30;
+/// Fly's largest volume.
+const MAX_SIZE_GB: u64 = 500;
+
+fn volume_error(action: &str, error: midge_volume::VolumeError) -> AgentError {
+    AgentError::host(action.to_string(), error)
+}
+
+/// Runs blocking pool work off the async threads.
+async fn on_pool<T: Send + 'static>(
+    pool: &VolumePool,
+    action: &'static str,
+    work: impl FnOnce(&VolumePool) -> Result<T, midge_volume::VolumeError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || work(&pool))
+        .await
+        .map_err(|e| AgentError::host(action, e))?
+        .map_err(|e| volume_error(action, e))
+}
+
+fn usage_of(stats: FsStats) -> VolumeUsage {
+    VolumeUsage {
+        block_size: stats.block_size,
+        blocks: stats.blocks,
+        blocks_free: stats.blocks_free,
+        blocks_avail: stats.blocks_avail,
+        bytes_total: stats.bytes_total,
+        bytes_used: stats.bytes_used,
+    }
+}
+
+/// Fly's rule: lowercase letters, digits and underscores, at most 30.
+fn check_name(name: &str) -> Result<(), AgentError> {
+    let valid = !name.is_empty()
+        && name.len() <= 30
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "invalid volume name {name:?}: use lowercase letters, digits and underscores, at most 30"
+        )))
+    }
+}
+
+fn check_size(size_gb: u64) -> Result<(), AgentError> {
+    if (1..=MAX_SIZE_GB).contains(&size_gb) {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "size_gb must be between 1 and {MAX_SIZE_GB}, got {size_gb}"
+        )))
+    }
+}
+
+fn check_retention(days: u32) -> Result<(), AgentError> {
+    if SNAPSHOT_RETENTION_RANGE.contains(&days) {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "snapshot_retention must be between {} and {} days, got {days}",
+            SNAPSHOT_RETENTION_RANGE.start(),
+            SNAPSHOT_RETENTION_RANGE.end()
+        )))
+    }
+}
+
+fn now_seconds() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// How a new volume's contents come about.
+enum Source {
+    Empty,
+    Snapshot { volume: String, snapshot: String },
+    Fork(String),
+}
+
+impl AgentCore {
+    fn volume_record(&self, key: &VolumeKey) -> Result<VolumeRecord, AgentError> {
+        lock(&self.volumes)
+            .get(&key.id)
+            .filter(|record| record.app == key.app)
+            .cloned()
+            .ok_or(AgentError::VolumeNotFound)
+    }
+
+    /// Writes the record, then keeps it in memory.
+    fn save_volume(&self, record: VolumeRecord) -> Result<VolumeRecord, AgentError> {
+        self.store
+            .save_volume(&record)
+            .map_err(|e| AgentError::host("saving the volume", e))?;
+        lock(&self.volumes).insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    fn change_volume(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VolumeRecord),
+    ) -> Result<VolumeRecord, AgentError> {
+        let mut volumes = lock(&self.volumes);
+        let record = volumes.get_mut(id).ok_or(AgentError::VolumeNotFound)?;
+        let mut changed = record.clone();
+        change(&mut changed);
+        self.store
+            .save_volume(&changed)
+            .map_err(|e| AgentError::host("saving the volume", e))?;
+        *record = changed.clone();
+        Ok(changed)
+    }
+
+    /// The volume's filesystem figures, fresh when it is mounted.
+    fn refreshed(&self, record: VolumeRecord) -> VolumeRecord {
+        match self.volume_pool.stats(&record.id) {
+            Ok(Some(stats)) if Some(usage_of(stats)) != record.usage => self
+                .change_volume(&record.id, |r| r.usage = Some(usage_of(stats)))
+                .unwrap_or(record),
+            _ => record,
+        }
+    }
+
+    pub(crate) fn zone(&self) -> String {
+        format!("{:04x}", self.config.host_id & 0xffff)
+    }
+
+    pub(crate) async fn create_volume(&self, call: CreateVolume) -> Result<Volume, AgentError> {
+        let CreateVolume { owner, request, id } = call;
+        let name = request
+            .name
+            .clone()
+            .ok_or_else(|| AgentError::Invalid("name is required".into()))?;
+        check_name(&name)?;
+        if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
+            && !crate::create::region_includes(region, &self.config.region)
+        {
+            return Err(AgentError::InsufficientCapacity {
+                region: region.to_string(),
+                detail: Some(format!("this host is in {}", self.config.region)),
+            });
+        }
+        if let Some(fstype) = request.fstype.as_deref().filter(|f| !f.is_empty())
+            && fstype != "ext4"
+        {
+            return Err(AgentError::Invalid(format!(
+                "fstype {fstype:?} is not supported; volumes are ext4"
+            )));
+        }
+        let retention = request
+            .snapshot_retention
+            .unwrap_or(DEFAULT_SNAPSHOT_RETENTION);
+        check_retention(retention)?;
+        let source = match (&request.snapshot_id, &request.source_volume_id) {
+            (Some(_), Some(_)) => {
+                return Err(AgentError::Invalid(
+                    "give snapshot_id or source_volume_id, not both".into(),
+                ));
+            }
+            (Some(snapshot), None) => {
+                let volume = self.snapshot_owner(&owner.app, snapshot)?;
+                Source::Snapshot {
+                    volume,
+                    snapshot: snapshot.clone(),
+                }
+            }
+            (None, Some(source)) => {
+                let source = self.volume_record(&VolumeKey::new(&owner.app, source))?;
+                if source.state.is_destroyed() {
+                    return Err(AgentError::VolumeNotFound);
+                }
+                Source::Fork(source.id)
+            }
+            (None, None) => Source::Empty,
+        };
+        let least_gb = match &source {
+            Source::Empty => DEFAULT_SIZE_GB,
+            Source::Snapshot { volume, snapshot } => lock(&self.volumes)
+                .get(volume)
+                .and_then(|v| v.snapshots.iter().find(|s| &s.id == snapshot))
+                .map_or(1, |s| s.volume_size.div_ceil(GB)),
+            Source::Fork(volume) => lock(&self.volumes).get(volume).map_or(1, |v| v.size_gb),
+        };
+        // Unset, a copy is the size of what it copies.
+        let size_gb = request.size_gb.unwrap_or(least_gb);
+        check_size(size_gb)?;
+        if size_gb < least_gb && !matches!(source, Source::Empty) {
+            return Err(AgentError::Invalid(format!(
+                "size_gb {size_gb} is smaller than the source's {least_gb} GB"
+            )));
+        }
+        let id = id.unwrap_or_else(midge_types::ids::new_volume_id);
+        if lock(&self.volumes).contains_key(&id) {
+            return Err(AgentError::Invalid(format!(
+                "volume {id} exists on this host already"
+            )));
+        }
+        let _ops = self.volume_ops.lock().await;
+        let record = self.save_volume(VolumeRecord {
+            id: id.clone(),
+            app: owner.app.clone(),
+            name,
+            region: self.config.region.clone(),
+            zone: self.zone(),
+            size_gb,
+            state: VolumeState::Creating,
+            created_at: midge_types::now_rfc3339(),
+            snapshot_retention: retention,
+            auto_backup_enabled: request.auto_backup_enabled.unwrap_or(true),
+            attached_machine: None,
+            usage: None,
+            pending_size_gb: None,
+            purge_after: None,
+            snapshots: Vec::new(),
+        })?;
+        let bytes = size_gb * GB;
+        let made = match source {
+            Source::Empty => {
+                on_pool(&self.volume_pool, "creating the volume", move |pool| {
+                    pool.create(&id, bytes)
+                })
+                .await
+            }
+            Source::Snapshot { volume, snapshot } => {
+                on_pool(&self.volume_pool, "restoring the snapshot", move |pool| {
+                    pool.restore(&volume, &snapshot, &id, bytes)
+                })
+                .await
+            }
+            Source::Fork(source) => {
+                on_pool(&self.volume_pool, "forking the volume", move |pool| {
+                    pool.fork(&source, &id)?;
+                    let have = pool.size(&id)?;
+                    if bytes > have {
+                        pool.grow(&id, bytes)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        };
+        if let Err(error) = made {
+            self.forget_volume(&record.id).await;
+            return Err(error);
+        }
+        Ok(self
+            .change_volume(&record.id, |r| r.state = VolumeState::Created)?
+            .to_volume())
+    }
+
+    /// Removes every trace of a volume (a failed create).
+    async fn forget_volume(&self, id: &str) {
+        let owned = id.to_string();
+        if let Err(error) = on_pool(&self.volume_pool, "removing the volume", move |pool| {
+            pool.delete(&owned)
+        })
+        .await
+        {
+            tracing::warn!(volume = %id, "removing a failed volume: {}", error.chain());
+        }
+        if let Err(error) = self.store.delete_volume(id) {
+            tracing::warn!(volume = %id, "removing a failed volume's record: {error}");
+        }
+        lock(&self.volumes).remove(id);
+    }
+
+    /// The volume of `app` that holds snapshot `snapshot`.
+    fn snapshot_owner(&self, app: &str, snapshot: &str) -> Result<String, AgentError> {
+        lock(&self.volumes)
+            .values()
+            .find(|v| v.app == app && v.snapshots.iter().any(|s| s.id == snapshot))
+            .map(|v| v.id.clone())
+            .ok_or(AgentError::SnapshotNotFound)
+    }
+
+    pub(crate) fn get_volume(&self, key: &VolumeKey) -> Result<Volume, AgentError> {
+        let record = self.volume_record(key)?;
+        Ok(self.refreshed(record).to_volume())
+    }
+
+    /// Oldest first.
+    pub(crate) fn list_volumes(&self, app: &str) -> Vec<Volume> {
+        let mut records: Vec<VolumeRecord> = lock(&self.volumes)
+            .values()
+            .filter(|v| v.app == app)
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        records
+            .into_iter()
+            .map(|record| self.refreshed(record).to_volume())
+            .collect()
+    }
+
+    pub(crate) async fn update_volume(&self, call: UpdateVolume) -> Result<Volume, AgentError> {
+        let record = self.volume_record(&call.volume)?;
+        if let Some(days) = call.request.snapshot_retention {
+            check_retention(days)?;
+        }
+        let _ops = self.volume_ops.lock().await;
+        Ok(self
+            .change_volume(&record.id, |r| {
+                if let Some(days) = call.request.snapshot_retention {
+                    r.snapshot_retention = days;
+                }
+                if let Some(enabled) = call.request.auto_backup_enabled {
+                    r.auto_backup_enabled = enabled;
+                }
+            })?
+            .to_volume())
+    }
+
+    /// Grows the image at once when no run holds it; else it grows before
+    /// the next run of its machine and the answer says a restart is needed.
+    pub(crate) async fn extend_volume(
+        self: &Arc<Self>,
+        call: ExtendVolume,
+    ) -> Result<ExtendVolumeResponse, AgentError> {
+        let record = self.volume_record(&call.volume)?;
+        if record.state != VolumeState::Created {
+            return Err(AgentError::Invalid(format!(
+                "volume {} is {}",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        check_size(call.size_gb)?;
+        let target = record.pending_size_gb.unwrap_or(record.size_gb);
+        if call.size_gb <= target {
+            return Err(AgentError::Invalid(format!(
+                "size_gb must be larger than the volume's {target} GB; volumes only grow"
+            )));
+        }
+        let in_use = match &record.attached_machine {
+            Some(machine) => self.machine_holds_volume(machine).await,
+            None => false,
+        };
+        let _ops = self.volume_ops.lock().await;
+        if in_use {
+            let volume = self.change_volume(&record.id, |r| {
+                r.pending_size_gb = Some(call.size_gb);
+            })?;
+            return Ok(ExtendVolumeResponse {
+                volume: volume.to_volume(),
+                needs_restart: true,
+            });
+        }
+        self.change_volume(&record.id, |r| r.state = VolumeState::Extending)?;
+        let id = record.id.clone();
+        let bytes = call.size_gb * GB;
+        let grown = on_pool(&self.volume_pool, "extending the volume", move |pool| {
+            pool.unmount(&id)?;
+            pool.grow(&id, bytes)
+        })
+        .await;
+        let volume = self.change_volume(&record.id, |r| {
+            r.state = VolumeState::Created;
+            if grown.is_ok() {
+                r.size_gb = call.size_gb;
+                r.pending_size_gb = None;
+            }
+        })?;
+        grown?;
+        Ok(ExtendVolumeResponse {
+            volume: volume.to_volume(),
+            needs_restart: false,
+        })
+    }
+
+    /// Whether a run of the machine may hold its volumes: it runs, or it
+    /// keeps a prepared run (which is let go, so that the volume is free).
+    async fn machine_holds_volume(&self, machine: &str) -> bool {
+        let entry = self
+            .machines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(machine)
+            .cloned();
+        let Some(entry) = entry else {
+            return false;
+        };
+        // A prepared run holds the volume at its old size.
+        self.discard_next(&entry).await;
+        entry.current().is_some()
+    }
+
+    /// Refused while the volume is bound to a machine that exists.
+    pub(crate) async fn destroy_volume(&self, key: &VolumeKey) -> Result<Volume, AgentError> {
+        let record = self.volume_record(key)?;
+        if record.state.is_destroyed() {
+            return Ok(record.to_volume());
+        }
+        if let Some(machine) = &record.attached_machine {
+            return Err(AgentError::VolumeBound {
+                volume: record.id.clone(),
+                machine: machine.clone(),
+            });
+        }
+        let _ops = self.volume_ops.lock().await;
+        let id = record.id.clone();
+        on_pool(&self.volume_pool, "unmounting the volume", move |pool| {
+            pool.unmount(&id)
+        })
+        .await?;
+        let grace = i64::try_from(self.config.volume_grace.as_secs()).unwrap_or(i64::MAX);
+        let volume = self.change_volume(&record.id, |r| {
+            r.state = VolumeState::PendingDestroy;
+            r.purge_after = Some(now_seconds().saturating_add(grace));
+        })?;
+        if grace == 0 {
+            self.purge_volumes().await;
+            return Ok(self.volume_record(key)?.to_volume());
+        }
+        Ok(volume.to_volume())
+    }
+
+    /// Removes the data of destroyed volumes whose grace period is over.
+    pub(crate) async fn purge_volumes(&self) {
+        let now = now_seconds();
+        let due: Vec<String> = lock(&self.volumes)
+            .values()
+            .filter(|v| {
+                v.state == VolumeState::PendingDestroy && v.purge_after.is_some_and(|t| t <= now)
+            })
+            .map(|v| v.id.clone())
+            .collect();
+        for id in due {
+            let owned = id.clone();
+            let removed = on_pool(&self.volume_pool, "removing the volume", move |pool| {
+                pool.delete(&owned)
+            })
+            .await;
+            match removed {
+                Ok(()) => {
+                    if let Err(error) = self.change_volume(&id, |r| {
+                        r.state = VolumeState::Destroyed;
+                        r.snapshots.clear();
+                        r.usage = None;
+                    }) {
+                        tracing::warn!(volume = %id, "recording a purged volume: {}", error.chain());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(volume = %id, "purging a destroyed volume: {}", error.chain());
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn snapshot_volume(
+        &self,
+        key: &VolumeKey,
+    ) -> Result<VolumeSnapshot, AgentError> {
+        let record = self.volume_record(key)?;
+        if record.state != VolumeState::Created {
+            return Err(AgentError::Invalid(format!(
+                "volume {} is {}",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        let _ops = self.volume_ops.lock().await;
+        let id = record.id.clone();
+        let snapshot_id = midge_types::ids::new_snapshot_id();
+        let taken = {
+            let snapshot_id = snapshot_id.clone();
+            on_pool(&self.volume_pool, "snapshotting the volume", move |pool| {
+                pool.snapshot(&id, &snapshot_id)
+            })
+            .await?
+        };
+        let snapshot = SnapshotRecord {
+            id: snapshot_id,
+            size: taken.size,
+            volume_size: taken.volume_size,
+            digest: taken.digest,
+            created_at: midge_types::now_rfc3339(),
+            retention_days: record.snapshot_retention,
+        };
+        self.change_volume(&record.id, |r| r.snapshots.push(snapshot.clone()))?;
+        Ok(snapshot.to_snapshot())
+    }
+
+    /// Newest first, as flyctl lists them.
+    pub(crate) fn volume_snapshots(
+        &self,
+        key: &VolumeKey,
+    ) -> Result<Vec<VolumeSnapshot>, AgentError> {
+        let record = self.volume_record(key)?;
+        Ok(record
+            .snapshots
+            .iter()
+            .rev()
+            .map(SnapshotRecord::to_snapshot)
+            .collect())
+    }
+
+    /// Checks the config's mounts and binds their volumes to the machine;
+    /// volumes it no longer mounts are let go. All or nothing.
+    pub(crate) fn bind_volumes(
+        &self,
+        machine: &str,
+        app: &str,
+        config: &MachineConfig,
+    ) -> Result<(), AgentError> {
+        if config.mounts.len() > 1 {
+            return Err(AgentError::Invalid(
+                "a machine mounts at most one volume".into(),
+            ));
+        }
+        let mut volumes = lock(&self.volumes);
+        for mount in &config.mounts {
+            if !mount.path.starts_with('/') || mount.path == "/" {
+                return Err(AgentError::Invalid(format!(
+                    "mount path {:?} must be an absolute path below /",
+                    mount.path
+                )));
+            }
+            let volume = volumes
+                .get(&mount.volume)
+                .filter(|v| v.app == app && !v.state.is_destroyed())
+                .ok_or_else(|| {
+                    AgentError::Invalid(format!(
+                        "volume {:?} not found in this app on this host",
+                        mount.volume
+                    ))
+                })?;
+            if let Some(other) = volume.attached_machine.as_deref().filter(|m| *m != machine) {
+                return Err(AgentError::VolumeBound {
+                    volume: volume.id.clone(),
+                    machine: other.to_string(),
+                });
+            }
+        }
+        let wanted: Vec<&str> = config.mounts.iter().map(|m| m.volume.as_str()).collect();
+        let changed: Vec<VolumeRecord> = volumes
+            .values()
+            .filter(|v| {
+                let holds = v.attached_machine.as_deref() == Some(machine);
+                holds != wanted.contains(&v.id.as_str())
+            })
+            .map(|v| {
+                let mut v = v.clone();
+                v.attached_machine = wanted.contains(&v.id.as_str()).then(|| machine.to_string());
+                v
+            })
+            .collect();
+        for record in changed {
+            self.store
+                .save_volume(&record)
+                .map_err(|e| AgentError::host("saving the volume", e))?;
+            volumes.insert(record.id.clone(), record);
+        }
+        Ok(())
+    }
+
+    /// Lets go of a destroyed machine's volumes and unmounts them.
+    pub(crate) async fn release_volumes(&self, machine: &str) {
+        let held: Vec<String> = lock(&self.volumes)
+            .values()
+            .filter(|v| v.attached_machine.as_deref() == Some(machine))
+            .map(|v| v.id.clone())
+            .collect();
+        for id in held {
+            if let Err(error) = self.change_volume(&id, |r| r.attached_machine = None) {
+                tracing::warn!(volume = %id, "letting go of a volume: {}", error.chain());
+            }
+            let owned = id.clone();
+            if let Err(error) = on_pool(&self.volume_pool, "unmounting the volume", move |pool| {
+                pool.unmount(&owned)
+            })
+            .await
+            {
+                tracing::warn!(volume = %id, "unmounting a released volume: {}", error.chain());
+            }
+        }
+    }
+
+    /// The disks a run of the machine gets, growing any volume an extend
+    /// left pending. No run is prepared while the machine runs and a grow
+    /// waits (it would hold the volume at its old size); a grow the kernel
+    /// still finds in use (the last run not yet gone) waits for the next
+    /// run.
+    pub(crate) async fn volume_disks(
+        &self,
+        machine: &str,
+        config: &MachineConfig,
+        holds_run: bool,
+    ) -> Result<Vec<VolumeDisk>, AgentError> {
+        let mut disks = Vec::with_capacity(config.mounts.len());
+        for mount in &config.mounts {
+            let record = lock(&self.volumes).get(&mount.volume).cloned();
+            let record = record
+                .filter(|v| v.attached_machine.as_deref() == Some(machine))
+                .ok_or(AgentError::VolumeNotFound)?;
+            if let Some(size_gb) = record.pending_size_gb {
+                if holds_run {
+                    return Err(AgentError::Invalid(format!(
+                        "volume {} grows before the machine's next run",
+                        record.id
+                    )));
+                }
+                let id = record.id.clone();
+                let grown = on_pool(&self.volume_pool, "extending the volume", move |pool| {
+                    pool.unmount(&id)?;
+                    pool.grow(&id, size_gb * GB)
+                })
+                .await;
+                match grown {
+                    Ok(()) => {
+                        self.change_volume(&record.id, |r| {
+                            r.size_gb = size_gb;
+                            r.pending_size_gb = None;
+                        })?;
+                    }
+                    Err(error) => {
+                        tracing::warn!(volume = %record.id, "the pending grow waits: {}", error.chain());
+                    }
+                }
+            }
+            disks.push(VolumeDisk {
+                volume_id: record.id.clone(),
+                image: self.volume_pool.image_path(&record.id),
+                guest_path: mount.path.clone(),
+            });
+        }
+        Ok(disks)
+    }
+
+    /// After a restart: volumes whose create did not finish are removed;
+    /// destroyed ones past their grace are purged.
+    pub(crate) async fn recover_volumes(&self) {
+        let unfinished: Vec<String> = lock(&self.volumes)
+            .values()
+            .filter(|v| v.state == VolumeState::Creating)
+            .map(|v| v.id.clone())
+            .collect();
+        for id in unfinished {
+            self.forget_volume(&id).await;
+        }
+        let extending: Vec<String> = lock(&self.volumes)
+            .values()
+            .filter(|v| v.state == VolumeState::Extending)
+            .map(|v| v.id.clone())
+            .collect();
+        for id in extending {
+            // The grow is all-or-nothing on disk; the record keeps the old
+            // size, so the extend is asked again at the next start.
+            let _ = self.change_volume(&id, |r| r.state = VolumeState::Created);
+        }
+        self.purge_volumes().await;
+    }
+}
