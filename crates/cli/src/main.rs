@@ -113,6 +113,21 @@ enum BenchCommand {
         #[arg(long, default_value = "172.18.64.0/19")]
         ipv4_pool: String,
     },
+    /// Volumes: create, snapshot, writes in a machine and start latency, each beside a baseline
+    Volumes {
+        /// Creates of a 1 GB volume to time
+        #[arg(long, default_value_t = 10)]
+        creates: usize,
+        /// Starts with and without a volume to time
+        #[arg(long, default_value_t = 20)]
+        starts: usize,
+        /// Resource prefix of the benchmark's host resources
+        #[arg(long, default_value = "mbvol")]
+        prefix: String,
+        /// Address pool of the benchmark's machines
+        #[arg(long, default_value = "172.18.251.0/24")]
+        ipv4_pool: String,
+    },
     /// Time API reads against a fleet of machines, and a burst of concurrent creates, over loopback HTTP
     Api {
         /// Machines in the fleet (most are created with skip_launch)
@@ -180,6 +195,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 started,
                 get_requests,
                 workers,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Volumes {
+            creates,
+            starts,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench::volumes::run(bench::volumes::VolumeBenchOptions {
+                creates,
+                starts,
                 prefix,
                 ipv4_pool,
             })

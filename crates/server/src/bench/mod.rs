@@ -5,6 +5,7 @@ pub mod api;
 pub mod cluster;
 mod measure;
 pub mod start;
+pub mod volumes;
 
 use std::path::Path;
 use std::sync::Arc;
