@@ -21,6 +21,11 @@ pub struct AgentConfig {
     pub capacity: Option<crate::capacity::Capacity>,
     /// How long a destroyed volume's data is kept (Fly keeps a day).
     pub volume_grace: std::time::Duration,
+    /// How often volumes are looked after: purges, scheduled snapshots,
+    /// retention, auto-extend.
+    pub volume_check_every: std::time::Duration,
+    /// How often a volume with `auto_backup_enabled` is snapshotted.
+    pub snapshot_every: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -33,6 +38,8 @@ impl AgentConfig {
             prepared_runs: 64,
             capacity: None,
             volume_grace: std::time::Duration::from_secs(24 * 60 * 60),
+            volume_check_every: std::time::Duration::from_secs(60),
+            snapshot_every: std::time::Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -19,9 +19,6 @@ use crate::record::PendingOp;
 use crate::store::RecordStore;
 use crate::transitions::Transition;
 
-/// How often destroyed volumes past their grace period are removed.
-const VOLUME_PURGE_EVERY: Duration = Duration::from_secs(60);
-
 /// How long teardown waits for a machine's running operation.
 const TEARDOWN_LOCK_WAIT: Duration = Duration::from_secs(3);
 
@@ -79,7 +76,10 @@ impl Agent {
             .map_err(|e| AgentError::host("recovering the host's runs", e))?;
         core.converge_all(recovered).await;
         core.collect_orphans().await;
-        tokio::spawn(keep_purging_volumes(Arc::downgrade(&core)));
+        tokio::spawn(keep_tending_volumes(
+            Arc::downgrade(&core),
+            core.config.volume_check_every,
+        ));
         Ok(Agent { core })
     }
 
@@ -277,13 +277,14 @@ impl AgentCore {
     }
 }
 
-async fn keep_purging_volumes(core: std::sync::Weak<AgentCore>) {
+/// Purges, scheduled snapshots, retention and auto-extend, now and then.
+async fn keep_tending_volumes(core: std::sync::Weak<AgentCore>, every: Duration) {
     loop {
-        tokio::time::sleep(VOLUME_PURGE_EVERY).await;
+        tokio::time::sleep(every.max(Duration::from_millis(100))).await;
         let Some(core) = core.upgrade() else { return };
         if core.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        core.purge_volumes().await;
+        core.tend_volumes(chrono::Utc::now().timestamp()).await;
     }
 }

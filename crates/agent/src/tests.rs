@@ -990,3 +990,47 @@ async fn volume_requests_are_checked() {
         .unwrap_err();
     assert!(matches!(missing, AgentError::VolumeNotFound), "{missing}");
 }
+
+#[tokio::test]
+async fn volumes_are_snapshotted_on_schedule_and_old_snapshots_pruned() {
+    let bed = Bed::new().await;
+    let volume = bed
+        .agent
+        .create_volume(volume_request("data"))
+        .await
+        .unwrap();
+    let mut off = volume_request("nobackup");
+    off.request.auto_backup_enabled = Some(false);
+    let skipped = bed.agent.create_volume(off).await.unwrap();
+    let key = VolumeKey::new(APP, &volume.id);
+    let core = bed.agent.core.clone();
+    let now = chrono::Utc::now().timestamp();
+
+    // Not a day old yet: nothing to do.
+    core.tend_volumes(now).await;
+    assert!(
+        bed.agent
+            .volume_snapshots(key.clone())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A day later, one snapshot, and only of the volume that wants them.
+    let day = 24 * 60 * 60;
+    core.tend_volumes(now + day).await;
+    let snapshots = bed.agent.volume_snapshots(key.clone()).await.unwrap();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0].retention_days, 5);
+    let none = bed
+        .agent
+        .volume_snapshots(VolumeKey::new(APP, &skipped.id))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Past its retention (5 days) it is pruned, and the day's is taken.
+    let first = snapshots[0].id.clone();
+    core.tend_volumes(now + 7 * day).await;
+    let snapshots = bed.agent.volume_snapshots(key).await.unwrap();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_ne!(snapshots[0].id, first, "the week-old snapshot is pruned");
+}

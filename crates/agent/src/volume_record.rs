@@ -22,6 +22,9 @@ pub struct SnapshotRecord {
     pub volume_size: u64,
     pub digest: String,
     pub created_at: String,
+    /// Unix seconds of `created_at`.
+    #[serde(default)]
+    pub taken_at: i64,
     pub retention_days: u32,
 }
 
@@ -59,7 +62,9 @@ impl VolumeRecord {
             id: self.id.clone(),
             name: self.name.clone(),
             state: self.state,
-            size_gb: self.size_gb,
+            // An extend shows at once, even when the filesystem grows at
+            // the machine's next start (as on Fly).
+            size_gb: self.pending_size_gb.unwrap_or(self.size_gb),
             region: self.region.clone(),
             zone: self.zone.clone(),
             encrypted: false,

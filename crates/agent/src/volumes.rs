@@ -438,7 +438,10 @@ impl AgentCore {
 
     /// Removes the data of destroyed volumes whose grace period is over.
     pub(crate) async fn purge_volumes(&self) {
-        let now = now_seconds();
+        self.purge_volumes_at(now_seconds()).await;
+    }
+
+    async fn purge_volumes_at(&self, now: i64) {
         let due: Vec<String> = lock(&self.volumes)
             .values()
             .filter(|v| {
@@ -497,6 +500,7 @@ impl AgentCore {
             volume_size: taken.volume_size,
             digest: taken.digest,
             created_at: midge_types::now_rfc3339(),
+            taken_at: now_seconds(),
             retention_days: record.snapshot_retention,
         };
         self.change_volume(&record.id, |r| r.snapshots.push(snapshot.clone()))?;
@@ -671,5 +675,133 @@ impl AgentCore {
             let _ = self.change_volume(&id, |r| r.state = VolumeState::Created);
         }
         self.purge_volumes().await;
+    }
+
+    /// What the agent does for volumes on its own, as of `now` (Unix
+    /// seconds): purges, scheduled snapshots, retention and auto-extend.
+    pub(crate) async fn tend_volumes(self: &Arc<Self>, now: i64) {
+        self.purge_volumes_at(now).await;
+        self.prune_snapshots(now).await;
+        self.take_scheduled_snapshots(now).await;
+        self.auto_extend().await;
+    }
+
+    async fn take_scheduled_snapshots(&self, now: i64) {
+        let every = i64::try_from(self.config.snapshot_every.as_secs()).unwrap_or(i64::MAX);
+        let due: Vec<VolumeRecord> = lock(&self.volumes)
+            .values()
+            .filter(|v| v.state == VolumeState::Created && v.auto_backup_enabled)
+            .filter(|v| {
+                let last = v
+                    .snapshots
+                    .iter()
+                    .map(|s| s.taken_at)
+                    .max()
+                    .unwrap_or_else(|| {
+                        chrono::DateTime::parse_from_rfc3339(&v.created_at)
+                            .map_or(now, |t| t.timestamp())
+                    });
+                now.saturating_sub(last) >= every
+            })
+            .cloned()
+            .collect();
+        for volume in due {
+            let key = VolumeKey::new(&volume.app, &volume.id);
+            if let Err(error) = self.snapshot_volume(&key).await {
+                tracing::warn!(volume = %volume.id, "scheduled snapshot: {}", error.chain());
+            }
+        }
+    }
+
+    /// Drops snapshots older than their retention.
+    async fn prune_snapshots(&self, now: i64) {
+        let expired: Vec<(String, String)> = lock(&self.volumes)
+            .values()
+            .flat_map(|v| {
+                v.snapshots
+                    .iter()
+                    .filter(|s| {
+                        s.taken_at
+                            .saturating_add(i64::from(s.retention_days) * 24 * 60 * 60)
+                            <= now
+                    })
+                    .map(|s| (v.id.clone(), s.id.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (volume, snapshot) in expired {
+            let (id, snap) = (volume.clone(), snapshot.clone());
+            let removed = on_pool(&self.volume_pool, "removing a snapshot", move |pool| {
+                pool.delete_snapshot(&id, &snap)
+            })
+            .await;
+            match removed {
+                Ok(()) => {
+                    let _ = self.change_volume(&volume, |r| {
+                        r.snapshots.retain(|s| s.id != snapshot);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%volume, %snapshot, "pruning a snapshot: {}", error.chain());
+                }
+            }
+        }
+    }
+
+    /// Grows mounted volumes past their mount's threshold (`config.mounts`
+    /// `extend_threshold_percent`, `add_size_gb`, `size_gb_limit`).
+    async fn auto_extend(self: &Arc<Self>) {
+        let bound: Vec<(VolumeRecord, MachineConfig)> = {
+            let volumes = lock(&self.volumes).clone();
+            volumes
+                .into_values()
+                .filter_map(|v| {
+                    let machine = v.attached_machine.clone()?;
+                    let entry = self
+                        .machines
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&machine)
+                        .cloned()?;
+                    let config = entry.snapshot().config().clone();
+                    Some((v, config))
+                })
+                .collect()
+        };
+        for (volume, config) in bound {
+            let Some((threshold, add_gb, limit_gb)) = config
+                .mounts
+                .iter()
+                .find(|m| m.volume == volume.id)
+                .and_then(|m| m.auto_extend())
+            else {
+                continue;
+            };
+            let Ok(Some(stats)) = self.volume_pool.stats(&volume.id) else {
+                continue;
+            };
+            let current = volume.pending_size_gb.unwrap_or(volume.size_gb);
+            let full = stats.bytes_total > 0
+                && stats.bytes_used.saturating_mul(100) >= u64::from(threshold) * stats.bytes_total;
+            if !full || current >= limit_gb || volume.pending_size_gb.is_some() {
+                continue;
+            }
+            let target = current.saturating_add(add_gb.max(1)).min(limit_gb);
+            let call = ExtendVolume {
+                volume: VolumeKey::new(&volume.app, &volume.id),
+                size_gb: target,
+            };
+            match self.extend_volume(call).await {
+                Ok(extended) => tracing::info!(
+                    volume = %volume.id,
+                    size_gb = target,
+                    needs_restart = extended.needs_restart,
+                    "auto-extended a volume past {threshold}% full"
+                ),
+                Err(error) => {
+                    tracing::warn!(volume = %volume.id, "auto-extend: {}", error.chain());
+                }
+            }
+        }
     }
 }

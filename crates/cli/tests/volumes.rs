@@ -304,3 +304,53 @@ fn snapshots_restore_forks_and_extends_carry_the_data() {
     );
     assert_nothing_attached(&platform);
 }
+
+#[test]
+fn a_volume_past_its_threshold_grows_by_itself() {
+    let platform = Platform::start_with_options(&["--volume-check-secs", "1"]);
+    let app = platform.create_app(&unique_app("grow"));
+    let created = create_volume(&platform, &app, json!({"name": "data", "size_gb": 1}));
+    let vol = created["id"].as_str().expect("an id").to_string();
+    let (status, machine) = platform.api_post(
+        &format!("/v1/apps/{app}/machines"),
+        json!({"config": {"image": SHELL, "init": {"exec": ["sleep", "infinity"]},
+            "mounts": [{"volume": vol, "path": "/data", "extend_threshold_percent": 5,
+                        "add_size_gb": 1, "size_gb_limit": 2}]}}),
+    );
+    assert_eq!(status, 200, "{machine}");
+    let id = machine["id"].as_str().expect("an id").to_string();
+    wait_for(&platform, &app, &id, "started");
+    exec(
+        &platform,
+        &app,
+        &id,
+        "dd if=/dev/zero of=/data/fill bs=1048576 count=100 conv=fsync",
+    );
+    platform.eventually(
+        "the volume grows past 5% full",
+        std::time::Duration::from_secs(30),
+        || volume(&platform, &app, &vol)["size_gb"] == 2,
+    );
+    // The filesystem grows before the next run (online resize needs a host
+    // that allows it).
+    platform
+        .midge(&["machine", "restart", &id, "-a", &app])
+        .success();
+    wait_for(&platform, &app, &id, "started");
+    platform.eventually(
+        "the filesystem has grown",
+        std::time::Duration::from_secs(30),
+        || {
+            let df = exec(&platform, &app, &id, "sh -c \"df -k /data | tail -1\"");
+            df.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|kb| kb > 1_900_000)
+        },
+    );
+    // At its limit it stays.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(volume(&platform, &app, &vol)["size_gb"], 2);
+    destroy_machine(&platform, &app, &id);
+    assert_nothing_attached(&platform);
+}

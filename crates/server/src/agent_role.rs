@@ -68,6 +68,12 @@ pub struct AgentArgs {
     /// A registry (host:port) reachable over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// Seconds a destroyed volume's data is kept before it is removed.
+    #[arg(long, default_value_t = 24 * 60 * 60)]
+    pub volume_grace_secs: u64,
+    /// Seconds between looks at the volumes (snapshots, auto-extend, purges).
+    #[arg(long, default_value_t = 60)]
+    pub volume_check_secs: u64,
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
@@ -147,6 +153,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.insecure_registries = args.insecure_registries.clone();
     config.host_id = member.host.number;
     config.capacity = Some(capacity);
+    config.volume_grace = Duration::from_secs(args.volume_grace_secs);
+    config.volume_check_every = Duration::from_secs(args.volume_check_secs);
     config.image_peers = Some(Arc::new(PeerImages {
         secret: member.cluster_secret.clone(),
     }));

@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub capacity: Option<midge_agent::Capacity>,
     /// How long a destroyed volume's data is kept.
     pub volume_grace: std::time::Duration,
+    /// How often volumes are looked after (snapshots, auto-extend, purges).
+    pub volume_check_every: std::time::Duration,
     /// Other hosts' image stores (a cluster's agents); none on one host.
     pub image_peers: Option<Arc<dyn midge_agent::ImagePeers>>,
 }
@@ -58,6 +60,7 @@ impl HostConfig {
             prepared_runs: defaults.prepared_runs,
             capacity: None,
             volume_grace: defaults.volume_grace,
+            volume_check_every: defaults.volume_check_every,
             image_peers: None,
         }
     }
@@ -113,6 +116,8 @@ impl Host {
             prepared_runs: config.prepared_runs,
             capacity: config.capacity,
             volume_grace: config.volume_grace,
+            volume_check_every: config.volume_check_every,
+            ..AgentConfig::new(config.data_dir.clone())
         };
         let parts = HostParts {
             images,

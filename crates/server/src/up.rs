@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Seconds a destroyed volume's data is kept before it is removed.
     #[arg(long, env = "MIDGE_VOLUME_GRACE_SECS", default_value_t = 24 * 60 * 60)]
     pub volume_grace_secs: u64,
+    /// Seconds between looks at the volumes (scheduled snapshots,
+    /// retention, auto-extend, purges).
+    #[arg(long, env = "MIDGE_VOLUME_CHECK_SECS", default_value_t = 60)]
+    pub volume_check_secs: u64,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.ipv4_pool = args.ipv4_pool.clone();
     config.insecure_registries = args.insecure_registries.clone();
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
+    config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
     let host = Host::open(config).await?;
     let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {

@@ -342,8 +342,29 @@ pub struct MachineMount {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Auto-extend: grow the volume when it is this full (percent)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_threshold_percent: Option<u32>,
+    /// …by this many GB…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_size_gb: Option<u64>,
+    /// …up to this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb_limit: Option<u64>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl MachineMount {
+    /// When and how the volume grows on its own: (threshold percent, GB to
+    /// add, limit GB). Fly grows only when all three are given.
+    pub fn auto_extend(&self) -> Option<(u32, u64, u64)> {
+        Some((
+            self.extend_threshold_percent?,
+            self.add_size_gb?,
+            self.size_gb_limit?,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -33,12 +33,18 @@ pub struct Platform {
 impl Platform {
     /// A platform with only the local images `midge up` seeds.
     pub fn start() -> Platform {
-        Platform::start_with(None)
+        Platform::start_with(None, &[])
     }
 
     /// A platform that may pull from the loopback test registry.
     pub fn start_with_registry() -> Platform {
-        Platform::start_with(Some(shared_registry_image()))
+        Platform::start_with(Some(shared_registry_image()), &[])
+    }
+
+    /// A platform whose `midge up` gets these options too.
+    #[allow(dead_code, reason = "used by the volume tests")]
+    pub fn start_with_options(options: &[&str]) -> Platform {
+        Platform::start_with(None, options)
     }
 
     /// The registry test image; only on a platform started with a registry.
@@ -48,7 +54,7 @@ impl Platform {
             .expect("this platform was started without a registry")
     }
 
-    fn start_with(registry: Option<(String, String)>) -> Platform {
+    fn start_with(registry: Option<(String, String)>, options: &[&str]) -> Platform {
         let pool = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
         let prefix = midge_testkit::unique_prefix();
         let dir = tempfile::Builder::new()
@@ -65,6 +71,7 @@ impl Platform {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--resource-prefix", &prefix])
             .args(["--ipv4-pool", &pool.cidr()])
+            .args(options)
             .env("MIDGE_CONFIG", dir.path().join("config.json"))
             .env("MIDGE_INIT_BINARY", init_binary())
             .env_remove("MIDGE_DATA_DIR")
