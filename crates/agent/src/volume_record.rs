@@ -53,6 +53,9 @@ pub struct VolumeRecord {
     pub purge_after: Option<i64>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotRecord>,
+    /// An encrypted volume's key; copies (forks, restores) share it.
+    #[serde(default)]
+    pub key: Option<midge_volume::EncryptionKey>,
 }
 
 impl VolumeRecord {
@@ -67,7 +70,7 @@ impl VolumeRecord {
             size_gb: self.pending_size_gb.unwrap_or(self.size_gb),
             region: self.region.clone(),
             zone: self.zone.clone(),
-            encrypted: false,
+            encrypted: self.key.is_some(),
             attached_machine_id: self.attached_machine.clone(),
             attached_alloc_id: self.attached_machine.clone(),
             created_at: self.created_at.clone(),

@@ -211,6 +211,20 @@ impl AgentCore {
                 "size_gb {size_gb} is smaller than the source's {least_gb} GB"
             )));
         }
+        // Encrypted unless asked otherwise (Fly's default); a copy keeps its
+        // source's key, and with it its encryption.
+        let key = match &source {
+            Source::Empty => match request.encrypted.unwrap_or(true) {
+                true => Some(
+                    midge_volume::EncryptionKey::generate()
+                        .map_err(|e| volume_error("making the volume's key", e))?,
+                ),
+                false => None,
+            },
+            Source::Snapshot { volume, .. } | Source::Fork(volume) => {
+                lock(&self.volumes).get(volume).and_then(|v| v.key.clone())
+            }
+        };
         let id = id.unwrap_or_else(midge_types::ids::new_volume_id);
         if lock(&self.volumes).contains_key(&id) {
             return Err(AgentError::Invalid(format!(
@@ -234,13 +248,19 @@ impl AgentCore {
             pending_size_gb: None,
             purge_after: None,
             snapshots: Vec::new(),
+            key: key.clone(),
         })?;
         let bytes = size_gb * GB;
         let made = match source {
             Source::Empty => {
-                on_pool(&self.volume_pool, "creating the volume", move |pool| {
-                    pool.create(&id, bytes)
-                })
+                on_pool(
+                    &self.volume_pool,
+                    "creating the volume",
+                    move |pool| match &key {
+                        Some(key) => pool.create_encrypted(&id, bytes, key),
+                        None => pool.create(&id, bytes),
+                    },
+                )
                 .await
             }
             Source::Snapshot { volume, snapshot } => {
@@ -648,6 +668,7 @@ impl AgentCore {
                 volume_id: record.id.clone(),
                 image: self.volume_pool.image_path(&record.id),
                 guest_path: mount.path.clone(),
+                key: record.key.clone(),
             });
         }
         Ok(disks)

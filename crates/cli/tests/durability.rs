@@ -914,3 +914,158 @@ async fn sigkill_in_the_middle_of_operations_converges() {
     server.wait_state(&warm, "started").await;
     server.assert_host_matches_records().await;
 }
+
+/// Runs `script` in the machine and returns its stdout.
+async fn exec_in(server: &Server, id: &str, script: &str) -> String {
+    let answer = server
+        .call(
+            "POST",
+            &format!("/v1/apps/{APP}/machines/{id}/exec"),
+            None,
+            Some(json!({"command": ["sh", "-c", script]})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(answer["exit_code"], 0, "{script}: {answer}");
+    answer["stdout"].as_str().unwrap_or_default().to_string()
+}
+
+/// Every volume is in a settled state and nothing of a volume no machine
+/// holds is mounted or attached.
+async fn assert_volumes_settled(server: &Server) -> Vec<Value> {
+    let volumes = server.get(&format!("/v1/apps/{APP}/volumes")).await;
+    let volumes = volumes.as_array().cloned().unwrap_or_default();
+    for volume in &volumes {
+        let state = volume["state"].as_str().unwrap_or_default();
+        assert!(
+            ["created", "pending_destroy", "destroyed"].contains(&state),
+            "volume stuck in {state}: {volume}"
+        );
+    }
+    let held = volumes
+        .iter()
+        .filter(|v| !v["attached_machine_id"].is_null())
+        .count();
+    let mounts = midge_volume::mounts_under(&server.data_dir().join("agent/volumes"));
+    assert!(
+        mounts.len() <= held,
+        "mounts {mounts:?} for {held} bound volumes"
+    );
+    let loops = midge_volume::loop_devices_backed_under(&server.data_dir());
+    assert!(
+        loops.len() <= held,
+        "loop devices {loops:?} for {held} bound volumes"
+    );
+    volumes
+}
+
+#[tokio::test]
+async fn sigkill_around_volume_operations_keeps_volumes_and_their_data() {
+    let mut server = Server::start().await;
+    server
+        .call("POST", "/v1/apps", None, Some(json!({"name": APP})))
+        .await
+        .expect(201);
+    let volumes = format!("/v1/apps/{APP}/volumes");
+    let create = json!({"name": "data", "size_gb": 1});
+    let vol = server
+        .call("POST", &volumes, None, Some(create.clone()))
+        .await
+        .expect(200)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let mut config = sleeper(&server.image.clone(), json!({}));
+    config["mounts"] = json!([{"volume": vol, "path": "/data"}]);
+    let writer = server.create_machine("writer", config, false).await;
+    server.wait_state(&writer, "started").await;
+    exec_in(&server, &writer, "echo durable > /data/f && sync").await;
+
+    // What the program synced survives a kill of the agent; the machine
+    // keeps running on its volume.
+    server.kill_9();
+    server.boot().await;
+    assert_eq!(exec_in(&server, &writer, "cat /data/f").await, "durable\n");
+    let bound = server.get(&format!("{volumes}/{vol}")).await;
+    assert_eq!(bound["attached_machine_id"], writer.as_str());
+
+    // Cut off in the middle of each volume operation, then started again.
+    let spare = server
+        .call("POST", &volumes, None, Some(create.clone()))
+        .await
+        .expect(200)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    kill_during(
+        &mut server,
+        "POST",
+        &volumes,
+        Some(create.clone()),
+        delay(0, 20),
+    )
+    .await;
+    assert_volumes_settled(&server).await;
+    kill_during(
+        &mut server,
+        "POST",
+        &format!("{volumes}/{vol}/snapshots"),
+        Some(json!({})),
+        delay(0, 40),
+    )
+    .await;
+    assert_volumes_settled(&server).await;
+    kill_during(
+        &mut server,
+        "PUT",
+        &format!("{volumes}/{spare}/extend"),
+        Some(json!({"size_gb": 2})),
+        delay(0, 40),
+    )
+    .await;
+    assert_volumes_settled(&server).await;
+    kill_during(
+        &mut server,
+        "DELETE",
+        &format!("{volumes}/{spare}"),
+        None,
+        delay(0, 20),
+    )
+    .await;
+    let settled = assert_volumes_settled(&server).await;
+    assert!(settled.iter().any(|v| v["id"] == vol.as_str()));
+
+    // Whatever was cut off can be asked again and completes.
+    let spare_now = server.get(&format!("{volumes}/{spare}")).await;
+    if spare_now["state"] == "created" {
+        server
+            .call("DELETE", &format!("{volumes}/{spare}"), None, None)
+            .await
+            .expect(200);
+    }
+    server
+        .call(
+            "POST",
+            &format!("{volumes}/{vol}/snapshots"),
+            None,
+            Some(json!({})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(exec_in(&server, &writer, "cat /data/f").await, "durable\n");
+    server
+        .call(
+            "DELETE",
+            &format!("/v1/apps/{APP}/machines/{writer}?force=true"),
+            None,
+            None,
+        )
+        .await
+        .expect(200);
+    server.wait_state(&writer, "destroyed").await;
+    assert!(
+        midge_volume::loop_devices_backed_under(&server.data_dir()).is_empty(),
+        "nothing attached once no machine holds a volume"
+    );
+    server.assert_host_matches_records().await;
+}

@@ -92,6 +92,10 @@ fn a_volume_keeps_its_data_across_runs_and_machines_and_is_bound_to_one() {
     assert_eq!(created["size_gb"], 1);
     assert_eq!(created["region"], "local");
     assert_eq!(created["snapshot_retention"], 5);
+    assert_eq!(
+        created["encrypted"], true,
+        "encrypted unless asked otherwise"
+    );
     assert_eq!(created["attached_machine_id"], Value::Null);
     let (status, listed) = platform.api_get(&format!("/v1/apps/{app}/volumes"));
     assert_eq!(status, 200);
@@ -188,7 +192,12 @@ fn a_volume_keeps_its_data_across_runs_and_machines_and_is_bound_to_one() {
 fn snapshots_restore_forks_and_extends_carry_the_data() {
     let platform = Platform::start();
     let app = platform.create_app(&unique_app("snap"));
-    let created = create_volume(&platform, &app, json!({"name": "data", "size_gb": 1}));
+    let created = create_volume(
+        &platform,
+        &app,
+        json!({"name": "data", "size_gb": 1, "encrypted": false}),
+    );
+    assert_eq!(created["encrypted"], false);
     let vol = created["id"].as_str().expect("an id").to_string();
     let machine = machine_on(&platform, &app, &vol);
     exec(

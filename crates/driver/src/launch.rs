@@ -34,6 +34,8 @@ pub struct VolumeDisk {
     pub image: PathBuf,
     /// Where the machine sees it.
     pub guest_path: String,
+    /// The key of an encrypted volume (fscrypt on its `data/` directory).
+    pub key: Option<midge_volume::EncryptionKey>,
 }
 
 /// The machine's network as the network layer set it up.

@@ -133,15 +133,15 @@ async fn create(
     .map_err(DriverError::while_doing("mounting the rootfs"))?;
     let mut volumes = Vec::with_capacity(launch.volumes.len());
     for disk in &launch.volumes {
-        let mounted =
-            host.config
-                .volumes
-                .mount(&disk.volume_id)
-                .map_err(DriverError::while_doing(&format!(
-                    "mounting volume {}",
-                    disk.volume_id
-                )))?;
-        volumes.push((mounted, disk.guest_path.as_str()));
+        let pool = &host.config.volumes;
+        let shown = pool
+            .mount(&disk.volume_id)
+            .and_then(|_| pool.unlock(&disk.volume_id, disk.key.as_ref()))
+            .map_err(DriverError::while_doing(&format!(
+                "mounting volume {}",
+                disk.volume_id
+            )))?;
+        volumes.push((shown, disk.guest_path.as_str()));
     }
     let config = runtime_config(&SandboxSpec {
         hostname: &launch.hostname,

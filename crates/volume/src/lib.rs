@@ -3,7 +3,7 @@
 //! mounted on the host for a machine, or handed as a raw disk to a microVM.
 //! Volumes grow (offline), snapshot (frozen-consistent copies), fork and
 //! restore, with reflinks when the pool's filesystem has them and sparse
-//! copies otherwise.
+//! copies otherwise. Encrypted volumes use ext4's own encryption (fscrypt).
 //!
 //! The kernel is the source of truth (mountinfo, loop devices in sysfs) and
 //! every write is a temp file renamed into place, so each operation is
@@ -14,6 +14,7 @@ mod copy;
 mod error;
 mod files;
 mod freeze;
+mod fscrypt;
 mod id;
 mod lock;
 mod loop_device;
@@ -24,6 +25,7 @@ mod temp;
 mod tools;
 
 pub use error::VolumeError;
+pub use fscrypt::{DATA_DIR, EncryptionKey};
 pub use loop_device::loop_devices_backed_under;
 pub use mountinfo::mounts_under;
 pub use pool::{FsStats, VolumePool};

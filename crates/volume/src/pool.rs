@@ -16,6 +16,7 @@ use crate::copy;
 use crate::error::{IoContext, VolumeError};
 use crate::files::{create_new, exists, fsync, read_dir, remove_any};
 use crate::freeze::{self, FreezeError, Frozen};
+use crate::fscrypt::{self, EncryptionKey};
 use crate::id;
 use crate::lock::{self, Lock};
 use crate::loop_device;
@@ -122,6 +123,45 @@ impl VolumePool {
     /// Creates volume `id` of `size_bytes` (a multiple of 4096): a sparse
     /// file formatted ext4, made under a temp name and renamed into place.
     pub fn create(&self, id: &str, size_bytes: u64) -> Result<(), VolumeError> {
+        self.create_image(id, size_bytes, false)
+    }
+
+    /// Creates an encrypted volume `id`: its `data/` directory (what
+    /// [`VolumePool::unlock`] hands out) is encrypted with `key`.
+    pub fn create_encrypted(
+        &self,
+        id: &str,
+        size_bytes: u64,
+        key: &EncryptionKey,
+    ) -> Result<(), VolumeError> {
+        self.create_image(id, size_bytes, true)?;
+        let made = self.mount(id).and_then(|mount_point| {
+            let identifier = fscrypt::add_key(&mount_point, key)?;
+            fscrypt::encrypt_data_dir(&mount_point, identifier).map(|_| ())
+        });
+        let unmounted = self.unmount(id);
+        if let Err(error) = made {
+            let _ = self.delete(id);
+            return Err(error);
+        }
+        unmounted
+    }
+
+    /// The directory a machine gets of mounted volume `id`: for an
+    /// encrypted volume, its `data/` with `key` added to the filesystem.
+    pub fn unlock(&self, id: &str, key: Option<&EncryptionKey>) -> Result<PathBuf, VolumeError> {
+        id::validate(id)?;
+        let mount_point = self.mount_point(id);
+        match key {
+            None => Ok(mount_point),
+            Some(key) => {
+                fscrypt::add_key(&mount_point, key)?;
+                Ok(mount_point.join(fscrypt::DATA_DIR))
+            }
+        }
+    }
+
+    fn create_image(&self, id: &str, size_bytes: u64, encrypt: bool) -> Result<(), VolumeError> {
         id::validate(id)?;
         check_size(size_bytes)?;
         let _lock = self.lock(id)?;
@@ -133,7 +173,7 @@ impl VolumePool {
         let file = create_new(temp.path())?;
         file.set_len(size_bytes).ctx("size image", temp.path())?;
         drop(file);
-        tools::mkfs_ext4(temp.path())?;
+        tools::mkfs_ext4(temp.path(), encrypt)?;
         fsync(temp.path())?;
         temp.persist(&image)
     }

@@ -55,20 +55,21 @@ fn run(tool: &str, args: &[&OsStr], ok: &[i32]) -> Result<(), VolumeError> {
 /// in the background on first mount); nodiscard because there is nothing to
 /// discard in a fresh sparse file. 4 KiB blocks whatever the size (mke2fs
 /// would pick 1 KiB for small volumes, which then stays so after a grow).
-pub(crate) fn mkfs_ext4(image: &Path) -> Result<(), VolumeError> {
-    run(
-        "mkfs.ext4",
-        &[
-            OsStr::new("-q"),
-            OsStr::new("-F"),
-            OsStr::new("-b"),
-            OsStr::new("4096"),
-            OsStr::new("-E"),
-            OsStr::new("lazy_itable_init=1,lazy_journal_init=1,nodiscard"),
-            image.as_os_str(),
-        ],
-        &[0],
-    )
+/// `encrypt` turns on ext4's `encrypt` feature (fscrypt).
+pub(crate) fn mkfs_ext4(image: &Path, encrypt: bool) -> Result<(), VolumeError> {
+    let mut args = vec![
+        OsStr::new("-q"),
+        OsStr::new("-F"),
+        OsStr::new("-b"),
+        OsStr::new("4096"),
+        OsStr::new("-E"),
+        OsStr::new("lazy_itable_init=1,lazy_journal_init=1,nodiscard"),
+    ];
+    if encrypt {
+        args.extend([OsStr::new("-O"), OsStr::new("encrypt")]);
+    }
+    args.push(image.as_os_str());
+    run("mkfs.ext4", &args, &[0])
 }
 
 /// Grows the ext4 filesystem in `image` to the image's (already enlarged)

@@ -4,7 +4,7 @@
 //! - create of a 1 GB volume through the API, against `truncate` +
 //!   `mkfs.ext4` of the same image by hand;
 //! - a snapshot of a volume holding 500 MB through the API, against
-//!   `cp --sparse=always` of its image;
+//!   `cp --sparse=always` of its image, each from a cold page cache;
 //! - sequential (1 MiB blocks, fsync at the end) and random 4 KiB writes
 //!   (each synced) by busybox `dd` in a machine on a volume, against the
 //!   same commands on the host in a loop-mounted ext4 image;
@@ -224,11 +224,15 @@ async fn measure(
         ),
     )
     .await?;
+    // Both start from a cold page cache (the machine's writes went around
+    // it, through the direct-I/O loop device).
+    drop_caches()?;
     let begun = Instant::now();
     client.create_snapshot(APP, &volume).await?;
     let snapshot = begun.elapsed();
     let image = scratch.join(format!("host/volumes/images/{volume}.img"));
     let copy = bare.join("copy.img");
+    drop_caches()?;
     let begun = Instant::now();
     run_tool(
         "cp",
@@ -281,10 +285,16 @@ fn volume_request(name: &str) -> CreateVolumeRequest {
     }
 }
 
+/// 1 GB of memory: a smaller machine's page cache (charged to its cgroup)
+/// would throttle the writes, which is not what is measured here.
 fn machine_request(volume: Option<&str>) -> CreateMachineRequest {
     CreateMachineRequest {
         config: Some(MachineConfig {
             image: SHELL_IMAGE.into(),
+            guest: Some(midge_types::Guest {
+                memory_mb: 1024,
+                ..Default::default()
+            }),
             init: InitConfig {
                 exec: Some(vec!["/bin/sleep".into(), "3600".into()]),
                 ..Default::default()
@@ -318,6 +328,11 @@ fn make_ext4(image: &Path, bytes: u64) -> anyhow::Result<()> {
             image.to_str().unwrap_or_default(),
         ],
     )
+}
+
+fn drop_caches() -> anyhow::Result<()> {
+    run_tool("sync", &[])?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")
 }
 
 fn tool_output(program: &str, args: &[&str]) -> anyhow::Result<String> {
