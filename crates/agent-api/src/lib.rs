@@ -19,7 +19,9 @@ use midge_types::agent::{
     RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
     UpdateMetadata, WaitMachine,
 };
-use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
+use midge_types::agent::{
+    CreateVolume, ExportVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey,
+};
 use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
@@ -35,6 +37,21 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 pub struct PtySession {
     pub input: mpsc::Sender<PtyInput>,
     pub output: mpsc::Receiver<PtyOutput>,
+}
+
+/// A volume's image on its way to another host: its key (hex, for an
+/// encrypted volume) and the transfer stream of `midge_volume`.
+pub struct VolumeExport {
+    pub key: Option<String>,
+    pub stream: BoxStream<'static, std::io::Result<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for VolumeExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeExport")
+            .field("encrypted", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A host agent: the source of truth for the machines on one host.
@@ -106,6 +123,9 @@ pub trait HostAgent: Send + Sync {
     async fn snapshot_volume(&self, volume: VolumeKey) -> Result<VolumeSnapshot>;
     /// Newest first.
     async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>>;
+    /// A frozen-consistent copy of the volume (or a snapshot), streamed, for
+    /// a fork or restore onto another host.
+    async fn export_volume(&self, call: ExportVolume) -> Result<VolumeExport>;
 
     /// The regions machines can be placed in. One host offers its own.
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

@@ -419,4 +419,25 @@ impl HostAgent for RemoteAgent {
     async fn volume_snapshots(&self, volume: VolumeKey) -> Result<Vec<VolumeSnapshot>> {
         self.read("volume_snapshots", &volume).await
     }
+
+    async fn export_volume(
+        &self,
+        call: midge_types::agent::ExportVolume,
+    ) -> Result<midge_agent_api::VolumeExport> {
+        let response = self.send("export_volume", &call, None).await?;
+        let key = response
+            .headers()
+            .get(crate::wire::VOLUME_KEY_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        let stream = response.bytes_stream().map(|chunk| {
+            chunk
+                .map(|bytes| bytes.to_vec())
+                .map_err(std::io::Error::other)
+        });
+        Ok(midge_agent_api::VolumeExport {
+            key,
+            stream: Box::pin(stream),
+        })
+    }
 }

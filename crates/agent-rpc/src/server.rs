@@ -179,6 +179,7 @@ async fn call(
         "destroy_volume" => unary(body, |c| async move { a.destroy_volume(c).await }).await,
         "snapshot_volume" => unary(body, |c| async move { a.snapshot_volume(c).await }).await,
         "volume_snapshots" => unary(body, |c| async move { a.volume_snapshots(c).await }).await,
+        "export_volume" => export_volume(body, a).await,
         other => error_response(
             404,
             &WireError {
@@ -186,6 +187,30 @@ async fn call(
                 message: format!("no agent call {other:?}"),
             },
         ),
+    }
+}
+
+/// The volume's transfer stream as the raw body; its key (of an encrypted
+/// volume) in a header.
+async fn export_volume(body: Bytes, agent: Arc<dyn HostAgent>) -> Response {
+    let call: midge_types::agent::ExportVolume = match serde_json::from_slice(&body) {
+        Ok(call) => call,
+        Err(error) => return bad_request(format!("malformed call: {error}")),
+    };
+    match agent.export_volume(call).await {
+        Ok(export) => {
+            let mut response = Body::from_stream(export.stream).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Some(key) = export.key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+                headers.insert(crate::wire::VOLUME_KEY_HEADER, key);
+            }
+            response
+        }
+        Err(error) => agent_error(&error),
     }
 }
 

@@ -47,3 +47,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::Internal => 500,
     }
 }
+
+/// Where an exported volume's key travels (between agents, who share the
+/// cluster secret).
+pub const VOLUME_KEY_HEADER: &str = "x-midge-volume-key";

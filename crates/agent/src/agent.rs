@@ -30,10 +30,12 @@ pub struct HostParts {
     pub image_peers: Option<Arc<dyn ImagePeers>>,
 }
 
-/// Reaches the image stores of other hosts by their agent's URL, to copy a
-/// pinned image that no registry this host reaches holds.
+/// Reaches other hosts by their agent's URL: their image stores, to copy a
+/// pinned image that no registry this host reaches holds, and their agents,
+/// to copy a volume.
 pub trait ImagePeers: Send + Sync + fmt::Debug {
     fn source(&self, agent_url: &str) -> Result<Box<dyn BlobSource>, ImageError>;
+    fn agent(&self, agent_url: &str) -> Result<Arc<dyn midge_agent_api::HostAgent>, AgentError>;
 }
 
 /// The host agent; cheap to clone (every clone is the same agent).

@@ -231,6 +231,13 @@ impl HostAgent for Agent {
         self.core.volume_snapshots(&volume)
     }
 
+    async fn export_volume(
+        &self,
+        call: midge_types::agent::ExportVolume,
+    ) -> Result<midge_agent_api::VolumeExport> {
+        self.core.export_volume(call).await
+    }
+
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {
         let load = self.core.load();
         let capacity = self.core.config.capacity;

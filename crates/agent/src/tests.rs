@@ -854,6 +854,7 @@ fn volume_request(name: &str) -> CreateVolume {
             ..Default::default()
         },
         id: None,
+        copy_from: None,
     }
 }
 

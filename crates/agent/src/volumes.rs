@@ -95,8 +95,13 @@ fn now_seconds() -> i64 {
 /// How a new volume's contents come about.
 enum Source {
     Empty,
-    Snapshot { volume: String, snapshot: String },
+    Snapshot {
+        volume: String,
+        snapshot: String,
+    },
     Fork(String),
+    /// A volume or snapshot on another host (`copy_from`).
+    Remote,
 }
 
 impl AgentCore {
@@ -148,7 +153,12 @@ impl AgentCore {
     }
 
     pub(crate) async fn create_volume(&self, call: CreateVolume) -> Result<Volume, AgentError> {
-        let CreateVolume { owner, request, id } = call;
+        let CreateVolume {
+            owner,
+            request,
+            id,
+            copy_from,
+        } = call;
         let name = request
             .name
             .clone()
@@ -174,6 +184,7 @@ impl AgentCore {
             .unwrap_or(DEFAULT_SNAPSHOT_RETENTION);
         check_retention(retention)?;
         let source = match (&request.snapshot_id, &request.source_volume_id) {
+            _ if copy_from.is_some() => Source::Remote,
             (Some(_), Some(_)) => {
                 return Err(AgentError::Invalid(
                     "give snapshot_id or source_volume_id, not both".into(),
@@ -197,6 +208,8 @@ impl AgentCore {
         };
         let least_gb = match &source {
             Source::Empty => DEFAULT_SIZE_GB,
+            // Known once it has arrived.
+            Source::Remote => 1,
             Source::Snapshot { volume, snapshot } => lock(&self.volumes)
                 .get(volume)
                 .and_then(|v| v.snapshots.iter().find(|s| &s.id == snapshot))
@@ -224,6 +237,8 @@ impl AgentCore {
             Source::Snapshot { volume, .. } | Source::Fork(volume) => {
                 lock(&self.volumes).get(volume).and_then(|v| v.key.clone())
             }
+            // It comes with the volume.
+            Source::Remote => None,
         };
         let id = id.unwrap_or_else(midge_types::ids::new_volume_id);
         if lock(&self.volumes).contains_key(&id) {
@@ -279,6 +294,31 @@ impl AgentCore {
                     Ok(())
                 })
                 .await
+            }
+            Source::Remote => {
+                let copy = copy_from.as_ref().ok_or(AgentError::VolumeNotFound)?;
+                match self.import_volume(&id, copy).await {
+                    Ok((have, key)) => {
+                        let wanted = request.size_gb.map_or(have, |gb| (gb * GB).max(have));
+                        let grown = if wanted > have {
+                            let owned = id.clone();
+                            on_pool(&self.volume_pool, "growing the copy", move |pool| {
+                                pool.grow(&owned, wanted)
+                            })
+                            .await
+                        } else {
+                            Ok(())
+                        };
+                        grown.and_then(|()| {
+                            self.change_volume(&id, |r| {
+                                r.size_gb = wanted.div_ceil(GB);
+                                r.key = key;
+                            })
+                            .map(|_| ())
+                        })
+                    }
+                    Err(error) => Err(error),
+                }
             }
         };
         if let Err(error) = made {
@@ -824,5 +864,109 @@ impl AgentCore {
                 }
             }
         }
+    }
+
+    /// The volume's image (or a snapshot's) as a transfer stream: a live
+    /// volume is first copied (frozen while it is) to a scratch volume that
+    /// goes once it is sent.
+    pub(crate) async fn export_volume(
+        &self,
+        call: midge_types::agent::ExportVolume,
+    ) -> Result<midge_agent_api::VolumeExport, AgentError> {
+        let record = self.volume_record(&call.volume)?;
+        if record.state.is_destroyed() {
+            return Err(AgentError::VolumeNotFound);
+        }
+        let (image, scratch) = match &call.snapshot {
+            Some(snapshot) => {
+                let (id, snapshot) = (record.id.clone(), snapshot.clone());
+                let image = on_pool(&self.volume_pool, "finding the snapshot", move |pool| {
+                    pool.snapshot_image(&id, &snapshot)
+                })
+                .await
+                .map_err(|_| AgentError::SnapshotNotFound)?;
+                (image, None)
+            }
+            None => {
+                let scratch = format!("{}_export_{}", record.id, midge_types::ids::random_hex(8));
+                let (id, copy) = (record.id.clone(), scratch.clone());
+                on_pool(&self.volume_pool, "copying the volume", move |pool| {
+                    pool.fork(&id, &copy)
+                })
+                .await?;
+                (self.volume_pool.image_path(&scratch), Some(scratch))
+            }
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(8);
+        let pool = self.volume_pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(sender.clone()));
+            let sent = midge_volume::export_image(&image, &mut out);
+            drop(out);
+            if let Err(error) = sent {
+                let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
+            }
+            if let Some(scratch) = scratch
+                && let Err(error) = pool.delete(&scratch)
+            {
+                tracing::warn!(volume = %scratch, "removing an export's copy: {error}");
+            }
+        });
+        Ok(midge_agent_api::VolumeExport {
+            key: record.key.clone().map(String::from),
+            stream: Box::pin(futures::stream::unfold(receiver, |mut receiver| async {
+                receiver.recv().await.map(|chunk| (chunk, receiver))
+            })),
+        })
+    }
+
+    /// Makes volume `id` from another host's export of `copy`; returns its
+    /// size in bytes and its key.
+    async fn import_volume(
+        &self,
+        id: &str,
+        copy: &midge_types::agent::VolumeCopy,
+    ) -> Result<(u64, Option<midge_volume::EncryptionKey>), AgentError> {
+        let peers = self.image_peers.as_ref().ok_or_else(|| {
+            AgentError::Invalid("this host cannot reach other hosts' volumes".into())
+        })?;
+        let source = peers.agent(&copy.agent_url)?;
+        let export = source
+            .export_volume(midge_types::agent::ExportVolume {
+                volume: copy.volume.clone(),
+                snapshot: copy.snapshot.clone(),
+            })
+            .await?;
+        let key = export
+            .key
+            .map(midge_volume::EncryptionKey::try_from)
+            .transpose()
+            .map_err(|e| AgentError::Invalid(format!("the source's volume key: {e}")))?;
+        let chunks =
+            futures::StreamExt::map(export.stream, |chunk| chunk.map(std::io::Cursor::new));
+        let reader = tokio_util::io::StreamReader::new(chunks);
+        let owned = id.to_string();
+        let size = on_pool(&self.volume_pool, "receiving the volume", move |pool| {
+            let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+            pool.import(&owned, &mut bridge)
+        })
+        .await?;
+        Ok((size, key))
+    }
+}
+
+/// Sends what is written, in chunks, to an async receiver.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.blocking_send(Ok(bytes.to_vec())).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the receiver left")
+        })?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

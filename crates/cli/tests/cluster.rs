@@ -597,7 +597,7 @@ fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
                 &machine,
                 "-a",
                 &app,
-                "sh -c 'echo pinned > /data/f'",
+                "sh -c 'echo pinned > /data/f && sync'",
             ],
         )
         .success();
@@ -609,10 +609,49 @@ fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
     );
     assert_eq!(status, 412, "a volume in ord cannot go to ams: {elsewhere}");
 
-    // A fork lands with its source.
-    let (status, fork) = create(json!({"name": "data", "source_volume_id": vol}));
-    assert_eq!(status, 200, "{fork}");
-    assert_eq!(fork["zone"], first["zone"]);
+    // A fork of another name stays with its source; one of the same name
+    // goes to the host without one, which fetches it (data and key) from
+    // the source's host.
+    let (status, near) = create(json!({"name": "copy", "source_volume_id": vol}));
+    assert_eq!(status, 200, "{near}");
+    assert_eq!(near["zone"], first["zone"]);
+    let other = second["id"].as_str().expect("an id").to_string();
+    let (status, _) = cluster.api(0, Method::DELETE, &format!("{volumes}/{other}"), None);
+    assert_eq!(status, 200);
+    let (status, far) = create(json!({"name": "data", "source_volume_id": vol}));
+    assert_eq!(status, 200, "{far}");
+    assert_eq!(far["zone"], second["zone"], "{far}");
+    assert_eq!(far["encrypted"], true);
+    let far_id = far["id"].as_str().expect("an id").to_string();
+    let reader = cluster.midge(
+        0,
+        &[
+            "machine",
+            "run",
+            SHELL,
+            "-a",
+            &app,
+            "--region",
+            "ord",
+            "-v",
+            &format!("{far_id}:/data"),
+            "--",
+            "sleep",
+            "infinity",
+        ],
+    );
+    let reader = machine_id_in(&reader.success().stdout);
+    wait_started(&cluster, &app, &reader);
+    assert!(
+        !runs_on(&cluster, host, &reader),
+        "the fork is on the other host"
+    );
+    let read = cluster
+        .midge(0, &["machine", "exec", &reader, "-a", &app, "cat /data/f"])
+        .success()
+        .stdout
+        .clone();
+    assert_eq!(read, "pinned\n");
 
     // The host goes away: reads answer from the catalog, changes are refused.
     cluster.kill(&format!("host-{host}"));
@@ -622,7 +661,7 @@ fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
     assert_eq!(last_known["attached_machine_id"], machine.as_str());
     let (status, listed) = cluster.get(0, &volumes);
     assert_eq!(status, 200, "{listed}");
-    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
     let (status, refused) = cluster.api(
         0,
         Method::PUT,

@@ -750,6 +750,14 @@ impl HostAgent for ClusterAgent {
         remote.volume_snapshots(volume).await
     }
 
+    async fn export_volume(
+        &self,
+        call: midge_types::agent::ExportVolume,
+    ) -> Result<midge_agent_api::VolumeExport> {
+        let (remote, _) = self.volume_agent(&call.volume).await?;
+        remote.export_volume(call).await
+    }
+
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {
         let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
         let mut regions: BTreeMap<String, RegionCapacity> = BTreeMap::new();

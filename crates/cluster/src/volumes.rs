@@ -1,7 +1,8 @@
 //! Volumes across a cluster: each lives on one host. A new volume goes to
 //! an answering host of the region (with `require_unique_zone`, one that
-//! holds no live volume of the same name in the app), restores and forks
-//! to the host of what they copy; every later call goes to the volume's
+//! holds no live volume of the same name in the app); a restore or fork is
+//! made on the source's host when that is allowed, else the new host
+//! fetches the copy from the source's agent; every later call goes to the volume's
 //! host, and the host's answer is kept in the catalog so that reads still
 //! answer, with `host_status`, when the host is down.
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use midge_agent_api::{AgentError, ErrorKind, HostAgent, Result};
 use midge_agent_rpc::RemoteAgent;
 use midge_store::{HostRecord, VolumeEntry};
-use midge_types::agent::{CreateVolume, ListVolumes, VolumeKey};
+use midge_types::agent::{CreateVolume, ListVolumes, VolumeCopy, VolumeKey};
 use midge_types::volume::Volume;
 
 use crate::agent::{ClusterAgent, catalog_error};
@@ -83,18 +84,15 @@ impl ClusterAgent {
             .list_volume_entries(&call.owner.app)
             .await
             .map_err(catalog_error)?;
-        let candidates = match self.copy_source(&call, &entries).await? {
-            Some(host) => {
-                if !regions.contains(&host.region) {
-                    return Err(AgentError::Invalid(format!(
-                        "the source is on a host in {}; copying a volume into another region is not available yet",
-                        host.region
-                    )));
-                }
-                vec![host]
-            }
-            None => self.volume_hosts(&call, &hosts, &regions, &entries)?,
-        };
+        let source = self.copy_source(&call, &entries).await?;
+        let mut candidates = self.volume_hosts(&call, &hosts, &regions, &entries)?;
+        // A copy on the source's own host is the cheapest, where allowed.
+        if let Some((source_host, ..)) = &source
+            && let Some(at) = candidates.iter().position(|h| h.id == source_host.id)
+        {
+            let host = candidates.remove(at);
+            candidates.insert(0, host);
+        }
         let name = call.request.name.clone().unwrap_or_default();
         let mut refusals = Vec::new();
         for host in candidates {
@@ -105,6 +103,19 @@ impl ClusterAgent {
                 .map_err(catalog_error)?;
             let mut request = call.request.clone();
             request.region = Some(host.region.clone());
+            let copy_from = match &source {
+                Some((source_host, volume, snapshot)) if source_host.id != host.id => {
+                    // The new host fetches it from the source's host.
+                    request.snapshot_id = None;
+                    request.source_volume_id = None;
+                    Some(VolumeCopy {
+                        agent_url: source_host.agent_url.clone(),
+                        volume: volume.clone(),
+                        snapshot: snapshot.clone(),
+                    })
+                }
+                _ => None,
+            };
             let created = match self.answering(&host) {
                 Ok(remote) => {
                     remote
@@ -112,6 +123,7 @@ impl ClusterAgent {
                             owner: call.owner.clone(),
                             request,
                             id: Some(id.clone()),
+                            copy_from,
                         })
                         .await
                 }
@@ -142,12 +154,12 @@ impl ClusterAgent {
         })
     }
 
-    /// The host of what a restore or fork copies.
+    /// The host, volume and snapshot of what a restore or fork copies.
     async fn copy_source(
         &self,
         call: &CreateVolume,
         entries: &[VolumeEntry],
-    ) -> Result<Option<HostRecord>> {
+    ) -> Result<Option<(HostRecord, VolumeKey, Option<String>)>> {
         let source_host = |host_id: &str| {
             let host_id = host_id.to_string();
             async move {
@@ -163,7 +175,9 @@ impl ClusterAgent {
                 .iter()
                 .find(|e| &e.id == source)
                 .ok_or(AgentError::VolumeNotFound)?;
-            return Ok(Some(source_host(&entry.host_id).await?));
+            let host = source_host(&entry.host_id).await?;
+            self.answering(&host)?;
+            return Ok(Some((host, VolumeKey::new(&entry.app, &entry.id), None)));
         }
         let Some(snapshot) = &call.request.snapshot_id else {
             return Ok(None);
@@ -175,10 +189,10 @@ impl ClusterAgent {
                 continue;
             };
             let key = VolumeKey::new(&entry.app, &entry.id);
-            if let Ok(snapshots) = remote.volume_snapshots(key).await
+            if let Ok(snapshots) = remote.volume_snapshots(key.clone()).await
                 && snapshots.iter().any(|s| &s.id == snapshot)
             {
-                return Ok(Some(host));
+                return Ok(Some((host, key, Some(snapshot.clone()))));
             }
         }
         Err(AgentError::SnapshotNotFound)

@@ -95,6 +95,15 @@ impl midge_agent::ImagePeers for PeerImages {
             &self.secret,
         )?))
     }
+
+    fn agent(&self, agent_url: &str) -> Result<Arc<dyn HostAgent>, midge_agent_api::AgentError> {
+        Ok(Arc::new(midge_agent_rpc::RemoteAgent::new(
+            agent_url,
+            &self.secret,
+            agent_url,
+            "",
+        )?))
+    }
 }
 
 fn host_memory_mb() -> u32 {

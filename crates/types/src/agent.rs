@@ -438,6 +438,26 @@ pub struct CreateVolume {
     /// The id a cluster's catalog gave the volume; without it the host picks one.
     #[serde(default)]
     pub id: Option<String>,
+    /// Copy the volume (or one of its snapshots) from another host's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_from: Option<VolumeCopy>,
+}
+
+/// A volume, or one of its snapshots, on another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCopy {
+    pub agent_url: String,
+    pub volume: VolumeKey,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// Asks a host for a volume's (or a snapshot's) image as a transfer stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportVolume {
+    pub volume: VolumeKey,
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

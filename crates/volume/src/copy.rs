@@ -18,7 +18,7 @@ use crate::error::{IoContext, VolumeError};
 nix::ioctl_write_int!(ficlone, 0x94, 9);
 
 /// The unit of the sparse copy: data ranges are read in chunks this big.
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 /// Zero runs are skipped (left as holes) at this granularity, the block size
 /// of ext4 images and of the pool's filesystem.
 const BLOCK: usize = 4096;
@@ -109,7 +109,7 @@ pub(crate) fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
 
 /// The next data range at or after `offset`: `None` when only a hole is left.
 /// Filesystems without SEEK_DATA report the whole file as data.
-fn next_data(file: &File, offset: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+pub(crate) fn next_data(file: &File, offset: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     let at = i64::try_from(offset).map_err(io::Error::other)?;
     let start = match lseek(file, at, Whence::SeekData) {
         Ok(start) => start,
@@ -127,7 +127,7 @@ fn next_data(file: &File, offset: u64, len: u64) -> io::Result<Option<(u64, u64)
     Ok(Some((start, end.max(start))))
 }
 
-fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -142,7 +142,7 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// Writes the runs of non-zero blocks of `data` (which sits at `offset` in
 /// the file) and leaves the zero blocks unwritten.
-fn write_nonzero(to: &File, data: &[u8], offset: u64) -> io::Result<()> {
+pub(crate) fn write_nonzero(to: &File, data: &[u8], offset: u64) -> io::Result<()> {
     let mut run_start: Option<usize> = None;
     let mut i = 0;
     while i < data.len() {

@@ -23,6 +23,7 @@ mod pool;
 mod snapshot;
 mod temp;
 mod tools;
+mod transfer;
 
 pub use error::VolumeError;
 pub use fscrypt::{DATA_DIR, EncryptionKey};
@@ -30,3 +31,4 @@ pub use loop_device::loop_devices_backed_under;
 pub use mountinfo::mounts_under;
 pub use pool::{FsStats, VolumePool};
 pub use snapshot::SnapshotInfo;
+pub use transfer::export_image;

@@ -157,7 +157,7 @@ impl VolumePool {
     }
 
     /// The image and info of a committed snapshot, else SnapshotNotFound.
-    fn committed_snapshot(
+    pub(crate) fn committed_snapshot(
         &self,
         id: &str,
         snapshot_id: &str,

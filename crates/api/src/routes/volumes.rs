@@ -73,6 +73,7 @@ pub async fn create_volume(
             owner,
             request,
             id: None,
+            copy_from: None,
         })
         .await?;
     Ok(Json(volume))

@@ -1,13 +1,14 @@
 //! `midge bench volumes`: what volumes cost, each figure beside a baseline
 //! measured in the same run on the same filesystem:
 //!
-//! - create of a 1 GB volume through the API, against `truncate` +
-//!   `mkfs.ext4` of the same image by hand;
+//! - create of a 1 GB volume (unencrypted, and encrypted) through the API,
+//!   against `truncate` + `mkfs.ext4` of the same image by hand;
 //! - a snapshot of a volume holding 500 MB through the API, against
 //!   `cp --sparse=always` of its image, each from a cold page cache;
 //! - sequential (1 MiB blocks, fsync at the end) and random 4 KiB writes
-//!   (each synced) by busybox `dd` in a machine on a volume, against the
-//!   same commands on the host in a loop-mounted ext4 image;
+//!   (each synced) by busybox `dd` in a machine on an unencrypted volume,
+//!   against the same commands on the host in a loop-mounted ext4 image,
+//!   and the sequential write on an encrypted volume against that;
 //! - start latency (POST start → started, after a stop) of a machine with a
 //!   volume against the same machine without one.
 
@@ -116,26 +117,37 @@ async fn measure(
         "{} creates of a 1 GB volume, and as many by hand",
         options.creates
     );
-    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    let mut encrypted = Vec::new();
     let mut by_hand = Vec::new();
     let mut volumes = Vec::new();
     for index in 0..options.creates {
-        let begun = Instant::now();
-        let volume = client
-            .create_volume(APP, &volume_request(&format!("v{index}")))
-            .await?;
-        ours.push(begun.elapsed());
-        volumes.push(volume.id);
+        for (encrypt, samples) in [(false, &mut plain), (true, &mut encrypted)] {
+            let begun = Instant::now();
+            let volume = client
+                .create_volume(APP, &volume_request(&format!("v{index}"), encrypt))
+                .await?;
+            samples.push(begun.elapsed());
+            volumes.push(volume.id);
+        }
         let image = bare.join(format!("made-{index}.img"));
         let begun = Instant::now();
         make_ext4(&image, GB)?;
         by_hand.push(begun.elapsed());
         std::fs::remove_file(&image)?;
     }
+    let by_hand = millis(median(&mut by_hand));
     rows.push(Row {
-        what: "create a 1 GB volume (p50)".into(),
-        ours: millis(median(&mut ours)),
-        baseline: millis(median(&mut by_hand)),
+        what: "create a 1 GB volume, unencrypted (p50)".into(),
+        ours: millis(median(&mut plain)),
+        baseline: by_hand,
+        unit: "ms",
+        baseline_name: "truncate + mkfs.ext4",
+    });
+    rows.push(Row {
+        what: "create a 1 GB volume, encrypted (p50)".into(),
+        ours: millis(median(&mut encrypted)),
+        baseline: by_hand,
         unit: "ms",
         baseline_name: "truncate + mkfs.ext4",
     });
@@ -143,13 +155,29 @@ async fn measure(
         client.destroy_volume(APP, id).await?;
     }
 
-    let volume = client.create_volume(APP, &volume_request("data")).await?.id;
+    // The I/O rows compare like with like: an unencrypted volume against a
+    // plain loop mount; the encrypted volume's row against the unencrypted.
+    let volume = client
+        .create_volume(APP, &volume_request("data", false))
+        .await?
+        .id;
     let machine = client
         .create_machine(APP, &machine_request(Some(&volume)))
         .await?
         .id;
     client
         .wait_machine(APP, &machine, "started", None, WAIT)
+        .await?;
+    let sealed = client
+        .create_volume(APP, &volume_request("sealed", true))
+        .await?
+        .id;
+    let on_sealed = client
+        .create_machine(APP, &machine_request(Some(&sealed)))
+        .await?
+        .id;
+    client
+        .wait_machine(APP, &on_sealed, "started", None, WAIT)
         .await?;
 
     eprintln!("sequential and random writes in the machine and on the host");
@@ -192,12 +220,13 @@ async fn measure(
         let machine_seq = timed_exec(client, &machine, &sequential("/data")).await?;
         let host_rand = timed_shell(&random(&mount))?;
         let machine_rand = timed_exec(client, &machine, &random("/data")).await?;
-        anyhow::Ok((host_seq, machine_seq, host_rand, machine_rand))
+        let sealed_seq = timed_exec(client, &on_sealed, &sequential("/data")).await?;
+        anyhow::Ok((host_seq, machine_seq, host_rand, machine_rand, sealed_seq))
     }
     .await;
     let _ = run_tool("umount", &[host_mount.to_str().unwrap_or_default()]);
     let _ = run_tool("losetup", &["-d", &device]);
-    let (host_seq, machine_seq, host_rand, machine_rand) = on_host?;
+    let (host_seq, machine_seq, host_rand, machine_rand, sealed_seq) = on_host?;
     let mb = SEQUENTIAL_MB as f64;
     rows.push(Row {
         what: format!("sequential write, {SEQUENTIAL_MB} MiB + fsync"),
@@ -205,6 +234,13 @@ async fn measure(
         baseline: mb / host_seq.as_secs_f64(),
         unit: "MB/s",
         baseline_name: "same dd on a host loop mount",
+    });
+    rows.push(Row {
+        what: "sequential write, encrypted volume".into(),
+        ours: mb / sealed_seq.as_secs_f64(),
+        baseline: mb / machine_seq.as_secs_f64(),
+        unit: "MB/s",
+        baseline_name: "the same in the machine, unencrypted",
     });
     let writes = RANDOM_WRITES as f64;
     rows.push(Row {
@@ -242,6 +278,8 @@ async fn measure(
             copy.to_str().unwrap_or_default(),
         ],
     )?;
+    // A snapshot is durable when it is answered; so is the copy.
+    run_tool("sync", &[copy.to_str().unwrap_or_default()])?;
     let copied = begun.elapsed();
     std::fs::remove_file(&copy)?;
     rows.push(Row {
@@ -249,7 +287,7 @@ async fn measure(
         ours: millis(snapshot),
         baseline: millis(copied),
         unit: "ms",
-        baseline_name: "cp --sparse=always of the image",
+        baseline_name: "cp --sparse=always + sync of the image",
     });
 
     eprintln!("{} starts with a volume and without", options.starts);
@@ -270,17 +308,19 @@ async fn measure(
         unit: "ms",
         baseline_name: "the same machine without a volume",
     });
-    for id in [&machine, &plain] {
+    for id in [&machine, &plain, &on_sealed] {
         client.destroy_machine(APP, id, true, None).await?;
     }
     client.destroy_volume(APP, &volume).await?;
+    client.destroy_volume(APP, &sealed).await?;
     Ok(rows)
 }
 
-fn volume_request(name: &str) -> CreateVolumeRequest {
+fn volume_request(name: &str, encrypted: bool) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: Some(name.into()),
         size_gb: Some(1),
+        encrypted: Some(encrypted),
         ..Default::default()
     }
 }
