@@ -159,6 +159,20 @@ fn a_volume_keeps_its_data_across_runs_and_machines_and_is_bound_to_one() {
     wait_for(&platform, &app, &first, "started");
     assert_eq!(exec(&platform, &app, &first, "cat /data/note"), "kept\n");
 
+    // A clone gets a new, empty volume of the same name and size.
+    let clone = platform.midge(&["machine", "clone", &first, "-a", &app]);
+    let cloned = e2e_platform::machine_id_in(&clone.success().stdout);
+    wait_for(&platform, &app, &cloned, "started");
+    let cloned_config = platform.machine(&app, &cloned)["config"].clone();
+    let clone_volume = cloned_config["mounts"][0]["volume"]
+        .as_str()
+        .expect("the clone mounts a volume")
+        .to_string();
+    assert_ne!(clone_volume, vol);
+    assert_eq!(volume(&platform, &app, &clone_volume)["name"], "data");
+    assert_eq!(exec(&platform, &app, &cloned, "ls /data"), "");
+    destroy_machine(&platform, &app, &cloned);
+
     // A new machine on the same volume after the first is destroyed.
     destroy_machine(&platform, &app, &first);
     assert_eq!(
@@ -273,6 +287,21 @@ fn snapshots_restore_forks_and_extends_carry_the_data() {
         exec(&platform, &app, &on_restored, "cat /data/when"),
         "before\n"
     );
+
+    // A clone filled from the source volume's last snapshot.
+    let clone = platform.midge(&[
+        "machine",
+        "clone",
+        &machine,
+        "-a",
+        &app,
+        "--from-snapshot",
+        "last",
+    ]);
+    let cloned = e2e_platform::machine_id_in(&clone.success().stdout);
+    wait_for(&platform, &app, &cloned, "started");
+    assert_eq!(exec(&platform, &app, &cloned, "cat /data/when"), "before\n");
+    destroy_machine(&platform, &app, &cloned);
 
     // Fork: the data as it is now, in a volume of its own.
     let forked = platform

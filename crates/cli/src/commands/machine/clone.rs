@@ -1,9 +1,13 @@
 //! `machine clone`: a new machine with a copy of another's config, its image
-//! pinned to the digest the source runs.
+//! pinned to the digest the source runs. As flyctl does, a source that
+//! mounts a volume gets its clone a new volume of the same name and size
+//! (empty, or from a snapshot with `--from-snapshot`), or an existing one
+//! with `--attach-volume`.
 
 use anyhow::Result;
 use clap::Args;
-use midge_types::{CreateMachineRequest, Machine};
+use midge_types::volume::CreateVolumeRequest;
+use midge_types::{CreateMachineRequest, Machine, MachineMount};
 
 use super::flags::GuestFlags;
 use super::run::{create_with_spinner, print_created, wait_until_started};
@@ -26,6 +30,15 @@ pub struct CloneArgs {
     /// Return right after creating the clone, without waiting for it to start
     #[arg(long)]
     pub detach: bool,
+    /// Attach this existing volume instead of a new one: vol_ID[:/path]
+    #[arg(long, value_name = "VOLUME[:/PATH]")]
+    pub attach_volume: Option<String>,
+    /// Fill the new volume from a snapshot of the source's: `last` or a snapshot id
+    #[arg(long, value_name = "last|SNAPSHOT")]
+    pub from_snapshot: Option<String>,
+    /// Put the new volume on a host without a volume of the same name
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub volume_requires_unique_zone: bool,
     #[command(flatten)]
     pub guest: GuestFlags,
 }
@@ -33,23 +46,31 @@ pub struct CloneArgs {
 pub async fn clone(client: &ApiClient, args: CloneArgs) -> Result<()> {
     let app = args.app.resolve_for_machine(client, &args.id).await?;
     let source = client.get_machine(&app, &args.id).await?;
-    let request = clone_request(&source, &args)?;
-    let config = request.config.as_ref();
-    let dropped_mounts = source.config.as_ref().map_or(0, |c| c.mounts.len());
-    if dropped_mounts > 0 {
-        eprintln!(
-            "warning: machine {} has {dropped_mounts} volume mount(s); the clone gets none (attach a volume with `midge machine update`)",
-            source.id
-        );
-    }
+    let mut request = clone_request(&source, &args)?;
     println!(
         "Cloning machine {} into region {}",
         source.id,
         request.region.as_deref().unwrap_or_default()
     );
-    let auto_destroy = config.is_some_and(|c| c.auto_destroy);
+    let region = request.region.clone().unwrap_or_default();
+    let source_mount = source.config.as_ref().and_then(|c| c.mounts.first());
+    let (mount, new_volume) = clone_volume(client, &app, source_mount, &args, &region).await?;
+    let config = request.config.as_mut();
+    if let (Some(config), Some(mount)) = (config, mount) {
+        config.mounts = vec![mount];
+    }
+    let auto_destroy = request.config.as_ref().is_some_and(|c| c.auto_destroy);
     // The source's image is on the host already, pinned by digest.
-    let machine = create_with_spinner(client, &app, &request, "Creating machine").await?;
+    let machine = match create_with_spinner(client, &app, &request, "Creating machine").await {
+        Ok(machine) => machine,
+        Err(error) => {
+            // A volume made for a clone that never came is not left behind.
+            if let Some(volume) = new_volume {
+                let _ = client.destroy_volume(&app, &volume).await;
+            }
+            return Err(error);
+        }
+    };
     print_created(&app, &machine);
     if args.detach {
         return Ok(());
@@ -57,8 +78,71 @@ pub async fn clone(client: &ApiClient, args: CloneArgs) -> Result<()> {
     wait_until_started(client, &app, &machine, auto_destroy).await
 }
 
-/// The create body of a clone: the source's config (volumes left out: a
-/// volume belongs to one machine), image pinned, size flags applied.
+/// The clone's mount, and the id of the volume made for it: the volume given
+/// with `--attach-volume`, else a new one like the source's.
+async fn clone_volume(
+    client: &ApiClient,
+    app: &str,
+    source_mount: Option<&MachineMount>,
+    args: &CloneArgs,
+    region: &str,
+) -> Result<(Option<MachineMount>, Option<String>)> {
+    if let Some(spec) = &args.attach_volume {
+        let (volume, path) = match spec.split_once(':') {
+            Some((volume, path)) => (volume.to_string(), path.to_string()),
+            None => (
+                spec.clone(),
+                source_mount.map(|m| m.path.clone()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--attach-volume needs a path (VOLUME:/path): the source mounts none"
+                    )
+                })?,
+            ),
+        };
+        let mount = MachineMount {
+            volume,
+            path,
+            ..source_mount.cloned().unwrap_or_default()
+        };
+        return Ok((Some(mount), None));
+    }
+    let Some(source_mount) = source_mount else {
+        return Ok((None, None));
+    };
+    let original = client.get_volume(app, &source_mount.volume).await?;
+    let snapshot_id = match args.from_snapshot.as_deref() {
+        None => None,
+        Some("last") => client
+            .list_snapshots(app, &original.id)
+            .await?
+            .first()
+            .map(|s| s.id.clone()),
+        Some(id) => Some(id.to_string()),
+    };
+    let request = CreateVolumeRequest {
+        name: Some(original.name.clone()),
+        region: Some(region.to_string()),
+        size_gb: Some(original.size_gb),
+        encrypted: Some(original.encrypted),
+        require_unique_zone: Some(args.volume_requires_unique_zone),
+        snapshot_id,
+        ..Default::default()
+    };
+    let volume = client.create_volume(app, &request).await?;
+    println!(
+        "Created volume {} ({}, {} GB) for the clone",
+        volume.id, volume.name, volume.size_gb
+    );
+    let mount = MachineMount {
+        volume: volume.id.clone(),
+        ..source_mount.clone()
+    };
+    Ok((Some(mount), Some(volume.id)))
+}
+
+/// The create body of a clone: the source's config (its volume is given by
+/// [`clone_volume`]: a volume belongs to one machine), image pinned, size
+/// flags applied.
 pub fn clone_request(source: &Machine, args: &CloneArgs) -> Result<CreateMachineRequest> {
     if !source.host_status.is_empty() && source.host_status != "ok" {
         anyhow::bail!(
