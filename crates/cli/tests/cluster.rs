@@ -557,6 +557,16 @@ fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
         "{refused}"
     );
     let vol = first["id"].as_str().expect("an id").to_string();
+    // `compute`: room is kept for the machine that will mount it.
+    let (status, roomless) = create(json!({"name": "big", "region": "ord",
+        "compute": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 8192}}));
+    assert_eq!(status, 412, "{roomless}");
+    assert!(
+        roomless["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("compute")),
+        "{roomless}"
+    );
 
     // A machine that mounts it runs on its host.
     let run = cluster.midge(

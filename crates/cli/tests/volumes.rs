@@ -179,7 +179,12 @@ fn a_volume_keeps_its_data_across_runs_and_machines_and_is_bound_to_one() {
         volume(&platform, &app, &vol)["attached_machine_id"],
         Value::Null
     );
-    let second = machine_on(&platform, &app, &vol);
+    // By name, as flyctl takes it: the oldest unattached volume named so.
+    let second = machine_on(&platform, &app, "data");
+    assert_eq!(
+        volume(&platform, &app, &vol)["attached_machine_id"],
+        second.as_str()
+    );
     assert_eq!(exec(&platform, &app, &second, "cat /data/note"), "kept\n");
     destroy_machine(&platform, &app, &second);
     assert_nothing_attached(&platform);

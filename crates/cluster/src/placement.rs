@@ -39,6 +39,12 @@ fn free(host: &HostRecord) -> (u32, u32) {
     )
 }
 
+/// Whether the host has room for `needs` by its last report.
+pub fn has_room(host: &HostRecord, needs: Needs) -> bool {
+    let (cpus, memory) = free(host);
+    cpus >= needs.millicpus && memory >= needs.memory_mb
+}
+
 /// `app_machines`: how many machines of the app each host has.
 pub fn candidates(
     hosts: &[HostRecord],

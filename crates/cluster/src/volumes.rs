@@ -15,6 +15,7 @@ use midge_types::agent::{CreateVolume, ListVolumes, VolumeCopy, VolumeKey};
 use midge_types::volume::Volume;
 
 use crate::agent::{ClusterAgent, catalog_error};
+use crate::placement::{Needs, has_room};
 use crate::regions::resolve;
 use crate::status::HostStatus;
 
@@ -236,6 +237,21 @@ impl ClusterAgent {
             if in_region.is_empty() {
                 why.push(format!("no host up in {region}"));
                 continue;
+            }
+            // `compute`: the machine that will mount it must fit there too.
+            if let Some(guest) = &call.request.compute {
+                let needs = Needs {
+                    millicpus: guest.millicpus(),
+                    memory_mb: guest.memory_mb,
+                };
+                in_region.retain(|h| has_room(h, needs));
+                if in_region.is_empty() {
+                    why.push(format!(
+                        "no host up in {region} has room for a {} MB machine (compute)",
+                        guest.memory_mb
+                    ));
+                    continue;
+                }
             }
             if unique {
                 in_region.retain(|h| !taken.contains(&h.id.as_str()));

@@ -122,7 +122,8 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "stop")]
     pub autostop: Option<String>,
 
-    /// Mount a volume: vol_ID:/path (replaces the mount at that path)
+    /// Mount a volume: vol_ID:/path, or NAME:/path for an unattached volume of
+    /// that name (replaces the mount at that path)
     #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH")]
     pub volume: Vec<String>,
 
@@ -229,6 +230,46 @@ impl ConfigFlags {
 }
 
 /// Splits a command line like a shell; an empty line means "none".
+/// Turns `NAME:/path` volume flags into `vol_ID:/path`: an unattached volume
+/// of that name in `region` (any region when none is given), as flyctl
+/// picks one.
+pub async fn resolve_volume_names(
+    client: &midge_client::ApiClient,
+    app: &str,
+    region: Option<&str>,
+    specs: &mut [String],
+) -> Result<()> {
+    if specs.iter().all(|spec| spec.starts_with("vol_")) {
+        return Ok(());
+    }
+    let volumes = client.list_volumes(app).await?;
+    let mut taken: Vec<String> = Vec::new();
+    for spec in specs.iter_mut() {
+        let Some((name, path)) = spec.split_once(':') else {
+            continue;
+        };
+        if name.starts_with("vol_") {
+            continue;
+        }
+        let free = volumes.iter().find(|v| {
+            v.name == name
+                && !v.state.is_destroyed()
+                && v.attached_machine_id.is_none()
+                && region.is_none_or(|r| r.is_empty() || r == v.region)
+                && !taken.contains(&v.id)
+        });
+        let Some(volume) = free else {
+            bail!(
+                "not enough unattached volumes named {name:?}{}: create one with `midge volumes create {name} -a {app}`",
+                region.map(|r| format!(" in {r}")).unwrap_or_default()
+            );
+        };
+        taken.push(volume.id.clone());
+        *spec = format!("{}:{path}", volume.id);
+    }
+    Ok(())
+}
+
 /// `vol_ID:/path`, as flyctl's `--volume` takes it (options after a
 /// second colon are not supported).
 fn parse_volume(spec: &str) -> Result<midge_types::MachineMount> {

@@ -89,8 +89,17 @@ pub async fn launch(client: &ApiClient, args: &LaunchArgs, create_only: bool) ->
         .clone()
         .filter(|image| !image.is_empty())
         .context("an image is required: midge machine run <image> [command...]")?;
-    let request = build_create_request(args, &image, create_only)?;
     let app = ensure_app(client, &args.app, args.org.as_deref()).await?;
+    let mut args = args.clone();
+    super::flags::resolve_volume_names(
+        client,
+        &app,
+        args.region.as_deref(),
+        &mut args.config.volume,
+    )
+    .await?;
+    let args = &args;
+    let request = build_create_request(args, &image, create_only)?;
     let machine = create_machine(client, &app, &request).await?;
     print_created(&app, &machine);
     if request.skip_launch {

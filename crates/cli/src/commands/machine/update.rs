@@ -43,8 +43,11 @@ pub struct UpdateArgs {
     pub wait_timeout: Duration,
 }
 
-pub async fn update(client: &ApiClient, args: UpdateArgs) -> Result<()> {
+pub async fn update(client: &ApiClient, mut args: UpdateArgs) -> Result<()> {
     let app = args.app.resolve_for_machine(client, &args.id).await?;
+    let region = client.get_machine(&app, &args.id).await?.region;
+    super::flags::resolve_volume_names(client, &app, Some(&region), &mut args.config.volume)
+        .await?;
     let updated = with_lease(client, &app, &args.id, async |lease| {
         let machine = client.get_machine(&app, &args.id).await?;
         if !machine.host_status.is_empty() && machine.host_status != "ok" {
