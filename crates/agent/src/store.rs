@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::record::MachineRecord;
 use crate::volume_record::VolumeRecord;
@@ -56,57 +58,58 @@ impl RecordStore {
     }
 
     pub fn save(&self, record: &MachineRecord) -> Result<(), RecordStoreError> {
-        let json = serde_json::to_string(record).map_err(RecordStoreError::Encode)?;
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO machines (id, app, record) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![record.id, record.app, json])?;
-        Ok(())
+        self.put(Table::Machines, &record.id, &record.app, record)
     }
 
     pub fn delete(&self, id: &str) -> Result<(), RecordStoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute("DELETE FROM machines WHERE id = ?1", params![id])?;
-        Ok(())
+        self.remove(Table::Machines, id)
     }
 
     pub fn load_all(&self) -> Result<Vec<MachineRecord>, RecordStoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut statement = conn.prepare("SELECT id, record FROM machines")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (id, json) = row?;
-            records.push(
-                serde_json::from_str(&json)
-                    .map_err(|source| RecordStoreError::Corrupt { id, source })?,
-            );
-        }
-        Ok(records)
+        self.load(Table::Machines)
     }
 
     pub fn save_volume(&self, record: &VolumeRecord) -> Result<(), RecordStoreError> {
-        let json = serde_json::to_string(record).map_err(RecordStoreError::Encode)?;
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO volumes (id, app, record) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![record.id, record.app, json])?;
-        Ok(())
+        self.put(Table::Volumes, &record.id, &record.app, record)
     }
 
     pub fn delete_volume(&self, id: &str) -> Result<(), RecordStoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
-        Ok(())
+        self.remove(Table::Volumes, id)
     }
 
     pub fn load_volumes(&self) -> Result<Vec<VolumeRecord>, RecordStoreError> {
+        self.load(Table::Volumes)
+    }
+
+    fn put(
+        &self,
+        table: Table,
+        id: &str,
+        app: &str,
+        record: &impl Serialize,
+    ) -> Result<(), RecordStoreError> {
+        let json = serde_json::to_string(record).map_err(RecordStoreError::Encode)?;
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut statement = conn.prepare("SELECT id, record FROM volumes")?;
+        conn.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {} (id, app, record) VALUES (?1, ?2, ?3)",
+            table.name()
+        ))?
+        .execute(params![id, app, json])?;
+        Ok(())
+    }
+
+    fn remove(&self, table: Table, id: &str) -> Result<(), RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            &format!("DELETE FROM {} WHERE id = ?1", table.name()),
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, RecordStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = conn.prepare(&format!("SELECT id, record FROM {}", table.name()))?;
         let rows = statement.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })?;
@@ -119,5 +122,21 @@ impl RecordStore {
             );
         }
         Ok(records)
+    }
+}
+
+/// The store's tables: one JSON record per row.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Machines,
+    Volumes,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Machines => "machines",
+            Table::Volumes => "volumes",
+        }
     }
 }

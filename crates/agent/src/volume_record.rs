@@ -5,15 +5,7 @@ use midge_types::volume::{Volume, VolumeSnapshot, VolumeState};
 use serde::{Deserialize, Serialize};
 
 /// Filesystem figures, as last read from the mounted volume.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeUsage {
-    pub block_size: u64,
-    pub blocks: u64,
-    pub blocks_free: u64,
-    pub blocks_avail: u64,
-    pub bytes_total: u64,
-    pub bytes_used: u64,
-}
+pub type VolumeUsage = midge_volume::FsStats;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRecord {

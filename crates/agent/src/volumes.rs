@@ -13,10 +13,10 @@ use midge_types::volume::{
     DEFAULT_SIZE_GB, DEFAULT_SNAPSHOT_RETENTION, ExtendVolumeResponse, SNAPSHOT_RETENTION_RANGE,
     Volume, VolumeSnapshot, VolumeState,
 };
-use midge_volume::{FsStats, VolumePool};
+use midge_volume::VolumePool;
 
 use crate::agent::{AgentCore, lock};
-use crate::volume_record::{SnapshotRecord, VolumeRecord, VolumeUsage};
+use crate::volume_record::{SnapshotRecord, VolumeRecord};
 
 const GB: u64 = 1 << 30;
 /// Fly's largest volume.
@@ -37,17 +37,6 @@ async fn on_pool<T: Send + 'static>(
         .await
         .map_err(|e| AgentError::host(action, e))?
         .map_err(|e| volume_error(action, e))
-}
-
-fn usage_of(stats: FsStats) -> VolumeUsage {
-    VolumeUsage {
-        block_size: stats.block_size,
-        blocks: stats.blocks,
-        blocks_free: stats.blocks_free,
-        blocks_avail: stats.blocks_avail,
-        bytes_total: stats.bytes_total,
-        bytes_used: stats.bytes_used,
-    }
 }
 
 /// Fly's rule: lowercase letters, digits and underscores, at most 30.
@@ -141,8 +130,8 @@ impl AgentCore {
     /// The volume's filesystem figures, fresh when it is mounted.
     fn refreshed(&self, record: VolumeRecord) -> VolumeRecord {
         match self.volume_pool.stats(&record.id) {
-            Ok(Some(stats)) if Some(usage_of(stats)) != record.usage => self
-                .change_volume(&record.id, |r| r.usage = Some(usage_of(stats)))
+            Ok(Some(stats)) if Some(stats) != record.usage => self
+                .change_volume(&record.id, |r| r.usage = Some(stats))
                 .unwrap_or(record),
             _ => record,
         }

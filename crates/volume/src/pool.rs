@@ -39,7 +39,7 @@ const UMOUNT_BUSY_WAIT: Duration = Duration::from_secs(1);
 const MAX_STACKED: usize = 16;
 
 /// Filesystem usage of a mounted volume (statvfs of its mount point).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsStats {
     pub block_size: u64,
     /// Blocks usable for data (ext4 leaves out its own metadata and journal).
