@@ -137,6 +137,7 @@ pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, AgentE
         env,
         user: None,
         files,
+        volume_paths: config.mounts.iter().map(|m| m.path.clone()).collect(),
         log_max_bytes: LOG_MAX_BYTES,
     })
 }

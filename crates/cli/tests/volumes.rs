@@ -397,3 +397,37 @@ fn a_volume_past_its_threshold_grows_by_itself() {
     destroy_machine(&platform, &app, &id);
     assert_nothing_attached(&platform);
 }
+
+#[test]
+fn a_fresh_volume_belongs_to_the_machine_user() {
+    let platform = Platform::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let tarball = e2e_platform::docker_archive_as(scratch.path(), "local/nobody:1", "65534:65534");
+    let data_dir = platform.data_dir();
+    platform
+        .midge(&[
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .success();
+    let app = platform.create_app(&unique_app("owner"));
+    for encrypted in [true, false] {
+        let created = create_volume(
+            &platform,
+            &app,
+            json!({"name": "data", "size_gb": 1, "encrypted": encrypted}),
+        );
+        let vol = created["id"].as_str().expect("an id").to_string();
+        let id =
+            platform.run_machine(&["local/nobody:1", "-a", &app, "-v", &format!("{vol}:/data")]);
+        wait_for(&platform, &app, &id, "started");
+        assert_eq!(exec(&platform, &app, &id, "id -u"), "65534\n");
+        exec(&platform, &app, &id, "sh -c 'echo mine > /data/f'");
+        assert_eq!(exec(&platform, &app, &id, "cat /data/f"), "mine\n");
+        destroy_machine(&platform, &app, &id);
+    }
+    assert_nothing_attached(&platform);
+}

@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine;
@@ -126,6 +126,24 @@ pub fn write_guest_files(files: &[FileSpec], root: &Path) -> Result<(), String> 
         .try_for_each(|file| write_guest_file(file, root))
 }
 
+/// Gives each volume's mount point to `uid:gid` while root still owns it
+/// (a fresh volume), so a machine that runs as another user can write to
+/// it; a volume someone already owns is left as it is.
+pub fn own_volumes(paths: &[String], uid: u32, gid: u32, root: &Path) -> Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    for path in paths {
+        let target = root.join(path.trim_start_matches('/'));
+        let meta = fs::metadata(&target).map_err(|error| format!("volume at {path}: {error}"))?;
+        if meta.uid() == 0 && meta.gid() == 0 {
+            std::os::unix::fs::chown(&target, Some(uid), Some(gid))
+                .map_err(|error| format!("giving the volume at {path} to {uid}:{gid}: {error}"))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +257,21 @@ mod tests {
                 .unwrap_err()
                 .contains("base64")
         );
+    }
+
+    #[test]
+    fn a_fresh_volume_goes_to_the_machine_user_and_an_owned_one_stays() {
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["fresh", "owned"] {
+            fs::create_dir(root.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::chown(root.path().join("owned"), Some(7), Some(7)).unwrap();
+        let paths = vec!["/fresh".to_string(), "/owned".to_string()];
+        own_volumes(&paths, 1000, 1001, root.path()).unwrap();
+        let fresh = fs::metadata(root.path().join("fresh")).unwrap();
+        assert_eq!((fresh.uid(), fresh.gid()), (1000, 1001));
+        let owned = fs::metadata(root.path().join("owned")).unwrap();
+        assert_eq!((owned.uid(), owned.gid()), (7, 7));
+        assert!(own_volumes(&["/missing".to_string()], 1000, 1000, root.path()).is_err());
     }
 }

@@ -41,6 +41,9 @@ pub struct RunSpec {
     /// Overrides the image user.
     pub user: Option<String>,
     pub files: Vec<FileSpec>,
+    /// Where volumes are mounted: a fresh (root-owned) one is given to the
+    /// machine's user.
+    pub volume_paths: Vec<String>,
     /// The log file is rotated once it grows past this many bytes.
     pub log_max_bytes: u64,
 }

@@ -422,6 +422,12 @@ impl PipeReader {
 /// `reference` whose command logs `imported-ok`.
 #[allow(dead_code, reason = "used by the image and cluster tests")]
 pub fn docker_archive(dir: &std::path::Path, reference: &str) -> PathBuf {
+    docker_archive_as(dir, reference, "")
+}
+
+/// The same, with the image's `User` (empty: root).
+#[allow(dead_code, reason = "used by the image, volume and cluster tests")]
+pub fn docker_archive_as(dir: &std::path::Path, reference: &str, user: &str) -> PathBuf {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     midge_testkit::busybox_rootfs(&rootfs).unwrap();
@@ -435,7 +441,8 @@ pub fn docker_archive(dir: &std::path::Path, reference: &str) -> PathBuf {
     std::fs::write(archive.join("layer.tar"), &layer).unwrap();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["sh", "-c", "echo imported-ok; sleep 600"], "Env": ["PATH=/bin:/usr/bin"]},
+        "config": {"Cmd": ["sh", "-c", "echo imported-ok; sleep 600"], "Env": ["PATH=/bin:/usr/bin"],
+                   "User": user},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     std::fs::write(archive.join("config.json"), config.to_string()).unwrap();

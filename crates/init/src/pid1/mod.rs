@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use midge_init::files::write_guest_files;
+use midge_init::files::{own_volumes, write_guest_files};
 use midge_init::process::{EXIT_NOT_FOUND, LaunchError, plan_main};
 use midge_init::spec::{LOG_DIR, RUN_SPEC_FILE, SOCKET_FILE};
 use midge_init::timestamp::now_rfc3339;
@@ -129,6 +129,8 @@ fn set_up(
     let root = Path::new("/");
     let plan = plan_main(&spec, root)?;
     write_guest_files(&spec.files, root).map_err(LaunchError::not_found)?;
+    own_volumes(&spec.volume_paths, plan.user.uid, plan.user.gid, root)
+        .map_err(LaunchError::not_found)?;
     std::fs::create_dir_all(&plan.workdir).map_err(|error| {
         LaunchError::not_found(format!(
             "creating the working directory {}: {error}",
