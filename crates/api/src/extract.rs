@@ -180,6 +180,22 @@ impl<S: Send + Sync> FromRequestParts<S> for AppPath {
     }
 }
 
+/// `/v1/orgs/{org_slug}/…`.
+pub struct OrgPath {
+    pub org: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for OrgPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(OrgPath {
+            org: params.take("org_slug")?,
+        })
+    }
+}
+
 /// `/v1/apps/{app_name}/volumes/{volume_id}`.
 pub struct VolumePath {
     pub app: String,

@@ -111,6 +111,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(volumes::extend_volume))
         .routes(routes!(volumes::list_snapshots, volumes::create_snapshot))
+        .routes(routes!(volumes::list_org_volumes))
 }
 
 /// The OpenAPI document of every route the server has.

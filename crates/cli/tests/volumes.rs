@@ -345,6 +345,17 @@ fn snapshots_restore_forks_and_extends_carry_the_data() {
         listed.contains(&vol) && listed.contains("3GB") && listed.contains("restored"),
         "{listed}"
     );
+    let (status, org) = platform.api_get("/v1/orgs/personal/volumes");
+    assert_eq!(status, 200, "{org}");
+    let mine = org["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["id"] == vol.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(mine["app_name"], app.as_str(), "{org}");
+    assert_eq!(mine["size_gb"], 3);
     assert_nothing_attached(&platform);
 }
 

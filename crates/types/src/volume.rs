@@ -71,6 +71,20 @@ fn local_type() -> String {
     "local".into()
 }
 
+/// `GET /v1/orgs/{org}/volumes`: every volume of the org's apps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgVolumesResponse {
+    pub volumes: Vec<OrgVolume>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgVolume {
+    #[serde(flatten)]
+    pub volume: Volume,
+    pub app_name: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateVolumeRequest {
     #[serde(default)]

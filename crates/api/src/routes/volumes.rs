@@ -5,14 +5,14 @@ use axum::Json;
 use axum::extract::State;
 use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, Owner, UpdateVolume, VolumeKey};
 use midge_types::volume::{
-    CreateVolumeRequest, ExtendVolumeRequest, ExtendVolumeResponse, UpdateVolumeRequest, Volume,
-    VolumeSnapshot,
+    CreateVolumeRequest, ExtendVolumeRequest, ExtendVolumeResponse, OrgVolume, OrgVolumesResponse,
+    UpdateVolumeRequest, Volume, VolumeSnapshot,
 };
 
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::extract::{AppPath, JsonBody, OptionalJson, VolumePath};
+use crate::extract::{AppPath, JsonBody, OptionalJson, OrgPath, Params, VolumePath};
 use crate::schema::ErrorResponse;
 
 #[utoipa::path(
@@ -192,4 +192,53 @@ pub async fn create_snapshot(
     let key = volume_key(&state, &caller, &path).await?;
     state.agent.snapshot_volume(key).await?;
     Ok(())
+}
+
+#[utoipa::path(
+    get, path = "/v1/orgs/{org_slug}/volumes", tag = "Volumes",
+    params(
+        ("org_slug" = String, Path),
+        ("include_deleted" = Option<bool>, Query, description = "Also destroyed volumes"),
+        ("region" = Option<String>, Query),
+        ("state" = Option<String>, Query),
+    ),
+    responses((status = 200, body = Object, description = "`{volumes, next_cursor}`: every volume of the org's apps, each with `app_name`"), (status = 404, body = ErrorResponse))
+)]
+pub async fn list_org_volumes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: OrgPath,
+    params: Params,
+) -> Result<Json<OrgVolumesResponse>> {
+    let org = caller.org(&*state.catalog, Some(&path.org)).await?;
+    let include_deleted = params.flag("include_deleted")?;
+    let region = params
+        .get("region")
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    let wanted_state = params.get("state").map(str::trim).filter(|s| !s.is_empty());
+    let mut volumes = Vec::new();
+    for app in state.catalog.list_apps(Some(&org.slug)).await? {
+        let listed = state
+            .agent
+            .list_volumes(ListVolumes {
+                app: app.name.clone(),
+            })
+            .await?;
+        volumes.extend(
+            listed
+                .into_iter()
+                .filter(|v| include_deleted || !v.state.is_destroyed())
+                .filter(|v| region.is_none_or(|r| v.region == r))
+                .filter(|v| wanted_state.is_none_or(|s| v.state.as_str() == s))
+                .map(|volume| OrgVolume {
+                    volume,
+                    app_name: app.name.clone(),
+                }),
+        );
+    }
+    Ok(Json(OrgVolumesResponse {
+        volumes,
+        next_cursor: None,
+    }))
 }
