@@ -12,6 +12,7 @@ mod config;
 mod digest;
 mod error;
 mod inflight;
+mod layer_fetch;
 mod layers;
 mod manifest;
 mod model;

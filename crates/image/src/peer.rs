@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use oci_client::manifest::OciImageManifest;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::store::LayerRecord;
-use crate::{Image, ImageConfig, ImageError, ImageStore, PullProgress, digest, reference};
+use crate::{
+    Image, ImageConfig, ImageError, ImageStore, PullProgress, digest, layer_fetch, reference,
+};
 
 /// The bytes of one blob, in chunks as they arrive.
 pub type BlobStream = BoxStream<'static, std::io::Result<Vec<u8>>>;
@@ -138,72 +138,15 @@ impl Fetch<'_> {
 
     /// A layer in the store and unpacked, copied unless it is there already.
     async fn layer(&self, digest: &str, size: u64) -> Result<LayerRecord, ImageError> {
-        let inner = &self.store.inner;
-        let _copying = inner.downloads.lock(digest).await;
-        let cached = inner.layers.contains(digest) || inner.blobs.contains(digest);
-        if cached {
-            (self.progress)(PullProgress::LayerCached {
-                digest: digest.to_string(),
-            });
-        } else {
-            self.copy(digest, size).await?;
-        }
-        let store = self.store.clone();
-        let owned = digest.to_string();
-        let record = tokio::task::spawn_blocking(move || store.unpack_stored_layer(&owned))
-            .await
-            .map_err(|err| ImageError::BadLayer {
-                layer: digest.to_string(),
-                detail: format!("unpack task failed: {err}"),
-            })??;
-        if !cached {
-            (self.progress)(PullProgress::LayerDone {
-                digest: digest.to_string(),
-            });
-        }
-        Ok(record)
-    }
-
-    async fn copy(&self, digest: &str, size: u64) -> Result<(), ImageError> {
-        (self.progress)(PullProgress::LayerStarted {
-            digest: digest.to_string(),
+        layer_fetch::ensure_layer(
+            self.store,
+            digest,
             size,
-        });
-        let blobs = &self.store.inner.blobs;
-        let pending = blobs.pending(digest::sha256_hex(digest)?);
-        let mut file = tokio::fs::File::create(pending.path())
-            .await
-            .map_err(ImageError::io("create blob", pending.path()))?;
-        let mut stream = self.open(digest).await?;
-        let mut hasher = Sha256::new();
-        let mut copied: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|err| self.broken(digest, err))?;
-            copied += chunk.len() as u64;
-            if copied > size {
-                return Err(ImageError::BadLayer {
-                    layer: digest.to_string(),
-                    detail: format!("{} sent more than its {size} bytes", self.source.name()),
-                });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(ImageError::io("write blob", pending.path()))?;
-            (self.progress)(PullProgress::LayerBytes {
-                digest: digest.to_string(),
-                downloaded: copied,
-                size,
-            });
-        }
-        file.sync_all()
-            .await
-            .map_err(ImageError::io("write blob", pending.path()))?;
-        drop(file);
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        digest::verify(&format!("layer {digest}"), digest, &actual)?;
-        blobs.commit(pending, digest)?;
-        Ok(())
+            &self.source.name(),
+            self.progress,
+            || self.open(digest),
+        )
+        .await
     }
 }
 

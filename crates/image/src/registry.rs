@@ -3,23 +3,17 @@
 use std::sync::Once;
 use std::time::Duration;
 
-use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol, linux_amd64_resolver};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::store::LayerRecord;
 use crate::{
     ImageConfig, ImageError, ImageStore, PullOptions, PullProgress, RegistrySecret, digest,
-    reference,
+    layer_fetch, reference,
 };
-
-/// Progress callbacks for a layer are sent at most this often (plus at the end).
-const PROGRESS_STEP_BYTES: u64 = 1 << 20;
 
 /// Installs the process-wide TLS crypto provider the registry client needs (idempotent).
 pub fn install_tls_provider() {
@@ -168,88 +162,23 @@ impl PullContext<'_> {
         map_error(err, &self.shown, self.reference.registry())
     }
 
-    /// Makes one layer available, downloading it unless its blob or unpacked dir exists.
-    /// A per-digest lock makes concurrent pulls of the same layer wait for one download.
+    /// Makes one layer available (see [`layer_fetch::ensure_layer`]).
     async fn ensure_layer(&self, layer: &OciDescriptor) -> Result<LayerRecord, ImageError> {
-        let inner = &self.store.inner;
-        let _downloading = inner.downloads.lock(&layer.digest).await;
-        let cached = inner.layers.contains(&layer.digest) || inner.blobs.contains(&layer.digest);
-        if cached {
-            (self.progress)(PullProgress::LayerCached {
-                digest: layer.digest.clone(),
-            });
-        } else {
-            self.download(layer).await?;
-        }
-        let store = self.store.clone();
-        let digest = layer.digest.clone();
-        let record = tokio::task::spawn_blocking(move || store.unpack_stored_layer(&digest))
-            .await
-            .map_err(|err| ImageError::BadLayer {
-                layer: layer.digest.clone(),
-                detail: format!("unpack task failed: {err}"),
-            })??;
-        if !cached {
-            (self.progress)(PullProgress::LayerDone {
-                digest: layer.digest.clone(),
-            });
-        }
-        Ok(record)
-    }
-
-    async fn download(&self, layer: &OciDescriptor) -> Result<(), ImageError> {
         let size = u64::try_from(layer.size).unwrap_or(0);
-        let digest = layer.digest.as_str();
-        (self.progress)(PullProgress::LayerStarted {
-            digest: digest.to_string(),
+        layer_fetch::ensure_layer(
+            self.store,
+            &layer.digest,
             size,
-        });
-        let blobs = &self.store.inner.blobs;
-        let pending = blobs.pending(digest::sha256_hex(digest)?);
-        let mut file = tokio::fs::File::create(pending.path())
-            .await
-            .map_err(ImageError::io("create blob", pending.path()))?;
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.reference, layer)
-            .await
-            .map_err(|err| self.error(err))?;
-        let mut hasher = Sha256::new();
-        let mut downloaded: u64 = 0;
-        let mut reported: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|err| ImageError::Unreachable {
-                registry: self.reference.registry().to_string(),
-                detail: format!("downloading layer {digest}: {err}"),
-            })?;
-            downloaded += chunk.len() as u64;
-            if downloaded > size {
-                return Err(ImageError::BadLayer {
-                    layer: digest.to_string(),
-                    detail: format!("registry sent more than the declared {size} bytes"),
-                });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(ImageError::io("write blob", pending.path()))?;
-            if downloaded - reported >= PROGRESS_STEP_BYTES || downloaded == size {
-                reported = downloaded;
-                (self.progress)(PullProgress::LayerBytes {
-                    digest: digest.to_string(),
-                    downloaded,
-                    size,
-                });
-            }
-        }
-        file.sync_all()
-            .await
-            .map_err(ImageError::io("write blob", pending.path()))?;
-        drop(file);
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        digest::verify(&format!("layer {digest}"), digest, &actual)?;
-        blobs.commit(pending, digest)?;
-        Ok(())
+            self.reference.registry(),
+            self.progress,
+            || async {
+                self.client
+                    .pull_blob_stream(&self.reference, layer)
+                    .await
+                    .map_err(|err| self.error(err))
+            },
+        )
+        .await
     }
 }
 
