@@ -128,13 +128,23 @@ impl AgentCore {
     }
 
     /// The volume's filesystem figures, fresh when it is mounted.
-    fn refreshed(&self, record: VolumeRecord) -> VolumeRecord {
-        match self.volume_pool.stats(&record.id) {
-            Ok(Some(stats)) if Some(stats) != record.usage => self
+    /// Reads do not write: fresh figures are kept in memory and reach the
+    /// store with the volume's next change, except the first ones (they
+    /// make a volume's filesystem known even while unmounted).
+    fn refreshed(&self, mut record: VolumeRecord) -> VolumeRecord {
+        let Ok(Some(stats)) = self.volume_pool.stats(&record.id) else {
+            return record;
+        };
+        if record.usage.is_none() {
+            return self
                 .change_volume(&record.id, |r| r.usage = Some(stats))
-                .unwrap_or(record),
-            _ => record,
+                .unwrap_or(record);
         }
+        if let Some(kept) = lock(&self.volumes).get_mut(&record.id) {
+            kept.usage = Some(stats);
+        }
+        record.usage = Some(stats);
+        record
     }
 
     pub(crate) fn zone(&self) -> String {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use midge_agent_api::HostAgent;
 use midge_store::{AppRecord, Catalog, validate_app_name};
-use midge_types::agent::{FindMachine, MachineKey};
+use midge_types::agent::{FindMachine, MachineKey, Owner};
 
 use crate::auth::Caller;
 use crate::error::Error;
@@ -57,6 +57,15 @@ impl ApiState {
             .ok_or_else(|| Error::not_found(format!("Could not find App {name:?}")))?;
         caller.check_app(&app)?;
         Ok(app)
+    }
+
+    /// Who a new machine or volume of `app` belongs to, as the agent takes it.
+    pub(crate) fn owner(app: &AppRecord) -> Owner {
+        Owner {
+            app: app.name.clone(),
+            org_slug: app.org_slug.clone(),
+            org_network: app.network_number,
+        }
     }
 
     /// The app and machine id a machine path names (the machine by id or name).

@@ -5,8 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use midge_types::agent::{
-    CreateMachine, DestroyMachine, GetMachine, ListEvents, ListMachines, MachineKey, Owner,
-    UpdateMachine,
+    CreateMachine, DestroyMachine, GetMachine, ListEvents, ListMachines, MachineKey, UpdateMachine,
 };
 use midge_types::{CreateMachineRequest, Machine, MachineEvent, MachineState, MachineVersion};
 
@@ -154,11 +153,7 @@ pub async fn create_machine(
     {
         request.region = Some(state.agent.region().to_string());
     }
-    let owner = Owner {
-        app: app.name.clone(),
-        org_slug: app.org_slug.clone(),
-        org_network: app.network_number,
-    };
+    let owner = ApiState::owner(&app);
     let machine = state
         .agent
         .create_machine(CreateMachine {

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, Owner, UpdateVolume, VolumeKey};
+use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
 use midge_types::volume::{
     CreateVolumeRequest, ExtendVolumeRequest, ExtendVolumeResponse, OrgVolume, OrgVolumesResponse,
     UpdateVolumeRequest, Volume, VolumeSnapshot,
@@ -62,11 +62,7 @@ pub async fn create_volume(
     {
         request.region = Some(state.agent.region().to_string());
     }
-    let owner = Owner {
-        app: app.name.clone(),
-        org_slug: app.org_slug.clone(),
-        org_network: app.network_number,
-    };
+    let owner = ApiState::owner(&app);
     let volume = state
         .agent
         .create_volume(CreateVolume {

@@ -157,28 +157,8 @@ async fn measure(
 
     // The I/O rows compare like with like: an unencrypted volume against a
     // plain loop mount; the encrypted volume's row against the unencrypted.
-    let volume = client
-        .create_volume(APP, &volume_request("data", false))
-        .await?
-        .id;
-    let machine = client
-        .create_machine(APP, &machine_request(Some(&volume)))
-        .await?
-        .id;
-    client
-        .wait_machine(APP, &machine, "started", None, WAIT)
-        .await?;
-    let sealed = client
-        .create_volume(APP, &volume_request("sealed", true))
-        .await?
-        .id;
-    let on_sealed = client
-        .create_machine(APP, &machine_request(Some(&sealed)))
-        .await?
-        .id;
-    client
-        .wait_machine(APP, &on_sealed, "started", None, WAIT)
-        .await?;
+    let (volume, machine) = started_on_volume(client, "data", false).await?;
+    let (sealed, on_sealed) = started_on_volume(client, "sealed", true).await?;
 
     eprintln!("sequential and random writes in the machine and on the host");
     let host_mount = bare.join("mnt");
@@ -316,6 +296,26 @@ async fn measure(
     Ok(rows)
 }
 
+/// A new volume and a started machine that mounts it.
+async fn started_on_volume(
+    client: &ApiClient,
+    name: &str,
+    encrypted: bool,
+) -> anyhow::Result<(String, String)> {
+    let volume = client
+        .create_volume(APP, &volume_request(name, encrypted))
+        .await?
+        .id;
+    let machine = client
+        .create_machine(APP, &machine_request(Some(&volume)))
+        .await?
+        .id;
+    client
+        .wait_machine(APP, &machine, "started", None, WAIT)
+        .await?;
+    Ok((volume, machine))
+}
+
 fn volume_request(name: &str, encrypted: bool) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: Some(name.into()),
@@ -391,18 +391,7 @@ fn tool_output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    tool_output(program, args).map(drop)
 }
 
 fn timed_shell(script: &str) -> anyhow::Result<Duration> {

@@ -45,9 +45,11 @@ pub struct UpdateArgs {
 
 pub async fn update(client: &ApiClient, mut args: UpdateArgs) -> Result<()> {
     let app = args.app.resolve_for_machine(client, &args.id).await?;
-    let region = client.get_machine(&app, &args.id).await?.region;
-    super::flags::resolve_volume_names(client, &app, Some(&region), &mut args.config.volume)
-        .await?;
+    if args.config.volume.iter().any(|v| !v.starts_with("vol_")) {
+        let region = client.get_machine(&app, &args.id).await?.region;
+        super::flags::resolve_volume_names(client, &app, Some(&region), &mut args.config.volume)
+            .await?;
+    }
     let updated = with_lease(client, &app, &args.id, async |lease| {
         let machine = client.get_machine(&app, &args.id).await?;
         if !machine.host_status.is_empty() && machine.host_status != "ok" {
