@@ -463,16 +463,7 @@ impl SqliteCatalog {
         let tx = conn
             .transaction()
             .map_err(StoreError::sqlite("starting placement"))?;
-        let host_known: bool = tx
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM hosts WHERE id = ?1)",
-                [host_id],
-                |row| row.get(0),
-            )
-            .map_err(StoreError::sqlite("looking up host"))?;
-        if !host_known {
-            return Err(StoreError::HostNotFound(host_id.to_string()));
-        }
+        require_host(&tx, host_id)?;
         let epoch: i64 = tx
             .query_row(
                 "INSERT INTO machines (id, app, name, host_id, epoch, generation, machine,
@@ -694,16 +685,7 @@ impl SqliteCatalog {
         host_id: &str,
     ) -> Result<(), StoreError> {
         let conn = self.lock();
-        let host_known: bool = conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM hosts WHERE id = ?1)",
-                [host_id],
-                |row| row.get(0),
-            )
-            .map_err(StoreError::sqlite("looking up host"))?;
-        if !host_known {
-            return Err(StoreError::HostNotFound(host_id.to_string()));
-        }
+        require_host(&conn, host_id)?;
         conn.execute(
             "INSERT INTO volumes (id, app, name, host_id, volume, created_seq, updated_at)
              VALUES (?1, ?2, ?3, ?4, NULL,
@@ -765,6 +747,22 @@ impl SqliteCatalog {
             entries.push(entry);
         }
         Ok(entries)
+    }
+}
+
+/// `HostNotFound` unless a host `host_id` is registered.
+fn require_host(conn: &Connection, host_id: &str) -> Result<(), StoreError> {
+    let known: bool = conn
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM hosts WHERE id = ?1)",
+            [host_id],
+            |row| row.get(0),
+        )
+        .map_err(StoreError::sqlite("looking up host"))?;
+    if known {
+        Ok(())
+    } else {
+        Err(StoreError::HostNotFound(host_id.to_string()))
     }
 }
 
