@@ -21,6 +21,7 @@ mod next_run;
 mod queries;
 mod record;
 mod recovery;
+mod routing;
 mod store;
 mod transitions;
 mod update;

@@ -19,6 +19,7 @@ pub mod host_cleanup;
 pub mod image_import;
 pub mod postgres;
 pub mod process;
+pub mod proxy_role;
 pub mod shell_image;
 pub mod up;
 

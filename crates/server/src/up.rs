@@ -47,6 +47,8 @@ pub struct UpArgs {
     /// retention, auto-extend, purges).
     #[arg(long, env = "MIDGE_VOLUME_CHECK_SECS", default_value_t = 60)]
     pub volume_check_secs: u64,
+    #[command(flatten)]
+    pub proxy: crate::proxy_role::ProxyArgs,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -72,6 +74,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (is another midge running?)", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
+    let (_proxy, proxy_addr) = crate::proxy_role::start(&args.proxy, &args.region, &agent).await?;
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()
@@ -96,6 +99,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("midge is up in region {}", args.region);
     println!("API:   {url}");
+    println!("proxy: http://{proxy_addr}");
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 

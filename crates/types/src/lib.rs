@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod ids;
 pub mod machine;
+pub mod routing;
 mod nullable;
 pub mod signal;
 pub mod volume;

@@ -1,0 +1,322 @@
+//! The shared HTTP listener: HTTP/1.1 and h2 from clients, the app named by
+//! the host (`<app>.<domain>`), HTTP/1.1 over a pooled connection to the
+//! machine, Fly's headers both ways, protocol upgrades (WebSockets) passed
+//! through, and a request that was never sent retried on another machine.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::Shared;
+use crate::dispatch::{DispatchError, Lease};
+use crate::headers::{self, Forwarded};
+use crate::load::LoadGuard;
+use crate::upstream::SendError;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Longest a request keeps trying to reach a machine that refuses connections.
+const CONNECT_RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// Accepts connections until the listener fails or the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("proxy accept: {err}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, peer, local_port, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().preserve_header_case(true);
+            if let Err(err) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "proxy connection: {err}");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, request_id: &str, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("midge proxy: {message}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert("fly-request-id", id);
+    }
+    response
+}
+
+/// The host a request names, without its port, lower-cased.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The app a host name names: `<app>.<domain>`.
+pub fn app_of_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let app = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!app.is_empty() && !app.contains('.')).then_some(app)
+}
+
+async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    local_port: u16,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let region = &shared.config.region;
+    let request_id = headers::request_id(region);
+    let Some(host) = host_of(&req) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &request_id,
+            "the request names no host",
+        );
+    };
+    let Some(app) = app_of_host(&host, &shared.config.domain).map(str::to_string) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &request_id,
+            &format!(
+                "{host} names no app; use <app>.{domain}",
+                domain = shared.config.domain
+            ),
+        );
+    };
+    let key = {
+        let table = shared.dispatcher.table.borrow();
+        match table.app(&app).and_then(|routes| routes.http_service()) {
+            Some(service) => service.key.clone(),
+            None => {
+                let why = if table.app(&app).is_some() {
+                    format!("app {app} has no service with an http handler")
+                } else {
+                    format!("no app {app} is served here")
+                };
+                return text(StatusCode::NOT_FOUND, &request_id, &why);
+            }
+        }
+    };
+
+    let upgrade = headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    prepare_upstream_request(&mut req, peer, local_port, region, upgrade);
+
+    let deadline = Instant::now() + shared.config.hold_timeout;
+    let mut exclude: Vec<String> = Vec::new();
+    let mut pause = Duration::from_millis(1);
+    let mut last_error = String::new();
+    loop {
+        let lease = match shared.dispatcher.acquire(&app, &key, &exclude).await {
+            Ok(lease) => lease,
+            // Every machine refused the connection: they may be coming up.
+            Err(DispatchError::NoMachines(_))
+                if !exclude.is_empty() && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CONNECT_RETRY_PAUSE_MAX);
+                exclude.clear();
+                continue;
+            }
+            Err(DispatchError::NoMachines(_)) if !exclude.is_empty() => {
+                return text(StatusCode::BAD_GATEWAY, &request_id, &last_error);
+            }
+            Err(err) => return dispatch_error(&request_id, &err),
+        };
+        let pool = shared.upstreams.pool(&lease.machine, lease.addr);
+        match pool.send(req).await {
+            Ok(response) => {
+                return respond(response, lease, client_upgrade, &request_id);
+            }
+            Err(SendError::NotSent(unsent, why)) => {
+                tracing::debug!(machine = %lease.machine, "not sent: {why}");
+                req = *unsent;
+                exclude.push(lease.machine.clone());
+                last_error = format!("machine {} did not take the request: {why}", lease.machine);
+            }
+            Err(SendError::Failed(why)) => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    &request_id,
+                    &format!("machine {} failed the request: {why}", lease.machine),
+                );
+            }
+        }
+    }
+}
+
+fn dispatch_error(request_id: &str, err: &DispatchError) -> Response<ProxyBody> {
+    let status = match err {
+        DispatchError::UnknownApp(_) | DispatchError::NoService(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    text(status, request_id, &err.to_string())
+}
+
+/// HTTP/1.1 in origin form with a Host header, hop-by-hop headers removed
+/// and Fly's forwarding headers added.
+fn prepare_upstream_request(
+    req: &mut Request<Incoming>,
+    peer: SocketAddr,
+    local_port: u16,
+    region: &str,
+    upgrade: bool,
+) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(uri) = path.parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    headers::strip_hop_by_hop(headers, upgrade);
+    headers::add_forwarding(
+        headers,
+        &Forwarded {
+            client_ip: peer.ip(),
+            proto: "http",
+            port: local_port,
+            region,
+        },
+    );
+}
+
+fn respond(
+    mut response: Response<Incoming>,
+    lease: Lease,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers::strip_hop_by_hop(headers, switching);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert("fly-request-id", id);
+    }
+    headers.append(header::VIA, HeaderValue::from_static("1.1 midge"));
+    if let Some(waited) = lease.cold_start
+        && let Ok(ms) = HeaderValue::from_str(&format!("{:.1}", waited.as_secs_f64() * 1000.0))
+    {
+        headers.insert("midge-cold-start-ms", ms);
+    }
+    if switching && let Some(client_upgrade) = client_upgrade {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let guard = lease.guard;
+        tokio::spawn(async move {
+            let _guard = guard;
+            match futures::future::try_join(client_upgrade, upstream_upgrade).await {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(err) => tracing::debug!("upgrade failed: {err}"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        GuardedBody {
+            inner: body,
+            _guard: lease.guard,
+        }
+        .boxed(),
+    )
+}
+
+/// A response body that holds its machine's load until it ends.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: LoadGuard,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_are_named_by_their_host() {
+        assert_eq!(app_of_host("my-app.localhost", "localhost"), Some("my-app"));
+        assert_eq!(app_of_host("localhost", "localhost"), None);
+        assert_eq!(app_of_host("a.b.localhost", "localhost"), None);
+        assert_eq!(app_of_host("my-app.example.com", "localhost"), None);
+        assert_eq!(app_of_host("xlocalhost", "localhost"), None);
+    }
+}

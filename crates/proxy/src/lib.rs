@@ -1,0 +1,173 @@
+//! The proxy: routes requests to an app's machines. It keeps a routing
+//! table of every app's services and machines (replaced whenever a machine
+//! changes), balances each request over the machines in rotation by load,
+//! starts a stopped machine when none has room and holds the request until
+//! it answers, and stops idle machines beyond what the load needs. Machines
+//! are started and stopped only through [`HostAgent`], as any caller would.
+
+mod autostop;
+mod balance;
+mod dispatch;
+mod headers;
+mod http;
+mod load;
+mod routes;
+mod starts;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use midge_agent_api::HostAgent;
+use midge_types::routing::RoutedMachine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use dispatch::DispatchError;
+pub use routes::{Autostop, RoutingTable};
+
+use dispatch::Dispatcher;
+use load::Loads;
+use starts::Starts;
+use upstream::Upstreams;
+
+/// How the proxy behaves.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Apps are reached as `<app>.<domain>` on the shared HTTP listener.
+    pub domain: String,
+    /// The region this proxy serves from (machines here are nearest).
+    pub region: String,
+    /// Requests one app may have waiting for room before the next gets 503.
+    pub queue_limit: usize,
+    /// Longest a request waits for a machine with room (or to start).
+    pub hold_timeout: Duration,
+    /// Longest a start for traffic may take until the machine accepts.
+    pub start_timeout: Duration,
+    /// How often autostop looks at the load; a machine must also have
+    /// been idle this long to be stopped.
+    pub autostop_every: Duration,
+    /// Longest a machine chosen for autostop drains before it is stopped.
+    pub drain_timeout: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(region: impl Into<String>) -> ProxyConfig {
+        ProxyConfig {
+            domain: "localhost".into(),
+            region: region.into(),
+            queue_limit: 256,
+            hold_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
+            autostop_every: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the proxy's tasks share.
+pub(crate) struct Shared {
+    pub config: Arc<ProxyConfig>,
+    pub dispatcher: Dispatcher,
+    pub upstreams: Arc<Upstreams>,
+    pub agent: Arc<dyn HostAgent>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running proxy; its listeners and loops stop when it is dropped.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    table: watch::Sender<Arc<RoutingTable>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Proxy {
+    /// A proxy with an empty routing table that starts and stops machines
+    /// through `agent`; autostop runs from now on.
+    pub fn new(config: ProxyConfig, agent: Arc<dyn HostAgent>) -> Proxy {
+        let config = Arc::new(config);
+        let (table, table_rx) = watch::channel(Arc::new(RoutingTable::default()));
+        let upstreams = Arc::new(Upstreams::default());
+        let starts = Arc::new(Starts::new(
+            agent.clone(),
+            upstreams.clone(),
+            table_rx.clone(),
+            config.start_timeout,
+        ));
+        let dispatcher = Dispatcher::new(
+            table_rx.clone(),
+            Arc::new(Loads::default()),
+            starts,
+            config.clone(),
+        );
+        let shared = Arc::new(Shared {
+            config,
+            dispatcher,
+            upstreams,
+            agent,
+        });
+        let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx));
+        Proxy {
+            shared,
+            table,
+            tasks: std::sync::Mutex::new(vec![autostop]),
+        }
+    }
+
+    /// Replaces the routing table with one built from these machines.
+    pub fn update(&self, machines: &[RoutedMachine]) {
+        let table = RoutingTable::build(machines);
+        let loads = &self.shared.dispatcher.loads;
+        let mut present = std::collections::HashSet::new();
+        let mut reachable = std::collections::HashSet::new();
+        for service in table.apps.values().flat_map(|a| &a.services) {
+            for backend in &service.backends {
+                present.insert(backend.id.clone());
+                if !backend.in_rotation() {
+                    // Idle time counts from when it was last seen not running.
+                    loads.of(&backend.id).touch();
+                } else {
+                    reachable.insert((backend.id.clone(), backend.addr));
+                }
+            }
+        }
+        loads.retain(|id| present.contains(id));
+        let starts = &self.shared.dispatcher.starts;
+        self.shared
+            .upstreams
+            .retain(|id, addr| reachable.contains(&(id.to_string(), addr)) || starts.in_flight(id));
+        self.table.send_replace(Arc::new(table));
+        loads.notify();
+    }
+
+    /// Serves the shared HTTP listener (`<app>.<domain>`).
+    pub fn serve_http(&self, listener: TcpListener) {
+        let task = tokio::spawn(http::serve(listener, self.shared.clone()));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}

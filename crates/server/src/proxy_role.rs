@@ -1,0 +1,75 @@
+//! The proxy of a host: its options, its listener, and the feed that keeps
+//! its routing table in step with the host's machines (every change the
+//! agent records, as it records it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use midge_agent::Agent;
+use midge_proxy::{Proxy, ProxyConfig};
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Address the proxy's shared HTTP listener takes (apps by host name).
+    #[arg(long, env = "MIDGE_PROXY_LISTEN", default_value = "127.0.0.1:4281")]
+    pub proxy_listen: SocketAddr,
+    /// Apps are reached as `<app>.<domain>` on the proxy's listener.
+    #[arg(long, env = "MIDGE_PROXY_DOMAIN", default_value = "localhost")]
+    pub proxy_domain: String,
+    /// Seconds between autostop passes; a machine must be idle this long.
+    #[arg(long, env = "MIDGE_PROXY_AUTOSTOP_SECS", default_value_t = 10.0)]
+    pub proxy_autostop_secs: f64,
+    /// Requests one app may have waiting for room before the next gets 503.
+    #[arg(long, env = "MIDGE_PROXY_QUEUE_LIMIT", default_value_t = 256)]
+    pub proxy_queue_limit: usize,
+    /// Seconds a request may wait for a machine with room.
+    #[arg(long, env = "MIDGE_PROXY_HOLD_SECS", default_value_t = 30.0)]
+    pub proxy_hold_secs: f64,
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} must be a positive number of seconds, not {value}"))
+}
+
+/// Starts the host's proxy: binds its listener, fills its routing table
+/// and follows the agent's changes. Returns the proxy and its address.
+pub async fn start(
+    args: &ProxyArgs,
+    region: &str,
+    agent: &Agent,
+) -> anyhow::Result<(Arc<Proxy>, SocketAddr)> {
+    let mut config = ProxyConfig::new(region);
+    config.domain = args.proxy_domain.trim_matches('.').to_ascii_lowercase();
+    config.autostop_every = seconds("proxy-autostop-secs", args.proxy_autostop_secs)?;
+    config.hold_timeout = seconds("proxy-hold-secs", args.proxy_hold_secs)?;
+    config.queue_limit = args.proxy_queue_limit;
+    let listener = tokio::net::TcpListener::bind(args.proxy_listen)
+        .await
+        .with_context(|| format!("the proxy listening on {}", args.proxy_listen))?;
+    let addr = listener.local_addr()?;
+    let proxy = Arc::new(Proxy::new(config, Arc::new(agent.clone())));
+    let mut changes = agent.changes();
+    proxy.update(&agent.routed_machines());
+    proxy.serve_http(listener);
+    let feed_agent = agent.clone();
+    let weak = Arc::downgrade(&proxy);
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            // One rebuild covers every change already queued.
+            while changes.try_recv().is_ok() {}
+            let Some(proxy) = weak.upgrade() else { return };
+            proxy.update(&feed_agent.routed_machines());
+        }
+    });
+    Ok((proxy, addr))
+}
