@@ -11,8 +11,8 @@ pub mod error;
 pub mod headers;
 pub mod ids;
 pub mod machine;
-pub mod routing;
 mod nullable;
+pub mod routing;
 pub mod signal;
 pub mod volume;
 

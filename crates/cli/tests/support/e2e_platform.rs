@@ -24,6 +24,9 @@ pub struct Platform {
     dir: tempfile::TempDir,
     _pool: midge_testkit::PoolLease,
     pub api_url: String,
+    /// The proxy's shared HTTP listener (`host:port`).
+    #[allow(dead_code, reason = "used by the proxy tests")]
+    pub proxy_addr: String,
     pub token: String,
     /// The standard test image in the loopback registry ("127.0.0.1:PORT/…"),
     /// when the platform was started with one.
@@ -62,6 +65,7 @@ impl Platform {
             .tempdir()
             .expect("creating the platform dir");
         let port = free_port();
+        let proxy_port = free_port();
         let log = std::fs::File::create(dir.path().join("up.log")).expect("creating up.log");
         let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("midge"));
         command
@@ -69,6 +73,7 @@ impl Platform {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--proxy-listen", &format!("127.0.0.1:{proxy_port}")])
             .args(["--resource-prefix", &prefix])
             .args(["--ipv4-pool", &pool.cidr()])
             .args(options)
@@ -103,6 +108,7 @@ impl Platform {
             dir,
             _pool: pool,
             api_url: format!("http://127.0.0.1:{port}"),
+            proxy_addr: format!("127.0.0.1:{proxy_port}"),
             token: String::new(),
             registry_image: registry.map(|(_, image)| image),
         };

@@ -1,0 +1,370 @@
+//! The proxy through `midge up`: real machines behind real HTTP on
+//! loopback — apps by host name, Fly's headers, balancing by load, limits
+//! and the queue, starts on a request, autostop down to the minimum,
+//! cordoned machines, and protocol upgrades. Needs root and runc.
+
+#[path = "support/e2e_platform.rs"]
+#[allow(dead_code, reason = "shared with the other end-to-end tests")]
+mod e2e_platform;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use e2e_platform::{Platform, unique_app};
+use serde_json::{Value, json};
+
+const SHELL: &str = "midge/shell:latest";
+
+/// A CGI script that sleeps for the query's seconds, then names the
+/// machine and echoes the request's headers.
+const WHO_CGI: &str = "#!/bin/sh\nsleep \"${QUERY_STRING:-0}\"\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"machine=$FLY_MACHINE_ID\"\nenv | grep '^HTTP_' | sort\n";
+
+/// busybox httpd on 8080 serving /www with the `who` script.
+fn web_config(service: Value) -> Value {
+    json!({
+        "image": SHELL,
+        "init": {"exec": ["/bin/sh", "-c", "chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www"]},
+        "files": [{"guest_path": "/www/cgi-bin/who", "raw_value": base64(WHO_CGI)}],
+        "services": [service],
+    })
+}
+
+fn http_service(extra: Value) -> Value {
+    let mut service = json!({
+        "protocol": "tcp",
+        "internal_port": 8080,
+        "ports": [{"port": 80, "handlers": ["http"]}],
+    });
+    if let (Some(service), Value::Object(extra)) = (service.as_object_mut(), extra) {
+        service.extend(extra);
+    }
+    service
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn create_machine(platform: &Platform, app: &str, config: Value, skip_launch: bool) -> String {
+    let (status, machine) = platform.api_post(
+        &format!("/v1/apps/{app}/machines"),
+        json!({"config": config, "skip_launch": skip_launch}),
+    );
+    assert_eq!(status, 200, "{machine}");
+    let id = machine["id"].as_str().unwrap().to_string();
+    if !skip_launch {
+        wait_state(platform, app, &id, "started");
+    }
+    id
+}
+
+fn wait_state(platform: &Platform, app: &str, id: &str, state: &str) {
+    let (status, body) = platform.api_get(&format!(
+        "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
+    ));
+    assert_eq!(status, 200, "waiting for {id} to be {state}: {body}");
+}
+
+fn state(platform: &Platform, app: &str, id: &str) -> String {
+    let (status, machine) = platform.api_get(&format!("/v1/apps/{app}/machines/{id}"));
+    assert_eq!(status, 200, "{machine}");
+    machine["state"].as_str().unwrap().to_string()
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Reply {
+    fn machine(&self) -> &str {
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix("machine="))
+            .unwrap_or_else(|| panic!("no machine in {self:?}"))
+    }
+}
+
+/// One HTTP/1.0 request through the proxy (the response ends at close).
+fn get(platform: &Platform, host: &str, path: &str) -> Reply {
+    let mut stream = TcpStream::connect(&platform.proxy_addr).expect("connecting to the proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("reading the reply");
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &str) -> Reply {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// `n` requests at once; their replies in the order they were sent.
+fn concurrently(platform: &Platform, host: &str, path: &str, n: usize) -> Vec<Reply> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let handle = scope.spawn(|| get(platform, host, path));
+                // In order, so each request sees the load of the ones before.
+                std::thread::sleep(Duration::from_millis(30));
+                handle
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_request_reaches_its_app_by_host_name_with_flys_headers() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("web"));
+    let id = create_machine(&platform, &app, web_config(http_service(json!({}))), false);
+    let host = format!("{app}.localhost");
+
+    let reply = get(&platform, &host, "/cgi-bin/who");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.machine(), id);
+    assert!(
+        reply.body.contains("HTTP_FLY_CLIENT_IP=127.0.0.1"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .contains("HTTP_X_FORWARDED_FOR=10.1.2.3, 127.0.0.1"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("HTTP_X_FORWARDED_PROTO=http"),
+        "{}",
+        reply.body
+    );
+    let port = platform.proxy_addr.rsplit(':').next().unwrap();
+    assert!(
+        reply
+            .body
+            .contains(&format!("HTTP_FLY_FORWARDED_PORT={port}")),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("HTTP_FLY_REGION=local"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.headers["fly-request-id"].ends_with("-local"),
+        "{reply:?}"
+    );
+    // A port in the host name and upper case do not matter.
+    let upper = get(
+        &platform,
+        &format!("{}.LOCALHOST:80", app.to_uppercase()),
+        "/cgi-bin/who",
+    );
+    assert_eq!(upper.status, 200, "{upper:?}");
+
+    let unknown = get(&platform, "no-such-app.localhost", "/");
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(unknown.body.contains("no app no-such-app"), "{unknown:?}");
+    let bare = get(&platform, "example.com", "/");
+    assert_eq!(bare.status, 404, "{bare:?}");
+    assert!(bare.body.contains("<app>.localhost"), "{bare:?}");
+}
+
+#[test]
+fn load_is_balanced_least_loaded_first_and_cordoned_machines_get_none() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("lb"));
+    let config = web_config(http_service(json!({})));
+    let ids: Vec<String> = (0..3)
+        .map(|_| create_machine(&platform, &app, config.clone(), false))
+        .collect();
+    let host = format!("{app}.localhost");
+
+    // Six overlapping requests: the least loaded machine takes each next one.
+    let replies = concurrently(&platform, &host, "/cgi-bin/who?2", 6);
+    let mut per_machine: BTreeMap<String, usize> = BTreeMap::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        *per_machine.entry(reply.machine().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_machine.len(), 3, "{per_machine:?}");
+    assert!(per_machine.values().all(|&n| n == 2), "{per_machine:?}");
+
+    platform
+        .midge(&["machine", "cordon", &ids[0], "-a", &app])
+        .success();
+    for _ in 0..12 {
+        let reply = get(&platform, &host, "/cgi-bin/who");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_ne!(reply.machine(), ids[0], "a cordoned machine got a request");
+    }
+}
+
+#[test]
+fn the_hard_limit_queues_requests_and_a_full_queue_answers_503() {
+    let platform = Platform::start_with_options(&["--proxy-queue-limit", "1"]);
+    let app = platform.create_app(&unique_app("limit"));
+    let service = http_service(json!({
+        "autostart": false,
+        "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 1},
+    }));
+    let id = create_machine(&platform, &app, web_config(service), false);
+    let host = format!("{app}.localhost");
+
+    // The first runs, the second waits in the queue, the third finds it full.
+    let replies = concurrently(&platform, &host, "/cgi-bin/who?2", 3);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 503], "{replies:?}");
+    assert_eq!(replies[1].machine(), id);
+    assert!(replies[2].body.contains("hard limit"), "{:?}", replies[2]);
+}
+
+#[test]
+fn a_request_starts_a_stopped_machine_once_however_many_wait() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("wake"));
+    let config = web_config(http_service(json!({"autostart": true})));
+    let ids: Vec<String> = (0..2)
+        .map(|_| create_machine(&platform, &app, config.clone(), true))
+        .collect();
+    let host = format!("{app}.localhost");
+
+    let replies = concurrently(&platform, &host, "/cgi-bin/who", 5);
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let served: std::collections::BTreeSet<&str> = replies.iter().map(|r| r.machine()).collect();
+    assert_eq!(
+        served.len(),
+        1,
+        "one start serves every waiting request: {served:?}"
+    );
+    assert!(
+        replies[0].headers.contains_key("midge-cold-start-ms"),
+        "{:?}",
+        replies[0]
+    );
+    let started: Vec<&String> = ids
+        .iter()
+        .filter(|id| state(&platform, &app, id) == "started")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+
+    // Without autostart, a stopped app answers 503 with the reason.
+    let app = platform.create_app(&unique_app("sleepy"));
+    let config = web_config(http_service(json!({"autostart": false})));
+    create_machine(&platform, &app, config, true);
+    let reply = get(&platform, &format!("{app}.localhost"), "/");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.body.contains("none it may start"), "{reply:?}");
+}
+
+#[test]
+fn autostop_stops_idle_machines_down_to_the_minimum_and_keeps_it_started() {
+    let platform = Platform::start_with_options(&["--proxy-autostop-secs", "1"]);
+    let app = platform.create_app(&unique_app("idle"));
+    let service = http_service(json!({"autostop": "stop", "min_machines_running": 1}));
+    let config = web_config(service);
+    let ids: Vec<String> = (0..3)
+        .map(|_| create_machine(&platform, &app, config.clone(), false))
+        .collect();
+    let started = || {
+        ids.iter()
+            .filter(|id| state(&platform, &app, id) == "started")
+            .count()
+    };
+    platform.eventually(
+        "idle machines stop down to one",
+        Duration::from_secs(30),
+        || started() == 1,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(started(), 1, "the minimum stays started");
+
+    // Stopped by hand, the last one is started again to keep the minimum.
+    let last = ids
+        .iter()
+        .find(|id| state(&platform, &app, id) == "started")
+        .unwrap();
+    platform
+        .midge(&["machine", "stop", last, "-a", &app])
+        .success();
+    platform.eventually(
+        "the minimum is started again",
+        Duration::from_secs(30),
+        || started() == 1,
+    );
+}
+
+#[test]
+fn an_upgraded_connection_stays_open_both_ways() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("ws"));
+    // Answers any request with 101, then echoes what it reads.
+    let upgrade = "#!/bin/sh\nwhile read -r line; do [ \"$line\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
+    let config = json!({
+        "image": SHELL,
+        "init": {"exec": ["/bin/sh", "-c", "chmod +x /up.sh && exec nc -ll -p 8080 -e /up.sh"]},
+        "files": [{"guest_path": "/up.sh", "raw_value": base64(upgrade)}],
+        "services": [http_service(json!({}))],
+    });
+    create_machine(&platform, &app, config, false);
+
+    let mut stream = TcpStream::connect(&platform.proxy_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /chat HTTP/1.1\r\nHost: {app}.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    for word in ["ping", "pong"] {
+        writeln!(stream, "{word}").unwrap();
+        let mut echoed = String::new();
+        reader.read_line(&mut echoed).unwrap();
+        assert_eq!(echoed, format!("{word}\n"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
