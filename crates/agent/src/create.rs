@@ -241,6 +241,7 @@ impl MachineRecord {
             stop_request: None,
             generation: 0,
             epoch: 1,
+            checks: Vec::new(),
         }
     }
 }

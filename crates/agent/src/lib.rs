@@ -9,6 +9,7 @@
 
 mod agent;
 mod capacity;
+mod checks;
 mod cluster;
 mod config;
 mod create;

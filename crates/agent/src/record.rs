@@ -75,6 +75,10 @@ pub struct MachineRecord {
     /// when the machine is placed again elsewhere).
     #[serde(default = "first_epoch")]
     pub epoch: u64,
+    /// The current run's health checks; kept in memory only, as they are
+    /// looked at again after every start.
+    #[serde(skip)]
+    pub checks: Vec<midge_types::CheckStatus>,
 }
 
 fn first_epoch() -> u64 {
@@ -174,7 +178,11 @@ impl MachineRecord {
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
             events: if summary { Vec::new() } else { events },
-            checks: Vec::new(),
+            checks: if summary {
+                Vec::new()
+            } else {
+                self.checks.clone()
+            },
             host_status: "ok".into(),
             nonce: None,
             lease: None,

@@ -80,6 +80,7 @@ impl Agent {
             Arc::downgrade(&core),
             core.config.volume_check_every,
         ));
+        tokio::spawn(crate::checks::supervise(Arc::downgrade(&core)));
         Ok(Agent { core })
     }
 

@@ -368,3 +368,48 @@ fn an_upgraded_connection_stays_open_both_ways() {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+#[test]
+fn a_machine_gets_traffic_only_while_its_checks_pass() {
+    let platform = Platform::start_with_options(&["--proxy-hold-secs", "3"]);
+    let app = platform.create_app(&unique_app("checks"));
+    // httpd accepts at once, but /ready answers 404 until the file exists.
+    let service = http_service(json!({
+        "checks": [{"type": "http", "path": "/ready", "interval": "500ms", "timeout": "1s"}],
+    }));
+    let id = create_machine(&platform, &app, web_config(service), false);
+    let host = format!("{app}.localhost");
+    let checks = || {
+        let (_, machine) = platform.api_get(&format!("/v1/apps/{app}/machines/{id}"));
+        machine["checks"].clone()
+    };
+
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| get(&platform, &host, "/cgi-bin/who"));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(
+            !held.is_finished(),
+            "a request reached a machine whose check fails"
+        );
+        assert_eq!(checks()[0]["name"], "servicecheck-00-http-8080");
+        assert_ne!(checks()[0]["status"], "passing");
+        platform
+            .midge(&["machine", "exec", &id, "-a", &app, "touch /www/ready"])
+            .success();
+        let reply = held.join().unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.machine(), id);
+    });
+    assert_eq!(checks()[0]["status"], "passing", "{}", checks());
+
+    // Failing again: out of rotation (never stopped for it), so no answer.
+    platform
+        .midge(&["machine", "exec", &id, "-a", &app, "rm /www/ready"])
+        .success();
+    platform.eventually("the check fails", Duration::from_secs(10), || {
+        checks()[0]["status"] == "critical"
+    });
+    let reply = get(&platform, &host, "/cgi-bin/who");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(state(&platform, &app, &id), "started");
+}

@@ -176,15 +176,17 @@ impl Dispatcher {
             if let Some((i, Tier::BetweenSoftAndHard)) = picked {
                 return Ok(self.lease(running[i], None));
             }
+            // Machines that may take traffic soon: starting, or started
+            // and waiting for their checks to pass.
             let coming = service.backends.iter().any(|b| {
                 !exclude.contains(&b.id)
-                    && matches!(
+                    && (matches!(
                         b.state,
                         MachineState::Starting
                             | MachineState::Restarting
                             | MachineState::Replacing
                             | MachineState::Updating
-                    )
+                    ) || (b.state == MachineState::Started && !b.cordoned && !b.healthy))
             });
             if running.is_empty() && !coming {
                 return Err(match last_start_error {

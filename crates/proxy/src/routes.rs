@@ -103,8 +103,11 @@ pub struct Backend {
     pub region: String,
     pub state: MachineState,
     pub cordoned: bool,
-    /// Every check of the machine passes (true when it has none).
+    /// Every check of the machine passes (true when the service has none;
+    /// false until the first results arrive when it has some).
     pub healthy: bool,
+    /// The service has checks: a start is ready when they pass.
+    pub checked: bool,
     /// Where the proxy connects for this service.
     pub addr: SocketAddr,
     pub policy: ServicePolicy,
@@ -219,10 +222,11 @@ impl RoutingTable {
                 .get("PRIMARY_REGION")
                 .cloned()
                 .unwrap_or_else(|| machine.region.clone());
-            let healthy = machine
-                .checks
-                .iter()
-                .all(|c| c.status.eq_ignore_ascii_case("passing"));
+            let all_passing = !machine.checks.is_empty()
+                && machine
+                    .checks
+                    .iter()
+                    .all(|c| c.status.eq_ignore_ascii_case("passing"));
             for service in &config.services {
                 if service.internal_port == 0 {
                     continue;
@@ -252,12 +256,14 @@ impl RoutingTable {
                         routes.ports.push(port);
                     }
                 }
+                let checked = !service.checks.is_empty();
                 routes.backends.push(Backend {
                     id: machine.id.clone(),
                     region: machine.region.clone(),
                     state: machine.state,
                     cordoned: machine.cordoned,
-                    healthy,
+                    healthy: !checked || all_passing,
+                    checked,
                     addr: SocketAddr::new(ip, service.internal_port),
                     policy: ServicePolicy::of(service),
                     primary_region: primary_region.clone(),

@@ -111,10 +111,15 @@ impl Starts {
             return flight.clone();
         }
         let pool = self.upstreams.pool(&backend.id, backend.addr);
+        let ready = if backend.checked {
+            Readiness::ChecksPass(self.table.clone(), app.to_string())
+        } else {
+            Readiness::Accepts(pool)
+        };
         let done = start_and_probe(
             self.agent.clone(),
             MachineKey::new(app, &backend.id),
-            pool,
+            ready,
             self.timeout,
         )
         .boxed()
@@ -167,14 +172,23 @@ fn is_in_rotation(table: &RoutingTable, app: &str, machine: &str) -> bool {
     })
 }
 
-/// Starts the machine, then connects until its service port answers.
+/// When a started machine is ready for traffic.
+enum Readiness {
+    /// Its service's checks pass (the host runs them as it starts).
+    ChecksPass(watch::Receiver<Arc<RoutingTable>>, String),
+    /// Its service port accepts a connection.
+    Accepts(Arc<crate::upstream::MachinePool>),
+}
+
+/// Starts the machine, then waits until it is ready.
 async fn start_and_probe(
     agent: Arc<dyn HostAgent>,
     machine: MachineKey,
-    pool: Arc<crate::upstream::MachinePool>,
+    ready: Readiness,
     timeout: Duration,
 ) -> StartResult {
     let deadline = Instant::now() + timeout;
+    let id = machine.id.clone();
     agent
         .start_machine(StartMachine {
             machine,
@@ -182,6 +196,17 @@ async fn start_and_probe(
         })
         .await
         .map_err(|err| err.to_string())?;
+    let pool = match ready {
+        Readiness::Accepts(pool) => pool,
+        Readiness::ChecksPass(mut table, app) => {
+            let passing = table.wait_for(|t| is_in_rotation(t, &app, &id));
+            return match tokio::time::timeout_at(deadline.into(), passing).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err("the proxy is shutting down".into()),
+                Err(_) => Err(format!("its checks did not pass within {timeout:?}")),
+            };
+        }
+    };
     let mut pause = FIRST_PROBE_PAUSE;
     loop {
         match dial(pool.addr(), PROBE_CONNECT_TIMEOUT).await {
