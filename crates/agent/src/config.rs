@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub volume_check_every: std::time::Duration,
     /// How often a volume with `auto_backup_enabled` is snapshotted.
     pub snapshot_every: std::time::Duration,
+    /// The host's internal DNS server, machines' resolver; the host's own
+    /// resolvers when `None`.
+    pub nameserver: Option<std::net::IpAddr>,
 }
 
 impl AgentConfig {
@@ -40,6 +43,7 @@ impl AgentConfig {
             volume_grace: std::time::Duration::from_secs(24 * 60 * 60),
             volume_check_every: std::time::Duration::from_secs(60),
             snapshot_every: std::time::Duration::from_secs(24 * 60 * 60),
+            nameserver: None,
         }
     }
 }

@@ -59,7 +59,7 @@ impl AgentCore {
             },
             run_spec: run_spec(record, &image)?,
             etc_hosts: etc_hosts(record),
-            resolv_conf: resolv_conf(),
+            resolv_conf: resolv_conf(self.config.nameserver, record.config()),
             volumes,
         })
     }
@@ -150,9 +150,72 @@ pub fn etc_hosts(record: &MachineRecord) -> String {
     )
 }
 
+/// The machine's `/etc/resolv.conf`: its `config.dns` nameservers, search
+/// domains and options where it sets them, else the host's DNS server (or,
+/// without one, the host's resolvers that mean something inside the
+/// machine's network namespace).
+pub fn resolv_conf(nameserver: Option<std::net::IpAddr>, config: &MachineConfig) -> String {
+    let dns = config.extra.get("dns");
+    let strings = |key: &str| -> Vec<String> {
+        dns.and_then(|d| d.get(key))
+            .and_then(|v| v.as_array())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter(|s| !s.trim().is_empty() && !s.contains(['\n', '\r']))
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    let chosen = strings("nameservers");
+    if !chosen.is_empty() {
+        for server in chosen {
+            text.push_str(&format!("nameserver {server}\n"));
+        }
+    } else if let Some(server) = nameserver {
+        text.push_str(&format!("nameserver {server}\n"));
+    } else {
+        text.push_str(&host_resolvers());
+    }
+    let searches = strings("searches");
+    if !searches.is_empty() {
+        text.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    let options: Vec<String> = dns
+        .and_then(|d| d.get("options"))
+        .and_then(|v| v.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|o| {
+                    let name = o.get("name")?.as_str()?.trim();
+                    if name.is_empty() || name.contains(char::is_whitespace) {
+                        return None;
+                    }
+                    match o.get("value").and_then(|v| v.as_str()).map(str::trim) {
+                        Some(value)
+                            if !value.is_empty() && !value.contains(char::is_whitespace) =>
+                        {
+                            Some(format!("{name}:{value}"))
+                        }
+                        _ => Some(name.to_string()),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    text
+}
+
 /// The host's resolvers, unless they are loopback addresses that mean
 /// nothing inside the machine's own network namespace.
-pub fn resolv_conf() -> String {
+fn host_resolvers() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let usable: Vec<&str> = host
         .lines()
@@ -170,4 +233,29 @@ pub fn resolv_conf() -> String {
     let mut text = usable.join("\n");
     text.push('\n');
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_is_the_hosts_dns_unless_the_config_says_otherwise() {
+        let plain = MachineConfig::default();
+        let dns: std::net::IpAddr = "fdaa::3".parse().unwrap();
+        assert_eq!(resolv_conf(Some(dns), &plain), "nameserver fdaa::3\n");
+        let custom: MachineConfig = serde_json::from_value(serde_json::json!({
+            "image": "x",
+            "dns": {
+                "nameservers": ["1.1.1.1", "bad\nline"],
+                "searches": ["a.internal", "b"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}, {"name": "x y"}],
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            resolv_conf(Some(dns), &custom),
+            "nameserver 1.1.1.1\nsearch a.internal b\noptions ndots:2 edns0\n"
+        );
+    }
 }

@@ -108,6 +108,7 @@ impl Server {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             // Any free port: another test's proxy may hold the default.
             .args(["--proxy-listen", "127.0.0.1:0"])
+            .arg("--no-dns")
             .args(["--resource-prefix", &self.prefix])
             .args(["--ipv4-pool", &self._pool.cidr()])
             .args(["--insecure-registry", &self.registry])

@@ -23,6 +23,7 @@ mod answer;
 mod directory;
 mod error;
 mod forward;
+mod from_machines;
 mod handler;
 mod names;
 mod org;

@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub volume_check_every: std::time::Duration,
     /// Other hosts' image stores (a cluster's agents); none on one host.
     pub image_peers: Option<Arc<dyn midge_agent::ImagePeers>>,
+    /// The host's internal DNS server, machines' resolver.
+    pub nameserver: Option<std::net::IpAddr>,
 }
 
 impl HostConfig {
@@ -62,6 +64,7 @@ impl HostConfig {
             volume_grace: defaults.volume_grace,
             volume_check_every: defaults.volume_check_every,
             image_peers: None,
+            nameserver: None,
         }
     }
 
@@ -117,6 +120,7 @@ impl Host {
             capacity: config.capacity,
             volume_grace: config.volume_grace,
             volume_check_every: config.volume_check_every,
+            nameserver: config.nameserver,
             ..AgentConfig::new(config.data_dir.clone())
         };
         let parts = HostParts {

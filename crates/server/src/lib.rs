@@ -14,6 +14,7 @@ pub mod agent_role;
 pub mod api_role;
 pub mod bench;
 pub mod dev_cluster;
+pub mod dns_role;
 pub mod host;
 pub mod host_cleanup;
 pub mod image_import;
@@ -21,6 +22,7 @@ pub mod postgres;
 pub mod process;
 pub mod proxy_role;
 pub mod shell_image;
+pub mod traffic;
 pub mod up;
 
 pub use host::{Host, HostConfig};

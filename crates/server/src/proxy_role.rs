@@ -1,6 +1,4 @@
-//! The proxy of a host: its options, its listener, and the feed that keeps
-//! its routing table in step with the host's machines (every change the
-//! agent records, as it records it).
+//! The proxy of a host: its options and its listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use midge_agent::Agent;
 use midge_proxy::{Proxy, ProxyConfig};
-use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
@@ -37,8 +34,8 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{flag} must be a positive number of seconds, not {value}"))
 }
 
-/// Starts the host's proxy: binds its listener, fills its routing table
-/// and follows the agent's changes. Returns the proxy and its address.
+/// Starts the host's proxy and binds its listener (its routing table is
+/// filled by [`crate::traffic::follow`]). Returns the proxy and its address.
 pub async fn start(
     args: &ProxyArgs,
     region: &str,
@@ -54,22 +51,6 @@ pub async fn start(
         .with_context(|| format!("the proxy listening on {}", args.proxy_listen))?;
     let addr = listener.local_addr()?;
     let proxy = Arc::new(Proxy::new(config, Arc::new(agent.clone())));
-    let mut changes = agent.changes();
-    proxy.update(&agent.routed_machines());
     proxy.serve_http(listener);
-    let feed_agent = agent.clone();
-    let weak = Arc::downgrade(&proxy);
-    tokio::spawn(async move {
-        loop {
-            match changes.recv().await {
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            }
-            // One rebuild covers every change already queued.
-            while changes.try_recv().is_ok() {}
-            let Some(proxy) = weak.upgrade() else { return };
-            proxy.update(&feed_agent.routed_machines());
-        }
-    });
     Ok((proxy, addr))
 }

@@ -1,7 +1,7 @@
 //! `midge up`: the whole single-host platform in one process — API, host
 //! agent and embedded storage — in a data dir.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use anyhow::Context;
 use midge_client::ClientConfig;
 use midge_store::{Catalog, SqliteCatalog};
 
+use crate::dns_role::HostDns;
 use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
 use crate::write_private;
@@ -49,6 +50,8 @@ pub struct UpArgs {
     pub volume_check_secs: u64,
     #[command(flatten)]
     pub proxy: crate::proxy_role::ProxyArgs,
+    #[command(flatten)]
+    pub dns: crate::dns_role::DnsArgs,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -65,6 +68,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.insecure_registries = args.insecure_registries.clone();
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
+    let dns = if args.dns.no_dns {
+        None
+    } else {
+        match HostDns::start(&args.dns, &args.region).await {
+            Ok(dns) => Some(dns),
+            Err(err) => {
+                tracing::warn!("internal DNS is off, machines use the host's resolvers: {err:#}");
+                None
+            }
+        }
+    };
+    config.nameserver = dns.as_ref().map(|dns| IpAddr::V6(dns.address));
     let host = Host::open(config).await?;
     let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {
@@ -74,7 +89,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (is another midge running?)", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let (_proxy, proxy_addr) = crate::proxy_role::start(&args.proxy, &args.region, &agent).await?;
+    let (proxy, proxy_addr) = crate::proxy_role::start(&args.proxy, &args.region, &agent).await?;
+    crate::traffic::follow(
+        &agent,
+        Arc::downgrade(&proxy),
+        dns.as_ref().map(|dns| dns.server.directory()),
+    );
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()
@@ -100,6 +120,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("midge is up in region {}", args.region);
     println!("API:   {url}");
     println!("proxy: http://{proxy_addr}");
+    if let Some(dns) = &dns {
+        println!("dns:   [{}]:53 (machines' resolver)", dns.address);
+    }
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 
@@ -108,6 +131,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("serving the API")?;
     agent.shutdown();
+    drop(proxy);
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     println!("midge stopped; machines keep running and are re-adopted by the next `midge up`");
     Ok(())
 }

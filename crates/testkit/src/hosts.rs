@@ -87,6 +87,32 @@ impl PoolLease {
     pub fn cidr(&self) -> String {
         format!("172.{}.{}.0/24", 20 + self.index / 256, self.index % 256)
     }
+
+    /// An internal DNS address of this lease alone (a platform's `--dns-address`).
+    pub fn dns_address(&self) -> String {
+        format!("{TEST_DNS_PREFIX}{:x}:3", self.index)
+    }
+}
+
+/// Test platforms' DNS addresses (on `lo`) start with this.
+pub const TEST_DNS_PREFIX: &str = "fdaa:0:0:fffe::";
+
+/// Test DNS addresses left on `lo`.
+pub fn test_dns_addresses() -> Vec<String> {
+    run("ip", &["-6", "-o", "addr", "show", "dev", "lo"])
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .filter(|addr| addr.starts_with(TEST_DNS_PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes a DNS address a test platform left on `lo`.
+pub fn remove_dns_address(address: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["-6", "addr", "del", &format!("{address}/128"), "dev", "lo"])
+        .output();
 }
 
 impl Drop for PoolLease {
@@ -152,6 +178,11 @@ pub fn leftovers() -> Vec<String> {
             .map(|m| format!("mount {m}")),
     );
     found.extend(
+        test_dns_addresses()
+            .into_iter()
+            .map(|address| format!("DNS address {address} on lo")),
+    );
+    found.extend(
         test_loop_devices()
             .into_iter()
             .map(|(device, backing)| format!("loop device {device} on {}", backing.display())),
@@ -181,6 +212,9 @@ pub fn leftovers() -> Vec<String> {
 
 /// Removes everything any test prefix names (after a crashed test run).
 pub fn remove_all_test_resources() {
+    for address in test_dns_addresses() {
+        remove_dns_address(&address);
+    }
     for dir in test_cluster_dirs() {
         let down = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -74,6 +74,9 @@ impl Platform {
             .arg(dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--proxy-listen", &format!("127.0.0.1:{proxy_port}")])
+            .args(["--dns-address", &pool.dns_address()])
+            // Names outside .internal go nowhere: tests reach only loopback.
+            .args(["--dns-upstream", "127.0.0.1:9"])
             .args(["--resource-prefix", &prefix])
             .args(["--ipv4-pool", &pool.cidr()])
             .args(options)
@@ -278,6 +281,7 @@ impl Drop for Platform {
         }
         // `midge up` leaves machines running for the next start to adopt.
         midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
+        midge_testkit::remove_dns_address(&self._pool.dns_address());
     }
 }
 

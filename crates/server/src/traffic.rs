@@ -1,0 +1,38 @@
+//! What follows the host's machines for traffic: the proxy's routing table
+//! and the DNS server's snapshot, rebuilt from the agent's machines after
+//! every change it records (changes queued meanwhile share one rebuild).
+
+use std::sync::Weak;
+
+use midge_agent::Agent;
+use midge_dns::{Directory, DnsSnapshot};
+use midge_proxy::Proxy;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Fills the proxy and DNS now, then keeps them in step until the proxy is
+/// dropped or the agent closes.
+pub fn follow(agent: &Agent, proxy: Weak<Proxy>, dns: Option<Directory>) {
+    let mut changes = agent.changes();
+    let agent = agent.clone();
+    let refresh = move |proxy: &Proxy| {
+        let machines = agent.routed_machines();
+        proxy.update(&machines);
+        if let Some(dns) = &dns {
+            dns.update(DnsSnapshot::from_machines(&machines));
+        }
+    };
+    if let Some(proxy) = proxy.upgrade() {
+        refresh(&proxy);
+    }
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            while changes.try_recv().is_ok() {}
+            let Some(proxy) = proxy.upgrade() else { return };
+            refresh(&proxy);
+        }
+    });
+}
