@@ -43,7 +43,9 @@ impl From<StoreError> for Error {
             StoreError::NameTaken(_) => {
                 ApiError::new(ErrorCode::Unprocessable, error.to_string()).with_status("name_taken")
             }
-            StoreError::OrgExists(_) => ApiError::new(ErrorCode::Unprocessable, error.to_string()),
+            StoreError::OrgExists(_) | StoreError::IpTaken(_) => {
+                ApiError::new(ErrorCode::Unprocessable, error.to_string())
+            }
             StoreError::OrgNotFound(_) => ApiError::not_found(error.to_string()),
             StoreError::Invalid(_) => ApiError::invalid(error.to_string()),
             StoreError::HostNotFound(_) => ApiError::not_found(error.to_string()),

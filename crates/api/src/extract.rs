@@ -214,6 +214,24 @@ impl<S: Send + Sync> FromRequestParts<S> for VolumePath {
     }
 }
 
+/// `/v1/apps/{app_name}/ip_assignments/{ip}`.
+pub struct IpPath {
+    pub app: String,
+    pub ip: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IpPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(IpPath {
+            app: params.take("app_name")?,
+            ip: params.take("ip")?,
+        })
+    }
+}
+
 /// `/v1/apps/{app_name}/machines/{machine_id}`: the machine segment is an id
 /// or a name.
 pub struct MachinePath {

@@ -5,6 +5,7 @@
 //! agent. Every route is declared once, with its OpenAPI description, so the
 //! served `/v1/openapi.json` always matches what the server does.
 
+mod addresses;
 mod auth;
 mod error;
 mod extract;
@@ -13,6 +14,7 @@ mod routes;
 mod schema;
 mod state;
 
+pub use addresses::AddressPlan;
 pub use error::Error;
 pub use extract::LEASE_NONCE_HEADER;
 pub use router::{REQUEST_ID_HEADER, no_delay, openapi, router, serve, serve_with_shutdown};

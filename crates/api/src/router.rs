@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{Error, plain_status_error};
 use crate::routes::{
-    apps, exec, images, leases, lifecycle, logs, machines, metadata, orgs, platform, volumes,
+    apps, exec, images, ips, leases, lifecycle, logs, machines, metadata, orgs, platform, volumes,
 };
 
 pub use midge_types::headers::REQUEST_ID_HEADER;
@@ -103,6 +103,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(orgs::create_token))
         .routes(routes!(platform::regions))
         .routes(routes!(images::pull_image))
+        .routes(routes!(ips::list_ips, ips::assign_ip))
+        .routes(routes!(ips::release_ip))
         .routes(routes!(volumes::list_volumes, volumes::create_volume))
         .routes(routes!(
             volumes::get_volume,

@@ -17,6 +17,8 @@ use crate::extract::MachinePath;
 pub struct ApiState {
     pub catalog: Arc<dyn Catalog>,
     pub agent: Arc<dyn HostAgent>,
+    /// Where `ip_assignments` come from; `None` where no proxy runs.
+    pub addresses: Option<crate::AddressPlan>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -43,7 +45,17 @@ impl MachineTarget {
 
 impl ApiState {
     pub fn new(catalog: Arc<dyn Catalog>, agent: Arc<dyn HostAgent>) -> Self {
-        ApiState { catalog, agent }
+        ApiState {
+            catalog,
+            agent,
+            addresses: None,
+        }
+    }
+
+    /// Assigns app addresses from these pools.
+    pub fn with_addresses(mut self, plan: crate::AddressPlan) -> Self {
+        self.addresses = Some(plan);
+        self
     }
 
     /// The app named in a path, provided it exists (404) and the caller may

@@ -413,3 +413,123 @@ fn a_machine_gets_traffic_only_while_its_checks_pass() {
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(state(&platform, &app, &id), "started");
 }
+
+/// A raw TCP service: answers each connection with its first line.
+fn first_line_echo_config(service: Value) -> Value {
+    let script = "#!/bin/sh\nread -r line\necho \"got: $line\"\n";
+    json!({
+        "image": SHELL,
+        "init": {"exec": ["/bin/sh", "-c", "chmod +x /echo.sh && exec nc -ll -p 7000 -e /echo.sh"]},
+        "files": [{"guest_path": "/echo.sh", "raw_value": base64(script)}],
+        "services": [service],
+    })
+}
+
+#[test]
+fn apps_are_served_on_their_own_addresses_with_each_ports_handlers() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("addr"));
+    let mut config = web_config(http_service(json!({})));
+    config["services"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"protocol": "tcp", "internal_port": 8080,
+            "ports": [{"port": 8443, "handlers": ["http"], "force_https": true}]}));
+    let id = create_machine(&platform, &app, config, false);
+    let raw = platform.create_app(&unique_app("raw"));
+    create_machine(
+        &platform,
+        &raw,
+        first_line_echo_config(json!({"protocol": "tcp", "internal_port": 7000,
+            "ports": [{"port": 5000, "handlers": ["proxy_proto"], "proxy_proto_options": {"version": "v1"}},
+                      {"start_port": 6000, "end_port": 6001}]})),
+        false,
+    );
+
+    let assign = |app: &str, kind: &str| {
+        let (status, body) = platform.api_post(
+            &format!("/v1/apps/{app}/ip_assignments"),
+            json!({"type": kind, "region": "local"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["ip"].as_str().unwrap().to_string()
+    };
+    let v4 = assign(&app, "v4");
+    let v6 = assign(&app, "v6");
+    let raw_v4 = assign(&raw, "v4");
+    assert_ne!(v4, raw_v4, "addresses are the app's own");
+    let (status, listed) = platform.api_get(&format!("/v1/apps/{app}/ip_assignments"));
+    assert_eq!(status, 200);
+    let ips: Vec<&str> = listed["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, [v4.as_str(), v6.as_str()]);
+    let (status, bad) = platform.api_post(
+        &format!("/v1/apps/{app}/ip_assignments"),
+        json!({"type": "v5"}),
+    );
+    assert_eq!(status, 400, "{bad}");
+
+    // HTTP on both of the app's addresses, whatever host the request names.
+    for addr in [format!("{v4}:80"), format!("[{v6}]:80")] {
+        let reply = get_at(&addr, "anything.example", "/cgi-bin/who");
+        assert_eq!(reply.status, 200, "{addr}: {reply:?}");
+        assert_eq!(reply.machine(), id);
+    }
+    let redirect = get_at(&format!("{v4}:8443"), "shop.example", "/cart?x=1");
+    assert_eq!(redirect.status, 301, "{redirect:?}");
+    assert_eq!(
+        redirect.headers["location"],
+        "https://shop.example/cart?x=1"
+    );
+
+    // Raw TCP with a PROXY header naming the client, and a port range.
+    let mut stream = TcpStream::connect(format!("{raw_v4}:5000")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with(&format!("got: PROXY TCP4 127.0.0.1 {raw_v4} ")),
+        "{reply:?}"
+    );
+    let mut ranged = TcpStream::connect(format!("{raw_v4}:6000")).unwrap();
+    ranged
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    writeln!(ranged, "hello").unwrap();
+    let mut reply = String::new();
+    ranged.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got: hello\n");
+
+    // Released, the address is served no more.
+    let (status, _) = platform.api_call(
+        reqwest::Method::DELETE,
+        &format!("/v1/apps/{app}/ip_assignments/{v4}"),
+        None,
+        &platform.token,
+    );
+    assert_eq!(status, 204);
+    platform.eventually(
+        "the released address closes",
+        Duration::from_secs(10),
+        || TcpStream::connect(format!("{v4}:80")).is_err(),
+    );
+}
+
+/// One HTTP/1.0 request to `addr` (not the shared listener).
+fn get_at(addr: &str, host: &str, path: &str) -> Reply {
+    let mut stream =
+        TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("reading the reply");
+    parse_reply(&raw)
+}

@@ -18,12 +18,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Shared;
 use crate::dispatch::{DispatchError, Lease};
 use crate::headers::{self, Forwarded};
+use crate::listeners::FixedRoute;
 use crate::load::LoadGuard;
+use crate::routes::ServiceKey;
 use crate::upstream::SendError;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -33,7 +35,6 @@ const CONNECT_RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Accepts connections until the listener fails or the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -44,21 +45,33 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(shared.clone(), stream, peer, None));
+    }
+}
+
+/// Serves one client connection: apps by host name, or the one app of a
+/// dedicated address.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    route: Option<Arc<FixedRoute>>,
+) {
+    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, peer, local_port, req).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().preserve_header_case(true);
-            if let Err(err) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "proxy connection: {err}");
-            }
-        });
+        let route = route.clone();
+        async move {
+            Ok::<_, Infallible>(handle(&shared, peer, local_port, route.as_deref(), req).await)
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().preserve_header_case(true);
+    if let Err(err) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, "proxy connection: {err}");
     }
 }
 
@@ -102,40 +115,26 @@ async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     local_port: u16,
+    route: Option<&FixedRoute>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let region = &shared.config.region;
     let request_id = headers::request_id(region);
-    let Some(host) = host_of(&req) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            &request_id,
-            "the request names no host",
-        );
-    };
-    let Some(app) = app_of_host(&host, &shared.config.domain).map(str::to_string) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            &request_id,
-            &format!(
-                "{host} names no app; use <app>.{domain}",
-                domain = shared.config.domain
-            ),
-        );
-    };
-    let key = {
-        let table = shared.dispatcher.table.borrow();
-        match table.app(&app).and_then(|routes| routes.http_service()) {
-            Some(service) => service.key.clone(),
-            None => {
-                let why = if table.app(&app).is_some() {
-                    format!("app {app} has no service with an http handler")
-                } else {
-                    format!("no app {app} is served here")
-                };
-                return text(StatusCode::NOT_FOUND, &request_id, &why);
+    let (app, key, target_port) = match route {
+        Some(route) => {
+            if route.force_https {
+                return redirect_to_https(&req, &request_id);
             }
+            (
+                route.app.clone(),
+                route.key.clone(),
+                Some(route.target_port),
+            )
         }
+        None => match route_by_host(shared, &req) {
+            Ok((app, key)) => (app, key, None),
+            Err((status, why)) => return text(status, &request_id, &why),
+        },
     };
 
     let upgrade = headers::wants_upgrade(req.headers());
@@ -163,7 +162,11 @@ async fn handle(
             }
             Err(err) => return dispatch_error(&request_id, &err),
         };
-        let pool = shared.upstreams.pool(&lease.machine, lease.addr);
+        let addr = match target_port {
+            Some(port) => SocketAddr::new(lease.addr.ip(), port),
+            None => lease.addr,
+        };
+        let pool = shared.upstreams.pool(&lease.machine, addr);
         match pool.send(req).await {
             Ok(response) => {
                 return respond(response, lease, client_upgrade, &request_id);
@@ -183,6 +186,59 @@ async fn handle(
             }
         }
     }
+}
+
+/// The app a host name names and its HTTP service, or why there is none.
+fn route_by_host(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Result<(String, ServiceKey), (StatusCode, String)> {
+    let Some(host) = host_of(req) else {
+        return Err((StatusCode::BAD_REQUEST, "the request names no host".into()));
+    };
+    let domain = &shared.config.domain;
+    let Some(app) = app_of_host(&host, domain) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("{host} names no app; use <app>.{domain}"),
+        ));
+    };
+    let table = shared.dispatcher.table.borrow();
+    match table.app(app) {
+        Some(routes) => match routes.http_service() {
+            Some(service) => Ok((app.to_string(), service.key.clone())),
+            None => Err((
+                StatusCode::NOT_FOUND,
+                format!("app {app} has no service with an http handler"),
+            )),
+        },
+        None => Err((
+            StatusCode::NOT_FOUND,
+            format!("no app {app} is served here"),
+        )),
+    }
+}
+
+/// `force_https`: the same URL over https.
+fn redirect_to_https(req: &Request<Incoming>, request_id: &str) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.host().to_string()))
+        .unwrap_or_default();
+    let host = host.split(':').next().unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut response = text(StatusCode::MOVED_PERMANENTLY, request_id, "use https");
+    if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 fn dispatch_error(request_id: &str, err: &DispatchError) -> Response<ProxyBody> {

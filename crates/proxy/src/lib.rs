@@ -10,9 +10,11 @@ mod balance;
 mod dispatch;
 mod headers;
 mod http;
+mod listeners;
 mod load;
 mod routes;
 mod starts;
+mod tcp;
 mod upstream;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use dispatch::DispatchError;
+pub use listeners::AppAddress;
 pub use routes::{Autostop, RoutingTable};
 
 use dispatch::Dispatcher;
@@ -87,6 +90,8 @@ impl std::fmt::Debug for Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     table: watch::Sender<Arc<RoutingTable>>,
+    addresses: watch::Sender<Vec<AppAddress>>,
+    listeners: Arc<listeners::Listeners>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -115,12 +120,44 @@ impl Proxy {
             upstreams,
             agent,
         });
-        let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx));
+        let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx.clone()));
+        let (addresses, addresses_rx) = watch::channel(Vec::new());
+        let listeners = Arc::new(listeners::Listeners::default());
+        let follow = tokio::spawn(follow_addresses(
+            shared.clone(),
+            listeners.clone(),
+            table_rx,
+            addresses_rx,
+        ));
         Proxy {
             shared,
             table,
-            tasks: std::sync::Mutex::new(vec![autostop]),
+            addresses,
+            listeners,
+            tasks: std::sync::Mutex::new(vec![autostop, follow]),
         }
+    }
+
+    /// Replaces the apps' own addresses; their listeners follow.
+    pub fn set_addresses(&self, addresses: Vec<AppAddress>) {
+        self.addresses.send_if_modified(|current| {
+            let changed = *current != addresses;
+            *current = addresses;
+            changed
+        });
+    }
+
+    /// Stops every listener and gives back the addresses they held.
+    pub async fn close(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        self.listeners.close().await;
     }
 
     /// Replaces the routing table with one built from these machines.
@@ -168,6 +205,23 @@ impl Drop for Proxy {
             .drain(..)
         {
             task.abort();
+        }
+    }
+}
+
+/// Keeps the dedicated listeners in step with the table and the addresses.
+async fn follow_addresses(
+    shared: Arc<Shared>,
+    listeners: Arc<listeners::Listeners>,
+    mut table: watch::Receiver<Arc<RoutingTable>>,
+    mut addresses: watch::Receiver<Vec<AppAddress>>,
+) {
+    loop {
+        let wanted = listeners::wanted(&table.borrow_and_update(), &addresses.borrow_and_update());
+        listeners.reconcile(&shared, wanted).await;
+        tokio::select! {
+            changed = table.changed() => if changed.is_err() { return },
+            changed = addresses.changed() => if changed.is_err() { return },
         }
     }
 }

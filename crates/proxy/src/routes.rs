@@ -88,6 +88,7 @@ pub struct PortSpec {
     pub end_port: u16,
     pub handlers: Vec<String>,
     pub force_https: bool,
+    pub proxy_proto: Option<crate::tcp::ProxyProto>,
 }
 
 impl PortSpec {
@@ -306,6 +307,10 @@ fn port_specs(service: &MachineService) -> Vec<PortSpec> {
                     .get("force_https")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                proxy_proto: crate::tcp::ProxyProto::of(
+                    &port.handlers,
+                    port.extra.get("proxy_proto_options"),
+                ),
             })
         })
         .collect()

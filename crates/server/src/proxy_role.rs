@@ -25,6 +25,43 @@ pub struct ProxyArgs {
     /// Seconds a request may wait for a machine with room.
     #[arg(long, env = "MIDGE_PROXY_HOLD_SECS", default_value_t = 30.0)]
     pub proxy_hold_secs: f64,
+    /// IPv4 addresses apps get with `ip_assignments` type v4 (loopback by default).
+    #[arg(long, env = "MIDGE_PROXY_IPV4_POOL", default_value = "127.77.0.0/16")]
+    pub proxy_ipv4_pool: ipnet::IpNet,
+    /// IPv6 addresses apps get with `ip_assignments` type v6 (added to `lo`
+    /// while served).
+    #[arg(
+        long,
+        env = "MIDGE_PROXY_IPV6_POOL",
+        default_value = "fdaa:0:0:ffff::/112"
+    )]
+    pub proxy_ipv6_pool: ipnet::IpNet,
+}
+
+impl ProxyArgs {
+    /// The pools of `ip_assignments`, telling `changed` of every change.
+    pub fn address_plan(
+        &self,
+        shared: SocketAddr,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<midge_api::AddressPlan> {
+        anyhow::ensure!(
+            self.proxy_ipv4_pool.addr().is_ipv4(),
+            "--proxy-ipv4-pool {} is not an IPv4 range",
+            self.proxy_ipv4_pool
+        );
+        anyhow::ensure!(
+            self.proxy_ipv6_pool.addr().is_ipv6(),
+            "--proxy-ipv6-pool {} is not an IPv6 range",
+            self.proxy_ipv6_pool
+        );
+        Ok(midge_api::AddressPlan {
+            v4: self.proxy_ipv4_pool,
+            v6: self.proxy_ipv6_pool,
+            shared_v4: shared.ip(),
+            changed: Arc::new(move || changed.notify_one()),
+        })
+    }
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {

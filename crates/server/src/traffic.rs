@@ -2,11 +2,12 @@
 //! and the DNS server's snapshot, rebuilt from the agent's machines after
 //! every change it records (changes queued meanwhile share one rebuild).
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use midge_agent::Agent;
 use midge_dns::{Directory, DnsSnapshot};
-use midge_proxy::Proxy;
+use midge_proxy::{AppAddress, Proxy};
+use midge_store::Catalog;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Fills the proxy and DNS now, then keeps them in step until the proxy is
@@ -33,6 +34,36 @@ pub fn follow(agent: &Agent, proxy: Weak<Proxy>, dns: Option<Directory>) {
             while changes.try_recv().is_ok() {}
             let Some(proxy) = proxy.upgrade() else { return };
             refresh(&proxy);
+        }
+    });
+}
+
+/// Keeps the proxy's dedicated listeners on the catalog's app addresses:
+/// read now and after every `changed` (an assignment or release).
+pub fn follow_addresses(
+    catalog: Arc<dyn Catalog>,
+    proxy: Weak<Proxy>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let Some(live) = proxy.upgrade() else { return };
+            match catalog.all_ips().await {
+                Ok(all) => live.set_addresses(
+                    all.into_iter()
+                        .filter(|a| !a.shared)
+                        .filter_map(|a| {
+                            Some(AppAddress {
+                                app: a.app,
+                                ip: a.ip.parse().ok()?,
+                            })
+                        })
+                        .collect(),
+                ),
+                Err(err) => tracing::warn!("reading the apps' addresses: {err}"),
+            }
+            drop(live);
+            changed.notified().await;
         }
     });
 }

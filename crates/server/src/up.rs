@@ -95,6 +95,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::downgrade(&proxy),
         dns.as_ref().map(|dns| dns.server.directory()),
     );
+    let addresses_changed = Arc::new(tokio::sync::Notify::new());
+    let address_plan = args
+        .proxy
+        .address_plan(proxy_addr, addresses_changed.clone())?;
+    crate::traffic::follow_addresses(catalog.clone(), Arc::downgrade(&proxy), addresses_changed);
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()
@@ -126,11 +131,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 
-    let state = midge_api::ApiState::new(catalog, Arc::new(agent.clone()));
+    let state =
+        midge_api::ApiState::new(catalog, Arc::new(agent.clone())).with_addresses(address_plan);
     midge_api::serve_with_shutdown(listener, state, crate::shutdown_signal())
         .await
         .context("serving the API")?;
     agent.shutdown();
+    proxy.close().await;
     drop(proxy);
     if let Some(dns) = dns {
         dns.stop().await;

@@ -301,4 +301,16 @@ impl Catalog for CachedCatalog {
     async fn remove_volume(&self, id: &str) -> Result<()> {
         self.inner.remove_volume(id).await
     }
+    async fn assign_ip(&self, assignment: &crate::IpAssignment) -> Result<()> {
+        self.inner.assign_ip(assignment).await
+    }
+    async fn list_ips(&self, app: &str) -> Result<Vec<crate::IpAssignment>> {
+        self.inner.list_ips(app).await
+    }
+    async fn all_ips(&self) -> Result<Vec<crate::IpAssignment>> {
+        self.inner.all_ips().await
+    }
+    async fn release_ip(&self, app: &str, ip: &str) -> Result<bool> {
+        self.inner.release_ip(app, ip).await
+    }
 }

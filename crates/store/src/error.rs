@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("app name {0:?} is already taken")]
     NameTaken(String),
+    #[error("address {0} is already assigned")]
+    IpTaken(String),
     #[error("org {0:?} already exists")]
     OrgExists(String),
     #[error("org {0:?} not found")]

@@ -26,8 +26,9 @@ use midge_types::volume::Volume;
 pub use cached::CachedCatalog;
 pub use error::StoreError;
 pub use model::{
-    AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
-    MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
+    AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, IpAssignment,
+    MachineEntry, MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
+    VolumeEntry,
 };
 pub use names::{validate_app_name, validate_org_slug};
 pub use postgres::PostgresCatalog;
@@ -140,4 +141,14 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn list_volume_entries(&self, app: &str) -> Result<Vec<VolumeEntry>>;
     /// Forgets a volume whose host never made it.
     async fn remove_volume(&self, id: &str) -> Result<()>;
+
+    /// Records an address of an app; `Conflict` when a non-shared address
+    /// is already assigned.
+    async fn assign_ip(&self, assignment: &IpAssignment) -> Result<()>;
+    /// The app's addresses, oldest first.
+    async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>>;
+    /// Every app's addresses (what proxies listen on).
+    async fn all_ips(&self) -> Result<Vec<IpAssignment>>;
+    /// Whether the app had the address.
+    async fn release_ip(&self, app: &str, ip: &str) -> Result<bool>;
 }

@@ -142,3 +142,18 @@ pub struct VolumeEntry {
     /// Unix milliseconds.
     pub updated_at: i64,
 }
+
+/// An address the proxy serves an app on (`ip_assignments`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpAssignment {
+    pub ip: String,
+    pub app: String,
+    /// `v4`, `v6` or `shared_v4`.
+    pub kind: String,
+    pub region: String,
+    pub service_name: String,
+    /// Served to many apps (the shared listener's address); not unique.
+    pub shared: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}

@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+use crate::model::IpAssignment;
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
@@ -990,6 +991,42 @@ impl Catalog for PostgresCatalog {
         Ok(())
     }
 
+    async fn assign_ip(&self, a: &IpAssignment) -> Result<(), StoreError> {
+        let client = self.client("assigning an address").await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&a.ip, &a.app, &a.kind, &a.region, &a.service_name, &a.shared, &a.created_at],
+            )
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(error) if is_unique_violation(&error) => Err(StoreError::IpTaken(a.ip.clone())),
+            Err(error) => Err(StoreError::postgres("assigning an address")(error)),
+        }
+    }
+
+    async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, StoreError> {
+        self.ips("WHERE app = $1", &[&app]).await
+    }
+
+    async fn all_ips(&self) -> Result<Vec<IpAssignment>, StoreError> {
+        self.ips("", &[]).await
+    }
+
+    async fn release_ip(&self, app: &str, ip: &str) -> Result<bool, StoreError> {
+        let client = self.client("releasing an address").await?;
+        let removed = client
+            .execute(
+                "DELETE FROM ip_assignments WHERE app = $1 AND ip = $2",
+                &[&app, &ip],
+            )
+            .await
+            .map_err(StoreError::postgres("releasing an address"))?;
+        Ok(removed > 0)
+    }
+
     async fn complete_intent(&self, id: i64) -> Result<(), StoreError> {
         let client = self.client("completing intent").await?;
         client
@@ -997,5 +1034,37 @@ impl Catalog for PostgresCatalog {
             .await
             .map_err(StoreError::postgres("completing intent"))?;
         Ok(())
+    }
+}
+
+impl PostgresCatalog {
+    async fn ips(
+        &self,
+        filter: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<IpAssignment>, StoreError> {
+        let client = self.client("listing addresses").await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT ip, app, kind, region, service_name, shared, created_at
+                     FROM ip_assignments {filter} ORDER BY created_at, ip"
+                ),
+                args,
+            )
+            .await
+            .map_err(StoreError::postgres("listing addresses"))?;
+        Ok(rows
+            .iter()
+            .map(|row| IpAssignment {
+                ip: row.get(0),
+                app: row.get(1),
+                kind: row.get(2),
+                region: row.get(3),
+                service_name: row.get(4),
+                shared: row.get(5),
+                created_at: row.get(6),
+            })
+            .collect())
     }
 }

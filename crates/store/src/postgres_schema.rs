@@ -5,7 +5,7 @@ use deadpool_postgres::Client;
 
 use crate::StoreError;
 
-const VERSION: i32 = 2;
+const VERSION: i32 = 3;
 /// The advisory lock every schema change holds.
 const SCHEMA_LOCK: i64 = 0x6d69_6467_6500;
 
@@ -102,6 +102,21 @@ CREATE TABLE volumes (
 CREATE INDEX volumes_by_app ON volumes(app);
 ";
 
+/// The addresses the proxy serves apps on.
+const SCHEMA_V3: &str = "
+CREATE TABLE ip_assignments (
+    ip TEXT NOT NULL,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    region TEXT NOT NULL,
+    service_name TEXT NOT NULL,
+    shared BOOLEAN NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (app, ip)
+);
+CREATE UNIQUE INDEX ip_assignments_unshared ON ip_assignments(ip) WHERE NOT shared;
+";
+
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
         .transaction()
@@ -132,6 +147,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tx.batch_execute(SCHEMA_V2)
             .await
             .map_err(StoreError::postgres("creating the volume table"))?;
+    }
+    if version < 3 {
+        tx.batch_execute(SCHEMA_V3)
+            .await
+            .map_err(StoreError::postgres("creating the address table"))?;
     }
     if version < VERSION {
         tx.execute("DELETE FROM midge_schema", &[])

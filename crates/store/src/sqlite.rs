@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use async_trait::async_trait;
 
 use crate::Catalog;
+use crate::model::IpAssignment;
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
@@ -992,6 +993,77 @@ impl Catalog for SqliteCatalog {
     }
     async fn remove_placement(&self, id: &str) -> Result<(), StoreError> {
         SqliteCatalog::remove_placement(self, id)
+    }
+    async fn assign_ip(&self, a: &IpAssignment) -> Result<(), StoreError> {
+        let inserted = self.lock().execute(
+            "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                a.ip,
+                a.app,
+                a.kind,
+                a.region,
+                a.service_name,
+                a.shared,
+                a.created_at
+            ],
+        );
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::IpTaken(a.ip.clone()))
+            }
+            Err(e) => Err(StoreError::sqlite("assigning an address")(e)),
+        }
+    }
+    async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, StoreError> {
+        self.ips("WHERE app = ?1", &[&app])
+    }
+    async fn all_ips(&self) -> Result<Vec<IpAssignment>, StoreError> {
+        self.ips("", &[])
+    }
+    async fn release_ip(&self, app: &str, ip: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .lock()
+            .execute(
+                "DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2",
+                [app, ip],
+            )
+            .map_err(StoreError::sqlite("releasing an address"))?;
+        Ok(removed > 0)
+    }
+}
+
+impl SqliteCatalog {
+    fn ips(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<IpAssignment>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT ip, app, kind, region, service_name, shared, created_at
+                 FROM ip_assignments {filter} ORDER BY created_at, ip"
+            ))
+            .map_err(StoreError::sqlite("listing addresses"))?;
+        let rows = statement
+            .query_map(args, |row| {
+                Ok(IpAssignment {
+                    ip: row.get(0)?,
+                    app: row.get(1)?,
+                    kind: row.get(2)?,
+                    region: row.get(3)?,
+                    service_name: row.get(4)?,
+                    shared: row.get(5)?,
+                    created_at: row.get(6)?,
+                })
+            })
+            .map_err(StoreError::sqlite("listing addresses"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(StoreError::sqlite("listing addresses"))
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -104,6 +104,21 @@ CREATE TABLE volumes (
 CREATE INDEX volumes_by_app ON volumes(app);
 ";
 
+/// The addresses the proxy serves apps on.
+const SCHEMA_V4: &str = "
+CREATE TABLE ip_assignments (
+    ip TEXT NOT NULL,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    region TEXT NOT NULL,
+    service_name TEXT NOT NULL,
+    shared INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (app, ip)
+);
+CREATE UNIQUE INDEX ip_assignments_unshared ON ip_assignments(ip) WHERE shared = 0;
+";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -128,6 +143,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if version < 3 {
             tx.execute_batch(SCHEMA_V3)
                 .map_err(StoreError::sqlite("creating the volume table"))?;
+        }
+        if version < 4 {
+            tx.execute_batch(SCHEMA_V4)
+                .map_err(StoreError::sqlite("creating the address table"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use midge_store::{
-    Catalog, HostLoad, HostRegistration, Identity, IntentKind, MachineReport, NewApp, PERSONAL_ORG,
-    Principal, StoreError, TokenScope,
+    Catalog, HostLoad, HostRegistration, Identity, IntentKind, IpAssignment, MachineReport, NewApp,
+    PERSONAL_ORG, Principal, StoreError, TokenScope,
 };
 use midge_types::{Machine, MachineState};
 
@@ -509,6 +509,61 @@ async fn volumes_are_indexed_by_host_and_only_their_host_writes_them(catalog: Ar
     assert!(catalog.volume_entry("vol_2").await.unwrap().is_none());
 }
 
+fn assignment(app: &str, ip: &str, shared: bool) -> IpAssignment {
+    IpAssignment {
+        ip: ip.into(),
+        app: app.into(),
+        kind: if shared { "shared_v4" } else { "v4" }.into(),
+        region: "local".into(),
+        service_name: String::new(),
+        shared,
+        created_at: 1,
+    }
+}
+
+async fn addresses_are_assigned_once_unless_shared(catalog: Arc<dyn Catalog>) {
+    // Unique per run: engines may share one database between tests.
+    let run = midge_testkit::unique_prefix();
+    let (web, api) = (format!("web-{run}"), format!("api-{run}"));
+    let n = rand::random::<u8>();
+    let ip = format!("127.91.{n}.1");
+    catalog
+        .assign_ip(&assignment(&web, &ip, false))
+        .await
+        .unwrap();
+    let taken = catalog.assign_ip(&assignment(&api, &ip, false)).await;
+    assert!(matches!(taken, Err(StoreError::IpTaken(_))), "{taken:?}");
+    let shared = format!("127.91.{n}.2");
+    catalog
+        .assign_ip(&assignment(&web, &shared, true))
+        .await
+        .unwrap();
+    catalog
+        .assign_ip(&assignment(&api, &shared, true))
+        .await
+        .unwrap();
+    let listed: Vec<String> = catalog
+        .list_ips(&web)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.ip)
+        .collect();
+    assert_eq!(listed, [ip.clone(), shared.clone()]);
+    let all = catalog.all_ips().await.unwrap();
+    assert!(
+        all.iter()
+            .any(|a| a.app == api && a.ip == shared && a.shared)
+    );
+    assert!(!catalog.release_ip(&api, &ip).await.unwrap(), "not api's");
+    assert!(catalog.release_ip(&web, &ip).await.unwrap());
+    catalog
+        .assign_ip(&assignment(&api, &ip, false))
+        .await
+        .unwrap();
+    assert_eq!(catalog.list_ips(&api).await.unwrap().len(), 2);
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
@@ -575,4 +630,5 @@ on_both_engines!(
     intents_wait_for_their_host,
     the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
     volumes_are_indexed_by_host_and_only_their_host_writes_them,
+    addresses_are_assigned_once_unless_shared,
 );

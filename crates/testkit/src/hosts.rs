@@ -92,24 +92,46 @@ impl PoolLease {
     pub fn dns_address(&self) -> String {
         format!("{TEST_DNS_PREFIX}{:x}:3", self.index)
     }
+
+    /// Loopback IPv4 addresses of this lease alone (a platform's `--proxy-ipv4-pool`).
+    pub fn proxy_ipv4_pool(&self) -> String {
+        format!("127.{}.{}.0/24", 80 + self.index / 256, self.index % 256)
+    }
+
+    /// IPv6 addresses of this lease alone (a platform's `--proxy-ipv6-pool`).
+    pub fn proxy_ipv6_pool(&self) -> String {
+        format!("{TEST_PROXY_V6_PREFIX}{:x}::/112", self.index)
+    }
+
+    /// Removes what a platform of this lease may have left on `lo`.
+    pub fn remove_loopback_addresses(&self) {
+        let dns = self.dns_address();
+        let pool = format!("{TEST_PROXY_V6_PREFIX}{:x}::", self.index);
+        for address in test_loopback_addresses() {
+            if address == dns || address.starts_with(&pool) {
+                remove_loopback_address(&address);
+            }
+        }
+    }
 }
 
 /// Test platforms' DNS addresses (on `lo`) start with this.
 pub const TEST_DNS_PREFIX: &str = "fdaa:0:0:fffe::";
+/// Test platforms' app IPv6 addresses (on `lo`) start with this.
+pub const TEST_PROXY_V6_PREFIX: &str = "fdaa:0:0:fffd:";
 
-/// Test DNS addresses left on `lo`.
-pub fn test_dns_addresses() -> Vec<String> {
+/// Test addresses (DNS servers, apps' IPv6 addresses) left on `lo`.
+pub fn test_loopback_addresses() -> Vec<String> {
     run("ip", &["-6", "-o", "addr", "show", "dev", "lo"])
         .lines()
         .filter_map(|line| line.split_whitespace().nth(3))
         .filter_map(|cidr| cidr.split('/').next())
-        .filter(|addr| addr.starts_with(TEST_DNS_PREFIX))
+        .filter(|addr| addr.starts_with(TEST_DNS_PREFIX) || addr.starts_with(TEST_PROXY_V6_PREFIX))
         .map(str::to_string)
         .collect()
 }
 
-/// Removes a DNS address a test platform left on `lo`.
-pub fn remove_dns_address(address: &str) {
+fn remove_loopback_address(address: &str) {
     let _ = std::process::Command::new("ip")
         .args(["-6", "addr", "del", &format!("{address}/128"), "dev", "lo"])
         .output();
@@ -178,9 +200,9 @@ pub fn leftovers() -> Vec<String> {
             .map(|m| format!("mount {m}")),
     );
     found.extend(
-        test_dns_addresses()
+        test_loopback_addresses()
             .into_iter()
-            .map(|address| format!("DNS address {address} on lo")),
+            .map(|address| format!("address {address} on lo")),
     );
     found.extend(
         test_loop_devices()
@@ -212,8 +234,8 @@ pub fn leftovers() -> Vec<String> {
 
 /// Removes everything any test prefix names (after a crashed test run).
 pub fn remove_all_test_resources() {
-    for address in test_dns_addresses() {
-        remove_dns_address(&address);
+    for address in test_loopback_addresses() {
+        remove_loopback_address(&address);
     }
     for dir in test_cluster_dirs() {
         let down = tokio::runtime::Builder::new_current_thread()

@@ -3,6 +3,7 @@
 pub mod apps;
 pub mod exec;
 pub mod images;
+pub mod ips;
 pub mod leases;
 pub mod lifecycle;
 pub mod logs;

@@ -75,6 +75,8 @@ impl Platform {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--proxy-listen", &format!("127.0.0.1:{proxy_port}")])
             .args(["--dns-address", &pool.dns_address()])
+            .args(["--proxy-ipv4-pool", &pool.proxy_ipv4_pool()])
+            .args(["--proxy-ipv6-pool", &pool.proxy_ipv6_pool()])
             // Names outside .internal go nowhere: tests reach only loopback.
             .args(["--dns-upstream", "127.0.0.1:9"])
             .args(["--resource-prefix", &prefix])
@@ -281,7 +283,7 @@ impl Drop for Platform {
         }
         // `midge up` leaves machines running for the next start to adopt.
         midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
-        midge_testkit::remove_dns_address(&self._pool.dns_address());
+        self._pool.remove_loopback_addresses();
     }
 }
 
