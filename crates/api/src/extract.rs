@@ -214,6 +214,24 @@ impl<S: Send + Sync> FromRequestParts<S> for VolumePath {
     }
 }
 
+/// `/v1/apps/{app_name}/certificates/{hostname}`.
+pub struct CertificatePath {
+    pub app: String,
+    pub hostname: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CertificatePath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(CertificatePath {
+            app: params.take("app_name")?,
+            hostname: params.take("hostname")?,
+        })
+    }
+}
+
 /// `/v1/apps/{app_name}/ip_assignments/{ip}`.
 pub struct IpPath {
     pub app: String,

@@ -20,7 +20,8 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{Error, plain_status_error};
 use crate::routes::{
-    apps, exec, images, ips, leases, lifecycle, logs, machines, metadata, orgs, platform, volumes,
+    apps, certificates, exec, images, ips, leases, lifecycle, logs, machines, metadata, orgs,
+    platform, volumes,
 };
 
 pub use midge_types::headers::REQUEST_ID_HEADER;
@@ -105,6 +106,13 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(images::pull_image))
         .routes(routes!(ips::list_ips, ips::assign_ip))
         .routes(routes!(ips::release_ip))
+        .routes(routes!(certificates::list_certificates))
+        .routes(routes!(certificates::upload_certificate))
+        .routes(routes!(
+            certificates::get_certificate,
+            certificates::delete_certificate
+        ))
+        .routes(routes!(certificates::delete_custom_certificate))
         .routes(routes!(volumes::list_volumes, volumes::create_volume))
         .routes(routes!(
             volumes::get_volume,

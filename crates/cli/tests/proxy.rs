@@ -533,3 +533,88 @@ fn get_at(addr: &str, host: &str, path: &str) -> Reply {
     stream.read_to_string(&mut raw).expect("reading the reply");
     parse_reply(&raw)
 }
+
+/// An HTTPS GET of `https://{name}:443{path}` sent to `ip`, trusting only
+/// `root` (or anything, when `None`).
+fn https_get(name: &str, ip: &str, path: &str, root: Option<&str>) -> Result<String, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let addr: std::net::SocketAddr = format!("{ip}:443").parse().unwrap();
+        let mut builder = reqwest::Client::builder().resolve(name, addr);
+        builder = match root {
+            Some(pem) => {
+                builder.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+            }
+            None => builder.tls_danger_accept_invalid_certs(true),
+        };
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let response = client
+            .get(format!("https://{name}{path}"))
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        response.text().await.map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn tls_ports_serve_a_self_signed_certificate_or_the_one_uploaded_for_the_name() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("tls"));
+    let service = json!({"protocol": "tcp", "internal_port": 8080,
+        "ports": [{"port": 443, "handlers": ["tls", "http"]}]});
+    let id = create_machine(&platform, &app, web_config(service), false);
+    let (status, body) = platform.api_post(
+        &format!("/v1/apps/{app}/ip_assignments"),
+        json!({"type": "v4"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ip = body["ip"].as_str().unwrap().to_string();
+
+    // No certificate uploaded: a self-signed one, which a strict client refuses.
+    let made = rcgen::generate_simple_self_signed(vec!["shop.example.test".to_string()]).unwrap();
+    let (chain, key) = (made.cert.pem(), made.signing_key.serialize_pem());
+    let served = https_get("shop.example.test", &ip, "/cgi-bin/who", None).unwrap();
+    assert!(served.contains(&format!("machine={id}")), "{served}");
+    assert!(served.contains("HTTP_X_FORWARDED_PROTO=https"), "{served}");
+    let refused = https_get("shop.example.test", &ip, "/cgi-bin/who", Some(&chain));
+    assert!(
+        refused.is_err(),
+        "a self-signed certificate passed as the uploaded one"
+    );
+
+    // A key that is not the certificate's is refused with a reason.
+    let other = rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).unwrap();
+    let (status, bad) = platform.api_post(
+        &format!("/v1/apps/{app}/certificates/custom"),
+        json!({"hostname": "shop.example.test", "fullchain": chain, "private_key": other.signing_key.serialize_pem()}),
+    );
+    assert_eq!(status, 400, "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("does not match"),
+        "{bad}"
+    );
+
+    let (status, uploaded) = platform.api_post(
+        &format!("/v1/apps/{app}/certificates/custom"),
+        json!({"hostname": "shop.example.test", "fullchain": chain, "private_key": key}),
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    assert_eq!(uploaded["hostname"], "shop.example.test");
+    let (_, listed) = platform.api_get(&format!("/v1/apps/{app}/certificates"));
+    assert_eq!(listed["total_count"], 1, "{listed}");
+    let mut trusted = Err(String::new());
+    platform.eventually(
+        "the uploaded certificate is served",
+        Duration::from_secs(10),
+        || {
+            trusted = https_get("shop.example.test", &ip, "/cgi-bin/who", Some(&chain));
+            trusted.is_ok()
+        },
+    );
+    assert!(trusted.unwrap().contains(&format!("machine={id}")));
+}

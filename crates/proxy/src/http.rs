@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::Shared;
 use crate::dispatch::{DispatchError, Lease};
@@ -45,25 +45,39 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(shared.clone(), stream, peer, None));
+        let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+        tokio::spawn(serve_connection(
+            shared.clone(),
+            stream,
+            peer,
+            local_port,
+            None,
+            "http",
+        ));
     }
 }
 
 /// Serves one client connection: apps by host name, or the one app of a
 /// dedicated address.
-pub async fn serve_connection(
+pub async fn serve_connection<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
+    local_port: u16,
     route: Option<Arc<FixedRoute>>,
-) {
-    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    proto: &'static str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let route = route.clone();
-        async move {
-            Ok::<_, Infallible>(handle(&shared, peer, local_port, route.as_deref(), req).await)
-        }
+        let from = Client {
+            peer,
+            local_port,
+            proto,
+        };
+        async move { Ok::<_, Infallible>(handle(&shared, from, route.as_deref(), req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().preserve_header_case(true);
@@ -111,10 +125,18 @@ pub fn app_of_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
     (!app.is_empty() && !app.contains('.')).then_some(app)
 }
 
-async fn handle(
-    shared: &Shared,
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+struct Client {
     peer: SocketAddr,
     local_port: u16,
+    /// `http` or `https`.
+    proto: &'static str,
+}
+
+async fn handle(
+    shared: &Shared,
+    from: Client,
     route: Option<&FixedRoute>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -139,7 +161,7 @@ async fn handle(
 
     let upgrade = headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare_upstream_request(&mut req, peer, local_port, region, upgrade);
+    prepare_upstream_request(&mut req, from, region, upgrade);
 
     let deadline = Instant::now() + shared.config.hold_timeout;
     let mut exclude: Vec<String> = Vec::new();
@@ -253,8 +275,7 @@ fn dispatch_error(request_id: &str, err: &DispatchError) -> Response<ProxyBody> 
 /// and Fly's forwarding headers added.
 fn prepare_upstream_request(
     req: &mut Request<Incoming>,
-    peer: SocketAddr,
-    local_port: u16,
+    from: Client,
     region: &str,
     upgrade: bool,
 ) {
@@ -278,9 +299,9 @@ fn prepare_upstream_request(
     headers::add_forwarding(
         headers,
         &Forwarded {
-            client_ip: peer.ip(),
-            proto: "http",
-            port: local_port,
+            client_ip: from.peer.ip(),
+            proto: from.proto,
+            port: from.local_port,
             region,
         },
     );

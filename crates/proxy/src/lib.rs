@@ -15,6 +15,7 @@ mod load;
 mod routes;
 mod starts;
 mod tcp;
+mod tls;
 mod upstream;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 pub use dispatch::DispatchError;
 pub use listeners::AppAddress;
 pub use routes::{Autostop, RoutingTable};
+pub use tls::{CertificateError, CustomCertificate, parse_certificate};
 
 use dispatch::Dispatcher;
 use load::Loads;
@@ -75,6 +77,7 @@ pub(crate) struct Shared {
     pub dispatcher: Dispatcher,
     pub upstreams: Arc<Upstreams>,
     pub agent: Arc<dyn HostAgent>,
+    pub certificates: Arc<tls::Certificates>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -114,7 +117,9 @@ impl Proxy {
             starts,
             config.clone(),
         );
+        let certificates = Arc::new(tls::Certificates::new(&config.domain));
         let shared = Arc::new(Shared {
+            certificates,
             config,
             dispatcher,
             upstreams,
@@ -145,6 +150,11 @@ impl Proxy {
             *current = addresses;
             changed
         });
+    }
+
+    /// Replaces the certificates apps uploaded (served by SNI on `tls` ports).
+    pub fn set_certificates(&self, certificates: &[CustomCertificate]) {
+        self.shared.certificates.set_custom(certificates);
     }
 
     /// Stops every listener and gives back the addresses they held.

@@ -35,6 +35,8 @@ pub struct FixedRoute {
     /// The machine port connections are carried to.
     pub target_port: u16,
     pub http: bool,
+    /// Terminate TLS first, offering these ALPN protocols.
+    pub tls: Option<Vec<String>>,
     pub force_https: bool,
     pub proxy_proto: Option<ProxyProto>,
 }
@@ -81,7 +83,15 @@ pub fn wanted(table: &RoutingTable, addresses: &[AppAddress]) -> HashMap<SocketA
                             key: service.key.clone(),
                             target_port,
                             http: spec.has_handler("http"),
-                            force_https: spec.force_https,
+                            tls: spec.has_handler("tls").then(|| {
+                                if spec.has_handler("http") {
+                                    vec!["h2".into(), "http/1.1".into()]
+                                } else {
+                                    spec.alpn.clone()
+                                }
+                            }),
+                            // Only plain HTTP is redirected.
+                            force_https: spec.force_https && !spec.has_handler("tls"),
                             proxy_proto: spec.proxy_proto,
                         });
                 }
@@ -177,6 +187,19 @@ impl Listeners {
 }
 
 async fn accept(shared: Arc<Shared>, listener: TcpListener, route: Arc<FixedRoute>) {
+    let acceptor = match &route.tls {
+        Some(alpn) => {
+            let alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            match shared.certificates.acceptor(&route.app, alpn) {
+                Ok(acceptor) => Some(acceptor),
+                Err(err) => {
+                    tracing::warn!(app = %route.app, "no TLS for the app's listener: {err}");
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -187,18 +210,37 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener, route: Arc<FixedRout
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
         let shared = shared.clone();
         let route = route.clone();
-        if route.http {
-            tokio::spawn(crate::http::serve_connection(
-                shared,
-                stream,
-                peer,
-                Some(route),
-            ));
-        } else {
-            tokio::spawn(crate::tcp::splice(shared, route, stream, peer));
-        }
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => carry(shared, route, tls, peer, local, "https").await,
+                    Err(err) => tracing::debug!(%peer, "TLS handshake: {err}"),
+                },
+                None => carry(shared, route, stream, peer, local, "http").await,
+            }
+        });
+    }
+}
+
+/// One accepted connection, through the route's handler.
+async fn carry<S>(
+    shared: Arc<Shared>,
+    route: Arc<FixedRoute>,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    proto: &'static str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if route.http {
+        crate::http::serve_connection(shared, stream, peer, local.port(), Some(route), proto).await;
+    } else {
+        crate::tcp::splice(shared, route, stream, peer, local).await;
     }
 }
 

@@ -89,6 +89,8 @@ pub struct PortSpec {
     pub handlers: Vec<String>,
     pub force_https: bool,
     pub proxy_proto: Option<crate::tcp::ProxyProto>,
+    /// `tls_options.alpn`.
+    pub alpn: Vec<String>,
 }
 
 impl PortSpec {
@@ -311,6 +313,19 @@ fn port_specs(service: &MachineService) -> Vec<PortSpec> {
                     &port.handlers,
                     port.extra.get("proxy_proto_options"),
                 ),
+                alpn: port
+                    .extra
+                    .get("tls_options")
+                    .and_then(|o| o.get("alpn"))
+                    .and_then(Value::as_array)
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect()

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::dispatch::DispatchError;
@@ -66,13 +65,15 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Carries one client connection to a machine of the route's service.
-pub async fn splice(
+pub async fn splice<S>(
     shared: Arc<Shared>,
     route: Arc<FixedRoute>,
-    mut client: TcpStream,
+    mut client: S,
     peer: SocketAddr,
-) {
-    let local = client.local_addr().unwrap_or(peer);
+    local: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let deadline = Instant::now() + shared.config.hold_timeout;
     let mut exclude: Vec<String> = Vec::new();
     let mut pause = Duration::from_millis(1);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use midge_agent::Agent;
 use midge_dns::{Directory, DnsSnapshot};
-use midge_proxy::{AppAddress, Proxy};
+use midge_proxy::{AppAddress, CustomCertificate, Proxy};
 use midge_store::Catalog;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -38,8 +38,9 @@ pub fn follow(agent: &Agent, proxy: Weak<Proxy>, dns: Option<Directory>) {
     });
 }
 
-/// Keeps the proxy's dedicated listeners on the catalog's app addresses:
-/// read now and after every `changed` (an assignment or release).
+/// Keeps the proxy's dedicated listeners on the catalog's app addresses and
+/// its certificates: read now and after every `changed` (an assignment, a
+/// release, a certificate upload or removal).
 pub fn follow_addresses(
     catalog: Arc<dyn Catalog>,
     proxy: Weak<Proxy>,
@@ -48,6 +49,19 @@ pub fn follow_addresses(
     tokio::spawn(async move {
         loop {
             let Some(live) = proxy.upgrade() else { return };
+            match catalog.list_certificates(None).await {
+                Ok(all) => live.set_certificates(
+                    &all.into_iter()
+                        .map(|c| CustomCertificate {
+                            app: c.app,
+                            hostname: c.hostname,
+                            fullchain: c.fullchain,
+                            private_key: c.private_key,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Err(err) => tracing::warn!("reading the apps' certificates: {err}"),
+            }
             match catalog.all_ips().await {
                 Ok(all) => live.set_addresses(
                     all.into_iter()

@@ -313,4 +313,13 @@ impl Catalog for CachedCatalog {
     async fn release_ip(&self, app: &str, ip: &str) -> Result<bool> {
         self.inner.release_ip(app, ip).await
     }
+    async fn put_certificate(&self, certificate: &crate::Certificate) -> Result<()> {
+        self.inner.put_certificate(certificate).await
+    }
+    async fn list_certificates(&self, app: Option<&str>) -> Result<Vec<crate::Certificate>> {
+        self.inner.list_certificates(app).await
+    }
+    async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool> {
+        self.inner.delete_certificate(app, hostname).await
+    }
 }

@@ -26,9 +26,9 @@ use midge_types::volume::Volume;
 pub use cached::CachedCatalog;
 pub use error::StoreError;
 pub use model::{
-    AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, IpAssignment,
-    MachineEntry, MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope,
-    VolumeEntry,
+    AppRecord, Certificate, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind,
+    IpAssignment, MachineEntry, MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered,
+    TokenScope, VolumeEntry,
 };
 pub use names::{validate_app_name, validate_org_slug};
 pub use postgres::PostgresCatalog;
@@ -151,4 +151,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn all_ips(&self) -> Result<Vec<IpAssignment>>;
     /// Whether the app had the address.
     async fn release_ip(&self, app: &str, ip: &str) -> Result<bool>;
+
+    /// Stores (or replaces) an app's certificate for a host name;
+    /// `NameTaken` when another app has that host name.
+    async fn put_certificate(&self, certificate: &Certificate) -> Result<()>;
+    /// The app's certificates by host name, or every app's.
+    async fn list_certificates(&self, app: Option<&str>) -> Result<Vec<Certificate>>;
+    /// Whether the app had a certificate for the host name.
+    async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool>;
 }

@@ -157,3 +157,17 @@ pub struct IpAssignment {
     /// Unix milliseconds.
     pub created_at: i64,
 }
+
+/// A TLS certificate an app uploaded for a host name (`certificates/custom`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub hostname: String,
+    pub app: String,
+    /// PEM: the certificate, then its chain.
+    pub fullchain: String,
+    /// PEM.
+    pub private_key: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -11,11 +11,11 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-use crate::model::IpAssignment;
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
+use crate::model::{Certificate, IpAssignment};
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{Catalog, StoreError, postgres_schema};
@@ -1024,6 +1024,59 @@ impl Catalog for PostgresCatalog {
             )
             .await
             .map_err(StoreError::postgres("releasing an address"))?;
+        Ok(removed > 0)
+    }
+
+    async fn put_certificate(&self, c: &Certificate) -> Result<(), StoreError> {
+        let client = self.client("storing a certificate").await?;
+        let changed = client
+            .execute(
+                "INSERT INTO certificates (hostname, app, fullchain, private_key, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)
+                 ON CONFLICT (hostname) DO UPDATE SET fullchain = $3, private_key = $4, updated_at = $5
+                 WHERE certificates.app = $2",
+                &[&c.hostname, &c.app, &c.fullchain, &c.private_key, &c.updated_at],
+            )
+            .await
+            .map_err(StoreError::postgres("storing a certificate"))?;
+        if changed == 0 {
+            return Err(StoreError::NameTaken(c.hostname.clone()));
+        }
+        Ok(())
+    }
+
+    async fn list_certificates(&self, app: Option<&str>) -> Result<Vec<Certificate>, StoreError> {
+        let client = self.client("listing certificates").await?;
+        let rows = client
+            .query(
+                "SELECT hostname, app, fullchain, private_key, created_at, updated_at
+                 FROM certificates WHERE $1::TEXT IS NULL OR app = $1 ORDER BY hostname",
+                &[&app],
+            )
+            .await
+            .map_err(StoreError::postgres("listing certificates"))?;
+        Ok(rows
+            .iter()
+            .map(|row| Certificate {
+                hostname: row.get(0),
+                app: row.get(1),
+                fullchain: row.get(2),
+                private_key: row.get(3),
+                created_at: row.get(4),
+                updated_at: row.get(5),
+            })
+            .collect())
+    }
+
+    async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool, StoreError> {
+        let client = self.client("removing a certificate").await?;
+        let removed = client
+            .execute(
+                "DELETE FROM certificates WHERE app = $1 AND hostname = $2",
+                &[&app, &hostname],
+            )
+            .await
+            .map_err(StoreError::postgres("removing a certificate"))?;
         Ok(removed > 0)
     }
 

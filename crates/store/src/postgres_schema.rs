@@ -102,7 +102,7 @@ CREATE TABLE volumes (
 CREATE INDEX volumes_by_app ON volumes(app);
 ";
 
-/// The addresses the proxy serves apps on.
+/// The addresses the proxy serves apps on, and apps' TLS certificates.
 const SCHEMA_V3: &str = "
 CREATE TABLE ip_assignments (
     ip TEXT NOT NULL,
@@ -115,6 +115,15 @@ CREATE TABLE ip_assignments (
     PRIMARY KEY (app, ip)
 );
 CREATE UNIQUE INDEX ip_assignments_unshared ON ip_assignments(ip) WHERE NOT shared;
+CREATE TABLE certificates (
+    hostname TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    fullchain TEXT NOT NULL,
+    private_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX certificates_by_app ON certificates(app);
 ";
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

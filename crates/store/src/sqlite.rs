@@ -13,11 +13,11 @@ use subtle::ConstantTimeEq;
 use async_trait::async_trait;
 
 use crate::Catalog;
-use crate::model::IpAssignment;
 use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
+use crate::model::{Certificate, IpAssignment};
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{StoreError, sqlite_schema as schema};
@@ -1032,6 +1032,55 @@ impl Catalog for SqliteCatalog {
                 [app, ip],
             )
             .map_err(StoreError::sqlite("releasing an address"))?;
+        Ok(removed > 0)
+    }
+    async fn put_certificate(&self, c: &Certificate) -> Result<(), StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "INSERT INTO certificates (hostname, app, fullchain, private_key, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (hostname) DO UPDATE SET fullchain = ?3, private_key = ?4, updated_at = ?5
+                 WHERE certificates.app = ?2",
+                params![c.hostname, c.app, c.fullchain, c.private_key, c.updated_at],
+            )
+            .map_err(StoreError::sqlite("storing a certificate"))?;
+        if changed == 0 {
+            return Err(StoreError::NameTaken(c.hostname.clone()));
+        }
+        Ok(())
+    }
+    async fn list_certificates(&self, app: Option<&str>) -> Result<Vec<Certificate>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT hostname, app, fullchain, private_key, created_at, updated_at
+                 FROM certificates WHERE ?1 IS NULL OR app = ?1 ORDER BY hostname",
+            )
+            .map_err(StoreError::sqlite("listing certificates"))?;
+        let rows = statement
+            .query_map([app], |row| {
+                Ok(Certificate {
+                    hostname: row.get(0)?,
+                    app: row.get(1)?,
+                    fullchain: row.get(2)?,
+                    private_key: row.get(3)?,
+                    created_at: row.get(4)?,
+                    updated_at: row.get(5)?,
+                })
+            })
+            .map_err(StoreError::sqlite("listing certificates"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(StoreError::sqlite("listing certificates"))
+    }
+    async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .lock()
+            .execute(
+                "DELETE FROM certificates WHERE app = ?1 AND hostname = ?2",
+                [app, hostname],
+            )
+            .map_err(StoreError::sqlite("removing a certificate"))?;
         Ok(removed > 0)
     }
 }

@@ -104,7 +104,7 @@ CREATE TABLE volumes (
 CREATE INDEX volumes_by_app ON volumes(app);
 ";
 
-/// The addresses the proxy serves apps on.
+/// The addresses the proxy serves apps on, and apps' TLS certificates.
 const SCHEMA_V4: &str = "
 CREATE TABLE ip_assignments (
     ip TEXT NOT NULL,
@@ -117,6 +117,15 @@ CREATE TABLE ip_assignments (
     PRIMARY KEY (app, ip)
 );
 CREATE UNIQUE INDEX ip_assignments_unshared ON ip_assignments(ip) WHERE shared = 0;
+CREATE TABLE certificates (
+    hostname TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    fullchain TEXT NOT NULL,
+    private_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX certificates_by_app ON certificates(app);
 ";
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use midge_store::{
-    Catalog, HostLoad, HostRegistration, Identity, IntentKind, IpAssignment, MachineReport, NewApp,
-    PERSONAL_ORG, Principal, StoreError, TokenScope,
+    Catalog, Certificate, HostLoad, HostRegistration, Identity, IntentKind, IpAssignment,
+    MachineReport, NewApp, PERSONAL_ORG, Principal, StoreError, TokenScope,
 };
 use midge_types::{Machine, MachineState};
 
@@ -564,6 +564,54 @@ async fn addresses_are_assigned_once_unless_shared(catalog: Arc<dyn Catalog>) {
     assert_eq!(catalog.list_ips(&api).await.unwrap().len(), 2);
 }
 
+async fn certificates_belong_to_one_app_per_host_name(catalog: Arc<dyn Catalog>) {
+    let run = midge_testkit::unique_prefix();
+    let (web, api) = (format!("web-{run}"), format!("api-{run}"));
+    let cert = |app: &str, hostname: &str, chain: &str| Certificate {
+        hostname: hostname.into(),
+        app: app.into(),
+        fullchain: chain.into(),
+        private_key: "key".into(),
+        created_at: 1,
+        updated_at: 2,
+    };
+    let host = format!("{run}.example.com");
+    catalog
+        .put_certificate(&cert(&web, &host, "one"))
+        .await
+        .unwrap();
+    catalog
+        .put_certificate(&cert(&web, &host, "two"))
+        .await
+        .unwrap();
+    let taken = catalog.put_certificate(&cert(&api, &host, "x")).await;
+    assert!(matches!(taken, Err(StoreError::NameTaken(_))), "{taken:?}");
+    let listed = catalog.list_certificates(Some(&web)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].fullchain, "two", "replaced");
+    assert!(
+        catalog
+            .list_certificates(Some(&api))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        catalog
+            .list_certificates(None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.hostname == host)
+    );
+    assert!(!catalog.delete_certificate(&api, &host).await.unwrap());
+    assert!(catalog.delete_certificate(&web, &host).await.unwrap());
+    catalog
+        .put_certificate(&cert(&api, &host, "x"))
+        .await
+        .unwrap();
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
@@ -631,4 +679,5 @@ on_both_engines!(
     the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
     volumes_are_indexed_by_host_and_only_their_host_writes_them,
     addresses_are_assigned_once_unless_shared,
+    certificates_belong_to_one_app_per_host_name,
 );

@@ -1,6 +1,7 @@
 //! The route handlers, one module per resource of the Fly Machines API.
 
 pub mod apps;
+pub mod certificates;
 pub mod exec;
 pub mod images;
 pub mod ips;
