@@ -92,6 +92,24 @@ enum BenchCommand {
         #[arg(long, default_value = "172.18.250.0/24")]
         ipv4_pool: String,
     },
+    /// The proxy: cold start of a stopped machine by a request, and throughput and CPU per request against nginx (needs wrk and nginx)
+    Proxy {
+        /// Cold starts to time
+        #[arg(long, default_value_t = 30)]
+        cold_starts: usize,
+        /// Seconds of each wrk run
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Alternating rounds of direct, nginx and midge runs
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Resource prefix of the benchmark's host resources
+        #[arg(long, default_value = "mbprx")]
+        prefix: String,
+        /// Address pool of the benchmark's machines
+        #[arg(long, default_value = "172.18.252.0/24")]
+        ipv4_pool: String,
+    },
     /// Creates and GETs through a dev cluster of three hosts against one host, and how soon a dead host shows
     Cluster {
         /// Creates with skip_launch on each platform
@@ -177,6 +195,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             bench::start::run(bench::start::BenchOptions {
                 iterations,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Proxy {
+            cold_starts,
+            seconds,
+            rounds,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench::proxy::run(bench::proxy::ProxyBenchOptions {
+                cold_starts,
+                seconds,
+                rounds,
                 prefix,
                 ipv4_pool,
             })

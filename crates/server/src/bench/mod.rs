@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 mod measure;
+pub mod proxy;
 pub mod start;
 pub mod volumes;
 
