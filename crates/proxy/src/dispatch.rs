@@ -124,10 +124,14 @@ impl Dispatcher {
         let mut failed_starts: Vec<String> = Vec::new();
         let mut last_start_error = None;
         let mut _slot = None;
+        // Registered only once a request has to wait, then before each look.
+        let mut waiting = false;
         loop {
             let changed = self.loads.changed();
             tokio::pin!(changed);
-            changed.as_mut().enable();
+            if waiting {
+                changed.as_mut().enable();
+            }
             let table = self.table.borrow().clone();
             let service = table
                 .app(app)
@@ -137,19 +141,32 @@ impl Dispatcher {
             let running: Vec<&Backend> = service
                 .backends
                 .iter()
-                .filter(|b| {
-                    b.in_rotation()
-                        && !exclude.contains(&b.id)
-                        && !self.loads.of(&b.id).is_draining()
-                })
+                .filter(|b| b.in_rotation() && !exclude.contains(&b.id))
                 .collect();
+            let loads: Vec<_> = running.iter().map(|b| self.loads.of(&b.id)).collect();
             let candidates: Vec<Candidate> = running
                 .iter()
-                .map(|b| Candidate {
-                    load: self.loads.of(&b.id).active(),
+                .zip(&loads)
+                .map(|(b, load)| Candidate {
+                    load: load.active(),
                     soft_limit: b.policy.soft_limit,
                     hard_limit: b.policy.hard_limit,
                     same_region: b.region == self.config.region,
+                })
+                .collect();
+            // Draining machines take nothing new.
+            let candidates: Vec<Candidate> = candidates
+                .into_iter()
+                .zip(&loads)
+                .map(|(c, load)| {
+                    if load.is_draining() {
+                        Candidate {
+                            hard_limit: Some(0),
+                            ..c
+                        }
+                    } else {
+                        c
+                    }
                 })
                 .collect();
             let picked = balance::pick(&candidates, &mut rand::rng());
@@ -196,6 +213,11 @@ impl Dispatcher {
             }
             if _slot.is_none() {
                 _slot = Some(self.enter_queue(app)?);
+            }
+            if !waiting {
+                // Look again with the wakeup registered, so none is missed.
+                waiting = true;
+                continue;
             }
             if tokio::time::timeout_at(deadline.into(), changed)
                 .await

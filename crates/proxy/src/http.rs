@@ -26,7 +26,7 @@ use crate::headers::{self, Forwarded};
 use crate::listeners::FixedRoute;
 use crate::load::LoadGuard;
 use crate::routes::ServiceKey;
-use crate::upstream::SendError;
+use crate::upstream::{Reuse, SendError};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -190,8 +190,8 @@ async fn handle(
         };
         let pool = shared.upstreams.pool(&lease.machine, addr);
         match pool.send(req).await {
-            Ok(response) => {
-                return respond(response, lease, client_upgrade, &request_id);
+            Ok((response, reuse)) => {
+                return respond(response, reuse, lease, client_upgrade, &request_id);
             }
             Err(SendError::NotSent(unsent, why)) => {
                 tracing::debug!(machine = %lease.machine, "not sent: {why}");
@@ -309,6 +309,7 @@ fn prepare_upstream_request(
 
 fn respond(
     mut response: Response<Incoming>,
+    reuse: Reuse,
     lease: Lease,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_id: &str,
@@ -352,15 +353,18 @@ fn respond(
         parts,
         GuardedBody {
             inner: body,
+            reuse: Some(reuse),
             _guard: lease.guard,
         }
         .boxed(),
     )
 }
 
-/// A response body that holds its machine's load until it ends.
+/// A response body that holds its machine's load until it ends, and gives
+/// its connection back to the pool when it was read to the end.
 struct GuardedBody {
     inner: Incoming,
+    reuse: Option<Reuse>,
     _guard: LoadGuard,
 }
 
@@ -372,7 +376,21 @@ impl Body for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            // The server may never poll again once the body says it ended.
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                self.reuse = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended && let Some(reuse) = self.reuse.take() {
+            reuse.give_back();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

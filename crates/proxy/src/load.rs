@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -52,13 +53,21 @@ impl MachineLoad {
 /// The loads of every machine the proxy knows.
 #[derive(Debug, Default)]
 pub struct Loads {
-    machines: Mutex<HashMap<String, Arc<MachineLoad>>>,
+    machines: std::sync::RwLock<HashMap<String, Arc<MachineLoad>>>,
     changed: Notify,
 }
 
 impl Loads {
     pub fn of(&self, machine: &str) -> Arc<MachineLoad> {
-        let mut machines = self.machines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(load) = self
+            .machines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(machine)
+        {
+            return load.clone();
+        }
+        let mut machines = self.machines.write().unwrap_or_else(|p| p.into_inner());
         machines
             .entry(machine.to_string())
             .or_insert_with(|| Arc::new(MachineLoad::new()))
@@ -78,7 +87,7 @@ impl Loads {
 
     /// Forgets machines that are gone.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut machines = self.machines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut machines = self.machines.write().unwrap_or_else(|p| p.into_inner());
         machines.retain(|id, load| keep(id) || load.active() > 0);
     }
 

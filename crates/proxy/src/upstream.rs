@@ -57,14 +57,13 @@ impl MachinePool {
             .push(stream);
     }
 
+    /// The most recently used connection that is ready for a request;
+    /// closed ones are dropped, busy ones (still finishing a response) stay.
     fn take_idle(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() && !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        idle.retain(|sender| !sender.is_closed());
+        let ready = idle.iter().rposition(SendRequest::is_ready)?;
+        Some(idle.swap_remove(ready))
     }
 
     async fn connect(&self) -> std::io::Result<SendRequest<Incoming>> {
@@ -91,7 +90,7 @@ impl MachinePool {
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Reuse), SendError> {
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
@@ -107,8 +106,11 @@ impl MachinePool {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.put_back(sender);
-                    return Ok(response);
+                    let reuse = Reuse {
+                        pool: self.clone(),
+                        sender,
+                    };
+                    return Ok((response, reuse));
                 }
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if reused => request = unsent,
@@ -124,17 +126,25 @@ impl MachinePool {
         }
     }
 
-    /// Pools the connection once its response is done with.
-    fn put_back(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_PER_MACHINE {
-                    idle.push(sender);
-                }
-            }
-        });
+}
+
+/// A connection that may take another request once its response is read
+/// to the end; dropped instead when the response is abandoned or upgraded.
+#[derive(Debug)]
+pub struct Reuse {
+    pool: Arc<MachinePool>,
+    sender: SendRequest<Incoming>,
+}
+
+impl Reuse {
+    pub fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_MACHINE {
+            idle.push(self.sender);
+        }
     }
 }
 
@@ -150,21 +160,35 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStr
 /// The pools of every machine, keyed by machine and address.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    pools: Mutex<HashMap<(String, SocketAddr), Arc<MachinePool>>>,
+    /// By address, with the machine that has it (an address that passes to
+    /// another machine gets a new pool).
+    pools: std::sync::RwLock<HashMap<SocketAddr, (String, Arc<MachinePool>)>>,
 }
 
 impl Upstreams {
     pub fn pool(&self, machine: &str, addr: SocketAddr) -> Arc<MachinePool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry((machine.to_string(), addr))
-            .or_insert_with(|| Arc::new(MachinePool::new(addr)))
-            .clone()
+        if let Some((owner, pool)) = self
+            .pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            && owner == machine
+        {
+            return pool.clone();
+        }
+        let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        let entry = pools
+            .entry(addr)
+            .or_insert_with(|| (machine.to_string(), Arc::new(MachinePool::new(addr))));
+        if entry.0 != machine {
+            *entry = (machine.to_string(), Arc::new(MachinePool::new(addr)));
+        }
+        entry.1.clone()
     }
 
     /// Drops the pools of machines that no longer take traffic.
     pub fn retain(&self, keep: impl Fn(&str, SocketAddr) -> bool) {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.retain(|(id, addr), _| keep(id, *addr));
+        let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|addr, (id, _)| keep(id, *addr));
     }
 }

@@ -110,7 +110,8 @@ fn web_machine() -> CreateMachineRequest {
             image: SHELL_IMAGE.into(),
             init: InitConfig {
                 exec: Some(vec![
-                    "/bin/httpd".into(),
+                    "/bin/busybox".into(),
+                    "httpd".into(),
                     "-f".into(),
                     "-p".into(),
                     "8080".into(),
@@ -309,11 +310,31 @@ async fn start_nginx(config: &Path, cpu: &str) -> anyhow::Result<tokio::process:
     let child = tokio::process::Command::new("taskset")
         .args(["-c", cpu, "nginx", "-c"])
         .arg(config)
+        // Its workers must not hold the benchmark's output open.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting nginx")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(child)
+}
+
+/// Stops nginx quickly and waits for it (SIGTERM: the master takes its
+/// workers along, which a SIGKILL of the master would leave behind).
+async fn stop_nginx(master: &mut tokio::process::Child) {
+    if let Some(pid) = master.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(5), master.wait())
+        .await
+        .is_err()
+    {
+        let _ = master.kill().await;
+    }
 }
 
 /// The pid of the nginx worker under `master`.
@@ -341,7 +362,8 @@ fn pinned_proxy(
     let agent = host.agent.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
+    let thread = std::thread::Builder::new().name("midge-proxy".into());
+    thread.spawn(move || {
         let mut cpus = nix::sched::CpuSet::new();
         let _ = cpus.set(1);
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
@@ -373,7 +395,7 @@ fn pinned_proxy(
             let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
             proxy.close().await;
         });
-    });
+    })?;
     let (addr, stat) = ready_rx.recv().context("the proxy thread")??;
     Ok((addr, stat, stop_tx))
 }
@@ -471,8 +493,8 @@ async fn throughput(
         }
     }
     let _ = stop_midge.send(());
-    let _ = backend_nginx.kill().await;
-    let _ = proxy_nginx.kill().await;
+    stop_nginx(&mut backend_nginx).await;
+    stop_nginx(&mut proxy_nginx).await;
 
     let median = |runs: &Vec<(f64, Option<f64>, String)>| {
         let mut sorted = runs.clone();
