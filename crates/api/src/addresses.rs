@@ -15,6 +15,9 @@ pub struct AddressPlan {
     pub v6: IpNet,
     /// What `shared_v4` answers: the proxy's shared listener.
     pub shared_v4: IpAddr,
+    /// The shared listener's port and domain (`<app>.<domain>`).
+    pub shared_port: u16,
+    pub domain: String,
     /// Called after every assignment or release (the proxy listens anew).
     pub changed: Arc<dyn Fn() + Send + Sync>,
 }

@@ -62,6 +62,10 @@ pub struct AppResponse {
     pub internal_numeric_id: i64,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Where the proxy serves the app: its host name on the shared
+    /// listener, then its own addresses (midge's extension).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -61,6 +61,9 @@ enum Command {
     /// Manage volumes: persistent storage pinned to a host
     #[command(subcommand, visible_aliases = ["volume", "vol", "v"])]
     Volumes(commands::volumes::VolumesCommand),
+    /// The addresses the proxy serves an app on
+    #[command(subcommand)]
+    Ips(commands::ips::IpsCommand),
     /// Run the whole platform on this host: API, host agent and storage
     Up(up::UpArgs),
     /// Run a stateless API server of a cluster over a shared catalog
@@ -182,6 +185,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(command) => commands::tokens::run(command, &cli.api).await,
         Command::Machine(command) => commands::machine::run(command, &cli.api).await,
         Command::Volumes(command) => commands::volumes::run(command, &cli.api).await,
+        Command::Ips(command) => commands::ips::run(command, &cli.api).await,
         Command::Platform(command) => commands::platform::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,

@@ -618,3 +618,75 @@ fn tls_ports_serve_a_self_signed_certificate_or_the_one_uploaded_for_the_name() 
     );
     assert!(trusted.unwrap().contains(&format!("machine={id}")));
 }
+
+#[test]
+fn the_ips_commands_allocate_list_and_release_and_apps_show_prints_the_urls() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("ips"));
+    let allocated = platform
+        .midge(&["ips", "allocate-v4", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    let v4 = allocated
+        .strip_prefix("Allocated ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{allocated}"))
+        .to_string();
+    platform
+        .midge(&["ips", "allocate-v6", "-a", &app])
+        .success();
+    let listed = platform
+        .midge(&["ips", "list", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("v4") && l.contains(&v4)),
+        "{listed}"
+    );
+    assert!(listed.lines().any(|l| l.starts_with("v6")), "{listed}");
+    let shown = platform
+        .midge(&["apps", "show", &app])
+        .success()
+        .stdout
+        .clone();
+    let port = platform.proxy_addr.rsplit(':').next().unwrap();
+    assert!(
+        shown.contains(&format!("http://{app}.localhost:{port}/")),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("http://{v4}/")), "{shown}");
+    platform
+        .midge(&["ips", "release", &v4, "-a", &app])
+        .success();
+    let after = platform
+        .midge(&["ips", "list", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(!after.contains(&v4), "{after}");
+    let missing = platform.midge(&["ips", "release", &v4, "-a", &app]);
+    assert!(missing.failure().contains("has no address"), "{missing}");
+    // Autostop without autostart: the machine is made, with a warning.
+    let warned = platform.midge(&[
+        "machine",
+        "run",
+        SHELL,
+        "-a",
+        &app,
+        "-p",
+        "80:8080/tcp:http",
+        "--autostop=stop",
+        "--autostart=false",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(
+        warned.success().stderr.contains("never starts them"),
+        "{warned}"
+    );
+}

@@ -440,6 +440,53 @@ impl ApiClient {
         Ok(())
     }
 
+    // ---- addresses ----
+
+    /// The app's addresses (`GET /v1/apps/{app}/ip_assignments`).
+    pub async fn list_ips(&self, app: &str) -> ClientResult<Value> {
+        let url = self.url(&["apps", app, "ip_assignments"], &[]);
+        self.call(
+            &format!("listing the addresses of app {app}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// A new address of `kind` (`v4`, `v6`, `shared_v4`) for the app.
+    pub async fn assign_ip(
+        &self,
+        app: &str,
+        kind: &str,
+        region: Option<&str>,
+    ) -> ClientResult<Value> {
+        let url = self.url(&["apps", app, "ip_assignments"], &[]);
+        let body = serde_json::json!({ "type": kind, "region": region });
+        self.call(
+            &format!("allocating a {kind} address for app {app}"),
+            Method::POST,
+            url,
+            Some(encode(&body)?),
+            None,
+        )
+        .await
+    }
+
+    pub async fn release_ip(&self, app: &str, ip: &str) -> ClientResult<()> {
+        let url = self.url(&["apps", app, "ip_assignments", ip], &[]);
+        self.send(
+            &format!("releasing address {ip} of app {app}"),
+            Method::DELETE,
+            url,
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     // ---- platform ----
 
     /// The regions, with midge's capacity figures for each.

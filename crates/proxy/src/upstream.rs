@@ -125,7 +125,6 @@ impl MachinePool {
             }
         }
     }
-
 }
 
 /// A connection that may take another request once its response is read

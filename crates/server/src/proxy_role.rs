@@ -59,6 +59,8 @@ impl ProxyArgs {
             v4: self.proxy_ipv4_pool,
             v6: self.proxy_ipv6_pool,
             shared_v4: shared.ip(),
+            shared_port: shared.port(),
+            domain: self.proxy_domain.trim_matches('.').to_ascii_lowercase(),
             changed: Arc::new(move || changed.notify_one()),
         })
     }

@@ -39,6 +39,9 @@ pub struct App {
     pub volume_count: u64,
     #[serde(default)]
     pub internal_numeric_id: i64,
+    /// Where the proxy serves the app (midge's extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -170,7 +170,24 @@ async fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
         ))
     })?;
     let machine_count = state.agent.machine_counts(app.name.clone()).await?.total;
+    let mut urls = Vec::new();
+    if let Some(plan) = &state.addresses {
+        let port = match plan.shared_port {
+            80 => String::new(),
+            port => format!(":{port}"),
+        };
+        urls.push(format!("http://{}.{}{port}/", app.name, plan.domain));
+        for ip in state.catalog.list_ips(&app.name).await? {
+            if !ip.shared {
+                urls.push(match ip.ip.contains(':') {
+                    true => format!("http://[{}]/", ip.ip),
+                    false => format!("http://{}/", ip.ip),
+                });
+            }
+        }
+    }
     Ok(AppResponse {
+        urls,
         id: app.id,
         name: app.name,
         status: app.status,

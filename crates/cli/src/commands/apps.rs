@@ -143,4 +143,8 @@ fn print_app(app: &App) {
     for (label, value) in rows {
         println!("{label:<13}= {value}");
     }
+    for (i, url) in app.urls.iter().enumerate() {
+        let label = if i == 0 { "URLs" } else { "" };
+        println!("{label:<13}{} {url}", if i == 0 { "=" } else { " " });
+    }
 }

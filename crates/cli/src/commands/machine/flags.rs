@@ -136,6 +136,25 @@ pub struct ConfigFlags {
     pub skip_start: bool,
 }
 
+/// Autostop without autostart can leave a service with nothing running and
+/// nothing to start it again.
+fn warn_stops_without_starts(services: &[midge_types::MachineService]) {
+    for service in services {
+        let stops = match &service.autostop {
+            Some(Value::Bool(on)) => *on,
+            Some(Value::String(mode)) => mode != "off",
+            _ => false,
+        };
+        if stops && service.autostart == Some(false) {
+            eprintln!(
+                "warning: the service on port {} stops machines when idle but never starts them; \
+                 with no machine started it gets no traffic (hint: --autostart=true)",
+                service.internal_port
+            );
+        }
+    }
+}
+
 impl ConfigFlags {
     pub fn restart_given(&self) -> bool {
         self.restart.is_some()
@@ -209,6 +228,7 @@ impl ConfigFlags {
                     service.autostop = Some(Value::String(autostop.clone()));
                 }
             }
+            warn_stops_without_starts(&config.services);
         }
         if let Some(schedule) = &self.schedule {
             match schedule.as_str() {

@@ -1,0 +1,110 @@
+//! `midge ips`: the addresses the proxy serves an app on, as flyctl names
+//! them (`allocate-v4`, `allocate-v6`, `list`, `release`).
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::commands::{ApiOptions, AppArg};
+use crate::output::{print_json, render_table, short_time};
+
+#[derive(Subcommand, Debug)]
+pub enum IpsCommand {
+    /// Allocate an IPv4 address (every port of the app's services is served there)
+    AllocateV4 {
+        #[command(flatten)]
+        app: AppArg,
+        /// The proxy's shared address instead of one of the app's own
+        #[arg(long)]
+        shared: bool,
+        /// Region [default: the API server's]
+        #[arg(short, long)]
+        region: Option<String>,
+    },
+    /// Allocate an IPv6 address
+    AllocateV6 {
+        #[command(flatten)]
+        app: AppArg,
+        /// Region [default: the API server's]
+        #[arg(short, long)]
+        region: Option<String>,
+    },
+    /// List the app's addresses
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// Release an address
+    Release {
+        ip: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+}
+
+pub async fn run(command: IpsCommand, api: &ApiOptions) -> Result<()> {
+    let client = api.client()?;
+    match command {
+        IpsCommand::AllocateV4 {
+            app,
+            shared,
+            region,
+        } => {
+            let app = app.require()?;
+            let kind = if shared { "shared_v4" } else { "v4" };
+            let ip = client.assign_ip(&app, kind, region.as_deref()).await?;
+            println!("Allocated {} for app {app}", text(&ip["ip"]));
+        }
+        IpsCommand::AllocateV6 { app, region } => {
+            let app = app.require()?;
+            let ip = client.assign_ip(&app, "v6", region.as_deref()).await?;
+            println!("Allocated {} for app {app}", text(&ip["ip"]));
+        }
+        IpsCommand::List { app, json } => {
+            let app = app.require()?;
+            let listed = client.list_ips(&app).await?;
+            if json {
+                return print_json(&listed["ips"]);
+            }
+            let rows: Vec<Vec<String>> = listed["ips"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|ip| {
+                    let address = text(&ip["ip"]);
+                    let kind = if ip["shared"].as_bool() == Some(true) {
+                        "shared v4"
+                    } else if address.contains(':') {
+                        "v6"
+                    } else {
+                        "v4"
+                    };
+                    vec![
+                        kind.to_string(),
+                        address,
+                        text(&ip["region"]),
+                        short_time(&text(&ip["created_at"])),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render_table(&["VERSION", "IP", "REGION", "CREATED AT"], &rows)
+            );
+        }
+        IpsCommand::Release { ip, app } => {
+            let app = app.require()?;
+            client.release_ip(&app, &ip).await?;
+            println!("Released {ip} from app {app}");
+        }
+    }
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
