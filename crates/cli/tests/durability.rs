@@ -26,6 +26,8 @@ struct Server {
     url: String,
     token: String,
     http: reqwest::Client,
+    /// The proxy's port, the same at every boot (apps show their URL).
+    proxy_port: u16,
     _pool: midge_testkit::PoolLease,
 }
 
@@ -71,6 +73,10 @@ impl Server {
                 .no_proxy()
                 .build()
                 .expect("HTTP client"),
+            proxy_port: std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port(),
             _pool: midge_testkit::PoolLease::acquire().expect("leasing an address pool"),
         };
         server.boot().await;
@@ -106,8 +112,8 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            // Any free port: another test's proxy may hold the default.
-            .args(["--proxy-listen", "127.0.0.1:0"])
+            // Not the default: another test's proxy may hold it.
+            .args(["--proxy-listen", &format!("127.0.0.1:{}", self.proxy_port)])
             .arg("--no-dns")
             .args(["--resource-prefix", &self.prefix])
             .args(["--ipv4-pool", &self._pool.cidr()])
