@@ -69,6 +69,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(
             machines::get_machine,
             machines::update_machine,
+            machines::update_machine_put,
             machines::destroy_machine
         ))
         .routes(routes!(machines::machine_events))

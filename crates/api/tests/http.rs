@@ -253,6 +253,12 @@ async fn bad_machine_input_is_400_json_before_reaching_the_agent() {
             m.into(),
             Some(r#"{"config": {"image": "x"}, "current_version": "v1"}"#),
         ),
+        // Updates come with PUT from some clients: routed, and checked alike.
+        (
+            "PUT",
+            m.into(),
+            Some(r#"{"config": {"image": "x"}, "current_version": "v1"}"#),
+        ),
         ("DELETE", format!("{m}?force=sometimes"), None),
         ("POST", format!("{m}/stop"), Some("{bad")),
         (

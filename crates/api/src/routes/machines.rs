@@ -228,6 +228,24 @@ pub fn version_param<'a>(params: &'a Params, key: &str) -> Result<Option<&'a str
     }
 }
 
+/// The same update with PUT, as some clients send it (the spec and fly-go
+/// use POST).
+#[utoipa::path(
+    put, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body(content = Object, description = "As POST"),
+    responses((status = 200, body = Object, description = "The machine at its new version"))
+)]
+pub async fn update_machine_put(
+    state: State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    nonce: LeaseNonce,
+    body: JsonBody<CreateMachineRequest>,
+) -> Result<Json<Machine>> {
+    update_machine(state, caller, path, nonce, body).await
+}
+
 #[utoipa::path(
     post, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
     params(("app_name" = String, Path), ("machine_id" = String, Path)),
