@@ -257,3 +257,63 @@ impl Dispatcher {
         (n > 0).then(|| startable[rand::random_range(0..n)])
     }
 }
+
+/// Longest pause before every machine that refused a connection is tried again.
+const REFUSED_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// The attempts of one request (or connection) to reach a machine: a
+/// machine that refused it is not tried again until every machine has
+/// refused; then all are tried again after a pause (they may be coming up),
+/// until the hold timeout.
+#[derive(Debug)]
+pub struct Attempts {
+    deadline: Instant,
+    refused: Vec<String>,
+    pause: Duration,
+}
+
+/// Why attempts ended without a machine.
+#[derive(Debug)]
+pub enum AttemptError {
+    Dispatch(DispatchError),
+    /// Every machine refused until the hold timeout.
+    Refused,
+}
+
+impl Attempts {
+    pub fn new(hold_timeout: Duration) -> Attempts {
+        Attempts {
+            deadline: Instant::now() + hold_timeout,
+            refused: Vec::new(),
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// A machine for the next attempt.
+    pub async fn lease(
+        &mut self,
+        dispatcher: &Dispatcher,
+        app: &str,
+        key: &ServiceKey,
+    ) -> Result<Lease, AttemptError> {
+        loop {
+            match dispatcher.acquire(app, key, &self.refused).await {
+                Ok(lease) => return Ok(lease),
+                Err(DispatchError::NoMachines(_)) if !self.refused.is_empty() => {
+                    if Instant::now() >= self.deadline {
+                        return Err(AttemptError::Refused);
+                    }
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(REFUSED_PAUSE_MAX);
+                    self.refused.clear();
+                }
+                Err(err) => return Err(AttemptError::Dispatch(err)),
+            }
+        }
+    }
+
+    /// The machine did not take the attempt.
+    pub fn refused(&mut self, machine: &str) {
+        self.refused.push(machine.to_string());
+    }
+}

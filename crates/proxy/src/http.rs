@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::Shared;
-use crate::dispatch::{DispatchError, Lease};
+use crate::dispatch::{AttemptError, Attempts, DispatchError, Lease};
 use crate::headers::{self, Forwarded};
 use crate::listeners::FixedRoute;
 use crate::load::LoadGuard;
@@ -29,9 +29,6 @@ use crate::routes::ServiceKey;
 use crate::upstream::{Reuse, SendError};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-/// Longest a request keeps trying to reach a machine that refuses connections.
-const CONNECT_RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Accepts connections until the listener fails or the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -163,26 +160,15 @@ async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_upstream_request(&mut req, from, region, upgrade);
 
-    let deadline = Instant::now() + shared.config.hold_timeout;
-    let mut exclude: Vec<String> = Vec::new();
-    let mut pause = Duration::from_millis(1);
+    let mut attempts = Attempts::new(shared.config.hold_timeout);
     let mut last_error = String::new();
     loop {
-        let lease = match shared.dispatcher.acquire(&app, &key, &exclude).await {
+        let lease = match attempts.lease(&shared.dispatcher, &app, &key).await {
             Ok(lease) => lease,
-            // Every machine refused the connection: they may be coming up.
-            Err(DispatchError::NoMachines(_))
-                if !exclude.is_empty() && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CONNECT_RETRY_PAUSE_MAX);
-                exclude.clear();
-                continue;
-            }
-            Err(DispatchError::NoMachines(_)) if !exclude.is_empty() => {
+            Err(AttemptError::Refused) => {
                 return text(StatusCode::BAD_GATEWAY, &request_id, &last_error);
             }
-            Err(err) => return dispatch_error(&request_id, &err),
+            Err(AttemptError::Dispatch(err)) => return dispatch_error(&request_id, &err),
         };
         let addr = match target_port {
             Some(port) => SocketAddr::new(lease.addr.ip(), port),
@@ -196,7 +182,7 @@ async fn handle(
             Err(SendError::NotSent(unsent, why)) => {
                 tracing::debug!(machine = %lease.machine, "not sent: {why}");
                 req = *unsent;
-                exclude.push(lease.machine.clone());
+                attempts.refused(&lease.machine);
                 last_error = format!("machine {} did not take the request: {why}", lease.machine);
             }
             Err(SendError::Failed(why)) => {

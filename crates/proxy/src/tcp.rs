@@ -4,17 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
 use crate::Shared;
-use crate::dispatch::DispatchError;
+use crate::dispatch::Attempts;
 use crate::listeners::FixedRoute;
 use crate::upstream::dial;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Which PROXY protocol header goes first, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,26 +73,15 @@ pub async fn splice<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + shared.config.hold_timeout;
-    let mut exclude: Vec<String> = Vec::new();
-    let mut pause = Duration::from_millis(1);
+    let mut attempts = Attempts::new(shared.config.hold_timeout);
     let (lease, mut upstream) = loop {
-        let lease = match shared
-            .dispatcher
-            .acquire(&route.app, &route.key, &exclude)
+        let lease = match attempts
+            .lease(&shared.dispatcher, &route.app, &route.key)
             .await
         {
             Ok(lease) => lease,
-            Err(DispatchError::NoMachines(_))
-                if !exclude.is_empty() && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                exclude.clear();
-                continue;
-            }
             Err(err) => {
-                tracing::debug!(app = %route.app, %peer, "no machine for a connection: {err}");
+                tracing::debug!(app = %route.app, %peer, "no machine for a connection: {err:?}");
                 return;
             }
         };
@@ -102,7 +90,7 @@ pub async fn splice<S>(
             Ok(stream) => break (lease, stream),
             Err(err) => {
                 tracing::debug!(machine = %lease.machine, "connecting to {addr}: {err}");
-                exclude.push(lease.machine.clone());
+                attempts.refused(&lease.machine);
             }
         }
     };

@@ -114,6 +114,18 @@ async fn find(state: &ApiState, app: &AppRecord, hostname: &str) -> Result<Certi
         })
 }
 
+/// Removes the app's certificate for the path's host name; the removed one.
+async fn remove(state: &ApiState, caller: &Caller, path: &CertificatePath) -> Result<Certificate> {
+    let app = state.app(caller, &path.app).await?;
+    let found = find(state, &app, &path.hostname).await?;
+    state
+        .catalog
+        .delete_certificate(&app.name, &found.hostname)
+        .await?;
+    changed(state);
+    Ok(found)
+}
+
 fn changed(state: &ApiState) {
     if let Some(plan) = &state.addresses {
         (plan.changed)();
@@ -213,13 +225,7 @@ pub async fn delete_certificate(
     caller: Caller,
     path: CertificatePath,
 ) -> Result<StatusCode> {
-    let app = state.app(&caller, &path.app).await?;
-    let found = find(&state, &app, &path.hostname).await?;
-    state
-        .catalog
-        .delete_certificate(&app.name, &found.hostname)
-        .await?;
-    changed(&state);
+    remove(&state, &caller, &path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -233,13 +239,7 @@ pub async fn delete_custom_certificate(
     caller: Caller,
     path: CertificatePath,
 ) -> Result<Json<CertificateDetailBody>> {
-    let app = state.app(&caller, &path.app).await?;
-    let found = find(&state, &app, &path.hostname).await?;
-    state
-        .catalog
-        .delete_certificate(&app.name, &found.hostname)
-        .await?;
-    changed(&state);
+    let found = remove(&state, &caller, &path).await?;
     Ok(Json(CertificateDetailBody {
         hostname: found.hostname,
         configured: false,

@@ -22,16 +22,7 @@ pub(crate) struct Timings {
 
 impl Timings {
     pub fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "a rank within a short list"
-        )]
-        let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-        sorted[rank.min(sorted.len() - 1)]
+        percentile(&self.samples, p)
     }
 
     pub fn per_second(&self) -> f64 {
@@ -41,6 +32,21 @@ impl Timings {
     pub fn mean_bytes(&self) -> usize {
         self.bytes / self.samples.len().max(1)
     }
+}
+
+/// The `p`th percentile (nearest rank) of some latencies; zero for none.
+pub(crate) fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let last = sorted.len().saturating_sub(1);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a rank within a short list"
+    )]
+    let rank = ((p / 100.0) * last as f64).round() as usize;
+    sorted.get(rank.min(last)).copied().unwrap_or_default()
 }
 
 pub(crate) fn size(bytes: usize) -> String {

@@ -27,6 +27,7 @@ use midge_types::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bench::LocalApi;
+use crate::bench::measure::percentile;
 use crate::host::{Host, HostConfig};
 use crate::shell_image::{SHELL_IMAGE, ensure_shell_image};
 
@@ -85,20 +86,6 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let last = sorted.len().saturating_sub(1);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a rank within a short list"
-    )]
-    let rank = ((p / 100.0) * last as f64).round() as usize;
-    sorted.get(rank.min(last)).copied().unwrap_or_default()
 }
 
 /// A machine serving a 1 KB file with busybox httpd on 8080, port 80 http.

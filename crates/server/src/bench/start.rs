@@ -40,17 +40,7 @@ struct Samples(Vec<Duration>);
 
 impl Samples {
     fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.0.clone();
-        sorted.sort();
-        let last = sorted.len().saturating_sub(1);
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "a rank within a short list"
-        )]
-        let rank = ((p / 100.0) * last as f64).round() as usize;
-        sorted.get(rank.min(last)).copied().unwrap_or_default()
+        crate::bench::measure::percentile(&self.0, p)
     }
 }
 
