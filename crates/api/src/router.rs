@@ -2,6 +2,7 @@
 //! response passes through.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use futures::FutureExt;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -183,13 +185,37 @@ pub async fn serve_with_shutdown(
         .await
 }
 
+/// Stamps every response with a request id, and turns a handler's panic
+/// into a 500 that names it (and a log line with it) instead of a dropped
+/// connection.
 async fn request_id(request: Request, next: Next) -> Response {
     let id = ulid::Ulid::new().to_string();
-    let mut response = next.run(request).await;
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let reason = panic_message(panic.as_ref());
+            tracing::error!(request_id = %id, %method, %path, "a handler panicked: {reason}");
+            plain_status_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &format!("the server failed on this request (request id {id})"),
+            )
+        }
+    };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
@@ -202,4 +228,42 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         "invalid_argument",
         &format!("method {method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn panicking() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_its_request_id() {
+        let app: Router = Router::new()
+            .route("/boom", get(panicking))
+            .layer(middleware::from_fn(request_id));
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = response.headers()[REQUEST_ID_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with("internal: "), "{error}");
+        assert!(
+            error.contains(&id),
+            "the body names the request id: {error}"
+        );
+    }
 }

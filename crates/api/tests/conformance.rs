@@ -693,6 +693,18 @@ async fn fly_client_requests_get_replies_shaped_like_the_spec() {
         400,
     )
     .await;
+    // Timeouts no float duration can hold are refused, not a panic.
+    for timeout in ["1e300", "inf", "NaN", "-1", "1e-300"] {
+        c.call(
+            "GET",
+            &format!("{MACHINE}/wait"),
+            &format!("{base}/wait?state=started&timeout={timeout}"),
+            None,
+            None,
+            400,
+        )
+        .await;
+    }
     let unauthenticated = server
         .send("GET", "/v1/apps", Auth::FlyV1("midge_nope"), &[], None)
         .await
