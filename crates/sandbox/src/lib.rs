@@ -20,6 +20,7 @@ mod recovery;
 mod rootfs;
 mod run;
 mod runc;
+mod seccomp;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::seccomp;
+
 /// Docker's default capability set: what a container process gets, no more.
 const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
@@ -43,6 +45,21 @@ pub struct SandboxSpec<'a> {
 pub const GUEST_INIT: &str = "/.midge/init";
 pub const GUEST_RUN_DIR: &str = "/.midge/run";
 pub const GUEST_LOG_DIR: &str = "/.midge/run/logs";
+
+/// Docker's default filter for the capabilities machines get, resolved once.
+fn default_seccomp() -> &'static Value {
+    static FILTER: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    FILTER.get_or_init(|| {
+        let (arch, scmp_arch) = seccomp::host_arch();
+        let filter = seccomp::docker_default(&seccomp::Target {
+            arch,
+            scmp_arch,
+            kernel: seccomp::running_kernel(),
+            capabilities: DEFAULT_CAPABILITIES,
+        });
+        serde_json::to_value(filter).unwrap_or(Value::Null)
+    })
+}
 
 pub fn runtime_config(spec: &SandboxSpec) -> Value {
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
@@ -93,7 +110,7 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 10240, "soft": 10240}],
-            "noNewPrivileges": false
+            "noNewPrivileges": true
         },
         "root": {"path": "rootfs", "readonly": false},
         "hostname": spec.hostname,
@@ -113,10 +130,13 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
                 {"type": "mount"},
                 {"type": "network", "path": spec.netns_path}
             ],
+            "seccomp": default_seccomp(),
+            // Docker's masked and read-only paths.
             "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
+                "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap"
             ],
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
