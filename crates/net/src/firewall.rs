@@ -1,4 +1,5 @@
-//! The nftables table `inet <prefix>`: egress NAT for the IPv4 pool and 6PN org isolation.
+//! The nftables table `inet <prefix>`: egress NAT for the IPv4 pool, 6PN org
+//! isolation, and what machines may reach on the host itself.
 //!
 //! Machine interfaces are recognised through the set `machine_ifaces` (not a name
 //! wildcard) so that tables of different prefixes never act on each other's machines.
@@ -6,29 +7,50 @@
 //! may leave a machine only with a source address of its own org, and may enter a
 //! machine only from a source address of the destination's org, whether it comes
 //! from a machine on this host or over the underlay from another host.
+//!
+//! Traffic from a machine to the host itself (the `input` hook) is dropped unless
+//! it answers a connection the host opened (the proxy, service checks) or goes to
+//! an endpoint the platform serves to machines (`served_v4`, `served_v6`: the
+//! internal DNS server). A database or ssh listening on the host's addresses is
+//! not the machines' business.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde_json::Value;
 
-use crate::NetError;
 use crate::addressing::{Ipv4Pool, ORG_PREFIX_LEN};
 use crate::command::{nft_script, run};
+use crate::{NetError, ServedEndpoint};
 
 const MACHINE_IFACES: &str = "machine_ifaces";
 const MACHINE_ORGS: &str = "machine_orgs";
+const SERVED_V4: &str = "served_v4";
+const SERVED_V6: &str = "served_v6";
 
 /// The whole table, applied in one transaction. Re-applying replaces the rules and
-/// keeps the set elements, so machines already attached stay reachable.
-pub(crate) fn table_script(table: &str, pool: &Ipv4Pool) -> String {
-    format!(
+/// the served endpoints and keeps the machines' set elements, so machines already
+/// attached stay reachable.
+pub(crate) fn table_script(table: &str, pool: &Ipv4Pool, served: &[ServedEndpoint]) -> String {
+    let mut script = format!(
         "add table inet {table}
 add set inet {table} {MACHINE_IFACES} {{ type ifname; }}
 add set inet {table} {MACHINE_ORGS} {{ type ifname . ipv6_addr; flags interval; }}
+add set inet {table} {SERVED_V4} {{ type ipv4_addr . inet_proto . inet_service; }}
+add set inet {table} {SERVED_V6} {{ type ipv6_addr . inet_proto . inet_service; }}
+add chain inet {table} input {{ type filter hook input priority filter; policy accept; }}
 add chain inet {table} forward {{ type filter hook forward priority filter; policy accept; }}
 add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush set inet {table} {SERVED_V4}
+flush set inet {table} {SERVED_V6}
+flush chain inet {table} input
 flush chain inet {table} forward
 flush chain inet {table} postrouting
+add rule inet {table} input iifname != @{MACHINE_IFACES} accept
+add rule inet {table} input ct state established,related accept
+add rule inet {table} input icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept
+add rule inet {table} input ip daddr . meta l4proto . th dport @{SERVED_V4} accept
+add rule inet {table} input ip6 daddr . meta l4proto . th dport @{SERVED_V6} accept
+add rule inet {table} input drop
 add rule inet {table} forward ct state established,related accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
@@ -42,11 +64,27 @@ add rule inet {table} forward iifname @{MACHINE_IFACES} accept
 add rule inet {table} forward oifname @{MACHINE_IFACES} drop
 add rule inet {table} postrouting ip saddr {pool} oifname != @{MACHINE_IFACES} masquerade
 "
-    )
+    );
+    for endpoint in served {
+        let (set, address) = match endpoint.address {
+            IpAddr::V4(address) => (SERVED_V4, address.to_string()),
+            IpAddr::V6(address) => (SERVED_V6, address.to_string()),
+        };
+        script.push_str(&format!(
+            "add element inet {table} {set} {{ {address} . {} . {} }}\n",
+            endpoint.protocol.nft_name(),
+            endpoint.port
+        ));
+    }
+    script
 }
 
-pub(crate) async fn apply_table(table: &str, pool: &Ipv4Pool) -> Result<(), NetError> {
-    nft_script(&table_script(table, pool)).await
+pub(crate) async fn apply_table(
+    table: &str,
+    pool: &Ipv4Pool,
+    served: &[ServedEndpoint],
+) -> Result<(), NetError> {
+    nft_script(&table_script(table, pool, served)).await
 }
 
 /// Deletes the table if it exists (declaring it first makes the delete never fail).
@@ -191,8 +229,20 @@ mod tests {
     #[test]
     fn table_script_uses_the_pool_and_the_interface_sets() {
         let pool: Ipv4Pool = "172.19.0.0/16".parse().unwrap();
-        let script = table_script("midge", &pool);
+        let dns = ServedEndpoint {
+            address: "fdaa::3".parse().unwrap(),
+            protocol: crate::Protocol::Udp,
+            port: 53,
+        };
+        let script = table_script("midge", &pool, &[dns]);
         assert!(script.contains("ip saddr 172.19.0.0/16 oifname != @machine_ifaces masquerade"));
+        assert!(script.contains("add element inet midge served_v6 { fdaa::3 . udp . 53 }"));
+        // The input chain ends in a drop, after what is served.
+        let input: Vec<&str> = script
+            .lines()
+            .filter(|line| line.starts_with("add rule inet midge input"))
+            .collect();
+        assert_eq!(input.last(), Some(&"add rule inet midge input drop"));
         assert!(script.contains("flush chain inet midge forward"));
         assert!(!script.contains('*'), "no interface wildcards: {script}");
     }

@@ -17,7 +17,7 @@ mod names;
 mod peers;
 mod sysctl;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,6 +42,45 @@ pub struct NetConfig {
     pub ipv4_pool: Ipv4Pool,
     /// This host's field in 6PN addresses.
     pub host_id: u32,
+    /// What machines may reach on the host itself; everything else they send
+    /// to the host is dropped.
+    #[serde(default)]
+    pub served: Vec<ServedEndpoint>,
+}
+
+/// A host endpoint the platform serves to machines (the internal DNS server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedEndpoint {
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn nft_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl ServedEndpoint {
+    /// A DNS server: port 53 over UDP and TCP.
+    pub fn dns(address: IpAddr) -> [ServedEndpoint; 2] {
+        [Protocol::Udp, Protocol::Tcp].map(|protocol| ServedEndpoint {
+            address,
+            protocol,
+            port: 53,
+        })
+    }
 }
 
 /// A machine's network as attached: where runc joins it and its addresses.
@@ -72,7 +111,12 @@ impl Network {
     pub async fn init(config: NetConfig) -> Result<Network, NetError> {
         let network = Network::new(config)?;
         sysctl::enable_forwarding().await?;
-        firewall::apply_table(network.table(), &network.config.ipv4_pool).await?;
+        firewall::apply_table(
+            network.table(),
+            &network.config.ipv4_pool,
+            &network.config.served,
+        )
+        .await?;
         Ok(network)
     }
 

@@ -5,7 +5,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use midge_net::{MTU, NetError, private_ip};
+use midge_net::{MTU, NetError, Protocol, ServedEndpoint, private_ip};
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -41,50 +41,82 @@ async fn attached_machine_is_reachable_from_the_host_on_ipv4_and_6pn() {
 }
 
 #[tokio::test]
-async fn machine_reaches_the_host_through_its_gateways() {
-    let fixture = TestNetwork::init().await;
+async fn machines_reach_only_what_the_host_serves_them() {
+    // Listening on every address, as a database or sshd on the host would.
+    let served_listener = TcpListener::bind("[::]:0").await.unwrap();
+    let served_port = served_listener.local_addr().unwrap().port();
+    let other_listener = TcpListener::bind("[::]:0").await.unwrap();
+    let other_port = other_listener.local_addr().unwrap().port();
+    let fixture = TestNetwork::init_serving(&random_prefix(), |network| {
+        let planned = network.machine_net("m1out", 0, 7).unwrap();
+        vec![ServedEndpoint {
+            address: IpAddr::V6(planned.gateway_v6),
+            protocol: Protocol::Tcp,
+            port: served_port,
+        }]
+    })
+    .await;
     let net = fixture.network.attach("m1out", 0, 7).await.unwrap();
 
-    for (gateway, machine) in [
-        (IpAddr::V4(net.gateway_v4), IpAddr::V4(net.ipv4)),
-        (IpAddr::V6(net.gateway_v6), IpAddr::V6(net.ipv6)),
+    let message = "ping from the machine";
+    let mut client = in_netns(
+        &net,
+        &[
+            "busybox",
+            "sh",
+            "-c",
+            &format!(
+                "printf '{message}' | busybox nc {} {served_port}",
+                net.gateway_v6
+            ),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let (mut stream, peer) = tokio::time::timeout(Duration::from_secs(5), served_listener.accept())
+        .await
+        .expect("the served endpoint is reachable")
+        .unwrap();
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V6(net.ipv6),
+        "the machine's own address, not translated"
+    );
+    let mut received = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut received))
+        .await
+        .expect("machine closes the connection")
+        .unwrap();
+    assert_eq!(received, message);
+    drop(stream);
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.wait()).await;
+
+    // The same listener on another address, and another port, are not served.
+    for (address, port) in [
+        (IpAddr::V4(net.gateway_v4), served_port),
+        (IpAddr::V6(net.gateway_v6), other_port),
+        (IpAddr::V4(net.gateway_v4), other_port),
     ] {
-        let listener = TcpListener::bind(SocketAddr::new(gateway, 0))
-            .await
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let message = format!("ping from the machine to {gateway}\n");
-        let mut client = in_netns(
+        let status = in_netns(
             &net,
             &[
                 "busybox",
-                "sh",
-                "-c",
-                &format!(
-                    "printf '{}' | busybox nc {gateway} {port}",
-                    message.trim_end()
-                ),
+                "nc",
+                "-w",
+                "2",
+                &address.to_string(),
+                &port.to_string(),
             ],
         )
-        .spawn()
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
         .unwrap();
-        let (mut stream, peer) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
-            .await
-            .unwrap_or_else(|_| panic!("no connection from the machine to {gateway}"))
-            .unwrap();
-        assert_eq!(
-            peer.ip(),
-            machine,
-            "the machine's own address, not translated"
-        );
-        let mut received = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut received))
-            .await
-            .expect("machine closes the connection")
-            .unwrap();
-        assert_eq!(received, message.trim_end());
-        drop(stream);
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.wait()).await;
+        assert!(!status.success(), "{address} port {port} was reachable");
+    }
+    for listener in [&served_listener, &other_listener] {
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "a dropped connection got through");
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use midge_agent::{Agent, AgentConfig, HostParts};
 use midge_image::ImageStore;
-use midge_net::{NetConfig, Network};
+use midge_net::{NetConfig, Network, ServedEndpoint};
 use midge_sandbox::{SandboxConfig, SandboxDriver};
 use midge_volume::VolumePool;
 
@@ -97,6 +97,11 @@ impl Host {
             prefix: config.resource_prefix.clone(),
             ipv4_pool: pool,
             host_id: config.host_id,
+            // The one thing this host serves machines on its own addresses.
+            served: config
+                .nameserver
+                .map(|address| ServedEndpoint::dns(address).to_vec())
+                .unwrap_or_default(),
         })
         .await
         .context("setting up host networking")?;

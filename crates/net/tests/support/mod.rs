@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use midge_net::{Ipv4Pool, MachineNet, NetConfig, Network};
+use midge_net::{Ipv4Pool, MachineNet, NetConfig, Network, ServedEndpoint};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,11 +26,22 @@ impl TestNetwork {
     }
 
     pub async fn init_with_prefix(prefix: &str) -> TestNetwork {
-        let config = NetConfig {
+        TestNetwork::init_serving(prefix, |_| Vec::new()).await
+    }
+
+    /// A network whose machines may reach what `served` lists on the host;
+    /// it is given the network to plan machines' addresses with.
+    pub async fn init_serving(
+        prefix: &str,
+        served: impl FnOnce(&Network) -> Vec<ServedEndpoint>,
+    ) -> TestNetwork {
+        let mut config = NetConfig {
             prefix: prefix.to_string(),
             ipv4_pool: unique_pool(),
             host_id: rand::rng().random(),
+            served: Vec::new(),
         };
+        config.served = served(&Network::new(config.clone()).expect("valid test config"));
         // Construct the guard before touching the host so a failing init is cleaned up too.
         let fixture = TestNetwork {
             network: Network::new(config.clone()).expect("valid test config"),
