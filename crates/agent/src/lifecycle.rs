@@ -17,6 +17,19 @@ use crate::transitions::{Op, Transition, transition};
 
 /// on-failure counts restarts within this window.
 const RESTART_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// The wait before the first restart within the window; it doubles with
+/// every further one, up to `RESTART_BACKOFF_MAX` (as systemd and Kubernetes
+/// back off), so a program that fails at once does not spin.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before a restart that follows `recent` restarts in the window.
+pub(crate) fn restart_backoff(recent: usize) -> Duration {
+    let doublings = u32::try_from(recent).unwrap_or(u32::MAX).min(16);
+    RESTART_BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RESTART_BACKOFF_MAX)
+}
 /// How long a SIGKILLed run may take to be gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -154,6 +167,7 @@ impl AgentCore {
                 restarting: restart,
             },
         );
+        let backoff = restart_backoff(recent.len());
         let recorded = self.update_record(entry, |record| {
             record.push_event(
                 "exit",
@@ -165,27 +179,38 @@ impl AgentCore {
                 record.restarts = recent.clone();
                 record.restarts.push(now);
                 record.restart_count += 1;
+                let backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
                 record.push_event(
                     "restart",
                     "restarting",
                     "flyd",
-                    Some(json!({"restart_count": record.restart_count})),
+                    Some(json!({
+                        "restart_count": record.restart_count,
+                        "backoff_ms": backoff_ms,
+                        "next_attempt_at": now.saturating_add(i64::try_from(backoff_ms).unwrap_or(i64::MAX)),
+                    })),
                 );
+                // Stopped while it waits out the backoff, with the start
+                // pending: any operation in the meantime (stop, start,
+                // update, destroy) replaces the restart.
+                record.set_state(MachineState::Stopped);
                 record.pending = Some(PendingOp::Start);
             } else {
                 record.set_state(step.to);
                 record.pending = config.auto_destroy.then_some(PendingOp::Destroy);
             }
         });
-        if let Err(err) = recorded {
-            tracing::warn!(machine = %record.id, "recording the exit: {}", err.chain());
-            return;
-        }
-        // The ended run goes once the next one is up: it does not delay it.
+        let restart_count = match recorded {
+            Ok(()) => entry.snapshot().restart_count,
+            Err(err) => {
+                tracing::warn!(machine = %record.id, "recording the exit: {}", err.chain());
+                return;
+            }
+        };
         let next = if restart {
-            let started = self.start_locked(entry, step.during).await;
             remove_ended(&record.id, run).await;
-            started
+            self.restart_after(entry.clone(), backoff, restart_count);
+            Ok(())
         } else if config.auto_destroy {
             self.destroy_locked(entry).await
         } else {
@@ -197,6 +222,33 @@ impl AgentCore {
         if let Err(err) = next {
             tracing::warn!(machine = %record.id, "after the exit: {}", err.chain());
         }
+    }
+
+    /// Starts the machine after `backoff`, unless something else happened
+    /// to it meanwhile (or the agent is shutting down: the next one's
+    /// recovery finds the start pending).
+    fn restart_after(
+        self: &Arc<Self>,
+        entry: Arc<MachineEntry>,
+        backoff: Duration,
+        restart_count: u32,
+    ) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _guard = entry.op_lock.clone().lock_owned().await;
+            let record = entry.snapshot();
+            let still_waiting = record.state == MachineState::Stopped
+                && record.pending == Some(PendingOp::Start)
+                && record.restart_count == restart_count
+                && entry.current().is_none();
+            if !still_waiting || core.is_shutting_down() {
+                return;
+            }
+            if let Err(err) = core.start_locked(&entry, MachineState::Restarting).await {
+                tracing::warn!(machine = %record.id, "restarting after the backoff: {}", err.chain());
+            }
+        });
     }
 
     /// Ends the machine's run: its stop signal, then SIGKILL after the

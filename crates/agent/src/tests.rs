@@ -388,6 +388,81 @@ async fn on_failure_restarts_up_to_the_retry_limit_then_stays_stopped() {
     assert_eq!(bed.driver.running(&id), 0);
 }
 
+#[test]
+fn restart_backoff_doubles_from_100_ms_to_a_cap() {
+    use crate::lifecycle::restart_backoff;
+    let waits: Vec<u128> = (0..10).map(|n| restart_backoff(n).as_millis()).collect();
+    assert_eq!(
+        waits,
+        [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+    );
+    assert_eq!(restart_backoff(usize::MAX).as_millis(), 10_000);
+    // Fly's ten retries fit in its five-minute window.
+    assert!(waits.iter().sum::<u128>() < 5 * 60 * 1000);
+}
+
+#[tokio::test]
+async fn restarts_back_off_and_say_when_the_next_attempt_is() {
+    let bed = Bed::new().await;
+    let id = bed.create(with_restart("on-failure", Some(5)), false).await;
+    let mut restarted_after = Vec::new();
+    for _ in 0..2 {
+        bed.wait(&id, MachineState::Started).await;
+        while !bed.driver.exit(&id, exited(1)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let exited_at = std::time::Instant::now();
+        // Waiting out the backoff, the machine is stopped with its start pending.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(bed.state(&id).await, MachineState::Stopped);
+        bed.wait(&id, MachineState::Started).await;
+        restarted_after.push(exited_at.elapsed());
+    }
+    assert!(
+        restarted_after[0] >= Duration::from_millis(100),
+        "{restarted_after:?}"
+    );
+    assert!(
+        restarted_after[1] >= Duration::from_millis(200),
+        "{restarted_after:?}"
+    );
+    let events = bed
+        .agent
+        .machine_events(ListEvents {
+            machine: MachineKey::new(APP, &id),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let mut backoffs: Vec<u64> = events
+        .iter()
+        .filter(|e| e.kind == "restart")
+        .map(|e| e.request.as_ref().unwrap()["backoff_ms"].as_u64().unwrap())
+        .collect();
+    backoffs.reverse();
+    assert_eq!(backoffs, [100, 200]);
+    let latest = events.iter().find(|e| e.kind == "restart").unwrap();
+    let request = latest.request.as_ref().unwrap();
+    let next_attempt_at = request["next_attempt_at"].as_i64().unwrap();
+    assert!(
+        (next_attempt_at - (latest.timestamp + 200)).abs() < 50,
+        "the next attempt is the backoff after the restart event: {request}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_during_the_backoff_cancels_the_restart() {
+    let bed = Bed::new().await;
+    let id = bed.create(with_restart("always", None), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    bed.driver.exit(&id, exited(0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    bed.stop(&id, StopRequest::default()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bed.state(&id).await, MachineState::Stopped);
+    assert_eq!(bed.driver.running(&id), 0, "the restart did not happen");
+}
+
 #[tokio::test]
 async fn always_restarts_after_a_clean_exit_and_no_never_does() {
     let bed = Bed::new().await;

@@ -249,16 +249,13 @@ async fn restart_policies() {
     t.wait(&never, MachineState::Stopped).await;
     assert!(t.events(&never).await.iter().all(|e| e.kind != "restart"));
 
-    // on-failure: the first run and two retries, then it stays stopped.
+    // on-failure: the first run and two retries, then it stays stopped
+    // (between tries too, while it backs off).
     for _ in 0..100 {
-        let restarts = t
-            .events(&on_failure)
-            .await
-            .iter()
-            .filter(|e| e.kind == "restart")
-            .count();
+        let events = t.events(&on_failure).await;
+        let exits = events.iter().filter(|e| e.kind == "exit").count();
         let state = t.get(&on_failure).await.state;
-        if restarts == 2 && state == MachineState::Stopped {
+        if exits == 3 && state == MachineState::Stopped {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
