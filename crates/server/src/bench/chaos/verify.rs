@@ -383,8 +383,9 @@ async fn check_host(
             .unwrap_or_default();
         if !attached.contains(volume.as_str()) {
             findings.leaked.push(format!(
-                "loop device {device} on {} of no attached volume",
-                backing.display()
+                "loop device {device} on {} of no attached volume (held by {})",
+                backing.display(),
+                holders_of(device)
             ));
         }
     }
@@ -441,4 +442,136 @@ async fn check_host(
         facts.marks = mark.into_iter().collect();
     }
     Ok(())
+}
+
+/// The processes that hold `device` open or mounted in their mount
+/// namespace, to tell where a leaked loop device is kept.
+fn holders_of(device: &str) -> String {
+    let name = device.trim_start_matches("/dev/");
+    let numbers = std::fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap_or_default();
+    let numbers = numbers.trim();
+    let mut holders = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return "nobody known".into();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mounted = std::fs::read_to_string(entry.path().join("mountinfo"))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.split_whitespace().nth(2) == Some(numbers));
+        let open = std::fs::read_dir(entry.path().join("fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new(device))
+                })
+            })
+            .unwrap_or(false);
+        if mounted || open {
+            let command = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            let how = if mounted { "mounts it" } else { "has it open" };
+            holders.push(format!("{pid} {how}: {}", command.trim()));
+        }
+    }
+    if holders.is_empty() {
+        "nobody known".into()
+    } else {
+        holders.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::chaos::ledger::{Action, Outcome};
+
+    fn record(id: &str, name: &str, state: &str, generation: u64) -> (String, Value) {
+        let machine = json!({
+            "id": id,
+            "name": name,
+            "state": state,
+            "config": {"env": {GENERATION_ENV: generation.to_string()}},
+        });
+        (id.to_string(), machine)
+    }
+
+    fn ledger_with(id: &str, state: &str) -> Ledger {
+        let mut ledger = Ledger::default();
+        ledger.machines.insert(
+            id.into(),
+            MachineFacts::observed("one".into(), state, Some(1), None),
+        );
+        ledger
+    }
+
+    #[test]
+    fn a_missing_acknowledged_machine_is_lost_and_a_stray_one_leaked() {
+        let mut ledger = ledger_with("m1", "started");
+        let live = BTreeMap::from([record("m2", "stray", "started", 1)]);
+        let mut findings = Findings::default();
+        check_machines(&mut ledger, &live, &mut findings);
+        assert_eq!(findings.lost.len(), 1, "{findings:?}");
+        assert!(findings.lost[0].contains("m1"));
+        assert_eq!(findings.leaked.len(), 1, "{findings:?}");
+        assert!(ledger.machines.contains_key("m2") && !ledger.machines.contains_key("m1"));
+    }
+
+    #[test]
+    fn states_and_generations_outside_the_acknowledged_ones_are_lost() {
+        let mut ledger = ledger_with("m1", "started");
+        ledger.record(Action::Stop("m1".into()), Outcome::Acked(None));
+        let live = BTreeMap::from([record("m1", "one", "started", 2)]);
+        let mut findings = Findings::default();
+        check_machines(&mut ledger, &live, &mut findings);
+        assert_eq!(findings.lost.len(), 2, "{findings:?}");
+        // The observation is the next round's baseline.
+        assert_eq!(
+            ledger.machines["m1"].allowed,
+            BTreeSet::from(["started".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_cut_destroy_may_leave_the_machine_or_not_and_a_cut_create_is_adopted() {
+        let mut ledger = ledger_with("m1", "started");
+        ledger.record(Action::Destroy("m1".into()), Outcome::Cut);
+        ledger.cut_creates.push(("late".into(), None));
+        let live = BTreeMap::from([record("m9", "late", "created", 3)]);
+        let mut findings = Findings::default();
+        check_machines(&mut ledger, &live, &mut findings);
+        assert!(
+            findings.lost.is_empty() && findings.leaked.is_empty(),
+            "{findings:?}"
+        );
+        assert!(ledger.machines.contains_key("m9") && !ledger.machines.contains_key("m1"));
+    }
+
+    #[test]
+    fn an_acknowledged_volume_destroy_that_left_it_live_is_lost() {
+        let mut ledger = Ledger::default();
+        ledger.volumes.insert(
+            "vol_a".into(),
+            VolumeFacts {
+                fate: Fate::Exists,
+                holder: Holder::Free,
+                busy: false,
+            },
+        );
+        ledger.record(Action::DestroyVolume("vol_a".into()), Outcome::Acked(None));
+        let live = BTreeMap::from([(
+            "vol_a".to_string(),
+            json!({"id": "vol_a", "state": "created", "attached_machine_id": null}),
+        )]);
+        let mut findings = Findings::default();
+        check_volumes(&mut ledger, &live, &mut findings);
+        assert_eq!(findings.lost.len(), 1, "{findings:?}");
+    }
 }
