@@ -235,7 +235,7 @@ fn nft_set_elements(prefix: &str) -> Vec<String> {
 }
 
 /// Processes (other than this one) whose command line contains `text`.
-fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
+pub fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
     let own = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
