@@ -479,6 +479,68 @@ async fn agent_restart_readopts_running_machines() {
     assert_eq!(state, MachineState::Stopped);
 }
 
+/// A killed agent's runc commands outlive it; the next agent's recovery
+/// waits for them, so what it lists is what they left and no container
+/// changes under it.
+#[tokio::test]
+async fn recovery_waits_for_runc_commands_a_killed_agent_left_running() {
+    let mut t = TestAgent::start().await;
+    let id = t
+        .create(MachineConfig {
+            init: sh("sleep 600"),
+            restart: no_restart(),
+            ..t.config()
+        })
+        .await;
+    t.wait(&id, MachineState::Started).await;
+    let prefix = t.config.resource_prefix.clone();
+    let (container, _) = midge_testkit::containers_of(&prefix)
+        .into_iter()
+        .find(|(container, status)| container.contains(&id) && status == "running")
+        .expect("the machine's running container");
+    let root = std::path::Path::new(midge_server::host::RUNTIME_DIR)
+        .join(&prefix)
+        .join("runc");
+    // Still at work when the next agent opens: a delete of the container.
+    let mut leftover = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"sleep 1; exec runc --root "$2" delete --force "$3""#,
+            "sh",
+            "--root",
+        ])
+        .arg(&root)
+        .arg(&container)
+        .spawn()
+        .expect("spawning the leftover runc command");
+    t.agent.shutdown();
+    t.reopen().await;
+    let finished = leftover.try_wait().expect("polling the leftover command");
+    if finished.is_none() {
+        let _ = leftover.kill();
+        let _ = leftover.wait();
+    }
+    assert!(
+        finished.is_some(),
+        "recovery listed the containers while a runc command still changed them"
+    );
+    let state = t.wait_settled(&id).await;
+    let running: Vec<String> = midge_testkit::containers_of(&prefix)
+        .into_iter()
+        .filter(|(container, status)| container.contains(&id) && status == "running")
+        .map(|(container, _)| container)
+        .collect();
+    assert!(
+        !running.contains(&container),
+        "the deleted container is gone"
+    );
+    assert_eq!(
+        state == MachineState::Started,
+        !running.is_empty(),
+        "the record ({state:?}) agrees with the host ({running:?})"
+    );
+}
+
 #[tokio::test]
 async fn update_of_a_stopped_machine_starts_the_new_config() {
     let t = TestAgent::start().await;

@@ -149,6 +149,33 @@ enum BenchCommand {
         #[arg(long, default_value = "172.18.251.0/24")]
         ipv4_pool: String,
     },
+    /// Kill `midge up` with SIGKILL amid a mixed workload, round after round, and check that nothing acknowledged is lost and nothing leaks
+    Chaos {
+        /// Rounds of workload, kill and checks
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+        /// Seed of the workload and the kill times (printed, to repeat a run)
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Workers sending calls at once
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// The kill comes at a random moment up to this many milliseconds into a round
+        #[arg(long, default_value_t = 1500)]
+        max_cut_ms: u64,
+        /// Machines alive at most at once
+        #[arg(long, default_value_t = 8)]
+        machines: usize,
+        /// Volumes alive at most at once
+        #[arg(long, default_value_t = 3)]
+        volumes: usize,
+        /// Resource prefix of the run's host resources
+        #[arg(long, default_value = "mbcha")]
+        prefix: String,
+        /// Address pool of the run's machines (a /30 per machine)
+        #[arg(long, default_value = "172.18.253.0/24")]
+        ipv4_pool: String,
+    },
     /// Time API reads against a fleet of machines, and a burst of concurrent creates, over loopback HTTP
     Api {
         /// Machines in the fleet (most are created with skip_launch)
@@ -247,6 +274,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             bench::volumes::run(bench::volumes::VolumeBenchOptions {
                 creates,
                 starts,
+                prefix,
+                ipv4_pool,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Chaos {
+            rounds,
+            seed,
+            workers,
+            max_cut_ms,
+            machines,
+            volumes,
+            prefix,
+            ipv4_pool,
+        }) => {
+            bench::chaos::run(bench::chaos::ChaosOptions {
+                rounds,
+                seed,
+                workers,
+                max_cut: std::time::Duration::from_millis(max_cut_ms),
+                machines,
+                volumes,
                 prefix,
                 ipv4_pool,
             })

@@ -106,7 +106,7 @@ pub fn remove_all(state_dir: &Path, prefix: &str) -> std::io::Result<()> {
 }
 
 /// Waits until no `runc --root <root> …` command runs, or `timeout` passes.
-fn wait_for_runc_commands(root: &Path, timeout: Duration) {
+pub(crate) fn wait_for_runc_commands(root: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && runc_command_running(root) {
         std::thread::sleep(Duration::from_millis(50));

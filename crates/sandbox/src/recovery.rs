@@ -3,20 +3,32 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use midge_driver::{DriverError, ExitStatus, Recovered};
 
 use crate::Host;
+use crate::inspect::wait_for_runc_commands;
 use crate::layout::parse_container_id;
 use crate::pidfd::ProcessHandle;
 use crate::run::{RunInfo, SandboxRun, read_exit_status, remove};
+
+/// How long recovery waits for the runc commands of a previous agent.
+const LEFTOVER_COMMANDS_WAIT: Duration = Duration::from_secs(30);
 
 /// Keeps each machine's running run (as a handle) and removes every other
 /// run: prepared ones (their start pipe died with the old agent), stopped
 /// containers, and run dirs without a container. A machine whose last run
 /// ended while no agent watched gets that run's exit status.
 pub(crate) async fn recover(host: &Arc<Host>) -> Result<HashMap<String, Recovered>, DriverError> {
+    // A killed agent's runc commands outlive it: a create finishing after
+    // the listing would leave a container (holding its rootfs and volumes)
+    // that recovery never saw, and a delete during it fails the listing.
+    let root = host.runc.root().to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        wait_for_runc_commands(&root, LEFTOVER_COMMANDS_WAIT);
+    })
+    .await;
     let containers = host
         .runc
         .list()

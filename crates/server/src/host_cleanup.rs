@@ -153,3 +153,100 @@ pub fn unmount(path: &str) -> std::io::Result<()> {
         Err(std::io::Error::other("umount failed"))
     }
 }
+
+/// What one prefix's host holds of machines once every machine is
+/// destroyed and the host is stopped: anything listed is a leak. The host's
+/// own parts (its nftables table and base chains, runc's root, its top
+/// cgroup) stay until the host is torn down; their contents are checked.
+pub fn machine_leftovers(prefix: &str, data_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    found.extend(
+        netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{prefix}-")))
+            .map(|n| format!("network namespace {n}")),
+    );
+    found.extend(
+        veth_names()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| format!("veth {n}")),
+    );
+    found.extend(
+        nft_set_elements(prefix)
+            .into_iter()
+            .map(|line| format!("nftables element in inet {prefix}: {line}")),
+    );
+    let data = data_dir.display().to_string();
+    found.extend(
+        mount_points()
+            .into_iter()
+            .filter(|m| m.starts_with(&data))
+            .map(|m| format!("mount {m}")),
+    );
+    found.extend(
+        midge_volume::loop_devices_backed_under(data_dir)
+            .into_iter()
+            .map(|(device, backing)| format!("loop device {device} on {}", backing.display())),
+    );
+    match midge_sandbox::inspect::runs(&sandbox_state_dir(prefix), prefix, None) {
+        Ok(runs) => found.extend(
+            runs.into_iter()
+                .map(|run| format!("container {} ({})", run.container_id, run.status)),
+        ),
+        Err(error) => found.push(format!("containers of {prefix}: cannot tell: {error}")),
+    }
+    for top in cgroup_dirs(prefix)
+        .into_iter()
+        .filter(|dir| dir.file_name().is_some_and(|name| name == prefix))
+    {
+        if let Ok(entries) = std::fs::read_dir(&top) {
+            found.extend(
+                entries
+                    .flatten()
+                    .filter(|entry| entry.path().is_dir())
+                    .map(|entry| format!("cgroup {}", entry.path().display())),
+            );
+        }
+        let procs = std::fs::read_to_string(top.join("cgroup.procs")).unwrap_or_default();
+        found.extend(
+            procs
+                .lines()
+                .map(|pid| format!("process {} in cgroup {}", pid.trim(), top.display())),
+        );
+    }
+    found.extend(
+        processes_mentioning(&data)
+            .into_iter()
+            .map(|(pid, command)| format!("process {pid}: {command}")),
+    );
+    found
+}
+
+/// Element lines of the sets in a prefix's nftables table (machines'
+/// interfaces and orgs): empty once no machine is attached.
+fn nft_set_elements(prefix: &str) -> Vec<String> {
+    run("nft", &["list", "table", "inet", prefix])
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("elements"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Processes (other than this one) whose command line contains `text`.
+pub fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pid != own && command.contains(text)).then(|| (pid, command.trim().to_string()))
+        })
+        .collect()
+}

@@ -5,7 +5,8 @@ use std::path::Path;
 
 pub use midge_server::host_cleanup::remove_host_resources;
 use midge_server::host_cleanup::{
-    cgroup_dirs, mount_points, netns_names, nft_tables, run, unmount, veth_names,
+    cgroup_dirs, mount_points, netns_names, nft_tables, processes_mentioning, run, unmount,
+    veth_names,
 };
 
 /// Every test resource prefix starts with this, so the leak check can find
@@ -301,23 +302,6 @@ fn test_loop_devices() -> Vec<(String, std::path::PathBuf)> {
         .filter(|(_, backing)| {
             let text = backing.to_string_lossy();
             text.contains("/midge-test") || text.contains("/midge-volume-test")
-        })
-        .collect()
-}
-
-/// Processes whose command line contains `text`, with that command line.
-fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
-    let own = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (pid != own && command.contains(text)).then(|| (pid, command.trim().to_string()))
         })
         .collect()
 }

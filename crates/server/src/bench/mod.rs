@@ -2,6 +2,7 @@
 //! resource prefix and address pool) and remove it when they finish.
 
 pub mod api;
+pub mod chaos;
 pub mod cluster;
 mod measure;
 pub mod proxy;
