@@ -9,31 +9,48 @@ use midge_types::{ApiError, ErrorCode};
 
 /// A handler error: an [`ApiError`] that knows how to be an HTTP response.
 #[derive(Debug)]
-pub struct Error(pub ApiError);
+pub struct Error {
+    pub api: ApiError,
+    /// When the client may try again (`Retry-After`, whole seconds).
+    pub retry_after_secs: Option<u64>,
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// 429: the caller went over a rate limit and may retry after `wait`.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Error {
+            api: ApiError::new(ErrorCode::ResourceExhausted, message),
+            // Retry-After has whole seconds; rounding down would invite an
+            // early retry that is refused again.
+            retry_after_secs: Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+        }
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
-        Error(ApiError::invalid(message))
+        Error::from(ApiError::invalid(message))
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Error(ApiError::not_found(message))
+        Error::from(ApiError::not_found(message))
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Error(ApiError::new(ErrorCode::PermissionDenied, message))
+        Error::from(ApiError::new(ErrorCode::PermissionDenied, message))
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Error(ApiError::new(ErrorCode::Unauthenticated, message))
+        Error::from(ApiError::new(ErrorCode::Unauthenticated, message))
     }
 }
 
 impl From<ApiError> for Error {
     fn from(error: ApiError) -> Self {
-        Error(error)
+        Error {
+            api: error,
+            retry_after_secs: None,
+        }
     }
 }
 
@@ -62,7 +79,7 @@ impl From<StoreError> for Error {
                 ApiError::internal(message)
             }
         };
-        Error(api_error)
+        Error::from(api_error)
     }
 }
 
@@ -87,15 +104,21 @@ impl From<AgentError> for Error {
                 ApiError::internal(message)
             }
         };
-        Error(api_error)
+        Error::from(api_error)
     }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
+        let status = StatusCode::from_u16(self.api.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        json_error(status, &self.0.body())
+        let mut response = json_error(status, &self.api.body());
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 

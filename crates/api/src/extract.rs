@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request};
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -255,6 +255,28 @@ impl<S: Send + Sync> FromRequestParts<S> for IpPath {
 pub struct MachinePath {
     pub app: String,
     pub machine: String,
+    /// What the request does to the machine (method and route), as rate
+    /// limits count it.
+    pub action: MachineAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct MachineAction {
+    pub method: Method,
+    pub route: String,
+}
+
+impl MachineAction {
+    fn of(parts: &Parts) -> MachineAction {
+        MachineAction {
+            method: parts.method.clone(),
+            route: parts
+                .extensions
+                .get::<MatchedPath>()
+                .map(|path| path.as_str().to_owned())
+                .unwrap_or_else(|| parts.uri.path().to_owned()),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for MachinePath {
@@ -265,6 +287,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MachinePath {
         Ok(MachinePath {
             app: params.take("app_name")?,
             machine: params.take("machine_id")?,
+            action: MachineAction::of(parts),
         })
     }
 }
@@ -284,6 +307,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MetadataKeyPath {
             machine: MachinePath {
                 app: params.take("app_name")?,
                 machine: params.take("machine_id")?,
+                action: MachineAction::of(parts),
             },
             key: params.take("key")?,
         })

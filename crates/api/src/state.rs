@@ -19,6 +19,8 @@ pub struct ApiState {
     pub agent: Arc<dyn HostAgent>,
     /// Where `ip_assignments` come from; `None` where no proxy runs.
     pub addresses: Option<crate::AddressPlan>,
+    /// Limits on machine calls by org tokens; `None` for none.
+    pub limits: Option<Arc<crate::RateLimits>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -49,7 +51,15 @@ impl ApiState {
             catalog,
             agent,
             addresses: None,
+            limits: None,
         }
+    }
+
+    /// Applies these rate limits to machine calls of org tokens (the admin
+    /// token, the operator's, is never limited).
+    pub fn with_rate_limits(mut self, limits: crate::RateLimits) -> Self {
+        self.limits = Some(Arc::new(limits));
+        self
     }
 
     /// Assigns app addresses from these pools.
@@ -95,6 +105,11 @@ impl ApiState {
                 id_or_name: path.machine.clone(),
             })
             .await?;
+        if let Some(limits) = &self.limits
+            && !caller.is_admin()
+        {
+            limits.check(&path.action.method, &path.action.route, &id)?;
+        }
         Ok(MachineTarget { app, id })
     }
 }

@@ -662,3 +662,52 @@ async fn serves_over_tcp_until_shut_down() {
     stop.send(()).unwrap();
     server.await.unwrap().expect("server ended cleanly");
 }
+
+#[tokio::test]
+async fn org_tokens_are_rate_limited_per_machine_and_action() {
+    let h = Harness::with_registry().await.rate_limited();
+    let token = h.org_token("acme").await;
+    h.create_app(&token, "limited").await;
+    let body = json!({"config": {"image": h.image}, "skip_launch": true}).to_string();
+    let created = h
+        .call(
+            "POST",
+            "/v1/apps/limited/machines",
+            Some(&token),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let machine = format!("/v1/apps/limited/machines/{id}");
+
+    // Reads: a burst of 10, then 429 with Retry-After.
+    for _ in 0..10 {
+        let reply = h.call("GET", &machine, Some(&token), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let refused = h.call("GET", &machine, Some(&token), None).await;
+    refused.assert_error(429);
+    assert!(
+        refused.error().starts_with("resource_exhausted: "),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    // The operator's token is not limited.
+    assert_eq!(h.admin("GET", &machine, None).await.status, StatusCode::OK);
+
+    // Actions: a burst of 3 per action, each action its own budget.
+    let cordon = format!("{machine}/cordon");
+    for _ in 0..3 {
+        let reply = h.call("POST", &cordon, Some(&token), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    h.call("POST", &cordon, Some(&token), None)
+        .await
+        .assert_error(429);
+    let uncordon = h
+        .call("POST", &format!("{machine}/uncordon"), Some(&token), None)
+        .await;
+    assert_eq!(uncordon.status, StatusCode::OK, "{:?}", uncordon.body);
+}

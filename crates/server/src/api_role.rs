@@ -20,6 +20,8 @@ pub struct ApiArgs {
     /// Address the API listens on.
     #[arg(long, env = "MIDGE_LISTEN", default_value = "127.0.0.1:4280")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The catalog: `postgres://…` for a cluster, or a SQLite file path.
     #[arg(long, env = "MIDGE_CATALOG")]
     pub catalog: String,
@@ -82,7 +84,9 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let cluster = ClusterAgent::new(catalog.clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;
-    let state = midge_api::ApiState::new(catalog.clone(), Arc::new(cluster));
+    let state = args
+        .limits
+        .apply(midge_api::ApiState::new(catalog.clone(), Arc::new(cluster)));
     let app = midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -118,5 +122,24 @@ mod tests {
             super::redact("/var/lib/midge/catalog.db"),
             "/var/lib/midge/catalog.db"
         );
+    }
+}
+
+/// Fly's rate limits on machine calls, for org tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Do not rate-limit machine calls (Fly's limits: 1 call a second per
+    /// machine and action, burst 3; reads 5 a second, burst 10).
+    #[arg(long, env = "MIDGE_NO_API_RATE_LIMITS")]
+    pub no_api_rate_limits: bool,
+}
+
+impl LimitArgs {
+    pub fn apply(&self, state: midge_api::ApiState) -> midge_api::ApiState {
+        if self.no_api_rate_limits {
+            state
+        } else {
+            state.with_rate_limits(midge_api::RateLimits::fly())
+        }
     }
 }

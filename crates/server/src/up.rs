@@ -49,6 +49,8 @@ pub struct UpArgs {
     #[arg(long, env = "MIDGE_VOLUME_CHECK_SECS", default_value_t = 60)]
     pub volume_check_secs: u64,
     #[command(flatten)]
+    pub limits: crate::api_role::LimitArgs,
+    #[command(flatten)]
     pub proxy: crate::proxy_role::ProxyArgs,
     #[command(flatten)]
     pub dns: crate::dns_role::DnsArgs,
@@ -131,8 +133,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 
-    let state =
-        midge_api::ApiState::new(catalog, Arc::new(agent.clone())).with_addresses(address_plan);
+    let state = args.limits.apply(
+        midge_api::ApiState::new(catalog, Arc::new(agent.clone())).with_addresses(address_plan),
+    );
     midge_api::serve_with_shutdown(listener, state, crate::shutdown_signal())
         .await
         .context("serving the API")?;

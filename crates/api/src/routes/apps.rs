@@ -135,7 +135,7 @@ pub async fn delete_app(
     let app = state.app(&caller, &path.app).await?;
     let started = state.agent.machine_counts(app.name.clone()).await?.started;
     if started > 0 && !force {
-        return Err(Error(midge_types::ApiError::precondition(format!(
+        return Err(Error::from(midge_types::ApiError::precondition(format!(
             "app {:?} has {started} started machine(s); stop them first or delete with force=true",
             app.name
         ))));

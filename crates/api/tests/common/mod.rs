@@ -138,6 +138,16 @@ impl Harness {
         }
     }
 
+    /// The same server with Fly's rate limits on machine calls.
+    pub fn rate_limited(mut self) -> Harness {
+        self.state = self
+            .state
+            .clone()
+            .with_rate_limits(midge_api::RateLimits::fly());
+        self.router = router(self.state.clone());
+        self
+    }
+
     pub async fn org_token(&self, org: &str) -> String {
         if self.catalog.get_org(org).await.unwrap().is_none() {
             self.catalog.create_org(org, org).await.unwrap();
