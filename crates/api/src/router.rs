@@ -30,6 +30,10 @@ pub use midge_types::headers::REQUEST_ID_HEADER;
 
 /// Machine configs carry `files` inline (base64), and exec carries stdin.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// No route needs more; longer ones are refused before any work (414).
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// All header names and values together (431).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -156,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_size))
         .layer(middleware::from_fn(request_id))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -210,6 +215,33 @@ async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
+/// Refuses URLs and header sets larger than any client needs.
+async fn request_size(request: Request, next: Next) -> Response {
+    let uri_bytes = request.uri().to_string().len();
+    if uri_bytes > MAX_URI_BYTES {
+        return plain_status_error(
+            StatusCode::URI_TOO_LONG,
+            "invalid_argument",
+            &format!("the URL has {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted"),
+        );
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return plain_status_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_argument",
+            &format!(
+                "the headers have {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
+            ),
+        );
+    }
+    next.run(request).await
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -239,6 +271,38 @@ mod tests {
 
     async fn panicking() -> &'static str {
         panic!("a handler bug")
+    }
+
+    #[tokio::test]
+    async fn oversized_urls_and_headers_are_refused() {
+        let app: Router = Router::new()
+            .route("/{*rest}", get(|| async { "ok" }))
+            .layer(middleware::from_fn(request_size));
+        let call = |request: Request| {
+            let app = app.clone();
+            async move { app.oneshot(request).await.unwrap().status() }
+        };
+        let long_path = format!("/{}", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(
+            call(Request::get(long_path).body(Body::empty()).unwrap()).await,
+            StatusCode::URI_TOO_LONG
+        );
+        let mut request = Request::get("/fine").body(Body::empty()).unwrap();
+        for n in 0..9 {
+            request.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(format!("x-filler-{n}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&"b".repeat(8 * 1024)).unwrap(),
+            );
+        }
+        assert_eq!(
+            call(request).await,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        let ordinary = Request::get("/v1/apps/x/machines?limit=5")
+            .header("authorization", "Bearer token")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(ordinary).await, StatusCode::OK);
     }
 
     #[tokio::test]
