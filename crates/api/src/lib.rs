@@ -9,6 +9,7 @@ mod addresses;
 mod auth;
 mod error;
 mod extract;
+mod idempotency;
 mod limits;
 mod router;
 mod routes;

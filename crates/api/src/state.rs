@@ -21,6 +21,8 @@ pub struct ApiState {
     pub addresses: Option<crate::AddressPlan>,
     /// Limits on machine calls by org tokens; `None` for none.
     pub limits: Option<Arc<crate::RateLimits>>,
+    /// Held by a create with an idempotency key from its search to its end.
+    pub(crate) idempotent_creates: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -52,6 +54,7 @@ impl ApiState {
             agent,
             addresses: None,
             limits: None,
+            idempotent_creates: Arc::default(),
         }
     }
 

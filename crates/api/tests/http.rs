@@ -711,3 +711,45 @@ async fn org_tokens_are_rate_limited_per_machine_and_action() {
         .await;
     assert_eq!(uncordon.status, StatusCode::OK, "{:?}", uncordon.body);
 }
+
+#[tokio::test]
+async fn a_create_retried_with_its_idempotency_key_returns_the_same_machine() {
+    let h = Harness::with_registry().await;
+    h.create_app(&h.admin, "retried").await;
+    let body = json!({"config": {"image": h.image}, "skip_launch": true}).to_string();
+    let create = |key: Option<&'static str>, body: String| {
+        let mut request = Request::post("/v1/apps/retried/machines")
+            .header("authorization", format!("Bearer {}", h.admin))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        h.send(request.body(Body::from(body)).unwrap())
+    };
+    let first = create(Some("launch-7"), body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let again = create(Some("launch-7"), body.clone()).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.body["id"], first.body["id"], "the same machine");
+    // The body field names the same key.
+    let in_body =
+        json!({"config": {"image": h.image}, "skip_launch": true, "idempotency_key": "launch-7"});
+    let from_body = create(None, in_body.to_string()).await;
+    assert_eq!(from_body.body["id"], first.body["id"]);
+    assert_eq!(
+        first.body["config"]["metadata"]["midge_idempotency_key"],
+        "launch-7"
+    );
+    // Another key, or none, makes another machine.
+    let other = create(Some("launch-8"), body.clone()).await;
+    let unkeyed = create(None, body).await;
+    assert_ne!(other.body["id"], first.body["id"]);
+    assert_ne!(unkeyed.body["id"], first.body["id"]);
+    let listed = h.admin("GET", "/v1/apps/retried/machines", None).await;
+    assert_eq!(
+        listed.body.as_array().unwrap().len(),
+        3,
+        "{:?}",
+        listed.body
+    );
+}

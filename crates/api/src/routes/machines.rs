@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use midge_types::agent::{
     CreateMachine, DestroyMachine, GetMachine, ListEvents, ListMachines, MachineKey, UpdateMachine,
@@ -13,6 +13,7 @@ use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::{AppPath, JsonBody, LeaseNonce, MachinePath, Params};
+use crate::idempotency;
 use crate::schema::{ErrorResponse, OkResponse};
 
 const MAX_LIST_LIMIT: u32 = 1000;
@@ -127,8 +128,11 @@ fn parse_states<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<Machine
 
 #[utoipa::path(
     post, path = "/v1/apps/{app_name}/machines", tag = "Machines",
-    params(("app_name" = String, Path)),
-    request_body(content = Object, description = "CreateMachineRequest: `config` (with `image`) required; `name`, `region`, `skip_launch`, `lease_ttl`, …"),
+    params(
+        ("app_name" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "midge's extension: a retried create with the same key (here or as the body's `idempotency_key`) returns the machine the first made"),
+    ),
+    request_body(content = Object, description = "CreateMachineRequest: `config` (with `image`) required; `name`, `region`, `skip_launch`, `lease_ttl`, `idempotency_key`, …"),
     responses(
         (status = 200, body = Object, description = "The created machine"),
         (status = 400, body = ErrorResponse),
@@ -139,10 +143,12 @@ pub async fn create_machine(
     State(state): State<ApiState>,
     caller: Caller,
     path: AppPath,
+    headers: HeaderMap,
     JsonBody(mut request): JsonBody<CreateMachineRequest>,
 ) -> Result<Json<Machine>> {
     let app = state.app(&caller, &path.app).await?;
     require_image(&request)?;
+    let idempotency_key = idempotency::take_key(&headers, &mut request)?;
     // Machines without a region go to this server's (the nearest) region.
     if request
         .region
@@ -153,6 +159,23 @@ pub async fn create_machine(
     {
         request.region = Some(state.agent.region().to_string());
     }
+    // One keyed create at a time, so that two retries racing each other
+    // cannot both miss the machine and make two.
+    let _keyed = match &idempotency_key {
+        Some(key) => {
+            let serial = state.idempotent_creates.lock().await;
+            if let Some(machine) = machine_with_key(&state, &app.name, key).await? {
+                return Ok(Json(machine));
+            }
+            if let Some(config) = request.config.as_mut() {
+                config
+                    .metadata
+                    .insert(idempotency::METADATA_KEY.to_string(), key.clone());
+            }
+            Some(serial)
+        }
+        None => None,
+    };
     let owner = ApiState::owner(&app);
     let machine = state
         .agent
@@ -165,6 +188,24 @@ pub async fn create_machine(
         })
         .await?;
     Ok(Json(machine))
+}
+
+/// The app's machine an earlier create with this idempotency key made.
+async fn machine_with_key(state: &ApiState, app: &str, key: &str) -> Result<Option<Machine>> {
+    let machines = state
+        .agent
+        .list_machines(ListMachines {
+            app: app.to_string(),
+            include_deleted: false,
+            region: None,
+            states: Vec::new(),
+            metadata: [(idempotency::METADATA_KEY.to_string(), key.to_string())]
+                .into_iter()
+                .collect(),
+            summary: false,
+        })
+        .await?;
+    Ok(machines.into_iter().next())
 }
 
 fn require_image(request: &CreateMachineRequest) -> Result<()> {
