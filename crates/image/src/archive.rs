@@ -273,7 +273,13 @@ fn import_oci_layout(
         })
         .collect::<Result<Vec<_>, ImageError>>()?;
     let layers = store_layers(store, tree, &layer_members)?;
-    store.record_image(&parsed, manifest_entry.digest.clone(), config, layers)
+    store.record_image(
+        &parsed,
+        manifest_entry.digest.clone(),
+        config,
+        layers,
+        crate::store::Origin::Imported,
+    )
 }
 
 /// Reads an OCI layout blob and checks it against its digest.
@@ -350,5 +356,11 @@ fn import_docker_archive(
     let manifest_bytes =
         manifest::oci_manifest_json(&config_digest, config_bytes.len() as u64, &descriptions);
     let manifest_digest = blobs.put_bytes("image manifest", &manifest_bytes, None)?;
-    store.record_image(&parsed, manifest_digest, config, layers)
+    store.record_image(
+        &parsed,
+        manifest_digest,
+        config,
+        layers,
+        crate::store::Origin::Imported,
+    )
 }

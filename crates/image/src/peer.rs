@@ -83,7 +83,13 @@ impl ImageStore {
         for (layer, size) in manifest.layers.iter().zip(sizes) {
             layers.push(fetch.layer(&layer.digest, size).await?);
         }
-        let image = self.record_image(&parsed, manifest_digest, config, layers)?;
+        let image = self.record_image(
+            &parsed,
+            manifest_digest,
+            config,
+            layers,
+            crate::store::Origin::Pulled,
+        )?;
         progress(PullProgress::Done);
         Ok(image)
     }

@@ -132,7 +132,13 @@ pub(crate) async fn pull(
     )
     .await;
     let layers = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let image = store.record_image(&context.reference, manifest_digest, config, layers)?;
+    let image = store.record_image(
+        &context.reference,
+        manifest_digest,
+        config,
+        layers,
+        crate::store::Origin::Pulled,
+    )?;
     progress(PullProgress::Done);
     Ok(image)
 }

@@ -57,5 +57,11 @@ pub(crate) fn import(
         }],
     );
     let manifest_digest = blobs.put_bytes("image manifest", &manifest_bytes, None)?;
-    store.record_image(&parsed, manifest_digest, config, vec![layer])
+    store.record_image(
+        &parsed,
+        manifest_digest,
+        config,
+        vec![layer],
+        crate::store::Origin::Imported,
+    )
 }

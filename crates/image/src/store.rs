@@ -31,14 +31,26 @@ pub(crate) struct Inner {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct ImageRecord {
-    reference: String,
+pub(crate) struct ImageRecord {
+    pub(crate) reference: String,
     registry: String,
     repository: String,
     tag: String,
-    manifest_digest: String,
+    pub(crate) manifest_digest: String,
     config: ImageConfig,
-    layers: Vec<LayerRecord>,
+    pub(crate) layers: Vec<LayerRecord>,
+    /// Came from a registry (or a peer that did), so it can be fetched
+    /// again: only such images are ever pruned. Records written before
+    /// this field count as imported.
+    #[serde(default)]
+    pub(crate) pulled: bool,
+}
+
+/// Where an image came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Pulled,
+    Imported,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
@@ -134,9 +146,21 @@ impl ImageStore {
 
     /// Every complete image in the store, sorted by reference.
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let mut images = Vec::new();
+        for (_, record) in self.records()? {
+            if let Some(image) = self.image_from_record(record)? {
+                images.push(image);
+            }
+        }
+        images.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(images)
+    }
+
+    /// Every readable image record, complete or not, with its file.
+    pub(crate) fn records(&self) -> Result<Vec<(PathBuf, ImageRecord)>, ImageError> {
         let dir = &self.inner.images_dir;
         let entries = fs::read_dir(dir).map_err(ImageError::io("list images", dir))?;
-        let mut images = Vec::new();
+        let mut records = Vec::new();
         for entry in entries {
             let entry = entry.map_err(ImageError::io("list images", dir))?;
             let name = entry.file_name();
@@ -148,16 +172,12 @@ impl ImageStore {
             let record = fs::read(&path)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<ImageRecord>(&bytes).ok());
-            let Some(record) = record else {
-                tracing::warn!(path = %path.display(), "skipping unreadable image record");
-                continue;
-            };
-            if let Some(image) = self.image_from_record(record)? {
-                images.push(image);
+            match record {
+                Some(record) => records.push((path, record)),
+                None => tracing::warn!(path = %path.display(), "skipping unreadable image record"),
             }
         }
-        images.sort_by(|a, b| a.reference.cmp(&b.reference));
-        Ok(images)
+        Ok(records)
     }
 
     fn record_path(&self, normalized: &str) -> PathBuf {
@@ -196,6 +216,7 @@ impl ImageStore {
         manifest_digest: String,
         config: ImageConfig,
         layers: Vec<LayerRecord>,
+        origin: Origin,
     ) -> Result<Image, ImageError> {
         let normalized = reference::normalized(reference);
         let record = ImageRecord {
@@ -206,6 +227,7 @@ impl ImageStore {
             manifest_digest,
             config,
             layers,
+            pulled: origin == Origin::Pulled,
         };
         let bytes = serde_json::to_vec_pretty(&record).map_err(|err| ImageError::BadImage {
             what: "record".to_string(),

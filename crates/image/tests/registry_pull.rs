@@ -338,3 +338,182 @@ async fn basic_auth_registry_needs_the_right_credentials() {
         b"private"
     );
 }
+
+fn one_file_layer(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(content.len() as u64);
+    builder.append_data(&mut header, name, content).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn prune_removes_unused_pulled_images_and_keeps_used_and_imported_ones() {
+    let registry = TestRegistry::start().await.unwrap();
+    let used = registry
+        .push_layers(
+            "test/used:1",
+            vec![one_file_layer("used.txt", b"in use")],
+            ImageConfig::default(),
+        )
+        .await
+        .unwrap();
+    let unused = registry
+        .push_layers(
+            "test/unused:1",
+            vec![one_file_layer("unused.txt", b"not in use")],
+            ImageConfig::default(),
+        )
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let used_image = store
+        .pull(&used, &insecure(&registry), &|_| {})
+        .await
+        .unwrap();
+    let unused_image = store
+        .pull(&unused, &insecure(&registry), &|_| {})
+        .await
+        .unwrap();
+    let imported_dir = tempfile::tempdir().unwrap();
+    fs::write(imported_dir.path().join("local.txt"), "imported").unwrap();
+    let imported = store
+        .import_rootfs_dir(imported_dir.path(), "local/only:1", ImageConfig::default())
+        .unwrap();
+    let layers_before = layer_digests(&store);
+    assert_eq!(layers_before.len(), 3);
+
+    let in_use = std::collections::HashSet::from([used_image.image_ref.digest.clone()]);
+    let report = store.prune(&in_use, std::time::Duration::ZERO).unwrap();
+    assert_eq!(report.images, vec![unused_image.reference.clone()]);
+    assert_eq!(report.layers, 1, "{report:?}");
+    assert!(report.blobs >= 2, "its layer blob and manifest: {report:?}");
+    assert!(store.get(&unused).unwrap().is_none());
+    assert!(store.get(&used).unwrap().is_some(), "in use: kept");
+    assert!(
+        store.get("local/only:1").unwrap().is_some(),
+        "imported: kept"
+    );
+    assert_eq!(layer_digests(&store).len(), 2);
+    assert!(imported.layers.iter().all(|layer| layer.is_dir()));
+
+    // Nothing in use now: the pulled image goes, the imported one stays; a
+    // second prune finds nothing; a pruned image pulls again.
+    let report = store
+        .prune(&Default::default(), std::time::Duration::ZERO)
+        .unwrap();
+    assert_eq!(report.images, vec![used_image.reference.clone()]);
+    assert_eq!(
+        store
+            .prune(&Default::default(), std::time::Duration::ZERO)
+            .unwrap(),
+        Default::default()
+    );
+    assert!(store.get("local/only:1").unwrap().is_some());
+    store
+        .pull(&unused, &insecure(&registry), &|_| {})
+        .await
+        .unwrap();
+    // A grace period keeps what is younger than it.
+    let report = store
+        .prune(&Default::default(), std::time::Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(report.layers + report.blobs, 0, "{report:?}");
+}
+
+/// A TCP relay to `upstream` that closes each connection once it has passed
+/// `budget` bytes towards the client: a registry that drops mid-blob.
+async fn cutting_relay(upstream: String, budget: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut sent = 0;
+                let mut buffer = vec![0u8; 8192];
+                while sent < budget {
+                    let Ok(n) = server_read.read(&mut buffer).await else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let n = n.min(budget - sent);
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                requests.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_registry_that_drops_mid_blob_fails_the_pull_cleanly_and_the_next_pull_works() {
+    let registry = TestRegistry::start().await.unwrap();
+    // Random bytes do not compress: the layer blob is larger than the budget.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..64 * 1024)
+        .flat_map(|_| {
+            // xorshift64: bytes gzip cannot shrink.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let reference = registry
+        .push_layers(
+            "test/big:1",
+            vec![one_file_layer("noise.bin", &noise)],
+            ImageConfig::default(),
+        )
+        .await
+        .unwrap();
+    let relay = cutting_relay(registry.addr.clone(), 64 * 1024).await;
+    let through_relay = reference.replacen(&registry.addr, &relay, 1);
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let options = PullOptions {
+        insecure_registries: vec![relay.clone()],
+        credentials: Vec::new(),
+    };
+    let error = store
+        .pull(&through_relay, &options, &|_| {})
+        .await
+        .expect_err("the connection drops mid-blob");
+    let message = format!("{error:#}");
+    println!("pull through the dropping relay: {message}");
+    assert!(message.contains("downloading layer"), "{message}");
+    assert!(store.get(&through_relay).unwrap().is_none());
+    assert!(layer_digests(&store).is_empty(), "no layer half unpacked");
+    let leftovers: Vec<_> = ["tmp", "blobs/sha256", "layers", "images"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(root.path().join(dir)).unwrap())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
+    // The same store pulls it whole from the registry itself.
+    let image = store
+        .pull(&reference, &insecure(&registry), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(image.layers.len(), 1);
+    assert!(image.layers[0].join("noise.bin").is_file());
+}
