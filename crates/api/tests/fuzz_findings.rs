@@ -1,0 +1,61 @@
+//! Requests the API fuzzer (`scripts/fuzz-api`) found answered with a 5xx,
+//! a dropped connection or a panic. Each now gets a Fly-style 4xx whose
+//! error names the reason.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Harness, Reply};
+use serde_json::json;
+
+const APP: &str = "fuzzed";
+
+/// A started machine of `APP` that sleeps; its id.
+async fn started_machine(h: &Harness) -> String {
+    h.create_app(&h.admin, APP).await;
+    let body = json!({"config": {"image": h.image, "init": {"cmd": ["sleep", "600"]}}});
+    let created = h
+        .admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines"),
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "create: {:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let started = h
+        .admin(
+            "GET",
+            &format!("/v1/apps/{APP}/machines/{id}/wait?state=started&timeout=30"),
+            None,
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "wait: {:?}", started.body);
+    id
+}
+
+fn assert_refused_with_reason(reply: &Reply, status: u16, code: &str, reason: &str) {
+    reply.assert_error(status);
+    let error = reply.error();
+    assert!(error.starts_with(&format!("{code}: ")), "{error}");
+    assert!(error.contains(reason), "{error}");
+}
+
+#[tokio::test]
+async fn suspending_where_the_driver_cannot_is_a_failed_precondition() {
+    let h = Harness::with_registry().await;
+    let id = started_machine(&h).await;
+    let reply = h
+        .admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines/{id}/suspend"),
+            None,
+        )
+        .await;
+    assert_refused_with_reason(&reply, 412, "failed_precondition", "suspend");
+    // The machine is left as it was.
+    let machine = h
+        .admin("GET", &format!("/v1/apps/{APP}/machines/{id}"), None)
+        .await;
+    assert_eq!(machine.body["state"], "started");
+}
