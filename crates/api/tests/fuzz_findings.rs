@@ -13,7 +13,12 @@ const APP: &str = "fuzzed";
 /// A started machine of `APP` that sleeps; its id.
 async fn started_machine(h: &Harness) -> String {
     h.create_app(&h.admin, APP).await;
-    let body = json!({"config": {"image": h.image, "init": {"cmd": ["sleep", "600"]}}});
+    create_started(h, json!(["sleep", "600"])).await
+}
+
+/// A machine of `APP` running `cmd`, once started; its id.
+async fn create_started(h: &Harness, cmd: serde_json::Value) -> String {
+    let body = json!({"config": {"image": h.image, "init": {"cmd": cmd}}});
     let created = h
         .admin(
             "POST",
@@ -58,4 +63,22 @@ async fn suspending_where_the_driver_cannot_is_a_failed_precondition() {
         .admin("GET", &format!("/v1/apps/{APP}/machines/{id}"), None)
         .await;
     assert_eq!(machine.body["state"], "started");
+}
+
+#[tokio::test]
+async fn exec_whose_machine_stops_under_it_is_a_failed_precondition() {
+    let h = Harness::with_registry().await;
+    h.create_app(&h.admin, APP).await;
+    // The program ends as soon as the command asks it to.
+    let program = "while [ ! -e /tmp/stop ]; do sleep 0.05; done";
+    let id = create_started(&h, json!(["sh", "-c", program])).await;
+    let body = json!({"command": ["sh", "-c", "touch /tmp/stop; sleep 10"]});
+    let reply = h
+        .admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines/{id}/exec"),
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_refused_with_reason(&reply, 412, "failed_precondition", "stopped running");
 }
