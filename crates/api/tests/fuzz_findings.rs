@@ -82,3 +82,22 @@ async fn exec_whose_machine_stops_under_it_is_a_failed_precondition() {
         .await;
     assert_refused_with_reason(&reply, 412, "failed_precondition", "stopped running");
 }
+
+#[tokio::test]
+async fn a_create_lease_ttl_beyond_a_day_is_refused() {
+    let h = Harness::new().await;
+    h.create_app(&h.admin, APP).await;
+    // Once taken as a lease that never expired: it held off even a forced
+    // delete of the app, and its error could not say until when.
+    for ttl in [0, 86_401, u64::MAX] {
+        let body = json!({"config": {"image": "busybox"}, "lease_ttl": ttl});
+        let reply = h
+            .admin(
+                "POST",
+                &format!("/v1/apps/{APP}/machines"),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_refused_with_reason(&reply, 400, "invalid_argument", "lease_ttl");
+    }
+}

@@ -143,6 +143,9 @@ pub async fn create_machine(
 ) -> Result<Json<Machine>> {
     let app = state.app(&caller, &path.app).await?;
     require_image(&request)?;
+    if let Some(ttl) = request.lease_ttl {
+        crate::routes::leases::check_ttl("lease_ttl", ttl)?;
+    }
     // Machines without a region go to this server's (the nearest) region.
     if request
         .region

@@ -87,6 +87,15 @@ def teardown():
     apps = call("GET", "/v1/apps")["apps"]
     for app in apps:
         name = app["name"]
+        # A held lease refuses even a forced destroy without its nonce.
+        for machine in call("GET", f"/v1/apps/{name}/machines?include_leases=true"):
+            nonce = (machine.get("lease") or {}).get("nonce")
+            if nonce:
+                session.delete(
+                    f"{URL}/v1/apps/{name}/machines/{machine['id']}/lease",
+                    headers={"fly-machine-lease-nonce": nonce},
+                    timeout=60,
+                )
         for volume in call("GET", f"/v1/apps/{name}/volumes"):
             if volume["state"] not in ("destroyed", "pending_destroy"):
                 # A machine that mounts it goes with the app below; the
