@@ -113,6 +113,10 @@ pub enum AgentError {
     /// The operation needs the machine's program running.
     #[error("machine is not running (state: {state})")]
     NotRunning { state: MachineState },
+    /// The run ended (its program exited, or it was stopped) while the
+    /// operation was talking to it.
+    #[error("machine stopped running during the {operation}")]
+    RunEnded { operation: Operation },
     /// Destroy without `force` of a machine that runs.
     #[error(
         "unable to destroy machine, not currently stopped (state: {state}); use force to kill it"
@@ -191,6 +195,7 @@ impl AgentError {
             AgentError::Invalid(_) => ErrorKind::Invalid,
             AgentError::WrongState { .. }
             | AgentError::NotRunning { .. }
+            | AgentError::RunEnded { .. }
             | AgentError::StillRunning { .. }
             | AgentError::NotCurrentVersion { .. }
             | AgentError::VolumeBound { .. } => ErrorKind::Precondition,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use midge_agent_api::{AgentError, PtySession};
+use midge_agent_api::{AgentError, Operation, PtySession};
 use midge_init::async_io::{exec_collect_async, hello_async, read_frame_async, write_frame_async};
 use midge_init::{ExecRequest, Frame, Request, Response};
 use midge_types::ExecResponse;
@@ -19,8 +19,23 @@ use crate::transitions::{Op, transition};
 /// agent waits for init's answer.
 const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a failed init connection waits to learn whether the run ended,
+/// which is what a reset or closed connection usually means.
+const RUN_END_GRACE: Duration = Duration::from_secs(1);
+
 fn init_error(error: std::io::Error) -> AgentError {
     AgentError::host("talking to the machine's init", error)
+}
+
+/// An init connection that failed: the run ended under it (the caller's
+/// mistake to race, a 4xx), or the host failed (the agent's).
+async fn init_failure(run: &CurrentRun, error: AgentError) -> AgentError {
+    match tokio::time::timeout(RUN_END_GRACE, run.machine.wait_exit()).await {
+        Ok(_) => AgentError::RunEnded {
+            operation: Operation::Exec,
+        },
+        Err(_) => error,
+    }
 }
 
 impl AgentCore {
@@ -38,11 +53,13 @@ impl AgentCore {
         let entry = self.entry(&call.machine.app, &call.machine.id)?;
         check_lease(&entry.snapshot(), call.nonce.as_deref())?;
         let run = self.running_run(&entry, Op::Exec)?;
-        let mut stream = run
-            .machine
-            .connect_init()
-            .await
-            .map_err(|e| AgentError::host("connecting to the machine's init", e))?;
+        let mut stream = match run.machine.connect_init().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let error = AgentError::host("connecting to the machine's init", e);
+                return Err(init_failure(&run, error).await);
+            }
+        };
         let timeout = call.timeout.0;
         let request = midge_init::exec_request(call.argv, Some(timeout));
         let stdin = call.stdin.unwrap_or_default().into_bytes();
@@ -51,8 +68,11 @@ impl AgentCore {
             exec_collect_async(&mut stream, request, &stdin),
         )
         .await
-        .map_err(|_| AgentError::DeadlineExceeded("exec timed out".into()))?
-        .map_err(init_error)?;
+        .map_err(|_| AgentError::DeadlineExceeded("exec timed out".into()))?;
+        let output = match output {
+            Ok(output) => output,
+            Err(e) => return Err(init_failure(&run, init_error(e)).await),
+        };
         Ok(ExecResponse {
             exit_code: output.exit_code,
             exit_signal: output.signal,
@@ -67,12 +87,6 @@ impl AgentCore {
         }
         let entry = self.entry(&call.machine.app, &call.machine.id)?;
         let run = self.running_run(&entry, Op::Exec)?;
-        let mut stream = run
-            .machine
-            .connect_init()
-            .await
-            .map_err(|e| AgentError::host("connecting to the machine's init", e))?;
-        hello_async(&mut stream).await.map_err(init_error)?;
         let request = ExecRequest {
             argv: call.argv,
             tty: true,
@@ -80,9 +94,10 @@ impl AgentCore {
             rows: call.rows,
             ..Default::default()
         };
-        write_frame_async(&mut stream, &Frame::control(&Request::Exec(request)))
-            .await
-            .map_err(init_error)?;
+        let stream = match open_pty_session(&run, request).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(init_failure(&run, error).await),
+        };
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (input_tx, mut input_rx) = mpsc::channel::<PtyInput>(64);
         let (output_tx, output_rx) = mpsc::channel::<PtyOutput>(64);
@@ -133,4 +148,21 @@ impl AgentCore {
             output: output_rx,
         })
     }
+}
+
+/// A connection to init that has asked for `request`, an exec on a PTY.
+async fn open_pty_session(
+    run: &CurrentRun,
+    request: ExecRequest,
+) -> Result<midge_driver::InitStream, AgentError> {
+    let mut stream = run
+        .machine
+        .connect_init()
+        .await
+        .map_err(|e| AgentError::host("connecting to the machine's init", e))?;
+    hello_async(&mut stream).await.map_err(init_error)?;
+    write_frame_async(&mut stream, &Frame::control(&Request::Exec(request)))
+        .await
+        .map_err(init_error)?;
+    Ok(stream)
 }

@@ -96,7 +96,9 @@ impl From<AgentError> for Error {
                 ApiError::precondition(message).with_status("insufficient_capacity")
             }
             ErrorKind::ProgramFailed => ApiError::new(ErrorCode::Unprocessable, message),
-            ErrorKind::Unsupported => ApiError::new(ErrorCode::Unimplemented, message),
+            // The operation exists; this host cannot do it for this
+            // machine, as Fly refuses a machine it cannot suspend.
+            ErrorKind::Unsupported => ApiError::precondition(message),
             ErrorKind::DeadlineExceeded => ApiError::new(ErrorCode::DeadlineExceeded, message),
             ErrorKind::Unavailable => ApiError::new(ErrorCode::Unavailable, message),
             ErrorKind::Internal => {

@@ -2,10 +2,14 @@
 //! with every JSON reply checked against the official Fly Machines OpenAPI
 //! document.
 //!
-//! One documented difference: the spec types the lease routes' reply as the
-//! flat `Lease`, while the wire format (what fly-go decodes) wraps it as
-//! `{"status": "success", "data": Lease}`; here `data` is checked against
-//! `Lease` and the envelope separately.
+//! The documented differences, each what Fly's servers send and fly-go
+//! decodes (`scripts/fuzz-api` applies the same ones, in
+//! `tests/fuzz/spec_differences.py`):
+//! - the spec types the lease routes' reply as the flat `Lease`, while the
+//!   wire format wraps it as `{"status": "success", "data": Lease}`; here
+//!   `data` is checked against `Lease` and the envelope separately;
+//! - a volume's `attached_machine_id` and `attached_alloc_id` are `null`
+//!   while no machine is attached, where the spec types them as strings.
 
 mod common;
 

@@ -43,11 +43,7 @@ pub async fn acquire_lease(
         .parse::<u64>("ttl")?
         .or(body.ttl)
         .unwrap_or(DEFAULT_TTL_SECS);
-    if !(1..=MAX_TTL_SECS).contains(&ttl) {
-        return Err(Error::invalid(format!(
-            "ttl must be between 1 and {MAX_TTL_SECS} seconds"
-        )));
-    }
+    check_ttl("ttl", ttl)?;
     let target = state.machine(&caller, &path).await?;
     let lease = state
         .agent
@@ -107,6 +103,17 @@ pub async fn release_lease(
         status: "success".into(),
         data: OkResponse { ok: true },
     }))
+}
+
+/// A lease's time to live, in seconds (`what` names the field): a lease
+/// always expires, within a day.
+pub fn check_ttl(what: &str, ttl: u64) -> Result<()> {
+    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(Error::invalid(format!(
+            "{what} must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+        )));
+    }
+    Ok(())
 }
 
 fn envelope(lease: LeaseData) -> LeaseEnvelope {

@@ -149,6 +149,9 @@ pub async fn create_machine(
     let app = state.app(&caller, &path.app).await?;
     require_image(&request)?;
     let idempotency_key = idempotency::take_key(&headers, &mut request)?;
+    if let Some(ttl) = request.lease_ttl {
+        crate::routes::leases::check_ttl("lease_ttl", ttl)?;
+    }
     // Machines without a region go to this server's (the nearest) region.
     if request
         .region
