@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease,
-    RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
-    UpdateMetadata, WaitMachine,
+    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
+    Metadata, OpenPty, PruneImages, PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs,
+    RegionCapacity, ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine,
+    SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{
     CreateVolume, ExportVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey,
@@ -108,6 +108,8 @@ pub trait HostAgent: Send + Sync {
     async fn read_logs(&self, call: ReadLogs) -> Result<BoxStream<'static, LogLine>>;
     /// Pulls an image into the host's image store, reporting progress.
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>>;
+    /// Removes images no machine uses (every host's, in a cluster).
+    async fn prune_images(&self, call: PruneImages) -> Result<ImagesPruned>;
 
     /// Creates a volume: empty, restored from a snapshot, or forked.
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume>;

@@ -9,10 +9,10 @@ use futures::{SinkExt, StreamExt};
 use midge_agent_api::{AgentError, HostAgent, PtySession, Result};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs, ReleaseLease, RestartMachine,
-    SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
-    WaitMachine,
+    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
+    Metadata, OpenPty, PruneImages, PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs,
+    ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
+    UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
 use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
@@ -386,6 +386,10 @@ impl HostAgent for RemoteAgent {
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
         self.streaming("pull_image", &call).await
+    }
+
+    async fn prune_images(&self, call: PruneImages) -> Result<ImagesPruned> {
+        self.unary("prune_images", &call).await
     }
 
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {

@@ -29,6 +29,12 @@ pub struct AgentConfig {
     /// The host's internal DNS server, machines' resolver; the host's own
     /// resolvers when `None`.
     pub nameserver: Option<std::net::IpAddr>,
+    /// Unused images are pruned when the image store's filesystem has
+    /// less than this share free (percent); 0 never prunes on its own.
+    pub image_gc_free_percent: u8,
+    /// What a prune asked for leaves alone, younger than this (a pull or
+    /// create in flight may be about to use it).
+    pub image_prune_grace: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -44,6 +50,8 @@ impl AgentConfig {
             volume_check_every: std::time::Duration::from_secs(60),
             snapshot_every: std::time::Duration::from_secs(24 * 60 * 60),
             nameserver: None,
+            image_gc_free_percent: 10,
+            image_prune_grace: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -8,9 +8,10 @@ use futures::stream::BoxStream;
 use midge_agent_api::{AgentError, HostAgent, Operation, PtySession, Result};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease, RestartMachine, SignalMachine,
-    StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
+    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
+    Metadata, OpenPty, PruneImages, PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease,
+    RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
+    UpdateMetadata, WaitMachine,
 };
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, StopRequest,
@@ -197,6 +198,12 @@ impl HostAgent for Agent {
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
         Ok(self.core.pull_image(call.reference))
+    }
+
+    async fn prune_images(&self, _call: PruneImages) -> Result<ImagesPruned> {
+        self.core
+            .prune_images(self.core.config.image_prune_grace)
+            .await
     }
 
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {

@@ -1,10 +1,15 @@
 //! Images for machines: found in the host's store, pulled when missing, and
 //! pulls with progress for clients that show it before they create.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures::stream::BoxStream;
 use midge_agent_api::AgentError;
 use midge_image::{Image, ImageError, PullOptions, PullProgress};
-use midge_types::agent::PullEvent;
+use midge_types::MachineState;
+use midge_types::agent::{ImagesPruned, PullEvent};
 use tokio::sync::mpsc;
 
 use crate::agent::AgentCore;
@@ -21,7 +26,59 @@ pub(crate) fn image_error(reference: &str, error: ImageError) -> AgentError {
     }
 }
 
+/// What an automatic prune leaves alone, younger than this: a pull, create
+/// or update in flight may be about to use it.
+const PRUNE_GRACE_AUTOMATIC: Duration = Duration::from_secs(10 * 60);
+
 impl AgentCore {
+    /// Removes the pulled images none of this host's machines uses.
+    pub(crate) async fn prune_images(
+        self: &Arc<Self>,
+        grace: Duration,
+    ) -> Result<ImagesPruned, AgentError> {
+        let in_use: HashSet<String> = self
+            .entries()
+            .iter()
+            .map(|entry| entry.snapshot())
+            .filter(|record| record.state != MachineState::Destroyed)
+            .map(|record| record.image_ref.digest)
+            .collect();
+        let images = self.images.clone();
+        let report = tokio::task::spawn_blocking(move || images.prune(&in_use, grace))
+            .await
+            .map_err(|e| AgentError::host("pruning images", e))?
+            .map_err(|e| AgentError::host("pruning images", e))?;
+        Ok(ImagesPruned {
+            images: report.images,
+            blobs: report.blobs,
+            layers: report.layers,
+            bytes_freed: report.bytes_freed,
+        })
+    }
+
+    /// Prunes when the image store's filesystem is fuller than the host allows.
+    pub(crate) async fn prune_images_if_full(self: &Arc<Self>) {
+        let free = match self.images.free_space_fraction() {
+            Ok(free) => free,
+            Err(error) => {
+                tracing::warn!("checking the image store's free space: {error}");
+                return;
+            }
+        };
+        if free * 100.0 >= f64::from(self.config.image_gc_free_percent) {
+            return;
+        }
+        match self.prune_images(PRUNE_GRACE_AUTOMATIC).await {
+            Ok(report) => tracing::info!(
+                images = report.images.len(),
+                bytes = report.bytes_freed,
+                "the image store's disk was {:.0}% free: pruned unused images",
+                free * 100.0
+            ),
+            Err(error) => tracing::warn!("pruning images: {}", error.chain()),
+        }
+    }
+
     pub(crate) fn pull_options(&self) -> PullOptions {
         PullOptions {
             insecure_registries: self.config.insecure_registries.clone(),
@@ -89,10 +146,7 @@ impl AgentCore {
 
     /// Pulls `reference` into the store (nothing to do when it is there),
     /// reporting progress; the last event is `Done` or `Failed`.
-    pub(crate) fn pull_image(
-        self: &std::sync::Arc<Self>,
-        reference: String,
-    ) -> BoxStream<'static, PullEvent> {
+    pub(crate) fn pull_image(self: &Arc<Self>, reference: String) -> BoxStream<'static, PullEvent> {
         let (sender, receiver) = mpsc::channel(256);
         let core = self.clone();
         tokio::spawn(async move {

@@ -287,5 +287,6 @@ async fn keep_tending_volumes(core: std::sync::Weak<AgentCore>, every: Duration)
             return;
         }
         core.tend_volumes(chrono::Utc::now().timestamp()).await;
+        core.prune_images_if_full().await;
     }
 }

@@ -111,6 +111,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(orgs::create_token))
         .routes(routes!(platform::regions))
         .routes(routes!(images::pull_image))
+        .routes(routes!(images::prune_images))
         .routes(routes!(ips::list_ips, ips::assign_ip))
         .routes(routes!(ips::release_ip))
         .routes(routes!(certificates::list_certificates))

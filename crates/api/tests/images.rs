@@ -4,7 +4,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::Harness;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn events(raw: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(raw)
@@ -61,4 +61,47 @@ async fn events_of(h: &Harness, image: &str) -> Vec<Value> {
             .await
             .raw,
     )
+}
+
+#[tokio::test]
+async fn prune_keeps_the_images_machines_use_and_removes_the_rest() {
+    let h = Harness::with_registry().await;
+    h.create_app(&h.admin, "pruned").await;
+    let body = json!({"config": {"image": h.image}, "skip_launch": true}).to_string();
+    let created = h
+        .admin("POST", "/v1/apps/pruned/machines", Some(&body))
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+
+    let acme = h.org_token("acme").await;
+    h.call("POST", "/v1/images/prune", Some(&acme), None)
+        .await
+        .assert_error(403);
+    let kept = h.admin("POST", "/v1/images/prune", None).await;
+    assert_eq!(kept.status, StatusCode::OK, "{:?}", kept.body);
+    assert_eq!(kept.body["images"], json!([]), "in use: {:?}", kept.body);
+    assert!(h.agent.images().get(&h.image).unwrap().is_some());
+
+    h.admin(
+        "DELETE",
+        &format!("/v1/apps/pruned/machines/{id}?force=true"),
+        None,
+    )
+    .await;
+    let pruned = h.admin("POST", "/v1/images/prune", None).await;
+    assert_eq!(pruned.status, StatusCode::OK, "{:?}", pruned.body);
+    assert_eq!(
+        pruned.body["images"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        pruned.body
+    );
+    assert!(pruned.body["layers"].as_u64().unwrap() >= 1);
+    assert!(h.agent.images().get(&h.image).unwrap().is_none());
+    // The next create pulls it again.
+    let again = h
+        .admin("POST", "/v1/apps/pruned/machines", Some(&body))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
 }

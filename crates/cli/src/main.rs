@@ -76,9 +76,17 @@ enum Command {
     /// Measure how fast machines start on this host
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The host's image store: import tarballs, list images
+    /// The host's image store: import tarballs, list images, prune unused ones
     #[command(subcommand, visible_alias = "images")]
-    Image(image_import::ImageCommand),
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    #[command(flatten)]
+    Store(image_import::ImageCommand),
+    #[command(flatten)]
+    Api(commands::images::ImageApiCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,7 +225,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,
         Command::Agent(args) => agent_role::agent(args).await,
-        Command::Image(command) => image_import::run(command),
+        Command::Image(ImageCommand::Store(command)) => image_import::run(command),
+        Command::Image(ImageCommand::Api(command)) => {
+            commands::images::run(command, &cli.api).await
+        }
         Command::DevCluster(command) => dev_cluster::run(command).await,
         Command::Bench(BenchCommand::Start {
             iterations,

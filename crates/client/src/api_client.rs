@@ -914,6 +914,14 @@ impl ApiClient {
         .await
     }
 
+    /// Removes the images no machine uses from every host (admin only; a
+    /// midge extension).
+    pub async fn prune_images(&self) -> ClientResult<midge_types::agent::ImagesPruned> {
+        let url = self.url(&["images", "prune"], &[]);
+        self.call("pruning unused images", Method::POST, url, None, None)
+            .await
+    }
+
     /// The log stream: NDJSON lines `{ts, stream, message}`.
     pub async fn logs(
         &self,

@@ -14,10 +14,10 @@ use midge_agent_rpc::RemoteAgent;
 use midge_store::{Catalog, HostRecord, IntentKind, MachineEntry, StoreError};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey, Metadata, OpenPty,
-    Placement, PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease, RestartMachine,
-    SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata,
-    WaitMachine,
+    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
+    Metadata, OpenPty, Placement, PruneImages, PullEvent, PullImage, ReadLogs, RegionCapacity,
+    ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
+    UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
 use midge_types::cluster::MachineReport;
@@ -705,6 +705,27 @@ impl HostAgent for ClusterAgent {
                 detail: "none is answering".into(),
             })?;
         self.remote(host)?.pull_image(call).await
+    }
+
+    /// Every answering host prunes its own store; one that does not answer
+    /// is left for the next prune (or its own automatic one).
+    async fn prune_images(&self, call: PruneImages) -> Result<ImagesPruned> {
+        let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
+        let mut total = ImagesPruned::default();
+        for host in hosts.iter().filter(|h| self.status(h) == HostStatus::Ok) {
+            match self.remote(host)?.prune_images(call.clone()).await {
+                Ok(pruned) => {
+                    total.images.extend(pruned.images);
+                    total.blobs += pruned.blobs;
+                    total.layers += pruned.layers;
+                    total.bytes_freed += pruned.bytes_freed;
+                }
+                Err(error) => {
+                    tracing::warn!(host = %host.id, "pruning images: {}", error.chain());
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {

@@ -37,8 +37,16 @@ impl ImageStore {
     ) -> Result<PruneReport, ImageError> {
         let mut report = PruneReport::default();
         let mut roots: BTreeSet<String> = in_use.iter().cloned().collect();
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         for (path, record) in self.records()? {
-            if record.pulled && !in_use.contains(&record.manifest_digest) {
+            // A record just written may be an update's or a create's that has
+            // not reached the machine's record yet.
+            let settled = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < cutoff);
+            if record.pulled && settled && !in_use.contains(&record.manifest_digest) {
                 fs::remove_file(&path).map_err(ImageError::io("remove image record", &path))?;
                 report.images.push(record.reference);
             } else {
@@ -47,9 +55,6 @@ impl ImageStore {
             }
         }
         let needed = self.referenced_from(roots);
-        let cutoff = SystemTime::now()
-            .checked_sub(grace)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
         let blob_dir = self.inner.root.join("blobs").join("sha256");
         for (name, path) in unreferenced(&blob_dir, &needed, cutoff)? {
             let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -94,6 +99,31 @@ impl ImageStore {
             }
         }
         needed
+    }
+}
+
+impl ImageStore {
+    /// The share of the store's filesystem that is free, 0.0 to 1.0.
+    pub fn free_space_fraction(&self) -> Result<f64, ImageError> {
+        let root = &self.inner.root;
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|_| {
+            ImageError::io("statvfs", root)(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })?;
+        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a valid C string and `stats` is written by the call.
+        let result = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+        if result != 0 {
+            return Err(ImageError::io("statvfs", root)(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: statvfs succeeded, so it filled `stats`.
+        let stats = unsafe { stats.assume_init() };
+        if stats.f_blocks == 0 {
+            return Ok(1.0);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        Ok(stats.f_bavail as f64 / stats.f_blocks as f64)
     }
 }
 

@@ -46,6 +46,8 @@ pub struct HostConfig {
     pub image_peers: Option<Arc<dyn midge_agent::ImagePeers>>,
     /// The host's internal DNS server, machines' resolver.
     pub nameserver: Option<std::net::IpAddr>,
+    /// What a prune asked for leaves alone, younger than this.
+    pub image_prune_grace: std::time::Duration,
 }
 
 impl HostConfig {
@@ -65,6 +67,7 @@ impl HostConfig {
             volume_check_every: defaults.volume_check_every,
             image_peers: None,
             nameserver: None,
+            image_prune_grace: defaults.image_prune_grace,
         }
     }
 
@@ -126,6 +129,7 @@ impl Host {
             volume_grace: config.volume_grace,
             volume_check_every: config.volume_check_every,
             nameserver: config.nameserver,
+            image_prune_grace: config.image_prune_grace,
             ..AgentConfig::new(config.data_dir.clone())
         };
         let parts = HostParts {

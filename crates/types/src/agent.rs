@@ -319,6 +319,20 @@ pub struct PullImage {
     pub reference: String,
 }
 
+/// Removes the pulled images no machine of the host uses, and the blobs and
+/// layers nothing needs; imported images stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneImages {}
+
+/// What a prune removed (summed over hosts in a cluster).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesPruned {
+    pub images: Vec<String>,
+    pub blobs: usize,
+    pub layers: usize,
+    pub bytes_freed: u64,
+}
+
 /// Progress of an image pull; the last event is `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -3,18 +3,20 @@
 
 use std::convert::Infallible;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use midge_types::agent::{PullEvent, PullImage};
+use midge_types::agent::{ImagesPruned, PruneImages, PullEvent, PullImage};
 use serde_json::{Value, json};
 
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::Params;
+use crate::schema::ErrorResponse;
 
 /// The NDJSON line of an event: the agent's event as it is, except that a
 /// failure reads as a Fly API error.
@@ -59,4 +61,21 @@ pub async fn pull_image(
         HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(response)
+}
+
+#[utoipa::path(
+    post, path = "/v1/images/prune", tag = "Images",
+    responses(
+        (status = 200, body = Object, description = "What was removed: `images` (references), `blobs`, `layers`, `bytes_freed`"),
+        (status = 403, body = ErrorResponse, description = "Not the admin token: image stores are shared by every org"),
+    )
+)]
+/// midge's extension: removes the pulled images no machine uses, and every
+/// blob and layer nothing needs, on every host. Imported images stay.
+pub async fn prune_images(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<ImagesPruned>> {
+    caller.require_admin()?;
+    Ok(Json(state.agent.prune_images(PruneImages {}).await?))
 }

@@ -110,6 +110,8 @@ impl Harness {
         let mut config = HostConfig::new(&data_dir);
         config.resource_prefix = prefix.clone();
         config.ipv4_pool = pool.cidr();
+        // Prunes here remove what is unused at once.
+        config.image_prune_grace = std::time::Duration::ZERO;
         let image = match registry {
             Some((registry, image)) => {
                 config.insecure_registries = vec![registry];
