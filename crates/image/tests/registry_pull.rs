@@ -423,6 +423,126 @@ async fn prune_removes_unused_pulled_images_and_keeps_used_and_imported_ones() {
     assert_eq!(report.layers + report.blobs, 0, "{report:?}");
 }
 
+/// Bytes gzip cannot shrink (xorshift64).
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs on {}", dir.display());
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn temp_leftovers(root: &std::path::Path) -> Vec<String> {
+    ["tmp", "blobs/sha256", "layers", "images"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(root.join(dir)).into_iter().flatten())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pull_onto_a_full_disk_fails_cleanly_and_the_next_pull_works() {
+    let registry = TestRegistry::start().await.unwrap();
+    let reference = registry
+        .push_layers(
+            "test/large:1",
+            vec![one_file_layer("large.bin", &incompressible(1024 * 1024))],
+            ImageConfig::default(),
+        )
+        .await
+        .unwrap();
+    // Too small for the blob; then room for the blob but not its unpacking.
+    for size in ["512k", "1600k"] {
+        let dir = tempfile::Builder::new()
+            .prefix("midge-test-fulldisk-")
+            .tempdir()
+            .unwrap();
+        let disk = SmallDisk::mount(dir.path(), size);
+        let store = ImageStore::open(dir.path()).unwrap();
+        let error = store
+            .pull(&reference, &insecure(&registry), &|_| {})
+            .await
+            .expect_err("the image does not fit");
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            message.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        assert!(
+            message.contains("No space left on device"),
+            "{size}: the cause is named: {message}"
+        );
+        assert!(store.get(&reference).unwrap().is_none());
+        assert!(
+            layer_digests(&store).is_empty(),
+            "{size}: no layer half unpacked"
+        );
+        let leftovers = temp_leftovers(dir.path());
+        assert!(
+            leftovers.is_empty(),
+            "{size}: half-written files: {leftovers:?}"
+        );
+        // With room, the same store pulls it whole.
+        disk.grow("8m");
+        let image = store
+            .pull(&reference, &insecure(&registry), &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            fs::metadata(image.layers[0].join("large.bin"))
+                .unwrap()
+                .len(),
+            1024 * 1024
+        );
+        drop(store);
+        drop(disk);
+    }
+}
+
 /// A TCP relay to `upstream` that closes each connection once it has passed
 /// `budget` bytes towards the client: a registry that drops mid-blob.
 async fn cutting_relay(upstream: String, budget: usize) -> String {
@@ -467,16 +587,7 @@ async fn cutting_relay(upstream: String, budget: usize) -> String {
 async fn a_registry_that_drops_mid_blob_fails_the_pull_cleanly_and_the_next_pull_works() {
     let registry = TestRegistry::start().await.unwrap();
     // Random bytes do not compress: the layer blob is larger than the budget.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..64 * 1024)
-        .flat_map(|_| {
-            // xorshift64: bytes gzip cannot shrink.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let noise = incompressible(512 * 1024);
     let reference = registry
         .push_layers(
             "test/big:1",
@@ -502,12 +613,7 @@ async fn a_registry_that_drops_mid_blob_fails_the_pull_cleanly_and_the_next_pull
     assert!(message.contains("downloading layer"), "{message}");
     assert!(store.get(&through_relay).unwrap().is_none());
     assert!(layer_digests(&store).is_empty(), "no layer half unpacked");
-    let leftovers: Vec<_> = ["tmp", "blobs/sha256", "layers", "images"]
-        .iter()
-        .flat_map(|dir| fs::read_dir(root.path().join(dir)).unwrap())
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".tmp-"))
-        .collect();
+    let leftovers = temp_leftovers(root.path());
     assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
     // The same store pulls it whole from the registry itself.
     let image = store
