@@ -122,13 +122,7 @@ async fn process_overrides_env_user_and_files() {
 #[tokio::test]
 async fn rootfs_is_fresh_on_every_start() {
     let t = TestAgent::start().await;
-    let id = t
-        .create(MachineConfig {
-            init: sh("sleep 600"),
-            ..t.config()
-        })
-        .await;
-    t.wait(&id, MachineState::Started).await;
+    let id = t.started_sleeper().await;
     let out = t
         .exec(
             &id,
@@ -311,13 +305,7 @@ async fn oom_kill_is_reported() {
 #[tokio::test]
 async fn sandboxes_are_confined_by_seccomp_and_limits() {
     let t = TestAgent::start().await;
-    let id = t
-        .create(MachineConfig {
-            init: sh("sleep 600"),
-            ..t.config()
-        })
-        .await;
-    t.wait(&id, MachineState::Started).await;
+    let id = t.started_sleeper().await;
     let status = t.exec(&id, &["cat", "/proc/self/status"]).await.stdout;
     assert!(status.contains("Seccomp:\t2"), "a seccomp filter: {status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
@@ -358,13 +346,7 @@ async fn sandboxes_are_confined_by_seccomp_and_limits() {
 #[tokio::test]
 async fn exec_with_a_pty() {
     let t = TestAgent::start().await;
-    let id = t
-        .create(MachineConfig {
-            init: sh("sleep 600"),
-            ..t.config()
-        })
-        .await;
-    t.wait(&id, MachineState::Started).await;
+    let id = t.started_sleeper().await;
     let argv = vec![
         "sh".to_string(),
         "-c".to_string(),
@@ -453,13 +435,7 @@ async fn http_server_reachable_and_the_host_is_not() {
 #[tokio::test]
 async fn agent_restart_readopts_running_machines() {
     let mut t = TestAgent::start().await;
-    let id = t
-        .create(MachineConfig {
-            init: sh("sleep 600"),
-            ..t.config()
-        })
-        .await;
-    t.wait(&id, MachineState::Started).await;
+    let id = t.started_sleeper().await;
     let before = t
         .exec(&id, &["sh", "-c", "cat /proc/1/stat | cut -d' ' -f22"])
         .await

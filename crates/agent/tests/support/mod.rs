@@ -81,6 +81,21 @@ impl TestAgent {
         }
     }
 
+    /// A started machine whose program sleeps, to exec in.
+    pub async fn started_sleeper(&self) -> String {
+        let id = self
+            .create(MachineConfig {
+                init: midge_types::InitConfig {
+                    exec: Some(vec!["sleep".into(), "600".into()]),
+                    ..Default::default()
+                },
+                ..self.config()
+            })
+            .await;
+        self.wait(&id, MachineState::Started).await;
+        id
+    }
+
     pub async fn create(&self, config: MachineConfig) -> String {
         let request = CreateMachineRequest {
             config: Some(config),
