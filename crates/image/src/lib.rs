@@ -11,6 +11,8 @@ mod blobs;
 mod config;
 mod digest;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inflight;
 mod layer_fetch;
 mod layers;

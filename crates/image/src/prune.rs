@@ -128,7 +128,7 @@ impl ImageStore {
 }
 
 /// The `config`, `layers` and `manifests` digests of a manifest or index.
-fn digests_named_in(document: &Value) -> Vec<String> {
+pub(crate) fn digests_named_in(document: &Value) -> Vec<String> {
     let mut found = Vec::new();
     if let Some(config) = document["config"]["digest"].as_str() {
         found.push(config.to_owned());

@@ -8,12 +8,23 @@ use crate::ImageError;
 /// Parses and normalizes `reference`.
 pub(crate) fn parse(reference: &str) -> Result<Reference, ImageError> {
     let trimmed = reference.trim();
-    trimmed
+    let parsed = trimmed
         .parse::<Reference>()
         .map_err(|err| ImageError::BadReference {
             reference: reference.to_string(),
             reason: err.to_string(),
-        })
+        })?;
+    // The parser takes some names (an uppercase first part without a dot, which Docker reads
+    // as a registry) into a repository it then refuses: an image stored under such a name
+    // could never be looked up again.
+    let whole = normalized(&parsed);
+    match whole.parse::<Reference>() {
+        Ok(again) if normalized(&again) == whole => Ok(parsed),
+        _ => Err(ImageError::BadReference {
+            reference: reference.to_string(),
+            reason: format!("it normalizes to {whole:?}, which is not a valid reference"),
+        }),
+    }
 }
 
 /// The canonical string under which an image is stored and looked up.
@@ -42,6 +53,8 @@ mod tests {
             "has space",
             "busybox@sha256:abc",
             "a/b:bad:tag",
+            // Accepted by the parser, but not its normalized form.
+            "regisploylyA/io/my-app:ment-00J",
         ] {
             assert!(
                 matches!(parse(bad), Err(ImageError::BadReference { .. })),

@@ -432,6 +432,15 @@ mod tests {
     }
 
     #[test]
+    fn unknown_numbers_survive_any_number_of_round_trips() {
+        let body = r#"{"image":"x","init":{"swap_size_mb":514444.4444444446444444444444442}}"#;
+        let config: MachineConfig = serde_json::from_str(body).unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        let again: MachineConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(again, config, "{json}");
+    }
+
+    #[test]
     fn presets_and_defaults() {
         let preset = Guest::preset("shared-cpu-2x").unwrap();
         assert_eq!((preset.cpus, preset.memory_mb), (2, 512));

@@ -33,49 +33,82 @@ impl GoDuration {
     }
 }
 
+/// Fraction digits beyond this many are ignored: they are worth less than a
+/// nanosecond of the largest unit, and keep the arithmetic within `u128`.
+const MAX_FRACTION_DIGITS: usize = 25;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
 impl std::str::FromStr for GoDuration {
     type Err = String;
 
+    /// Parses exactly, in integer nanoseconds as Go does (a fraction of a
+    /// nanosecond is truncated), so every duration's display parses back to it.
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if text == "0" {
             return Ok(Self(Duration::ZERO));
         }
-        let mut total = 0f64;
-        let mut rest = text;
-        if rest.is_empty() {
+        if text.is_empty() {
             return Err("empty duration".into());
         }
+        let invalid = || format!("invalid duration {text:?}");
+        let out_of_range = || format!("invalid duration {text:?}: out of range");
+        let mut total_nanos: u128 = 0;
+        let mut rest = text;
         while !rest.is_empty() {
-            let number_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(|| format!("invalid duration {text:?}: missing unit"))?;
-            if number_len == 0 {
-                return Err(format!("invalid duration {text:?}"));
+            let whole_len = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let whole = &rest[..whole_len];
+            rest = &rest[whole_len..];
+            let mut fraction = "";
+            if let Some(after_point) = rest.strip_prefix('.') {
+                let fraction_len = after_point
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after_point.len());
+                fraction = &after_point[..fraction_len];
+                rest = &after_point[fraction_len..];
             }
-            let value: f64 = rest[..number_len]
-                .parse()
-                .map_err(|_| format!("invalid duration {text:?}"))?;
-            rest = &rest[number_len..];
+            if whole.is_empty() && fraction.is_empty() {
+                return Err(invalid());
+            }
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit() || c == '.')
                 .unwrap_or(rest.len());
-            let nanos_per_unit = match &rest[..unit_len] {
-                "ns" => 1.0,
-                "us" | "µs" => 1e3,
-                "ms" => 1e6,
-                "s" => 1e9,
-                "m" => 60e9,
-                "h" => 3600e9,
+            let nanos_per_unit: u128 = match &rest[..unit_len] {
+                "" if unit_len == rest.len() => {
+                    return Err(format!("invalid duration {text:?}: missing unit"));
+                }
+                "ns" => 1,
+                "us" | "µs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => NANOS_PER_SEC,
+                "m" => 60 * NANOS_PER_SEC,
+                "h" => 3600 * NANOS_PER_SEC,
                 other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
             };
-            total += value * nanos_per_unit;
             rest = &rest[unit_len..];
+            let whole_nanos = decimal(whole)
+                .and_then(|value| value.checked_mul(nanos_per_unit))
+                .ok_or_else(out_of_range)?;
+            let fraction = &fraction[..fraction.len().min(MAX_FRACTION_DIGITS)];
+            let scale = 10u128.pow(u32::try_from(fraction.len()).map_err(|_| invalid())?);
+            let fraction_nanos = decimal(fraction).ok_or_else(invalid)? * nanos_per_unit / scale;
+            total_nanos = total_nanos
+                .checked_add(whole_nanos + fraction_nanos)
+                .ok_or_else(out_of_range)?;
         }
-        Duration::try_from_secs_f64(total / 1e9)
-            .map(Self)
-            .map_err(|_| format!("invalid duration {text:?}: out of range"))
+        let secs = u64::try_from(total_nanos / NANOS_PER_SEC).map_err(|_| out_of_range())?;
+        let subsec_nanos = u32::try_from(total_nanos % NANOS_PER_SEC).map_err(|_| invalid())?;
+        Ok(Self(Duration::new(secs, subsec_nanos)))
     }
+}
+
+/// The value of a run of ASCII digits (0 when empty); `None` past `u128`.
+fn decimal(digits: &str) -> Option<u128> {
+    digits.bytes().try_fold(0u128, |value, digit| {
+        value.checked_mul(10)?.checked_add(u128::from(digit - b'0'))
+    })
 }
 
 impl fmt::Display for GoDuration {
@@ -167,5 +200,43 @@ mod tests {
         assert!(GoDuration::parse_lenient("-1").is_err());
         assert!("99999999999999999999h".parse::<GoDuration>().is_err());
         assert!(serde_json::from_str::<GoDuration>("1e300").is_err());
+        assert!(format!("{}ns", u128::MAX).parse::<GoDuration>().is_err());
+        assert!("18446744073709551616s".parse::<GoDuration>().is_err());
+    }
+
+    #[test]
+    fn every_duration_displays_as_text_that_parses_back_to_it() {
+        for duration in [
+            Duration::from_secs(9_999_999_990),
+            Duration::new(u64::MAX, 999_999_999),
+            Duration::new(u64::MAX, 0),
+            Duration::new(123_456_789, 1_000_000),
+            Duration::from_nanos(18_446_744_073_709_551_615),
+            Duration::from_nanos(1),
+        ] {
+            let shown = GoDuration(duration).to_string();
+            assert_eq!(
+                shown.parse::<GoDuration>(),
+                Ok(GoDuration(duration)),
+                "{shown}"
+            );
+        }
+        let lenient = GoDuration::parse_lenient("9999999990").unwrap();
+        assert_eq!(lenient.to_string().parse::<GoDuration>(), Ok(lenient));
+    }
+
+    #[test]
+    fn fractions_are_exact_and_truncate_below_a_nanosecond() {
+        let parse = |text: &str| text.parse::<GoDuration>().map(|d| d.0);
+        assert_eq!(parse("1.1s"), Ok(Duration::from_millis(1100)));
+        assert_eq!(parse("0.3s"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("5.s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse("1.9ns"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse("1h2m3.5s"), Ok(Duration::from_millis(3_723_500)));
+        assert_eq!(parse("1.5µs"), Ok(Duration::from_nanos(1500)));
+        for bad in [".", "s", "1.2.3s", "1x", "1s2", "-1s", "1e3s"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
