@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 
 /// The address pools of `ip_assignments`.
@@ -18,8 +19,9 @@ pub struct AddressPlan {
     /// The shared listener's port and domain (`<app>.<domain>`).
     pub shared_port: u16,
     pub domain: String,
-    /// Called after every assignment or release (the proxy listens anew).
-    pub changed: Arc<dyn Fn() + Send + Sync>,
+    /// Called after every assignment, release or certificate change; the
+    /// answer waits for it, so the proxy serves the change once it is given.
+    pub changed: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl std::fmt::Debug for AddressPlan {

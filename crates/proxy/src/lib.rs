@@ -93,7 +93,10 @@ impl std::fmt::Debug for Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     table: watch::Sender<Arc<RoutingTable>>,
-    addresses: watch::Sender<Vec<AppAddress>>,
+    /// The apps' own addresses, numbered so a caller can wait for them.
+    addresses: watch::Sender<(u64, Vec<AppAddress>)>,
+    /// The number of the addresses the listeners last followed.
+    listening: watch::Receiver<u64>,
     listeners: Arc<listeners::Listeners>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -126,30 +129,47 @@ impl Proxy {
             agent,
         });
         let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx.clone()));
-        let (addresses, addresses_rx) = watch::channel(Vec::new());
+        let (addresses, addresses_rx) = watch::channel((0, Vec::new()));
+        let (listened, listening) = watch::channel(0);
         let listeners = Arc::new(listeners::Listeners::default());
         let follow = tokio::spawn(follow_addresses(
             shared.clone(),
             listeners.clone(),
             table_rx,
             addresses_rx,
+            listened,
         ));
         Proxy {
             shared,
             table,
             addresses,
+            listening,
             listeners,
             tasks: std::sync::Mutex::new(vec![autostop, follow]),
         }
     }
 
-    /// Replaces the apps' own addresses; their listeners follow.
-    pub fn set_addresses(&self, addresses: Vec<AppAddress>) {
-        self.addresses.send_if_modified(|current| {
+    /// Replaces the apps' own addresses; their listeners follow. Returns
+    /// the number [`Proxy::listening`] waits for.
+    pub fn set_addresses(&self, addresses: Vec<AppAddress>) -> u64 {
+        let mut number = 0;
+        self.addresses.send_if_modified(|(version, current)| {
             let changed = *current != addresses;
-            *current = addresses;
+            if changed {
+                *version += 1;
+                *current = addresses;
+            }
+            number = *version;
             changed
         });
+        number
+    }
+
+    /// Resolves once the listeners follow the addresses numbered `version`
+    /// (bound, or found unbindable and logged).
+    pub async fn listening(&self, version: u64) {
+        let mut listening = self.listening.clone();
+        let _ = listening.wait_for(|done| *done >= version).await;
     }
 
     /// Replaces the certificates apps uploaded (served by SNI on `tls` ports).
@@ -224,11 +244,19 @@ async fn follow_addresses(
     shared: Arc<Shared>,
     listeners: Arc<listeners::Listeners>,
     mut table: watch::Receiver<Arc<RoutingTable>>,
-    mut addresses: watch::Receiver<Vec<AppAddress>>,
+    mut addresses: watch::Receiver<(u64, Vec<AppAddress>)>,
+    listened: watch::Sender<u64>,
 ) {
     loop {
-        let wanted = listeners::wanted(&table.borrow_and_update(), &addresses.borrow_and_update());
+        let (version, wanted) = {
+            let (version, addresses) = &*addresses.borrow_and_update();
+            (
+                *version,
+                listeners::wanted(&table.borrow_and_update(), addresses),
+            )
+        };
         listeners.reconcile(&shared, wanted).await;
+        listened.send_replace(version);
         tokio::select! {
             changed = table.changed() => if changed.is_err() { return },
             changed = addresses.changed() => if changed.is_err() { return },

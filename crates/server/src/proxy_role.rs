@@ -39,11 +39,11 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
-    /// The pools of `ip_assignments`, telling `changed` of every change.
+    /// The pools of `ip_assignments`, telling `follower` of every change.
     pub fn address_plan(
         &self,
         shared: SocketAddr,
-        changed: Arc<tokio::sync::Notify>,
+        follower: Arc<crate::traffic::AddressFollower>,
     ) -> anyhow::Result<midge_api::AddressPlan> {
         anyhow::ensure!(
             self.proxy_ipv4_pool.addr().is_ipv4(),
@@ -61,7 +61,10 @@ impl ProxyArgs {
             shared_v4: shared.ip(),
             shared_port: shared.port(),
             domain: self.proxy_domain.trim_matches('.').to_ascii_lowercase(),
-            changed: Arc::new(move || changed.notify_one()),
+            changed: Arc::new(move || {
+                let follower = follower.clone();
+                Box::pin(async move { follower.changed().await })
+            }),
         })
     }
 }

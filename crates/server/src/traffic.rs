@@ -2,13 +2,16 @@
 //! and the DNS server's snapshot, rebuilt from the agent's machines after
 //! every change it records (changes queued meanwhile share one rebuild).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use midge_agent::Agent;
 use midge_dns::{Directory, DnsSnapshot};
 use midge_proxy::{AppAddress, CustomCertificate, Proxy};
 use midge_store::Catalog;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, watch};
 
 /// Fills the proxy and DNS now, then keeps them in step until the proxy is
 /// dropped or the agent closes.
@@ -38,17 +41,57 @@ pub fn follow(agent: &Agent, proxy: Weak<Proxy>, dns: Option<Directory>) {
     });
 }
 
+/// Longest an API call that changed addresses or certificates waits for the
+/// proxy to serve the change.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Tells the proxy's address loop of changes, and lets the caller wait
+/// until the proxy serves them.
+#[derive(Debug)]
+pub struct AddressFollower {
+    /// Changes announced so far.
+    requested: AtomicU64,
+    /// Changes the proxy serves: all announced before its last catalog read.
+    served: watch::Sender<u64>,
+    wake: Notify,
+}
+
+impl Default for AddressFollower {
+    fn default() -> Self {
+        AddressFollower {
+            requested: AtomicU64::new(0),
+            served: watch::Sender::new(0),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl AddressFollower {
+    /// Announces a change in the catalog and waits (at most [`LISTEN_WAIT`])
+    /// until the proxy has read it and its listeners follow.
+    pub async fn changed(&self) {
+        let change = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        let mut served = self.served.subscribe();
+        let caught_up = served.wait_for(|served| *served >= change);
+        if tokio::time::timeout(LISTEN_WAIT, caught_up).await.is_err() {
+            tracing::warn!("the proxy did not follow an address change within {LISTEN_WAIT:?}");
+        }
+    }
+}
+
 /// Keeps the proxy's dedicated listeners on the catalog's app addresses and
-/// its certificates: read now and after every `changed` (an assignment, a
-/// release, a certificate upload or removal).
+/// its certificates: read now and after every change `follower` announces
+/// (an assignment, a release, a certificate upload or removal).
 pub fn follow_addresses(
     catalog: Arc<dyn Catalog>,
     proxy: Weak<Proxy>,
-    changed: Arc<tokio::sync::Notify>,
+    follower: Arc<AddressFollower>,
 ) {
     tokio::spawn(async move {
         loop {
             let Some(live) = proxy.upgrade() else { return };
+            let announced = follower.requested.load(Ordering::SeqCst);
             match catalog.list_certificates(None).await {
                 Ok(all) => live.set_certificates(
                     &all.into_iter()
@@ -63,21 +106,25 @@ pub fn follow_addresses(
                 Err(err) => tracing::warn!("reading the apps' certificates: {err}"),
             }
             match catalog.all_ips().await {
-                Ok(all) => live.set_addresses(
-                    all.into_iter()
-                        .filter(|a| !a.shared)
-                        .filter_map(|a| {
-                            Some(AppAddress {
-                                app: a.app,
-                                ip: a.ip.parse().ok()?,
+                Ok(all) => {
+                    let version = live.set_addresses(
+                        all.into_iter()
+                            .filter(|a| !a.shared)
+                            .filter_map(|a| {
+                                Some(AppAddress {
+                                    app: a.app,
+                                    ip: a.ip.parse().ok()?,
+                                })
                             })
-                        })
-                        .collect(),
-                ),
+                            .collect(),
+                    );
+                    live.listening(version).await;
+                }
                 Err(err) => tracing::warn!("reading the apps' addresses: {err}"),
             }
             drop(live);
-            changed.notified().await;
+            follower.served.send_replace(announced);
+            follower.wake.notified().await;
         }
     });
 }

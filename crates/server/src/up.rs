@@ -97,11 +97,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::downgrade(&proxy),
         dns.as_ref().map(|dns| dns.server.directory()),
     );
-    let addresses_changed = Arc::new(tokio::sync::Notify::new());
-    let address_plan = args
-        .proxy
-        .address_plan(proxy_addr, addresses_changed.clone())?;
-    crate::traffic::follow_addresses(catalog.clone(), Arc::downgrade(&proxy), addresses_changed);
+    let addresses = Arc::new(crate::traffic::AddressFollower::default());
+    let address_plan = args.proxy.address_plan(proxy_addr, addresses.clone())?;
+    crate::traffic::follow_addresses(catalog.clone(), Arc::downgrade(&proxy), addresses);
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()

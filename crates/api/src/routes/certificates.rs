@@ -122,13 +122,13 @@ async fn remove(state: &ApiState, caller: &Caller, path: &CertificatePath) -> Re
         .catalog
         .delete_certificate(&app.name, &found.hostname)
         .await?;
-    changed(state);
+    changed(state).await;
     Ok(found)
 }
 
-fn changed(state: &ApiState) {
+async fn changed(state: &ApiState) {
     if let Some(plan) = &state.addresses {
-        (plan.changed)();
+        (plan.changed)().await;
     }
 }
 
@@ -164,7 +164,7 @@ pub async fn upload_certificate(
         updated_at: now,
     };
     state.catalog.put_certificate(&certificate).await?;
-    changed(&state);
+    changed(&state).await;
     Ok((StatusCode::CREATED, Json(detail(&certificate))))
 }
 

@@ -146,7 +146,7 @@ pub async fn assign_ip(
                 Ok(()) | Err(StoreError::IpTaken(_)) => {}
                 Err(err) => return Err(err.into()),
             }
-            (plan.changed)();
+            (plan.changed)().await;
             return Ok(Json(body_of(&app, assignment)));
         }
         "private_v6" | "egress_v4" | "egress_v6" | "egress_pair" => {
@@ -171,7 +171,7 @@ pub async fn assign_ip(
         let assignment = new(ip, false);
         match state.catalog.assign_ip(&assignment).await {
             Ok(()) => {
-                (plan.changed)();
+                (plan.changed)().await;
                 return Ok(Json(body_of(&app, assignment)));
             }
             // Another assignment took it meanwhile: try the next.
@@ -206,7 +206,7 @@ pub async fn release_ip(
         )));
     }
     if let Some(plan) = &state.addresses {
-        (plan.changed)();
+        (plan.changed)().await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
