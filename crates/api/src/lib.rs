@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod idempotency;
 mod limits;
+mod pages;
 mod router;
 mod routes;
 mod schema;

@@ -391,7 +391,7 @@ async fn interactive_exec_over_websocket_and_logs() {
 }
 
 #[tokio::test]
-async fn list_pages_with_fly_next_cursor_and_includes_leases() {
+async fn list_pages_by_cursor_past_destroyed_machines_and_includes_leases_on_request() {
     let h = Harness::with_registry().await;
     let reply = h.create_app(&h.admin.clone(), APP).await;
     assert_eq!(reply.status, StatusCode::CREATED);
@@ -432,6 +432,7 @@ async fn list_pages_with_fly_next_cursor_and_includes_leases() {
     assert_eq!(pages, 3);
     let mut expected = created.clone();
     expected.sort();
+    let order = seen.clone();
     seen.sort();
     assert_eq!(seen, expected, "every machine exactly once");
 
@@ -447,4 +448,101 @@ async fn list_pages_with_fly_next_cursor_and_includes_leases() {
     )
     .await
     .assert_error(400);
+    for limit in [0, 1001] {
+        h.admin(
+            "GET",
+            &format!("/v1/apps/{APP}/machines?limit={limit}"),
+            None,
+        )
+        .await
+        .assert_error(400);
+    }
+    let most = h
+        .admin("GET", &format!("/v1/apps/{APP}/machines?limit=1000"), None)
+        .await;
+    assert_eq!(most.body.as_array().unwrap().len(), 5);
+
+    // The machine a cursor names is destroyed before the next page is read:
+    // the next page still starts after it.
+    let first = h
+        .admin("GET", &format!("/v1/apps/{APP}/machines?limit=2"), None)
+        .await;
+    let cursor = first.headers["fly-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first.body[1]["id"], order[1].as_str());
+    let destroyed = h
+        .admin(
+            "DELETE",
+            &format!("/v1/apps/{APP}/machines/{}?force=true", order[1]),
+            None,
+        )
+        .await;
+    assert_eq!(destroyed.status, StatusCode::OK, "{:?}", destroyed.body);
+    let next = h
+        .admin(
+            "GET",
+            &format!("/v1/apps/{APP}/machines?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    let ids: Vec<&str> = next
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [order[2].as_str(), order[3].as_str()]);
+
+    // include_leases adds the held lease to the machine that has one, on
+    // list and get, and nothing without the flag.
+    let leased = &order[2];
+    let lease = h
+        .admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines/{leased}/lease?ttl=60"),
+            None,
+        )
+        .await;
+    assert_eq!(lease.status, StatusCode::CREATED, "{:?}", lease.body);
+    let nonce = lease.body["data"]["nonce"].as_str().unwrap().to_string();
+    let with = h
+        .admin(
+            "GET",
+            &format!("/v1/apps/{APP}/machines?include_leases=true"),
+            None,
+        )
+        .await;
+    for machine in with.body.as_array().unwrap() {
+        if machine["id"] == leased.as_str() {
+            assert_eq!(machine["lease"]["nonce"], nonce.as_str(), "{machine}");
+            assert_eq!(machine["lease"]["owner"], "admin@admin", "{machine}");
+        } else {
+            assert!(machine.get("lease").is_none(), "{machine}");
+        }
+    }
+    let one = h
+        .admin(
+            "GET",
+            &format!("/v1/apps/{APP}/machines/{leased}?include_leases=true"),
+            None,
+        )
+        .await;
+    assert_eq!(one.body["lease"]["nonce"], nonce.as_str(), "{:?}", one.body);
+    let without = h
+        .admin("GET", &format!("/v1/apps/{APP}/machines"), None)
+        .await;
+    assert!(
+        without
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("lease").is_none()),
+        "{:?}",
+        without.body
+    );
 }

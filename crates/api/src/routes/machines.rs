@@ -14,6 +14,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::{AppPath, JsonBody, LeaseNonce, MachinePath, Params};
 use crate::idempotency;
+use crate::pages::{self, Cursor};
 use crate::schema::{ErrorResponse, OkResponse};
 
 const MAX_LIST_LIMIT: u32 = 1000;
@@ -52,10 +53,17 @@ pub async fn list_machines(
             "limit must be between 1 and {MAX_LIST_LIMIT}"
         )));
     }
-    let cursor = params
+    let cursor = match params
         .get("cursor")
         .map(str::trim)
-        .filter(|c| !c.is_empty());
+        .filter(|c| !c.is_empty())
+    {
+        None => None,
+        Some(text) => Some(
+            Cursor::decode(text)
+                .ok_or_else(|| Error::invalid(format!("{text:?} is not a cursor of this list")))?,
+        ),
+    };
     let filter = ListMachines {
         app: app.name.clone(),
         include_deleted: params.flag("include_deleted")?,
@@ -73,7 +81,7 @@ pub async fn list_machines(
     };
     let include_leases = params.flag("include_leases")?;
     let machines = state.agent.list_machines(filter).await?;
-    let (mut page, next_cursor) = paginate(machines, cursor, limit.map(|l| l as usize))?;
+    let (mut page, next_cursor) = pages::page(machines, cursor.as_ref(), limit.map(|l| l as usize));
     if include_leases {
         for machine in &mut page {
             add_lease(&state, &app.name, machine).await;
@@ -81,40 +89,11 @@ pub async fn list_machines(
     }
     let mut response = Json(page).into_response();
     if let Some(next) = next_cursor
-        && let Ok(value) = HeaderValue::from_str(&next)
+        && let Ok(value) = HeaderValue::from_str(&next.encode())
     {
         response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
     }
     Ok(response)
-}
-
-/// A page of machines (ordered by creation) after the machine the cursor
-/// names, and the cursor of the next page when there is one. The cursor is
-/// the id of the last machine of the previous page.
-fn paginate(
-    machines: Vec<Machine>,
-    cursor: Option<&str>,
-    limit: Option<usize>,
-) -> Result<(Vec<Machine>, Option<String>)> {
-    let start = match cursor {
-        None => 0,
-        Some(cursor) => {
-            machines
-                .iter()
-                .position(|m| m.id == cursor)
-                .ok_or_else(|| Error::invalid(format!("invalid or expired cursor {cursor:?}")))?
-                + 1
-        }
-    };
-    let mut page: Vec<Machine> = machines.into_iter().skip(start).collect();
-    let next = match limit {
-        Some(limit) if page.len() > limit => {
-            page.truncate(limit);
-            page.last().map(|m| m.id.clone())
-        }
-        _ => None,
-    };
-    Ok((page, next))
 }
 
 fn parse_states<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<MachineState>> {
