@@ -82,7 +82,12 @@ pub const LOG_MAX_BYTES: u64 = 4 * 1024 * 1024;
 pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, AgentError> {
     let config: &MachineConfig = record.config();
     let guest = config.guest_or_default();
+    let process = config.processes.first().cloned().unwrap_or_default();
     let mut env = config.env.clone();
+    env.extend(process.env.clone());
+    for from in &process.env_from {
+        env.insert(from.env_var.clone(), field_value(record, &from.field_ref)?);
+    }
     let fly_env = [
         ("FLY_APP_NAME", record.app.clone()),
         ("FLY_MACHINE_ID", record.id.clone()),
@@ -129,16 +134,39 @@ pub fn run_spec(record: &MachineRecord, image: &Image) -> Result<RunSpec, AgentE
             working_dir: image.config.working_dir.clone(),
         },
         init: InitOverrides {
-            exec: non_empty(&config.init.exec),
-            entrypoint: non_empty(&config.init.entrypoint),
-            cmd: non_empty(&config.init.cmd),
+            // The process's exec gives way to any of init's overrides.
+            exec: non_empty(&config.init.exec).or_else(|| {
+                (config.init.entrypoint.is_none() && config.init.cmd.is_none())
+                    .then(|| non_empty(&process.exec))
+                    .flatten()
+            }),
+            entrypoint: non_empty(&config.init.entrypoint)
+                .or_else(|| non_empty(&process.entrypoint)),
+            cmd: non_empty(&config.init.cmd).or_else(|| non_empty(&process.cmd)),
             tty: config.init.tty,
         },
         env,
-        user: None,
+        user: process.user.clone().filter(|u| !u.trim().is_empty()),
         files,
         volume_paths: config.mounts.iter().map(|m| m.path.clone()).collect(),
         log_max_bytes: LOG_MAX_BYTES,
+    })
+}
+
+/// The machine field an `env_from` names.
+fn field_value(record: &MachineRecord, field: &str) -> Result<String, AgentError> {
+    Ok(match field {
+        "id" => record.id.clone(),
+        "version" => record.version().to_string(),
+        "app_name" => record.app.clone(),
+        "private_ip" => record.private_ip.clone(),
+        "region" => record.region.clone(),
+        "image" => record.config().image.clone(),
+        other => {
+            return Err(AgentError::Invalid(format!(
+                "processes: env_from field_ref {other:?} is not a machine field"
+            )));
+        }
     })
 }
 

@@ -56,7 +56,7 @@ async fn runs_the_image_command_and_stops_when_it_exits() {
 }
 
 #[tokio::test]
-async fn process_overrides_env_user_and_files() {
+async fn process_overrides_env_processes_user_and_files() {
     let t = TestAgent::start().await;
     let mut config = t.config();
     config.init = InitConfig {
@@ -106,15 +106,39 @@ async fn process_overrides_env_user_and_files() {
     let machine = t.get(&id).await;
     assert_eq!(machine.config.unwrap().extra["note"], "kept");
 
-    let mut user_config = t.config();
-    user_config.init = sh("id -u; id -g; sleep 600");
-    user_config
-        .extra
-        .insert("unused".into(), serde_json::json!(1));
     let stop = StopRequest {
         signal: Some(Signal::KILL),
         timeout: None,
     };
+    t.stop(&id, stop.clone()).await;
+    t.destroy(&id, false).await;
+
+    // `processes`: the first one's command, env, env_from and user.
+    let mut process_config = t.config();
+    process_config.processes = vec![serde_json::from_value(serde_json::json!({
+        "cmd": ["sh", "-c", "echo \"as $(id -u):$(id -g) $PROCESS_VAR $MACHINE_VAR $SELF\"; sleep 600"],
+        "env": {"PROCESS_VAR": "from-process", "MACHINE_VAR": "process-wins"},
+        "env_from": [{"env_var": "SELF", "field_ref": "id"}],
+        "user": "app",
+    }))
+    .unwrap()];
+    process_config
+        .env
+        .insert("MACHINE_VAR".into(), "from-config".into());
+    let id = t.create(process_config).await;
+    t.wait(&id, MachineState::Started).await;
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = t.log_text(&id).await;
+        if log.contains("as ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        log.contains(&format!("as 1000:1000 from-process process-wins {id}")),
+        "log: {log}"
+    );
     t.stop(&id, stop).await;
     t.destroy(&id, false).await;
 }

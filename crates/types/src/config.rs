@@ -61,8 +61,60 @@ pub struct MachineConfig {
     pub mounts: Vec<MachineMount>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_destroy: bool,
+    /// The machine's process; only the first is run, as on Fly.
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub processes: Vec<MachineProcess>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// One of `processes`: overrides of the image's process, the config's env
+/// and the image user. `init`'s overrides still apply on top.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineProcess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub env: BTreeMap<String, String>,
+    #[serde(
+        default,
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub env_from: Vec<EnvFrom>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, as an image's `User`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// An environment variable set from a field of the machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnvFrom {
+    #[serde(default)]
+    pub env_var: String,
+    /// `id`, `version`, `app_name`, `private_ip`, `region` or `image`.
+    #[serde(default)]
+    pub field_ref: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl EnvFrom {
+    pub const FIELDS: [&str; 6] = ["id", "version", "app_name", "private_ip", "region", "image"];
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -255,6 +307,23 @@ impl MachineConfig {
             && timeout.0 > std::time::Duration::from_secs(300)
         {
             return Err("stop_config.timeout must be at most 300s".into());
+        }
+        for process in &self.processes {
+            for from in &process.env_from {
+                if from.env_var.trim().is_empty() {
+                    return Err("processes: env_from needs an env_var".into());
+                }
+                if !EnvFrom::FIELDS.contains(&from.field_ref.as_str()) {
+                    return Err(format!(
+                        "processes: env_from field_ref {:?} is not one of {}",
+                        from.field_ref,
+                        EnvFrom::FIELDS.join(", ")
+                    ));
+                }
+            }
+            if process.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                return Err("processes: user must not be empty".into());
+            }
         }
         Ok(())
     }
@@ -455,6 +524,22 @@ mod tests {
             RestartPolicy::OnFailure { max_retries: 10 }
         );
         assert!(MachineConfig::default().validate().is_err());
+    }
+
+    #[test]
+    fn processes_keep_what_midge_does_not_read_and_check_env_from() {
+        let body = r#"{"image":"x","processes":[{"cmd":["a"],"user":"app",
+            "env_from":[{"env_var":"ID","field_ref":"id"}],"secrets":[{"env_var":"S","name":"s"}]}]}"#;
+        let config: MachineConfig = serde_json::from_str(body).unwrap();
+        assert_eq!(config.processes[0].user.as_deref(), Some("app"));
+        assert!(config.processes[0].extra.contains_key("secrets"));
+        assert!(config.validate().is_ok());
+        let again: MachineConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+        let mut bad = config.clone();
+        bad.processes[0].env_from[0].field_ref = "password".into();
+        assert!(bad.validate().unwrap_err().contains("field_ref"));
     }
 }
 
