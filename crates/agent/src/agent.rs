@@ -71,6 +71,8 @@ pub(crate) struct AgentCore {
     pub runs: AtomicU64,
     /// How many machines hold a prepared next run.
     pub prepared: AtomicUsize,
+    /// Starts that launched a prepared run (rather than booting cold).
+    pub prepared_starts: AtomicU64,
     /// What each machine that may run holds of the host's capacity.
     pub reservations: Mutex<HashMap<String, crate::capacity::Reservation>>,
     /// The id of every machine whose record changed, as it changes.

@@ -36,3 +36,4 @@ mod tests;
 pub use agent::{Agent, HostParts, ImagePeers};
 pub use capacity::Capacity;
 pub use config::AgentConfig;
+pub use next_run::PreparedRunStats;

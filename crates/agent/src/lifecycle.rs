@@ -4,6 +4,7 @@
 //! finish it; every step is safe to run twice.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use midge_agent_api::AgentError;
@@ -97,7 +98,10 @@ impl AgentCore {
         let record = entry.snapshot();
         if let Some(prepared) = self.take_next(entry, record.version()).await {
             match prepared.launch().await {
-                Ok(machine) => return Ok(machine),
+                Ok(machine) => {
+                    self.prepared_starts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(machine);
+                }
                 Err(DriverError::ProgramFailed(message)) => {
                     return Err(AgentError::ProgramFailed(message));
                 }

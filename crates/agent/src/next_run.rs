@@ -13,7 +13,25 @@ use std::sync::atomic::Ordering;
 use midge_driver::PreparedRun;
 use midge_types::MachineState;
 
-use crate::agent::{AgentCore, MachineEntry, NextRun, chain};
+use crate::agent::{Agent, AgentCore, MachineEntry, NextRun, chain};
+
+/// How the host's prepared next runs are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedRunStats {
+    /// Machines that hold a prepared next run now.
+    pub held: usize,
+    /// Starts so far that launched a prepared run instead of booting cold.
+    pub started: u64,
+}
+
+impl Agent {
+    pub fn prepared_runs(&self) -> PreparedRunStats {
+        PreparedRunStats {
+            held: self.core.prepared.load(Ordering::Relaxed),
+            started: self.core.prepared_starts.load(Ordering::Relaxed),
+        }
+    }
+}
 
 impl AgentCore {
     /// Prepares the machine's next run in the background, unless one is

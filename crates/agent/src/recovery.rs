@@ -54,6 +54,7 @@ impl Agent {
             create_lock: Default::default(),
             runs: Default::default(),
             prepared: Default::default(),
+            prepared_starts: Default::default(),
             reservations: Default::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
             shutting_down: Default::default(),

@@ -175,8 +175,14 @@ async fn rootfs_is_fresh_on_every_start() {
     };
     t.exec(&id, &["sh", "-c", "echo again > /tmp/mark"]).await;
     t.stop(&id, kill).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.until_prepared(1).await;
+    let before = t.agent.prepared_runs().started;
     t.start_machine(&id).await;
+    assert_eq!(
+        t.agent.prepared_runs().started,
+        before + 1,
+        "the start launched the prepared run"
+    );
     let out = t
         .exec(&id, &["sh", "-c", "cat /tmp/mark || echo gone"])
         .await;
@@ -556,7 +562,7 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
         timeout: None,
     };
     t.stop(&id, kill).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // its next start gets prepared
+    t.until_prepared(1).await;
 
     config.env.insert("COLOR".into(), "blue".into());
     let request = midge_types::CreateMachineRequest {
@@ -566,8 +572,12 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
     };
     let updated = t.update(&id, request).await;
     assert_eq!(updated.state, MachineState::Stopped);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The run prepared for the old version is thrown away and one is
+    // prepared for the new; the start launches that one.
+    t.until_prepared(1).await;
+    let before = t.agent.prepared_runs().started;
     t.start_machine(&id).await;
+    assert_eq!(t.agent.prepared_runs().started, before + 1);
     assert_eq!(
         t.exec(&id, &["sh", "-c", "echo $COLOR"])
             .await

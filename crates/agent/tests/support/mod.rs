@@ -66,6 +66,20 @@ impl TestAgent {
             .agent;
     }
 
+    /// Waits until the host holds a prepared next run for `held` machines.
+    pub async fn until_prepared(&self, held: usize) {
+        for _ in 0..300 {
+            if self.agent.prepared_runs().held >= held {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no prepared next run after 6 s: {:?}",
+            self.agent.prepared_runs()
+        );
+    }
+
     pub fn owner(&self) -> Owner {
         Owner {
             app: APP.into(),
