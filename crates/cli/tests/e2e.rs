@@ -168,10 +168,19 @@ fn org_tokens_only_see_their_org() {
         .clone();
     assert!(admin_view.contains(&personal_app) && admin_view.contains(&org_app));
 
-    let hidden = as_org(&["apps", "show", &personal_app]);
-    hidden.failure();
-    let foreign = as_org(&["machine", "list", "-a", &personal_app]);
-    foreign.failure();
+    // Refused for want of access, with a hint, not for any other reason.
+    for args in [
+        vec!["apps", "show", &personal_app],
+        vec!["machine", "list", "-a", &personal_app],
+    ] {
+        let refused = as_org(&args);
+        let stderr = refused.failure();
+        assert!(
+            stderr.contains(&format!("token has no access to app \"{personal_app}\"")),
+            "{refused}"
+        );
+        assert!(stderr.contains("`midge apps list`"), "{refused}");
+    }
 
     // The org token works for its own apps, through the short flag too.
     let id = machine_id_in(

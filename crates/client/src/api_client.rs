@@ -109,6 +109,12 @@ impl ApiFailure {
                     .into(),
             );
         }
+        if self.status == 403 && message.contains("no access to app") {
+            return Some(
+                "an org token reaches its own org's apps only; see them with `midge apps list`"
+                    .into(),
+            );
+        }
         if self.status == 404 && message.contains("could not find app") {
             return Some("see the apps this token can reach with `midge apps list`".into());
         }
