@@ -236,6 +236,24 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
         "escalated to SIGKILL"
     );
     assert_eq!(t.get(&stubborn).await.state, MachineState::Stopped);
+
+    // Without stop_config the wait before SIGKILL is Fly's 5 s.
+    let deaf = t
+        .create(MachineConfig {
+            init: sh("trap '' INT TERM; while true; do sleep 1; done"),
+            ..t.config()
+        })
+        .await;
+    t.wait(&deaf, MachineState::Started).await;
+    let started = std::time::Instant::now();
+    t.stop(&deaf, StopRequest::default()).await;
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(15)).contains(&waited),
+        "waited {waited:?} before SIGKILL"
+    );
+    let exit = t.exit_event(&deaf).await;
+    assert_eq!(exit["signal"], 9, "{exit}");
 }
 
 #[tokio::test]
@@ -370,6 +388,69 @@ async fn sandboxes_are_confined_by_seccomp_and_limits() {
         .stdout;
     let limits: Vec<&str> = limits.split_whitespace().collect();
     assert_eq!(limits, ["10240", "4096"], "open files, then pids.max");
+    t.destroy(&id, true).await;
+}
+
+/// Docker's default capability set, as `/proc/<pid>/status` shows it.
+const DOCKER_CAPABILITIES: &str = "00000000a80425fb";
+
+#[tokio::test]
+async fn a_machine_gets_its_size_capabilities_hostname_and_hosts() {
+    let t = TestAgent::start().await;
+    let id = t
+        .create(MachineConfig {
+            init: midge_types::InitConfig {
+                exec: Some(vec!["sleep".into(), "600".into()]),
+                ..Default::default()
+            },
+            guest: Some(midge_types::Guest {
+                cpus: 2,
+                memory_mb: 384,
+                ..Default::default()
+            }),
+            ..t.config()
+        })
+        .await;
+    t.wait(&id, MachineState::Started).await;
+    let read = |script: &'static str| {
+        let t = &t;
+        let id = id.clone();
+        async move { t.exec(&id, &["sh", "-c", script]).await.stdout }
+    };
+    // cgroup v1 (this host) or v2, whichever the host runs.
+    let cpu = read(
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us \
+         /sys/fs/cgroup/cpu.max 2>/dev/null",
+    )
+    .await;
+    assert_eq!(
+        cpu.split_whitespace().collect::<Vec<_>>(),
+        ["200000", "100000"],
+        "two CPUs of quota per period"
+    );
+    let memory = read(
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null",
+    )
+    .await;
+    assert_eq!(memory.trim(), (384u64 << 20).to_string());
+    let status = read("cat /proc/self/status").await;
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert!(
+            status.contains(&format!("{set}:\t{DOCKER_CAPABILITIES}")),
+            "{set}: {status}"
+        );
+    }
+    assert_eq!(read("hostname").await.trim(), id);
+    let machine = t.get(&id).await;
+    let hosts = read("cat /etc/hosts").await;
+    assert!(
+        hosts
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == [machine.private_ip.as_str(), id.as_str(), "fly-local-6pn"]),
+        "the machine's 6PN address names it: {hosts}"
+    );
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
     t.destroy(&id, true).await;
 }
 
