@@ -75,6 +75,90 @@ async fn create_running_machine(
     machine
 }
 
+/// Every documented route whose path names an app or an org, as (method,
+/// path template), from the server's own OpenAPI document.
+fn scoped_routes() -> Vec<(String, String)> {
+    let document = serde_json::to_value(midge_api::openapi()).unwrap();
+    let mut routes = Vec::new();
+    for (template, item) in document["paths"].as_object().unwrap() {
+        if !template.contains("{app_name}") && !template.contains("{org_slug}") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            if method != "parameters" {
+                routes.push((method.clone(), template.clone()));
+            }
+        }
+    }
+    assert!(
+        routes.len() > 40,
+        "the document lists the routes: {routes:?}"
+    );
+    routes
+}
+
+/// Whether `path` (query ignored) is an instance of `template`.
+fn matches_template(path: &str, template: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    let (segments, wanted): (Vec<&str>, Vec<&str>) =
+        (path.split('/').collect(), template.split('/').collect());
+    segments.len() == wanted.len()
+        && segments
+            .iter()
+            .zip(&wanted)
+            .all(|(segment, want)| want.starts_with('{') || segment == want)
+}
+
+/// The app's other resources (addresses, certificates, volumes) and the
+/// org's volumes, with bodies that would be valid.
+fn app_resource_requests(app: &str, org: &str) -> Vec<(&'static str, String, Option<String>)> {
+    let base = format!("/v1/apps/{app}");
+    let volume = format!("{base}/volumes/vol_0123456789abcdef");
+    vec![
+        ("GET", format!("{base}/ip_assignments"), None),
+        (
+            "POST",
+            format!("{base}/ip_assignments"),
+            Some(r#"{"type":"v4"}"#.into()),
+        ),
+        ("DELETE", format!("{base}/ip_assignments/127.0.0.1"), None),
+        ("GET", format!("{base}/certificates"), None),
+        (
+            "POST",
+            format!("{base}/certificates/custom"),
+            Some(r#"{"hostname":"shop.example","fullchain":"x","private_key":"y"}"#.into()),
+        ),
+        ("GET", format!("{base}/certificates/shop.example"), None),
+        ("DELETE", format!("{base}/certificates/shop.example"), None),
+        (
+            "DELETE",
+            format!("{base}/certificates/shop.example/custom"),
+            None,
+        ),
+        ("GET", format!("{base}/volumes"), None),
+        (
+            "POST",
+            format!("{base}/volumes"),
+            Some(r#"{"name":"data","size_gb":1}"#.into()),
+        ),
+        ("GET", volume.clone(), None),
+        (
+            "PUT",
+            volume.clone(),
+            Some(r#"{"auto_backup_enabled":false}"#.into()),
+        ),
+        ("DELETE", volume.clone(), None),
+        (
+            "PUT",
+            format!("{volume}/extend"),
+            Some(r#"{"size_gb":2}"#.into()),
+        ),
+        ("GET", format!("{volume}/snapshots"), None),
+        ("POST", format!("{volume}/snapshots"), None),
+        ("GET", format!("/v1/orgs/{org}/volumes"), None),
+    ]
+}
+
 /// Every machine route of `app`/`machine`, with a body that would be valid,
 /// so that only the access check can refuse it.
 fn machine_requests(
@@ -87,7 +171,8 @@ fn machine_requests(
         json!({"config": {"image": image, "init": {"exec": ["/bin/sleep", "1"]}}}).to_string();
     vec![
         ("GET", base.clone(), None),
-        ("POST", base.clone(), Some(update)),
+        ("POST", base.clone(), Some(update.clone())),
+        ("PUT", base.clone(), Some(update)),
         ("DELETE", format!("{base}?force=true"), None),
         ("POST", format!("{base}/start"), None),
         (
@@ -235,6 +320,8 @@ async fn org_tokens_reach_nothing_of_another_org_and_admins_reach_all() {
         ),
     ];
     assert_refused(&server, &token_a, &app_requests, 403, &nonce_b).await;
+    let app_resources = app_resource_requests(APP_B, "org-b");
+    assert_refused(&server, &token_a, &app_resources, 403, &nonce_b).await;
     assert_refused(
         &server,
         &token_a,
@@ -243,6 +330,24 @@ async fn org_tokens_reach_nothing_of_another_org_and_admins_reach_all() {
         &nonce_b,
     )
     .await;
+    // Every documented route that names an app or an org is among them.
+    let mut tried: Vec<(&str, String)> = app_requests
+        .iter()
+        .chain(&app_resources)
+        .chain(&machine_requests(APP_B, &id_b, &h.image))
+        .map(|(method, path, _)| (*method, path.clone()))
+        .collect();
+    // The WebSocket exec, refused at its handshake below.
+    tried.push(("GET", format!("{app_b}/machines/{id_b}/exec/ws")));
+    for (method, template) in scoped_routes() {
+        assert!(
+            tried
+                .iter()
+                .any(|(m, path)| m.eq_ignore_ascii_case(&method)
+                    && matches_template(path, &template)),
+            "{method} {template} is not in the org-isolation matrix"
+        );
+    }
     assert_refused(
         &server,
         &token_a,

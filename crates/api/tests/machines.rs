@@ -546,3 +546,59 @@ async fn list_pages_by_cursor_past_destroyed_machines_and_includes_leases_on_req
         without.body
     );
 }
+
+#[tokio::test]
+async fn a_lease_taken_on_create_guards_the_machine_until_it_expires() {
+    let h = Harness::with_registry().await;
+    let reply = h.create_app(&h.admin.clone(), APP).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    for ttl in [0, 24 * 3600 + 1] {
+        let body = json!({"skip_launch": true, "lease_ttl": ttl, "config": {"image": h.image}});
+        h.admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines"),
+            Some(&body.to_string()),
+        )
+        .await
+        .assert_error(400);
+    }
+    let body = json!({"skip_launch": true, "lease_ttl": 1, "config": {"image": h.image}});
+    let created = h
+        .admin(
+            "POST",
+            &format!("/v1/apps/{APP}/machines"),
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let nonce = created.body["nonce"].as_str().expect("the lease's nonce");
+    let base = format!(
+        "/v1/apps/{APP}/machines/{}",
+        created.body["id"].as_str().unwrap()
+    );
+    let held = h.admin("GET", &format!("{base}/lease"), None).await;
+    assert_eq!(held.body["data"]["nonce"], nonce, "{:?}", held.body);
+    h.admin("POST", &format!("{base}/cordon"), None)
+        .await
+        .assert_error(409);
+
+    // Expired, it guards nothing and is no longer shown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lease = h.admin("GET", &format!("{base}/lease"), None).await;
+        if lease.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 1 s lease still held after 5 s: {:?}",
+            lease.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cordoned = h.admin("POST", &format!("{base}/cordon"), None).await;
+    assert_eq!(cordoned.status, StatusCode::OK, "{:?}", cordoned.body);
+    let retaken = h.admin("POST", &format!("{base}/lease?ttl=30"), None).await;
+    assert_eq!(retaken.status, StatusCode::CREATED, "{:?}", retaken.body);
+    assert_ne!(retaken.body["data"]["nonce"], nonce, "a new lease");
+}
