@@ -35,6 +35,8 @@ pub struct AgentConfig {
     /// What a prune asked for leaves alone, younger than this (a pull or
     /// create in flight may be about to use it).
     pub image_prune_grace: std::time::Duration,
+    /// The time the restart policy's window is read from.
+    pub clock: crate::clock::Clock,
 }
 
 impl AgentConfig {
@@ -52,6 +54,7 @@ impl AgentConfig {
             nameserver: None,
             image_gc_free_percent: 10,
             image_prune_grace: std::time::Duration::from_secs(60),
+            clock: crate::clock::Clock::default(),
         }
     }
 }

@@ -10,6 +10,7 @@
 mod agent;
 mod capacity;
 mod checks;
+mod clock;
 mod cluster;
 mod config;
 mod create;
@@ -35,5 +36,6 @@ mod tests;
 
 pub use agent::{Agent, HostParts, ImagePeers};
 pub use capacity::Capacity;
+pub use clock::Clock;
 pub use config::AgentConfig;
 pub use next_run::PreparedRunStats;

@@ -31,6 +31,26 @@ pub(crate) fn restart_backoff(recent: usize) -> Duration {
         .saturating_mul(1 << doublings)
         .min(RESTART_BACKOFF_MAX)
 }
+/// The restarts (unix ms) that count towards on-failure's limit at `now`.
+fn restarts_in_window(restarts: &[i64], now: i64) -> Vec<i64> {
+    restarts
+        .iter()
+        .copied()
+        .filter(|t| now - t < RESTART_WINDOW_MS)
+        .collect()
+}
+
+/// Whether a run that ended on its own is started again.
+fn wants_restart(policy: RestartPolicy, status: &ExitStatus, recent: usize) -> bool {
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure { max_retries } => {
+            status.exit_code != 0 && recent < max_retries as usize
+        }
+    }
+}
+
 /// How long a SIGKILLed run may take to be gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -147,20 +167,9 @@ impl AgentCore {
         entry.set_current(None);
         let record = entry.snapshot();
         let config = record.config().clone();
-        let now = midge_types::now_millis();
-        let recent: Vec<i64> = record
-            .restarts
-            .iter()
-            .copied()
-            .filter(|t| now - t < RESTART_WINDOW_MS)
-            .collect();
-        let restart = match config.restart_policy() {
-            RestartPolicy::No => false,
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure { max_retries } => {
-                status.exit_code != 0 && recent.len() < max_retries as usize
-            }
-        };
+        let now = self.config.clock.now_millis();
+        let recent = restarts_in_window(&record.restarts, now);
+        let restart = wants_restart(config.restart_policy(), &status, recent.len());
         let step = transition(Op::Exit { restart }, MachineState::Started).unwrap_or(Transition {
             during: MachineState::Started,
             to: MachineState::Stopped,

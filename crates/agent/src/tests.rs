@@ -344,6 +344,53 @@ async fn a_start_waits_for_the_preparation_in_flight_instead_of_starting_cold() 
 }
 
 #[tokio::test]
+async fn prepared_runs_stop_at_the_hosts_limit() {
+    assert_eq!(
+        AgentConfig::new("/x").prepared_runs,
+        64,
+        "the default limit"
+    );
+    let bed = Bed::with_prepared_runs(2).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = bed.create(config(), false).await;
+        bed.wait(&id, MachineState::Started).await;
+        ids.push(id);
+    }
+    let held = || ids.iter().map(|id| bed.driver.prepared(id)).sum::<usize>();
+    for _ in 0..200 {
+        if held() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(held(), 2, "two of three machines hold a prepared run");
+    assert_eq!(bed.agent.prepared_runs().held, 2);
+
+    // A restart launches one and another is prepared: still two at most.
+    let with = ids.iter().find(|id| bed.driver.prepared(id) == 1).unwrap();
+    bed.agent
+        .restart_machine(RestartMachine {
+            machine: MachineKey::new(APP, with),
+            signal: Some(Signal::KILL),
+            timeout: None,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(bed.agent.prepared_runs().started, 1);
+    for _ in 0..200 {
+        if held() == 2 && bed.agent.prepared_runs().held == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(held(), 2, "{:?}", bed.agent.prepared_runs());
+}
+
+#[tokio::test]
 async fn without_prepared_runs_every_start_boots_from_scratch() {
     let bed = Bed::with_prepared_runs(0).await;
     let id = bed.create(config(), false).await;
@@ -386,6 +433,73 @@ async fn on_failure_restarts_up_to_the_retry_limit_then_stays_stopped() {
         "{kinds:?}"
     );
     assert_eq!(bed.driver.running(&id), 0);
+}
+
+#[tokio::test]
+async fn on_failure_counts_restarts_in_a_five_minute_window_and_not_after_exit_0() {
+    let bed = Bed::new().await;
+    let id = bed.create(with_restart("on-failure", Some(1)), false).await;
+    let restarts = |n: usize| {
+        let bed = &bed;
+        let id = id.clone();
+        async move {
+            for _ in 0..300 {
+                let kinds = bed.event_kinds(&id).await;
+                if kinds.iter().filter(|k| *k == "restart").count() >= n
+                    && bed.state(&id).await == MachineState::Started
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no restart {n}: {:?}", bed.event_kinds(&id).await);
+        }
+    };
+    let fail = |code: i32| {
+        let bed = &bed;
+        let id = id.clone();
+        async move {
+            while !bed.driver.exit(&id, exited(code)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    bed.wait(&id, MachineState::Started).await;
+    fail(1).await;
+    restarts(1).await;
+    // The one retry is spent; five minutes on, it counts no more.
+    bed.agent
+        .core
+        .config
+        .clock
+        .advance(Duration::from_secs(301));
+    fail(1).await;
+    restarts(2).await;
+    fail(1).await;
+    bed.wait(&id, MachineState::Stopped).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds = bed.event_kinds(&id).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "restart").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(bed.state(&id).await, MachineState::Stopped);
+
+    // A clean exit is no failure.
+    let clean = bed.create(with_restart("on-failure", None), false).await;
+    bed.wait(&clean, MachineState::Started).await;
+    while !bed.driver.exit(&clean, exited(0)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bed.wait(&clean, MachineState::Stopped).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bed.state(&clean).await, MachineState::Stopped);
+    assert!(
+        !bed.event_kinds(&clean)
+            .await
+            .contains(&"restart".to_string())
+    );
 }
 
 #[test]

@@ -399,11 +399,11 @@ async fn a_machine_gets_its_size_capabilities_hostname_and_hosts() {
     let t = TestAgent::start().await;
     let id = t
         .create(MachineConfig {
-            init: midge_types::InitConfig {
+            init: InitConfig {
                 exec: Some(vec!["sleep".into(), "600".into()]),
                 ..Default::default()
             },
-            guest: Some(midge_types::Guest {
+            guest: Some(Guest {
                 cpus: 2,
                 memory_mb: 384,
                 ..Default::default()
