@@ -502,6 +502,48 @@ async fn on_failure_counts_restarts_in_a_five_minute_window_and_not_after_exit_0
     );
 }
 
+#[tokio::test]
+async fn a_wait_from_an_event_needs_a_transition_after_it() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    let wait_from = |from: Option<String>, secs: u64| {
+        bed.agent.wait_machine(WaitMachine {
+            machine: MachineKey::new(APP, &id),
+            targets: vec![WaitTarget::State(MachineState::Started)],
+            version: None,
+            from_event_id: from,
+            timeout: GoDuration::from_secs(secs),
+        })
+    };
+    let now = wait_from(None, 1).await.unwrap();
+    let last = now.event_id.clone().expect("the last event's id");
+
+    // Started already, but nothing happened after `last`.
+    let err = wait_from(Some(last.clone()), 1).await.unwrap_err();
+    assert!(matches!(err, AgentError::DeadlineExceeded(_)), "{err:?}");
+
+    let agent = bed.agent.clone();
+    let key = MachineKey::new(APP, &id);
+    let cycle = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        agent
+            .restart_machine(RestartMachine {
+                machine: key,
+                signal: Some(Signal::KILL),
+                timeout: None,
+                nonce: None,
+            })
+            .await
+            .unwrap();
+    });
+    let after = wait_from(Some(last.clone()), 5).await.unwrap();
+    cycle.await.unwrap();
+    assert_eq!(after.state, MachineState::Started);
+    let newer = after.event_id.unwrap();
+    assert!(newer > last, "{newer} after {last}");
+}
+
 #[test]
 fn restart_backoff_doubles_from_100_ms_to_a_cap() {
     use crate::lifecycle::restart_backoff;
