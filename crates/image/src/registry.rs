@@ -192,6 +192,16 @@ fn map_error(err: OciDistributionError, reference: &str, registry: &str) -> Imag
     let registry = registry.to_string();
     let reference = reference.to_string();
     match err {
+        // What oci-client says when an index offers no linux/amd64 image.
+        OciDistributionError::ImageManifestNotFoundError(detail)
+            if detail.contains("default platform") =>
+        {
+            ImageError::NotFound {
+                reference,
+                detail: "its image index has no linux/amd64 image, the platform machines run"
+                    .into(),
+            }
+        }
         OciDistributionError::ImageManifestNotFoundError(detail) => {
             ImageError::NotFound { reference, detail }
         }

@@ -623,3 +623,55 @@ async fn a_registry_that_drops_mid_blob_fails_the_pull_cleanly_and_the_next_pull
     assert_eq!(image.layers.len(), 1);
     assert!(image.layers[0].join("noise.bin").is_file());
 }
+
+#[tokio::test]
+async fn a_manifest_list_resolves_to_linux_amd64() {
+    let registry = TestRegistry::start().await.unwrap();
+    for arch in ["arm64", "amd64", "s390x"] {
+        let rootfs = tempfile::tempdir().unwrap();
+        fs::write(rootfs.path().join("arch"), arch).unwrap();
+        registry
+            .push_rootfs(
+                &format!("test/multi:{arch}"),
+                rootfs.path(),
+                shared_image_config(),
+            )
+            .await
+            .unwrap();
+    }
+    let reference = registry
+        .push_index(
+            "test/multi:latest",
+            &[
+                ("arm64", "test/multi:arm64"),
+                ("amd64", "test/multi:amd64"),
+                ("s390x", "test/multi:s390x"),
+            ],
+        )
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let image = store
+        .pull(&reference, &insecure(&registry), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(image.layers[0].join("arch")).unwrap(),
+        "amd64"
+    );
+
+    // An index without linux/amd64 is refused with a reason.
+    let foreign = registry
+        .push_index("test/multi:foreign", &[("arm64", "test/multi:arm64")])
+        .await
+        .unwrap();
+    let err = store
+        .pull(&foreign, &insecure(&registry), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("has no linux/amd64 image"),
+        "{err}"
+    );
+}

@@ -211,6 +211,46 @@ impl TestRegistry {
         Ok(reference.whole())
     }
 
+    /// Pushes an image index (a manifest list) at `repo_tag` naming images
+    /// pushed before, as `(architecture, repo_tag)`, all for linux. Returns
+    /// the full reference.
+    pub async fn push_index(&self, repo_tag: &str, images: &[(&str, &str)]) -> Result<String> {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let mut manifests = Vec::new();
+        for (architecture, image) in images {
+            let reference: Reference = format!("{}/{}", self.addr, image).parse()?;
+            let (raw, digest) = client
+                .pull_manifest_raw(
+                    &reference,
+                    &self.auth,
+                    &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE],
+                )
+                .await
+                .with_context(|| format!("reading the manifest of {reference}"))?;
+            manifests.push(serde_json::json!({
+                "mediaType": oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+                "digest": digest,
+                "size": raw.len(),
+                "platform": {"architecture": architecture, "os": "linux"},
+            }));
+        }
+        let index: oci_client::manifest::OciImageIndex =
+            serde_json::from_value(serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+                "manifests": manifests,
+            }))?;
+        let reference: Reference = format!("{}/{}", self.addr, repo_tag).parse()?;
+        client
+            .push_manifest_list(&reference, &self.auth, index)
+            .await
+            .with_context(|| format!("pushing the index {reference}"))?;
+        Ok(reference.whole())
+    }
+
     pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
