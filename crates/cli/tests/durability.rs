@@ -166,6 +166,30 @@ impl Server {
         }
     }
 
+    /// SIGTERM, as systemd or Ctrl-C stops it: `midge up` shuts down and
+    /// exits 0 on its own.
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("midge up is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("reaping midge up") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("midge up ignored SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "midge up exited {status}:\n{}",
+            self.logs()
+        );
+    }
+
     /// SIGKILL: no shutdown code runs.
     fn kill_9(&mut self) {
         let mut child = self.child.take().expect("midge up is running");
@@ -441,6 +465,45 @@ mod host {
             .filter(|mount| mount.starts_with(dir))
             .collect()
     }
+}
+
+#[tokio::test]
+async fn sigterm_leaves_machines_running_for_the_next_up_to_adopt() {
+    let mut server = Server::start().await;
+    server
+        .call("POST", "/v1/apps", None, Some(json!({"name": APP})))
+        .await
+        .expect(201);
+    let id = server
+        .create_machine("kept", sleeper(&server.image.clone(), json!({})), false)
+        .await;
+    server.wait_state(&id, "started").await;
+    exec_in(&server, &id, "echo alive > /tmp/mark").await;
+    let booted = server.init_start_time(&id, None).await;
+    let before = server.get(&format!("/v1/apps/{APP}/machines/{id}")).await;
+
+    server.terminate();
+    let log = std::fs::read_to_string(server.log_path(server.starts)).unwrap();
+    assert!(log.contains("machines keep running"), "{log}");
+    server.boot().await;
+
+    // Adopted, not rebooted: the same run, its rootfs as it was left.
+    let after = server.get(&format!("/v1/apps/{APP}/machines/{id}")).await;
+    assert_eq!(after["state"], "started", "{after}");
+    assert_eq!(after["instance_id"], before["instance_id"]);
+    assert_eq!(server.init_start_time(&id, None).await, booted);
+    assert_eq!(exec_in(&server, &id, "cat /tmp/mark").await.trim(), "alive");
+    // And the adopted run answers to the new agent.
+    server
+        .call(
+            "POST",
+            &format!("/v1/apps/{APP}/machines/{id}/stop"),
+            None,
+            Some(json!({"signal": "SIGKILL"})),
+        )
+        .await
+        .expect(200);
+    server.wait_state(&id, "stopped").await;
 }
 
 fn sleeper(image: &str, metadata: Value) -> Value {
