@@ -15,6 +15,7 @@ mod cluster;
 mod config;
 mod create;
 mod exec;
+pub mod failpoints;
 mod host_agent;
 mod images;
 mod launch_spec;

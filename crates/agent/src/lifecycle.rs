@@ -13,6 +13,7 @@ use midge_types::{ExitEvent, MachineState, RestartPolicy, Signal, StopRequest};
 use serde_json::json;
 
 use crate::agent::{AgentCore, CurrentRun, MachineEntry, chain};
+use crate::failpoints::failpoint;
 use crate::record::PendingOp;
 use crate::transitions::{Op, Transition, transition};
 
@@ -84,6 +85,7 @@ impl AgentCore {
                 record.pending = Some(PendingOp::Start);
             }
         })?;
+        failpoint!("agent-start-recorded");
         match self.boot(entry).await {
             Ok(machine) => {
                 let run = CurrentRun {
@@ -366,6 +368,7 @@ impl AgentCore {
         let ended = self
             .end_run(entry, request, step.during, PendingOp::Restart)
             .await?;
+        failpoint!("agent-restart-stopped");
         let started = self.start_locked(entry, step.during).await;
         if let Some(run) = ended {
             remove_run(&run).await?;
@@ -382,6 +385,7 @@ impl AgentCore {
             record.set_state(MachineState::Destroying);
             record.pending = Some(PendingOp::Destroy);
         })?;
+        failpoint!("agent-destroy-recorded");
         self.discard_next(entry).await;
         self.stop_run(
             entry,

@@ -11,6 +11,7 @@ use midge_types::{CreateMachineRequest, MachineState, StopRequest};
 
 use crate::agent::{AgentCore, MachineEntry, NextRun};
 use crate::create::validated_config;
+use crate::failpoints::failpoint;
 use crate::lifecycle::remove_run;
 use crate::record::{PendingOp, VersionEntry};
 use crate::transitions::{Op, transition};
@@ -68,6 +69,7 @@ impl AgentCore {
             record.set_state(step.during);
             record.push_event("update", "replacing", "user", None);
         })?;
+        failpoint!("agent-update-recorded");
         if launch && running {
             self.prepare_now(entry).await;
         }

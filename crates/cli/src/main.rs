@@ -338,6 +338,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() {
+    midge_server::setup_failpoints();
     midge_client::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

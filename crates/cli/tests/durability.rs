@@ -28,6 +28,8 @@ struct Server {
     http: reqwest::Client,
     /// The proxy's port, the same at every boot (apps show their URL).
     proxy_port: u16,
+    /// `FAILPOINTS` for the next boot only.
+    failpoints: Option<String>,
     _pool: midge_testkit::PoolLease,
 }
 
@@ -77,6 +79,7 @@ impl Server {
                 .and_then(|l| l.local_addr())
                 .expect("a free loopback port")
                 .port(),
+            failpoints: None,
             _pool: midge_testkit::PoolLease::acquire().expect("leasing an address pool"),
         };
         server.boot().await;
@@ -126,6 +129,10 @@ impl Server {
         if let Some(init) = init_binary() {
             command.env("MIDGE_INIT_BINARY", init);
         }
+        match self.failpoints.take() {
+            Some(failpoints) => command.env("FAILPOINTS", failpoints),
+            None => command.env_remove("FAILPOINTS"),
+        };
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             command.pre_exec(|| {
@@ -718,6 +725,149 @@ async fn sigkill_keeps_every_record_and_running_machine() {
         .await
         .expect(200);
     server.wait_state(&updated, "destroyed").await;
+    server.assert_host_matches_records().await;
+}
+
+/// Boots `midge up` with `point` armed, sends `request`, waits until the
+/// agent is frozen at the point, SIGKILLs it there and boots it again.
+#[cfg(feature = "failpoints")]
+async fn kill_at(server: &mut Server, point: &str, method: &str, path: &str, body: Option<Value>) {
+    server.kill_9();
+    server.failpoints = Some(format!("{point}=return"));
+    server.boot().await;
+    let url = format!("{}{path}", server.url);
+    let mut request = server
+        .http
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .bearer_auth(&server.token)
+        .timeout(Duration::from_secs(60));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let in_flight = tokio::spawn(request.send());
+    let reached = format!("failpoint {point} reached");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !std::fs::read_to_string(server.log_path(server.starts))
+        .unwrap_or_default()
+        .contains(&reached)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{method} {path} never reached {point}:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill_9();
+    assert!(
+        in_flight.await.expect("the request task").is_err(),
+        "{method} {path} was answered although the agent froze before finishing"
+    );
+    server.boot().await;
+}
+
+/// Each durable operation cut by kill -9 at the point after it recorded
+/// what it was about to do (not a random moment): the next agent finishes it.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn operations_cut_at_their_failpoints_are_finished_by_the_next_agent() {
+    let mut server = Server::start().await;
+    server
+        .call("POST", "/v1/apps", None, Some(json!({"name": APP})))
+        .await
+        .expect(201);
+    let image = server.image.clone();
+    let base = |id: &str| format!("/v1/apps/{APP}/machines/{id}");
+    let mut ids = Vec::new();
+    for name in ["start", "restart", "destroy", "update", "update-stopped"] {
+        let id = server
+            .create_machine(name, sleeper(&image, json!({})), false)
+            .await;
+        server.wait_state(&id, "started").await;
+        ids.push(id);
+    }
+    let [start, restart, destroy, update, update_stopped] = &ids[..] else {
+        unreachable!()
+    };
+    for id in [start, update_stopped] {
+        server
+            .call(
+                "POST",
+                &format!("{}/stop", base(id)),
+                None,
+                Some(json!({"signal": "SIGKILL"})),
+            )
+            .await
+            .expect(200);
+        server.wait_state(id, "stopped").await;
+    }
+
+    kill_at(
+        &mut server,
+        "agent-start-recorded",
+        "POST",
+        &format!("{}/start", base(start)),
+        None,
+    )
+    .await;
+    server.wait_state(start, "started").await;
+
+    let before = server.init_start_time(restart, None).await;
+    kill_at(
+        &mut server,
+        "agent-restart-stopped",
+        "POST",
+        &format!("{}/restart", base(restart)),
+        None,
+    )
+    .await;
+    server.wait_state(restart, "started").await;
+    assert_ne!(
+        server.init_start_time(restart, None).await,
+        before,
+        "a new run"
+    );
+
+    kill_at(
+        &mut server,
+        "agent-destroy-recorded",
+        "DELETE",
+        &format!("{}?force=true", base(destroy)),
+        None,
+    )
+    .await;
+    server.wait_state(destroy, "destroyed").await;
+
+    let mut new_config = sleeper(&image, json!({}));
+    new_config["env"] = json!({"GENERATION": "2"});
+    kill_at(
+        &mut server,
+        "agent-update-recorded",
+        "POST",
+        &base(update),
+        Some(json!({"config": new_config})),
+    )
+    .await;
+    server.wait_state(update, "started").await;
+    assert_eq!(
+        exec_in(&server, update, "echo $GENERATION").await.trim(),
+        "2"
+    );
+
+    kill_at(
+        &mut server,
+        "agent-update-recorded",
+        "POST",
+        &base(update_stopped),
+        Some(json!({"config": new_config, "skip_launch": true})),
+    )
+    .await;
+    let machine = server.get(&base(update_stopped)).await;
+    assert_eq!(machine["state"], "stopped", "{machine}");
+    assert_eq!(machine["config"]["env"]["GENERATION"], "2", "{machine}");
+    for id in [start, restart, update] {
+        assert_eq!(server.get(&base(id)).await["state"], "started");
+    }
     server.assert_host_matches_records().await;
 }
 

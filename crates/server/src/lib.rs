@@ -68,3 +68,6 @@ pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Resul
     writeln!(file, "{text}")?;
     Ok(())
 }
+
+/// Arms the agent's failpoints from `FAILPOINTS` (with the `failpoints` feature only).
+pub use midge_agent::failpoints::setup as setup_failpoints;
