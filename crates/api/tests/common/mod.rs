@@ -110,6 +110,7 @@ impl Harness {
         let mut config = HostConfig::new(&data_dir);
         config.resource_prefix = prefix.clone();
         config.ipv4_pool = pool.cidr();
+        config.host_id = midge_testkit::unique_host_id();
         // Prunes here remove what is unused at once.
         config.image_prune_grace = std::time::Duration::ZERO;
         let image = match registry {
