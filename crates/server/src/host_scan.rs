@@ -57,15 +57,21 @@ pub fn nft_tables() -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
-/// Element lines of the sets in the table `inet <table>` (machines'
-/// interfaces and orgs): none once no machine is attached.
-pub fn nft_set_elements(table: &str) -> Result<Vec<String>, String> {
-    Ok(probe("nft", &["list", "table", "inet", table])?
-        .lines()
-        .map(str::trim)
-        .filter(|line| line.starts_with("elements"))
-        .map(str::to_string)
-        .collect())
+/// Element lines of the sets of the table `inet <table>` that hold one
+/// element per attached machine (interfaces, orgs): none once no machine
+/// is attached.
+pub fn nft_machine_elements(table: &str) -> Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    for set in midge_net::MACHINE_SETS {
+        found.extend(
+            probe("nft", &["list", "set", "inet", table, set])?
+                .lines()
+                .map(str::trim)
+                .filter(|line| line.starts_with("elements"))
+                .map(|line| format!("{set} {line}")),
+        );
+    }
+    Ok(found)
 }
 
 /// Mount points of this mount namespace.
@@ -151,6 +157,50 @@ pub fn processes_mentioning(text: &str) -> Result<Vec<(u32, String)>, String> {
         .collect())
 }
 
+/// Processes (other than this one) in a network namespace `ip netns`
+/// names `name_starts…`: `ip netns exec` helpers and whatever they started.
+pub fn processes_in_netns(name_starts: &str) -> Result<Vec<(u32, String)>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let netns_dir = Path::new("/run/netns");
+    let mut inodes = std::collections::BTreeSet::new();
+    match std::fs::read_dir(netns_dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(name_starts)
+                    && let Ok(metadata) = std::fs::metadata(entry.path())
+                {
+                    inodes.insert(metadata.ino());
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("reading {}: {error}", netns_dir.display())),
+    }
+    if inodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let own = std::process::id();
+    let entries = std::fs::read_dir("/proc").map_err(|error| format!("reading /proc: {error}"))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let inode = std::fs::metadata(entry.path().join("ns/net")).ok()?.ino();
+            if pid == own || !inodes.contains(&inode) {
+                return None;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            Some((
+                pid,
+                String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string(),
+            ))
+        })
+        .collect())
+}
+
 /// Findings of one scan: what is left, and what could not be looked at.
 #[derive(Default)]
 struct Findings(Vec<String>);
@@ -191,7 +241,7 @@ pub fn machine_leftovers(prefix: &str, data_dir: &Path) -> Vec<String> {
     match nft_tables() {
         Ok(tables) if tables.iter().any(|(f, t)| f == "inet" && t == prefix) => found.add(
             &format!("nftables table inet {prefix}"),
-            nft_set_elements(prefix),
+            nft_machine_elements(prefix),
             |line| format!("nftables element in inet {prefix}: {line}"),
         ),
         Ok(_) => {}
@@ -323,14 +373,14 @@ fn mounts_under(data_dir: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Processes of the prefix's host: whatever names its data dir, its runc
-/// root or one of its machines' namespaces (`ip netns exec` helpers).
+/// Processes of the prefix's host: whatever names its data dir or its runc
+/// root, or runs in one of its machines' namespaces.
 fn processes_of(prefix: &str, data_dir: &Path) -> Result<Vec<(u32, String)>, String> {
     let mut found = processes_mentioning(&data_dir.display().to_string())?;
     found.extend(processes_mentioning(
         &sandbox_state_dir(prefix).display().to_string(),
     )?);
-    found.extend(processes_mentioning(&format!("netns exec {prefix}-"))?);
+    found.extend(processes_in_netns(&format!("{prefix}-"))?);
     found.sort();
     found.dedup();
     Ok(found)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 pub use midge_server::host_cleanup::remove_host_resources;
 use midge_server::host_cleanup::{run, unmount};
 use midge_server::host_scan::{
-    cgroup_dirs, mount_points, netns_names, nft_tables, processes_mentioning, routes_via,
-    veth_names,
+    cgroup_dirs, mount_points, netns_names, nft_tables, processes_in_netns, processes_mentioning,
+    routes_via, veth_names,
 };
 
 use crate::pools::{remove_loopback_address, test_loopback_addresses};
@@ -26,13 +26,12 @@ pub const TEST_CLUSTER_DIR_PREFIX: &str = "midge-test-cluster-";
 /// clusters, volume pools) starts with one of these.
 const TEST_DIR_PREFIXES: [&str; 2] = ["midge-test", "midge-volume-test"];
 
-/// What a test process's command line may name: its dirs, its machines'
-/// namespaces (`ip netns exec` helpers), its resource prefix (`midge up`),
-/// its runc roots (runc commands).
-const TEST_PROCESS_MARKS: [&str; 5] = [
+/// What a test process's command line may name: its dirs (registries,
+/// PostgreSQL, `midge up`), its resource prefix (`midge up`), its runc roots
+/// (runc commands).
+const TEST_PROCESS_MARKS: [&str; 4] = [
     "/midge-test",
     "/midge-volume-test",
-    "netns exec mgt",
     "--resource-prefix mgt",
     "/run/midge/mgt",
 ];
@@ -87,14 +86,16 @@ fn test_temp_entries() -> Result<Vec<PathBuf>, String> {
         .collect())
 }
 
-/// Processes any test started: by what their command line names, or by
-/// the test cgroup they run in (a container's `runc init` and program).
+/// Processes any test started: by what their command line names, by the
+/// test cgroup they run in (a container's `runc init` and program), or by
+/// the test namespace they run in (`ip netns exec` helpers).
 fn test_processes() -> Result<Vec<(u32, String)>, String> {
     let mut found = Vec::new();
     for mark in TEST_PROCESS_MARKS {
         found.extend(processes_mentioning(mark)?);
     }
     found.extend(processes_in_test_cgroups()?);
+    found.extend(processes_in_netns(TEST_PREFIX_FAMILY)?);
     found.sort();
     found.dedup();
     Ok(found)

@@ -18,6 +18,7 @@ pub use leak_scan::{
     TEST_CLUSTER_DIR_PREFIX, TEST_PREFIX_FAMILY, containers_of, leftovers,
     remove_all_test_resources, remove_host_resources,
 };
+pub use midge_server::host_scan::{machine_leftovers, prefix_leftovers};
 pub use pools::{
     PoolLease, TEST_DNS_PREFIX, TEST_PROXY_V6_PREFIX, leased_pools, test_loopback_addresses,
 };
