@@ -71,14 +71,21 @@ impl PoolLease {
         format!("{TEST_PROXY_V6_PREFIX}{:x}::/112", self.index)
     }
 
-    /// Removes what a platform of this lease may have left on `lo`.
-    pub fn remove_loopback_addresses(&self) {
+    /// What a platform of this lease has on `lo` (its DNS address, its
+    /// apps' IPv6 addresses).
+    pub fn loopback_addresses(&self) -> Result<Vec<String>, String> {
         let dns = self.dns_address();
         let pool = format!("{TEST_PROXY_V6_PREFIX}{:x}::", self.index);
-        for address in test_loopback_addresses().unwrap_or_default() {
-            if address == dns || address.starts_with(&pool) {
-                remove_loopback_address(&address);
-            }
+        Ok(test_loopback_addresses()?
+            .into_iter()
+            .filter(|address| *address == dns || address.starts_with(&pool))
+            .collect())
+    }
+
+    /// Removes what a platform of this lease may have left on `lo`.
+    pub fn remove_loopback_addresses(&self) {
+        for address in self.loopback_addresses().unwrap_or_default() {
+            remove_loopback_address(&address);
         }
     }
 }

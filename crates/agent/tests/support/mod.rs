@@ -29,7 +29,7 @@ pub struct TestAgent {
     pub registry: String,
     /// The org network of this test's machines (random, as the host id).
     pub org_network: u32,
-    /// Whether the product's teardown was checked (or deliberately skipped).
+    /// Whether the product's teardown was checked.
     checked: bool,
     _dir: tempfile::TempDir,
     _pool: midge_testkit::PoolLease,
@@ -312,16 +312,6 @@ impl TestAgent {
             .await
             .unwrap_or_else(|e| panic!("tearing the host down: {}", e.chain()));
         midge_testkit::assert_prefix_gone(prefix, data_dir);
-    }
-
-    /// Skips the product's teardown and its check, for a test that leaves
-    /// the host as a crash would (`reason` says why).
-    pub fn leave_as_crashed(&mut self, reason: &str) {
-        eprintln!(
-            "not checking the teardown of {}: {reason}",
-            self.config.resource_prefix
-        );
-        self.checked = true;
     }
 }
 
