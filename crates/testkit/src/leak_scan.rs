@@ -280,8 +280,10 @@ pub fn remove_all_test_resources() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     for (pid, _) in test_processes().unwrap_or_default() {
-        // SAFETY: plain kill(2) of a process a test started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: plain kill(2) of a process a test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
     let mut prefixes: Vec<String> = netns_names()
         .unwrap_or_default()

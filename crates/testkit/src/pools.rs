@@ -143,7 +143,7 @@ mod tests {
         let (address, length) = cidr.split_once('/').expect("a CIDR");
         let start = u32::from(address.parse::<std::net::Ipv4Addr>().expect("an address"));
         let length: u32 = length.parse().expect("a prefix length");
-        (start, start + ((1u64 << (32 - length)) - 1) as u32)
+        (start, start + (u32::MAX >> length))
     }
 
     #[test]

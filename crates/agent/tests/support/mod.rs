@@ -324,8 +324,8 @@ impl Drop for TestAgent {
                 // The agent's tasks run on the test's runtime; it must go on
                 // serving them while this thread waits.
                 tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(self.destroy_all_and_check())
-                })
+                    tokio::runtime::Handle::current().block_on(self.destroy_all_and_check());
+                });
             }))
         });
         midge_testkit::remove_host_resources(&self.config.resource_prefix, &self.config.data_dir);

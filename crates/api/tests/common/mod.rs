@@ -53,7 +53,7 @@ impl Drop for Harness {
                 if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
             {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    tokio::task::block_in_place(|| runtime.block_on(teardown))
+                    tokio::task::block_in_place(|| runtime.block_on(teardown));
                 }))
             }
             _ => std::thread::spawn(move || {
@@ -61,7 +61,7 @@ impl Drop for Harness {
                     .enable_all()
                     .build()
                     .expect("runtime")
-                    .block_on(teardown)
+                    .block_on(teardown);
             })
             .join(),
         };

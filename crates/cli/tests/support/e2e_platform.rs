@@ -305,7 +305,7 @@ impl Platform {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Some(status),
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 _ => return None,
             }
@@ -321,7 +321,7 @@ impl Drop for Platform {
         let running = matches!(self.child.try_wait(), Ok(None));
         let check = (running && !std::thread::panicking()).then(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.destroy_all_and_stop_checked()
+                self.destroy_all_and_stop_checked();
             }))
         });
         if matches!(self.child.try_wait(), Ok(None)) {

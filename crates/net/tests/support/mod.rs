@@ -69,7 +69,7 @@ impl Drop for TestNetwork {
                 .enable_all()
                 .build()
                 .expect("teardown runtime")
-                .block_on(teardown(network, checked))
+                .block_on(teardown(network, checked));
         })
         .join();
         let prefix = self.prefix().to_string();
