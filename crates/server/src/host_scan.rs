@@ -103,14 +103,18 @@ pub fn routes_via(device_starts: &str) -> Result<Vec<String>, String> {
     Ok(found)
 }
 
-/// IPv6 addresses on `lo` that start with `address_starts`.
-pub fn loopback_ipv6_addresses(address_starts: &str) -> Result<Vec<String>, String> {
+/// IPv6 addresses on `lo` inside `network`/`prefix_len` (compared as
+/// addresses: `ip` prints them compressed however it likes).
+pub fn loopback_ipv6_addresses(
+    network: std::net::Ipv6Addr,
+    prefix_len: u32,
+) -> Result<Vec<std::net::Ipv6Addr>, String> {
+    let mask = u128::MAX.checked_shl(128 - prefix_len).unwrap_or(0);
     Ok(probe("ip", &["-6", "-o", "addr", "show", "dev", "lo"])?
         .lines()
         .filter_map(|line| line.split_whitespace().nth(3))
-        .filter_map(|cidr| cidr.split('/').next())
-        .filter(|address| address.starts_with(address_starts))
-        .map(str::to_string)
+        .filter_map(|cidr| cidr.split('/').next()?.parse::<std::net::Ipv6Addr>().ok())
+        .filter(|address| u128::from(*address) & mask == u128::from(network) & mask)
         .collect())
 }
 
@@ -416,6 +420,22 @@ mod tests {
         assert!(probe("false", &[]).is_err());
         assert!(probe("/nonexistent/program", &[]).is_err());
         assert_eq!(probe("echo", &["listed"]).unwrap(), "listed\n");
+    }
+
+    #[test]
+    fn loopback_addresses_are_matched_as_addresses_not_text() {
+        // `ip` prints fdaa:0:0:fffe:0:0:7:3 as fdaa::fffe:0:0:7:3.
+        let address: std::net::Ipv6Addr = "fdaa:0:0:fffe:0:0:7:3".parse().unwrap();
+        let added = Command::new("ip")
+            .args(["-6", "addr", "add", &format!("{address}/128"), "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(added.success());
+        let found = loopback_ipv6_addresses("fdaa:0:0:fffe::".parse().unwrap(), 64);
+        let _ = Command::new("ip")
+            .args(["-6", "addr", "del", &format!("{address}/128"), "dev", "lo"])
+            .status();
+        assert!(found.unwrap().contains(&address));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (outside the product's default pool, so a test never collides with a
 //! real host's machines) and the loopback addresses derived from it.
 
+use std::net::Ipv6Addr;
 use std::path::Path;
 
 use midge_server::host_scan::loopback_ipv6_addresses;
@@ -74,12 +75,13 @@ impl PoolLease {
     /// What a platform of this lease has on `lo` (its DNS address, its
     /// apps' IPv6 addresses).
     pub fn loopback_addresses(&self) -> Result<Vec<String>, String> {
-        let dns = self.dns_address();
-        let pool = format!("{TEST_PROXY_V6_PREFIX}{:x}::", self.index);
-        Ok(test_loopback_addresses()?
-            .into_iter()
-            .filter(|address| *address == dns || address.starts_with(&pool))
-            .collect())
+        let dns: Ipv6Addr = self.dns_address().parse().expect("a valid address");
+        let pool: Ipv6Addr = format!("{TEST_PROXY_V6_PREFIX}{:x}::", self.index)
+            .parse()
+            .expect("a valid address");
+        let mut found = loopback_ipv6_addresses(dns, 128)?;
+        found.extend(loopback_ipv6_addresses(pool, 80)?);
+        Ok(found.iter().map(Ipv6Addr::to_string).collect())
     }
 
     /// Removes what a platform of this lease may have left on `lo`.
@@ -116,11 +118,19 @@ pub const TEST_DNS_PREFIX: &str = "fdaa:0:0:fffe::";
 /// Test platforms' app IPv6 addresses (on `lo`) start with this.
 pub const TEST_PROXY_V6_PREFIX: &str = "fdaa:0:0:fffd:";
 
+/// The /64s of `TEST_DNS_PREFIX` and `TEST_PROXY_V6_PREFIX`.
+const TEST_LOOPBACK_RANGES: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfdaa, 0, 0, 0xfffe, 0, 0, 0, 0),
+    Ipv6Addr::new(0xfdaa, 0, 0, 0xfffd, 0, 0, 0, 0),
+];
+
 /// Test addresses (DNS servers, apps' IPv6 addresses) left on `lo`.
 pub fn test_loopback_addresses() -> Result<Vec<String>, String> {
-    let mut found = loopback_ipv6_addresses(TEST_DNS_PREFIX)?;
-    found.extend(loopback_ipv6_addresses(TEST_PROXY_V6_PREFIX)?);
-    Ok(found)
+    let mut found = Vec::new();
+    for range in TEST_LOOPBACK_RANGES {
+        found.extend(loopback_ipv6_addresses(range, 64)?);
+    }
+    Ok(found.iter().map(Ipv6Addr::to_string).collect())
 }
 
 pub(crate) fn remove_loopback_address(address: &str) {
@@ -158,6 +168,26 @@ mod tests {
                 pool_cidr(index)
             );
         }
+    }
+
+    /// `ip` prints a lease's DNS address compressed another way than it
+    /// is written (fdaa::fffe:0:0:N:3); it is found all the same.
+    #[test]
+    fn a_leases_address_left_on_lo_is_found() {
+        let lease = PoolLease::acquire().expect("a lease");
+        let dns = lease.dns_address();
+        let added = std::process::Command::new("ip")
+            .args(["-6", "addr", "add", &format!("{dns}/128"), "dev", "lo"])
+            .status()
+            .expect("running ip");
+        assert!(added.success());
+        let of_lease = lease.loopback_addresses();
+        let of_tests = test_loopback_addresses();
+        lease.remove_loopback_addresses();
+        let canonical = dns.parse::<Ipv6Addr>().unwrap().to_string();
+        assert!(of_lease.unwrap().contains(&canonical));
+        assert!(of_tests.unwrap().contains(&canonical));
+        assert!(!lease.loopback_addresses().unwrap().contains(&canonical));
     }
 
     #[test]
