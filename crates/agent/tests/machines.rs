@@ -27,7 +27,7 @@ fn no_restart() -> Option<RestartConfig> {
     })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_the_image_command_and_stops_when_it_exits() {
     let t = TestAgent::start().await;
     let id = t
@@ -55,7 +55,7 @@ async fn runs_the_image_command_and_stops_when_it_exits() {
     assert!(t.log_text(&failing).await.contains("bye"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_overrides_env_processes_user_and_files() {
     let t = TestAgent::start().await;
     let mut config = t.config();
@@ -143,7 +143,7 @@ async fn process_overrides_env_processes_user_and_files() {
     t.destroy(&id, false).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rootfs_is_fresh_on_every_start() {
     let t = TestAgent::start().await;
     let id = t.started_sleeper().await;
@@ -191,7 +191,7 @@ async fn rootfs_is_fresh_on_every_start() {
     assert_eq!(t.get(&id).await.state, MachineState::Destroyed);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_uses_the_signal_then_escalates_to_kill() {
     let t = TestAgent::start().await;
     let polite = t
@@ -256,7 +256,7 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
     assert_eq!(exit["signal"], 9, "{exit}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policies() {
     let t = TestAgent::start().await;
     let always = t
@@ -330,7 +330,7 @@ async fn restart_policies() {
     t.destroy(&always, true).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_kill_is_reported() {
     let t = TestAgent::start().await;
     let id = t
@@ -350,7 +350,7 @@ async fn oom_kill_is_reported() {
     assert_ne!(exit["exit_code"], 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_are_confined_by_seccomp_and_limits() {
     let t = TestAgent::start().await;
     let id = t.started_sleeper().await;
@@ -394,7 +394,7 @@ async fn sandboxes_are_confined_by_seccomp_and_limits() {
 /// Docker's default capability set, as `/proc/<pid>/status` shows it.
 const DOCKER_CAPABILITIES: &str = "00000000a80425fb";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_gets_its_size_capabilities_hostname_and_hosts() {
     let t = TestAgent::start().await;
     let id = t
@@ -454,7 +454,7 @@ async fn a_machine_gets_its_size_capabilities_hostname_and_hosts() {
     t.destroy(&id, true).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_with_a_pty() {
     let t = TestAgent::start().await;
     let id = t.started_sleeper().await;
@@ -490,7 +490,7 @@ async fn exec_with_a_pty() {
     assert_eq!(exit, Some(5));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_server_reachable_and_the_host_is_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = TestAgent::start().await;
@@ -543,7 +543,7 @@ async fn http_server_reachable_and_the_host_is_not() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_readopts_running_machines() {
     let mut t = TestAgent::start().await;
     let id = t.started_sleeper().await;
@@ -569,7 +569,7 @@ async fn agent_restart_readopts_running_machines() {
 /// A killed agent's runc commands outlive it; the next agent's recovery
 /// waits for them, so what it lists is what they left and no container
 /// changes under it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_waits_for_runc_commands_a_killed_agent_left_running() {
     let mut t = TestAgent::start().await;
     let id = t
@@ -628,7 +628,7 @@ async fn recovery_waits_for_runc_commands_a_killed_agent_left_running() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_of_a_stopped_machine_starts_the_new_config() {
     let t = TestAgent::start().await;
     let mut config = MachineConfig {
@@ -671,4 +671,20 @@ async fn update_of_a_stopped_machine_starts_the_new_config() {
     let old = t.get_version(&id, &versions[1].version).await;
     assert_eq!(old.state, MachineState::Replaced);
     t.destroy(&id, true).await;
+}
+
+/// Tests run at once on one host: two test hosts' first machines must not
+/// share a 6PN address (their routes would cross).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_test_hosts_give_machines_distinct_6pn_addresses() {
+    let (a, b) = (TestAgent::start().await, TestAgent::start().await);
+    let (first_a, first_b) = (a.create(a.config()).await, b.create(b.config()).await);
+    let (ip_a, ip_b) = (
+        a.get(&first_a).await.private_ip,
+        b.get(&first_b).await.private_ip,
+    );
+    assert_ne!(
+        ip_a, ip_b,
+        "both test hosts gave their first machine {ip_a}"
+    );
 }

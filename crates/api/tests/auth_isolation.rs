@@ -258,7 +258,7 @@ async fn assert_refused(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_tokens_reach_nothing_of_another_org_and_admins_reach_all() {
     let h = Harness::with_registry().await;
     let server = LiveServer::start(h.state.clone()).await;

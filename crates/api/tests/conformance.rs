@@ -277,7 +277,7 @@ fn the_schema_checker_catches_what_it_should() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fly_client_requests_get_replies_shaped_like_the_spec() {
     let h = Harness::with_registry().await;
     let server = LiveServer::start(h.state.clone()).await;

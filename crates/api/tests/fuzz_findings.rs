@@ -46,7 +46,7 @@ fn assert_refused_with_reason(reply: &Reply, status: u16, code: &str, reason: &s
     assert!(error.contains(reason), "{error}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspending_where_the_driver_cannot_is_a_failed_precondition() {
     let h = Harness::with_registry().await;
     let id = started_machine(&h).await;
@@ -65,7 +65,7 @@ async fn suspending_where_the_driver_cannot_is_a_failed_precondition() {
     assert_eq!(machine.body["state"], "started");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_whose_machine_stops_under_it_is_a_failed_precondition() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, APP).await;
@@ -83,7 +83,7 @@ async fn exec_whose_machine_stops_under_it_is_a_failed_precondition() {
     assert_refused_with_reason(&reply, 412, "failed_precondition", "stopped running");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_lease_ttl_beyond_a_day_is_refused() {
     let h = Harness::new().await;
     h.create_app(&h.admin, APP).await;

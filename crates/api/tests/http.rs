@@ -5,7 +5,7 @@ use axum::http::{Request, StatusCode};
 use common::Harness;
 use serde_json::{Value, json};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_token_are_401_json() {
     let h = Harness::new().await;
     let none = h.call("GET", "/v1/apps", None, None).await;
@@ -38,7 +38,7 @@ async fn requests_without_a_valid_token_are_401_json() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_tokens_see_only_their_org() {
     let h = Harness::new().await;
     let acme = h.org_token("acme").await;
@@ -105,7 +105,7 @@ async fn org_tokens_see_only_their_org() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_create_get_list_delete() {
     let h = Harness::new().await;
     let created = h.create_app(&h.admin, "my-app").await;
@@ -158,7 +158,7 @@ async fn apps_create_get_list_delete() {
         .assert_error(404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_create_is_idempotent_with_a_key() {
     let h = Harness::new().await;
     let body = r#"{"name":"retry-me","org_slug":"personal","idempotency_key":"abc"}"#;
@@ -168,7 +168,7 @@ async fn app_create_is_idempotent_with_a_key() {
     assert_eq!(first.body["id"], second.body["id"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_app_input_is_400_json() {
     let h = Harness::new().await;
     for body in [
@@ -208,7 +208,7 @@ async fn bad_app_input_is_400_json() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_machine_input_is_400_json_before_reaching_the_agent() {
     let h = Harness::new().await;
     h.create_app(&h.admin, "web").await;
@@ -347,7 +347,7 @@ async fn bad_machine_input_is_400_json_before_reaching_the_agent() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_over_60_seconds_is_refused_with_a_reason() {
     let h = Harness::new().await;
     h.create_app(&h.admin, "web").await;
@@ -362,7 +362,7 @@ async fn wait_over_60_seconds_is_refused_with_a_reason() {
     assert!(reply.error().contains("60"), "{}", reply.error());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_bodies_are_accepted_where_fly_allows_them() {
     let h = Harness::new().await;
     h.create_app(&h.admin, "web").await;
@@ -395,7 +395,7 @@ async fn empty_bodies_are_accepted_where_fly_allows_them() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_in_another_region_reports_insufficient_capacity() {
     let h = Harness::new().await;
     h.create_app(&h.admin, "web").await;
@@ -406,7 +406,7 @@ async fn machine_in_another_region_reports_insufficient_capacity() {
     assert!(reply.error().contains("ams"), "{}", reply.error());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_routes_check_the_app_first() {
     let h = Harness::new().await;
     let reply = h
@@ -426,7 +426,7 @@ async fn machine_routes_check_the_app_first() {
         .assert_error(404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_are_json_errors() {
     let h = Harness::new().await;
     h.admin("GET", "/v1/nothing/here", None)
@@ -436,7 +436,7 @@ async fn unknown_routes_and_methods_are_json_errors() {
     h.admin("PATCH", "/v1/apps", None).await.assert_error(405);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_a_json_error() {
     let h = Harness::new().await;
     let huge = format!(r#"{{"name":"{}"}}"#, "a".repeat(40 * 1024 * 1024));
@@ -444,7 +444,7 @@ async fn oversized_bodies_are_a_json_error() {
     reply.assert_error(413);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_has_its_own_request_id() {
     let h = Harness::new().await;
     let first = h.call("GET", "/v1/apps", None, None).await;
@@ -459,7 +459,7 @@ async fn every_response_has_its_own_request_id() {
     assert_ne!(id(&first), id(&second));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orgs_and_tokens_are_admin_only() {
     let h = Harness::new().await;
     let created = h
@@ -555,7 +555,7 @@ async fn orgs_and_tokens_are_admin_only() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_name_the_agents_region() {
     let h = Harness::new().await;
     let reply = h.admin("GET", "/v1/platform/regions", None).await;
@@ -564,7 +564,7 @@ async fn regions_name_the_agents_region() {
     assert_eq!(reply.body["regions"][0]["code"], h.state.agent.region());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_served_and_matches_the_routes() {
     let h = Harness::new().await;
     let reply = h.call("GET", "/v1/openapi.json", None, None).await;
@@ -620,7 +620,7 @@ async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
     response
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_tcp_until_shut_down() {
     let h = Harness::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -663,7 +663,7 @@ async fn serves_over_tcp_until_shut_down() {
     server.await.unwrap().expect("server ended cleanly");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_tokens_are_rate_limited_per_machine_and_action() {
     let h = Harness::with_registry().await.rate_limited();
     let token = h.org_token("acme").await;
@@ -712,7 +712,7 @@ async fn org_tokens_are_rate_limited_per_machine_and_action() {
     assert_eq!(uncordon.status, StatusCode::OK, "{:?}", uncordon.body);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_retried_with_its_idempotency_key_returns_the_same_machine() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, "retried").await;

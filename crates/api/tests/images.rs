@@ -13,7 +13,7 @@ fn events(raw: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_reports_progress_then_the_image() {
     let h = Harness::with_registry().await;
     let image = h.image.clone();
@@ -63,7 +63,7 @@ async fn events_of(h: &Harness, image: &str) -> Vec<Value> {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_keeps_the_images_machines_use_and_removes_the_rest() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, "pruned").await;

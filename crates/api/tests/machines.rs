@@ -68,7 +68,7 @@ impl Harness {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_lifecycle_over_http() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, APP).await;
@@ -290,7 +290,7 @@ async fn machine_lifecycle_over_http() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_deleting_an_app_destroys_its_machines() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, APP).await;
@@ -307,7 +307,7 @@ async fn force_deleting_an_app_destroys_its_machines() {
     assert_eq!((counts.total, counts.started), (0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_exec_over_websocket_and_logs() {
     let h = Harness::with_registry().await;
     h.create_app(&h.admin, APP).await;
@@ -390,7 +390,7 @@ async fn interactive_exec_over_websocket_and_logs() {
     server.abort();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_by_cursor_past_destroyed_machines_and_includes_leases_on_request() {
     let h = Harness::with_registry().await;
     let reply = h.create_app(&h.admin.clone(), APP).await;
@@ -547,7 +547,7 @@ async fn list_pages_by_cursor_past_destroyed_machines_and_includes_leases_on_req
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_on_create_guards_the_machine_until_it_expires() {
     let h = Harness::with_registry().await;
     let reply = h.create_app(&h.admin.clone(), APP).await;

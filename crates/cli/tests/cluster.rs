@@ -521,7 +521,7 @@ fn hosts_that_go_away_answer_from_the_catalog_and_carry_out_what_was_asked_on_re
     let prefix = cluster.prefix.clone();
     drop(cluster);
     assert!(!dir.exists(), "{} removed", dir.display());
-    let namespaces = midge_server::host_cleanup::netns_names();
+    let namespaces = midge_server::host_scan::netns_names().expect("listing namespaces");
     assert!(
         !namespaces.iter().any(|n| n.starts_with(&prefix)),
         "{namespaces:?}"

@@ -1171,9 +1171,29 @@ fn on_terminal(platform: &Platform, args: &[&str]) -> (Option<i32>, String) {
         .env("TERM", "xterm");
     let mut session = PtySession::spawn(command, 160, 40);
     let status = session.wait_exit(SETTLE);
-    // The reader thread may still be draining the last bytes.
-    std::thread::sleep(Duration::from_millis(200));
-    (status.code(), session.screen())
+    (status.code(), session.final_screen())
+}
+
+/// A process that writes a lot and exits at once: the terminal's reader
+/// has all of it once the session says it is done, with no fixed wait.
+#[test]
+fn a_terminal_shows_everything_a_process_wrote_before_it_exited() {
+    for _ in 0..5 {
+        let mut command = std::process::Command::new("sh");
+        command.args([
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' x; echo; echo end-of-output",
+        ]);
+        let mut session = PtySession::spawn(command, 160, 40);
+        let status = session.wait_exit(SETTLE);
+        assert!(status.success());
+        let screen = session.final_screen();
+        assert!(
+            screen.contains("end-of-output"),
+            "{} bytes, no end",
+            screen.len()
+        );
+    }
 }
 
 #[test]

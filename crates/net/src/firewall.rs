@@ -24,6 +24,8 @@ use crate::{NetError, ServedEndpoint};
 
 const MACHINE_IFACES: &str = "machine_ifaces";
 const MACHINE_ORGS: &str = "machine_orgs";
+/// The sets that hold an element per attached machine (empty when none is).
+pub const MACHINE_SETS: [&str; 2] = [MACHINE_IFACES, MACHINE_ORGS];
 const SERVED_V4: &str = "served_v4";
 const SERVED_V6: &str = "served_v6";
 

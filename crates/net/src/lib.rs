@@ -12,6 +12,7 @@ mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod firewall;
+pub use firewall::MACHINE_SETS;
 mod links;
 mod names;
 mod peers;

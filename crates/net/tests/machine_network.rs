@@ -244,7 +244,7 @@ async fn machines_reach_their_own_org_over_6pn_and_other_orgs_are_dropped() {
     );
 
     let same_org_url = format!("http://[{}]:{HTTP_PORT}/", same_org.ipv6);
-    let body = wget_from(&client, &same_org_url).await;
+    let body = wget_answer(&client, &same_org_url).await;
     assert!(
         body.as_deref()
             .is_some_and(|body| body.contains("same org")),
@@ -290,4 +290,50 @@ async fn attach_latency_is_reported() {
     let started = Instant::now();
     fixture.network.detach("lat0").await.unwrap();
     println!("detach latency: {:?}", started.elapsed());
+}
+
+/// Test networks take their IPv4 pool from the shared leases, so tests in
+/// other processes (and the product's default pool) never overlap them.
+#[tokio::test]
+async fn test_networks_lease_their_address_pool() {
+    let fixture = TestNetwork::init().await;
+    let pool = fixture.network.config().ipv4_pool.to_string();
+    assert_eq!(pool, fixture.pool.cidr());
+    assert!(
+        midge_testkit::leased_pools().contains(&pool),
+        "{pool} is not leased"
+    );
+}
+
+/// The harnesses' host check sees every part of an attached machine: its
+/// namespace, its veth, its routes and its elements in the sets of the
+/// table that outlives it.
+#[tokio::test]
+async fn the_host_check_sees_what_an_attached_machine_holds() {
+    let fixture = TestNetwork::init().await;
+    let prefix = fixture.prefix().to_string();
+    let data_dir = std::path::Path::new("/nonexistent").join(&prefix);
+    let net = fixture.network.attach("m1held", 0, 0x33).await.unwrap();
+    let leftovers = midge_testkit::machine_leftovers(&prefix, &data_dir);
+    let has = |text: &str| leftovers.iter().any(|item| item.contains(text));
+    assert!(
+        has(&format!("network namespace {}", net.netns)),
+        "{leftovers:#?}"
+    );
+    assert!(has(&format!("veth {}", net.host_veth)), "{leftovers:#?}");
+    assert!(has("machine_ifaces elements"), "{leftovers:#?}");
+    assert!(has("machine_orgs elements"), "{leftovers:#?}");
+    assert!(
+        has(&format!("route {}", net.ipv6)) || has(&format!("dev {}", net.host_veth)),
+        "{leftovers:#?}"
+    );
+    fixture.network.detach("m1held").await.unwrap();
+    let leftovers = midge_testkit::machine_leftovers(&prefix, &data_dir);
+    assert!(leftovers.is_empty(), "{leftovers:#?}");
+    assert!(
+        midge_testkit::prefix_leftovers(&prefix, &data_dir)
+            .iter()
+            .any(|item| item == &format!("nftables table inet {prefix}")),
+        "the host's own table is there until it is torn down"
+    );
 }

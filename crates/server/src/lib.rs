@@ -17,6 +17,7 @@ pub mod dev_cluster;
 pub mod dns_role;
 pub mod host;
 pub mod host_cleanup;
+pub mod host_scan;
 pub mod image_import;
 pub mod postgres;
 pub mod process;

@@ -203,3 +203,38 @@ fn the_catalog_holds_no_machine_state() {
     });
     assert!(found.is_empty(), "{found:#?}");
 }
+
+/// The suite runs under nextest with a slow-test timeout, so a hung test
+/// fails the run instead of stalling it.
+#[test]
+fn the_suite_kills_a_hung_test() {
+    let profile = std::fs::read_to_string(workspace().join(".config/nextest.toml"))
+        .expect("the nextest config");
+    let default_profile = profile
+        .split("\n[")
+        .find(|section| {
+            section
+                .trim_start_matches('[')
+                .starts_with("profile.default]")
+        })
+        .expect("a [profile.default] section");
+    let timeout = default_profile
+        .lines()
+        .find(|line| line.trim_start().starts_with("slow-timeout"))
+        .expect("a slow-timeout in the default profile");
+    assert!(timeout.contains("terminate-after"), "{timeout}");
+    let script = std::fs::read_to_string(workspace().join("scripts/test")).expect("scripts/test");
+    let runs: Vec<&str> = script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter(|line| line.contains("cargo nextest run") || line.contains("cargo test"))
+        .collect();
+    assert!(
+        !runs.is_empty() && runs.iter().all(|line| line.contains("cargo nextest run")),
+        "scripts/test must run the tests under nextest only: {runs:?}"
+    );
+    assert!(
+        runs.iter().all(|line| !line.contains("--profile")),
+        "the timeout is in the default profile: {runs:?}"
+    );
+}

@@ -1,6 +1,8 @@
 //! A real host for one test: the sandbox driver, real networking and the
 //! loopback registry, with its own data dir, resource prefix and address
-//! pool, torn down (with everything it created on the host) when dropped.
+//! pool. When dropped it destroys its machines and tears its host down
+//! through the product, fails the test if anything of its prefix is left,
+//! and then removes whatever is.
 
 #![allow(dead_code)]
 
@@ -10,8 +12,8 @@ use midge_agent::Agent;
 use midge_agent_api::{HostAgent, PtySession};
 use midge_server::{Host, HostConfig};
 use midge_types::agent::{
-    CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, MachineKey, OpenPty, Owner,
-    ReadLogs, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
+    CreateMachine, DestroyMachine, ExecMachine, GetMachine, ListEvents, ListMachines, MachineKey,
+    OpenPty, Owner, ReadLogs, StartMachine, StopMachine, UpdateMachine, WaitMachine, WaitTarget,
 };
 use midge_types::{
     CreateMachineRequest, GoDuration, Machine, MachineConfig, MachineEvent, MachineState,
@@ -25,6 +27,10 @@ pub struct TestAgent {
     pub config: HostConfig,
     pub image: String,
     pub registry: String,
+    /// The org network of this test's machines (random, as the host id).
+    pub org_network: u32,
+    /// Whether the product's teardown was checked.
+    checked: bool,
     _dir: tempfile::TempDir,
     _pool: midge_testkit::PoolLease,
 }
@@ -47,12 +53,15 @@ impl TestAgent {
         let mut config = HostConfig::new(dir.path().join("agent"));
         config.resource_prefix = prefix;
         config.ipv4_pool = pool.cidr();
+        config.host_id = midge_testkit::unique_host_id();
         let agent = Host::open(config.clone()).await.expect("host opens").agent;
         TestAgent {
             agent,
             config,
             image,
             registry,
+            org_network: midge_testkit::unique_org_network(),
+            checked: false,
             _dir: dir,
             _pool: pool,
         }
@@ -84,7 +93,7 @@ impl TestAgent {
         Owner {
             app: APP.into(),
             org_slug: "personal".into(),
-            org_network: 7,
+            org_network: self.org_network,
         }
     }
 
@@ -285,8 +294,57 @@ impl TestAgent {
     }
 }
 
+impl TestAgent {
+    /// Destroys every machine through the agent and checks that the host
+    /// holds nothing of them; then tears the host down as an uninstall does
+    /// and checks that nothing of the prefix is left.
+    async fn destroy_all_and_check(&mut self) {
+        self.checked = true;
+        let machines = self
+            .agent
+            .list_machines(ListMachines {
+                app: APP.into(),
+                include_deleted: false,
+                region: None,
+                states: Vec::new(),
+                metadata: Vec::new(),
+                summary: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("listing machines: {}", e.chain()));
+        for machine in machines {
+            if machine.state != MachineState::Destroyed {
+                self.destroy(&machine.id, true).await;
+                self.wait(&machine.id, MachineState::Destroyed).await;
+            }
+        }
+        let (prefix, data_dir) = (&self.config.resource_prefix, &self.config.data_dir);
+        midge_testkit::assert_machines_gone(prefix, data_dir);
+        self.agent.shutdown();
+        self.agent
+            .teardown_host()
+            .await
+            .unwrap_or_else(|e| panic!("tearing the host down: {}", e.chain()));
+        midge_testkit::assert_prefix_gone(prefix, data_dir);
+    }
+}
+
 impl Drop for TestAgent {
+    /// Runs the product's own teardown and its check (unless the test
+    /// failed already), then removes whatever the prefix names.
     fn drop(&mut self) {
+        let check = (!self.checked && !std::thread::panicking()).then(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // The agent's tasks run on the test's runtime; it must go on
+                // serving them while this thread waits.
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(self.destroy_all_and_check());
+                });
+            }))
+        });
         midge_testkit::remove_host_resources(&self.config.resource_prefix, &self.config.data_dir);
+        if let Some(Err(failure)) = check {
+            std::panic::resume_unwind(failure);
+        }
     }
 }

@@ -34,27 +34,98 @@ pub struct Harness {
 }
 
 impl Drop for Harness {
-    /// Removes what the agent set up on the host (nftables table, runc state
-    /// dir), also when the test failed. Runs on its own runtime because the
-    /// test's runtime may be gone or busy by now.
+    /// Destroys every machine and tears the host down through the product,
+    /// fails the test if anything of the prefix is left (unless it failed
+    /// already), then removes whatever is, also when the test failed.
     fn drop(&mut self) {
-        let agent = self.agent.clone();
-        let prefix = self.prefix.clone();
-        let data_dir = self.data_dir.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                agent.shutdown();
-                if let Err(error) = agent.teardown_host().await {
-                    eprintln!("tearing down host resources of {prefix}: {}", error.chain());
-                }
-            });
-            midge_testkit::remove_host_resources(&prefix, &data_dir);
-        });
-        let _ = cleanup.join();
+        let checked = !std::thread::panicking();
+        let teardown = teardown(
+            self.catalog.clone(),
+            self.agent.clone(),
+            self.prefix.clone(),
+            self.data_dir.clone(),
+            checked,
+        );
+        let outcome = match tokio::runtime::Handle::try_current() {
+            // The agent's tasks run on the test's runtime; it must go on
+            // serving them while this thread waits.
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tokio::task::block_in_place(|| runtime.block_on(teardown));
+                }))
+            }
+            _ => std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(teardown);
+            })
+            .join(),
+        };
+        midge_testkit::remove_host_resources(&self.prefix, &self.data_dir);
+        if let Err(failure) = outcome
+            && checked
+        {
+            std::panic::resume_unwind(failure);
+        }
+    }
+}
+
+/// The product's own teardown of a test host: every machine of every app
+/// destroyed through the agent, then the host torn down; with `checked`,
+/// each step is followed by the check that it left nothing.
+async fn teardown(
+    catalog: Arc<dyn Catalog>,
+    agent: midge_agent::Agent,
+    prefix: String,
+    data_dir: std::path::PathBuf,
+    checked: bool,
+) {
+    use midge_agent_api::HostAgent;
+    use midge_types::agent::{DestroyMachine, ListMachines, MachineKey};
+    let apps = catalog.list_apps(None).await.unwrap_or_default();
+    for app in apps {
+        let listed = agent
+            .list_machines(ListMachines {
+                app: app.name.clone(),
+                include_deleted: false,
+                region: None,
+                states: Vec::new(),
+                metadata: Vec::new(),
+                summary: true,
+            })
+            .await;
+        for machine in listed.unwrap_or_default() {
+            if machine.state == midge_types::MachineState::Destroyed {
+                continue;
+            }
+            let destroyed = agent
+                .destroy_machine(DestroyMachine {
+                    machine: MachineKey::new(&app.name, &machine.id),
+                    force: true,
+                    nonce: None,
+                })
+                .await;
+            if let Err(error) = destroyed
+                && checked
+            {
+                panic!("destroying machine {}: {}", machine.id, error.chain());
+            }
+        }
+    }
+    if checked {
+        midge_testkit::assert_machines_gone(&prefix, &data_dir);
+    }
+    agent.shutdown();
+    let torn_down = agent.teardown_host().await;
+    if checked {
+        if let Err(error) = torn_down {
+            panic!("tearing down host resources of {prefix}: {}", error.chain());
+        }
+        midge_testkit::assert_prefix_gone(&prefix, &data_dir);
     }
 }
 
@@ -101,7 +172,11 @@ impl Harness {
     }
 
     async fn build(registry: Option<(String, String)>) -> Harness {
-        let dir = tempfile::tempdir().expect("temp dir");
+        // Named so the leak check finds what the host leaves under it.
+        let dir = tempfile::Builder::new()
+            .prefix("midge-test-api-")
+            .tempdir()
+            .expect("temp dir");
         let catalog: Arc<dyn Catalog> =
             Arc::new(SqliteCatalog::open(dir.path().join("catalog.db")).expect("catalog"));
         let data_dir = dir.path().join("agent");
@@ -110,6 +185,7 @@ impl Harness {
         let mut config = HostConfig::new(&data_dir);
         config.resource_prefix = prefix.clone();
         config.ipv4_pool = pool.cidr();
+        config.host_id = midge_testkit::unique_host_id();
         // Prunes here remove what is unused at once.
         config.image_prune_grace = std::time::Duration::ZERO;
         let image = match registry {

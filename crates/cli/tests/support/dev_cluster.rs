@@ -312,13 +312,22 @@ impl Drop for Cluster {
             .args(["dev-cluster", "down", "--dir"])
             .arg(&self.dir)
             .output();
-        match output {
-            Ok(output) if output.status.success() => {}
-            Ok(output) => eprintln!(
+        let failure = match output {
+            Ok(output) if output.status.success() => None,
+            Ok(output) => Some(format!(
                 "midge dev-cluster down failed:\n{}",
                 String::from_utf8_lossy(&output.stderr)
-            ),
-            Err(error) => eprintln!("running midge dev-cluster down: {error}"),
+            )),
+            Err(error) => Some(format!("running midge dev-cluster down: {error}")),
+        };
+        if std::thread::panicking() {
+            return;
         }
+        // `down` is the product's own teardown: it leaves nothing of the
+        // cluster (namespaces, uplink, hosts' tables and cgroups, processes).
+        if let Some(failure) = failure {
+            panic!("{failure}");
+        }
+        midge_testkit::assert_prefix_gone(&self.prefix, &self.dir);
     }
 }

@@ -264,26 +264,86 @@ impl Platform {
     }
 }
 
-impl Drop for Platform {
-    fn drop(&mut self) {
+impl Platform {
+    /// Destroys every machine through the API and stops `midge up` as it
+    /// stops (SIGTERM); then the host must hold nothing of its machines and
+    /// `lo` none of its addresses.
+    fn destroy_all_and_stop_checked(&mut self) {
+        let (status, apps) = self.api_get("/v1/apps");
+        assert_eq!(status, 200, "listing apps: {apps}");
+        for app in apps["apps"].as_array().into_iter().flatten() {
+            let app = app["name"].as_str().unwrap_or_default();
+            let (status, machines) = self.api_get(&format!("/v1/apps/{app}/machines"));
+            assert_eq!(status, 200, "listing the machines of {app}: {machines}");
+            for machine in machines.as_array().into_iter().flatten() {
+                let id = machine["id"].as_str().unwrap_or_default();
+                let (status, body) = self.api_call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/apps/{app}/machines/{id}?force=true"),
+                    None,
+                    &self.token,
+                );
+                assert_eq!(status, 200, "destroying machine {id} of {app}: {body}");
+            }
+        }
+        let exit = self.stop();
+        assert!(
+            exit.is_some(),
+            "midge up did not stop within {STOP_TIMEOUT:?} of SIGTERM"
+        );
+        midge_testkit::assert_machines_gone(&self.prefix, &self.data_dir());
+        let addresses = self._pool.loopback_addresses();
+        assert_eq!(addresses, Ok(Vec::new()), "midge up left addresses on lo");
+    }
+
+    /// Sends SIGTERM and waits for `midge up` to exit; its status, if it did.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Platform {
+    /// Runs the product's own teardown and its check (unless the test
+    /// failed already, or `midge up` is no longer running), then removes
+    /// whatever the prefix names.
+    fn drop(&mut self) {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        let check = (running && !std::thread::panicking()).then(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.destroy_all_and_stop_checked();
+            }))
+        });
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        let failed = matches!(check, Some(Err(_)));
+        if std::thread::panicking() || failed {
             eprintln!(
                 "--- midge up log ({}) ---\n{}",
                 self.prefix,
                 tail(&self.server_log(), 60)
             );
         }
-        // `midge up` leaves machines running for the next start to adopt.
+        // A `midge up` stopped by the test leaves machines running for the
+        // next start to adopt.
         midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
         self._pool.remove_loopback_addresses();
+        if let Some(Err(failure)) = check {
+            std::panic::resume_unwind(failure);
+        }
     }
 }
 
@@ -402,17 +462,21 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Reads a child's pipe on a thread, so a test can look at what arrived so far.
+/// Reads a child's pipe on a thread, so a test can look at what arrived so
+/// far, or wait for everything to arrive.
 pub struct PipeReader {
     received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PipeReader {
     pub fn spawn(mut pipe: impl Read + Send + 'static) -> PipeReader {
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = received.clone();
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, end) = (received.clone(), ended.clone());
         std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
+            // A terminal's master reads EIO, a pipe 0, once every writer is gone.
             while let Ok(n) = pipe.read(&mut buffer) {
                 if n == 0 {
                     break;
@@ -421,12 +485,30 @@ impl PipeReader {
                     .expect("pipe buffer")
                     .extend_from_slice(&buffer[..n]);
             }
+            end.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        PipeReader { received }
+        PipeReader { received, ended }
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.received.lock().expect("pipe buffer")).into_owned()
+    }
+
+    /// Everything written, once every writer closed its end (at most
+    /// `timeout`, or the test fails).
+    #[track_caller]
+    pub fn all_text(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while !self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            if Instant::now() > deadline {
+                panic!(
+                    "the writers did not close within {timeout:?}; so far:\n{}",
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.text()
     }
 }
 

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::e2e_platform::PipeReader;
 
+/// How long the last output of an exited process may take to be read.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct PtySession {
     child: Child,
     master: std::fs::File,
@@ -89,8 +92,7 @@ impl PtySession {
                 );
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                let screen = self.screen.text();
+                let screen = self.screen.all_text(DRAIN_TIMEOUT);
                 if !screen[self.seen..].contains(needle) {
                     panic!(
                         "exited ({status}) before {needle:?} appeared; the terminal shows:\n{screen}"
@@ -133,6 +135,13 @@ impl PtySession {
 
     pub fn screen(&self) -> String {
         self.screen.text()
+    }
+
+    /// Everything the process drew, once it and whatever shared its
+    /// terminal are gone (the reader may still be draining the last bytes).
+    #[track_caller]
+    pub fn final_screen(&self) -> String {
+        self.screen.all_text(DRAIN_TIMEOUT)
     }
 }
 

@@ -1,13 +1,12 @@
 //! Test fixtures: a network with a unique prefix and pool, torn down on drop, and
 //! processes run inside machine namespaces.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use midge_net::{Ipv4Pool, MachineNet, NetConfig, Network, ServedEndpoint};
+use midge_net::{MachineNet, NetConfig, Network, ServedEndpoint};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,9 +14,12 @@ use tokio::process::{Child, Command};
 
 pub const HTTP_PORT: u16 = 8080;
 
-/// A network whose every host resource is removed when the fixture is dropped.
+/// A network on a leased address pool. When dropped it detaches its
+/// machines and tears itself down through the product, fails the test if
+/// anything of its prefix is left, and then removes whatever is.
 pub struct TestNetwork {
     pub network: Network,
+    pub pool: midge_testkit::PoolLease,
 }
 
 impl TestNetwork {
@@ -35,16 +37,18 @@ impl TestNetwork {
         prefix: &str,
         served: impl FnOnce(&Network) -> Vec<ServedEndpoint>,
     ) -> TestNetwork {
+        let pool = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
         let mut config = NetConfig {
             prefix: prefix.to_string(),
-            ipv4_pool: unique_pool(),
-            host_id: rand::rng().random(),
+            ipv4_pool: pool.cidr().parse().expect("a leased pool is valid"),
+            host_id: midge_testkit::unique_host_id(),
             served: Vec::new(),
         };
         config.served = served(&Network::new(config.clone()).expect("valid test config"));
         // Construct the guard before touching the host so a failing init is cleaned up too.
         let fixture = TestNetwork {
             network: Network::new(config.clone()).expect("valid test config"),
+            pool,
         };
         Network::init(config).await.expect("network init");
         fixture
@@ -57,6 +61,7 @@ impl TestNetwork {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
+        let checked = !std::thread::panicking();
         let network = self.network.clone();
         // Drop cannot await inside the test's runtime; a separate thread gets its own.
         let outcome = std::thread::spawn(move || {
@@ -64,14 +69,51 @@ impl Drop for TestNetwork {
                 .enable_all()
                 .build()
                 .expect("teardown runtime")
-                .block_on(network.teardown_all())
+                .block_on(teardown(network, checked));
         })
         .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("teardown of {} failed: {error}", self.prefix()),
-            Err(_) => eprintln!("teardown of {} panicked", self.prefix()),
+        let prefix = self.prefix().to_string();
+        midge_testkit::remove_host_resources(&prefix, &no_data_dir(&prefix));
+        if let Err(failure) = outcome
+            && checked
+        {
+            std::panic::resume_unwind(failure);
         }
+    }
+}
+
+/// Networks keep nothing on disk; a path nothing mentions stands for the
+/// data dir the host checks take.
+fn no_data_dir(prefix: &str) -> std::path::PathBuf {
+    Path::new("/nonexistent").join(prefix)
+}
+
+/// The product's own teardown: every machine detached, then the network
+/// torn down; with `checked`, each step is followed by the check that it
+/// left nothing.
+async fn teardown(network: Network, checked: bool) {
+    let prefix = network.config().prefix.clone();
+    let namespaces = network.list_namespaces().await.unwrap_or_default();
+    for netns in namespaces {
+        let Some(machine) = netns.strip_prefix(&format!("{prefix}-")) else {
+            continue;
+        };
+        let detached = network.detach(machine).await;
+        if let Err(error) = detached
+            && checked
+        {
+            panic!("detaching {machine}: {error}");
+        }
+    }
+    if checked {
+        midge_testkit::assert_machines_gone(&prefix, &no_data_dir(&prefix));
+    }
+    let torn_down = network.teardown_all().await;
+    if checked {
+        if let Err(error) = torn_down {
+            panic!("tearing down {prefix}: {error}");
+        }
+        midge_testkit::assert_prefix_gone(&prefix, &no_data_dir(&prefix));
     }
 }
 
@@ -83,19 +125,6 @@ pub fn random_prefix() -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("mgt{suffix}")
-}
-
-/// A 172.19.x.0/24 distinct from the other tests of this process.
-fn unique_pool() -> Ipv4Pool {
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        rand::rng().random_range(0..256),
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    let octet = u8::try_from(NEXT.fetch_add(1, Ordering::SeqCst) % 256).expect("below 256");
-    Ipv4Pool::new(Ipv4Addr::new(172, 19, octet, 0), 24).expect("valid pool")
 }
 
 /// A command inside a machine's namespace, killed when dropped.
@@ -142,7 +171,7 @@ pub fn start_httpd(net: &MachineNet, token: &str) -> MachineHttpd {
 
 /// GET / from the host, retrying while the server starts.
 pub async fn http_get(address: SocketAddr) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + ANSWER_BUDGET;
     loop {
         match try_http_get(address).await {
             Ok(body) => return body,
@@ -164,7 +193,24 @@ async fn try_http_get(address: SocketAddr) -> std::io::Result<String> {
     Ok(response)
 }
 
-/// `busybox wget` from inside a machine; `None` when it fails or hangs (dropped traffic).
+/// How long a check that something answers may take on a loaded host.
+const ANSWER_BUDGET: Duration = Duration::from_secs(30);
+
+/// What `url` answers to a machine, retrying (each try 2 s) until it answers
+/// or `ANSWER_BUDGET` runs out.
+pub async fn wget_answer(net: &MachineNet, url: &str) -> Option<String> {
+    let deadline = Instant::now() + ANSWER_BUDGET;
+    loop {
+        let answer = wget_from(net, url).await;
+        if answer.is_some() || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `busybox wget` from inside a machine, once; `None` when it fails or
+/// hangs for 2 s (dropped traffic).
 pub async fn wget_from(net: &MachineNet, url: &str) -> Option<String> {
     let child = in_netns(net, &["busybox", "wget", "-q", "-O", "-", url])
         .spawn()

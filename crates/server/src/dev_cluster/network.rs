@@ -153,7 +153,10 @@ pub async fn remove(topology: &Topology) -> Result<()> {
             failures.push(error.to_string());
         }
     }
-    if crate::host_cleanup::veth_names().contains(&topology.control.uplink) {
+    if crate::host_scan::veth_names()
+        .unwrap_or_default()
+        .contains(&topology.control.uplink)
+    {
         let _ = ip(&["link", "delete", &topology.control.uplink]).await;
     }
     if !failures.is_empty() {

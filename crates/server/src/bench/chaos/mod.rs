@@ -229,8 +229,5 @@ async fn teardown(up: &mut UpProcess, api: &Api, prefix: &str) -> anyhow::Result
         }
     }
     up.terminate()?;
-    Ok(crate::host_cleanup::machine_leftovers(
-        prefix,
-        &up.data_dir(),
-    ))
+    Ok(crate::host_scan::machine_leftovers(prefix, &up.data_dir()))
 }

@@ -16,7 +16,7 @@ use super::ledger::{
     APP, Destroy, Fate, GENERATION_ENV, Holder, Ledger, MachineFacts, VolumeFacts,
 };
 use super::workload::{MARK_FILE, mounted_volume};
-use crate::host_cleanup::{mount_points, netns_names, veth_names};
+use crate::host_scan::{mount_points, netns_names, veth_names};
 
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLED_MACHINE: [&str; 6] = [
@@ -321,6 +321,12 @@ async fn check_host(
 
     let own_netns = format!("{}-", host.prefix);
     let namespaces: BTreeSet<String> = netns_names()
+        .unwrap_or_else(|error| {
+            findings
+                .leaked
+                .push(format!("namespaces: cannot tell: {error}"));
+            Vec::new()
+        })
         .into_iter()
         .filter_map(|n| n.strip_prefix(&own_netns).map(str::to_string))
         .collect();
@@ -339,6 +345,10 @@ async fn check_host(
         }
     }
     let veths = veth_names()
+        .unwrap_or_else(|error| {
+            findings.leaked.push(format!("veths: cannot tell: {error}"));
+            Vec::new()
+        })
         .into_iter()
         .filter(|v| v.starts_with(host.prefix))
         .count();
@@ -356,7 +366,13 @@ async fn check_host(
         .collect();
     let volume_mounts = host.data_dir.join("agent").join("volumes").join("mnt");
     let data = host.data_dir.display().to_string();
-    for mount in mount_points().into_iter().filter(|m| m.starts_with(&data)) {
+    let mounts = mount_points().unwrap_or_else(|error| {
+        findings
+            .leaked
+            .push(format!("mounts: cannot tell: {error}"));
+        Vec::new()
+    });
+    for mount in mounts.into_iter().filter(|m| m.starts_with(&data)) {
         let path = Path::new(&mount);
         let owner = |base: &Path| {
             path.strip_prefix(base)
