@@ -545,6 +545,13 @@ async fn list_pages_by_cursor_past_destroyed_machines_and_includes_leases_on_req
         "{:?}",
         without.body
     );
+    h.with_nonce(
+        "DELETE",
+        &format!("/v1/apps/{APP}/machines/{leased}/lease"),
+        &nonce,
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,5 +607,8 @@ async fn a_lease_taken_on_create_guards_the_machine_until_it_expires() {
     assert_eq!(cordoned.status, StatusCode::OK, "{:?}", cordoned.body);
     let retaken = h.admin("POST", &format!("{base}/lease?ttl=30"), None).await;
     assert_eq!(retaken.status, StatusCode::CREATED, "{:?}", retaken.body);
-    assert_ne!(retaken.body["data"]["nonce"], nonce, "a new lease");
+    let renonce = retaken.body["data"]["nonce"].as_str().unwrap().to_string();
+    assert_ne!(renonce, nonce, "a new lease");
+    h.with_nonce("DELETE", &format!("{base}/lease"), &renonce, None)
+        .await;
 }
