@@ -88,7 +88,10 @@ impl ImageStore {
             manifest_digest,
             config,
             layers,
-            crate::store::Origin::Pulled,
+            // The source host may have needed credentials for it.
+            crate::store::Origin::Pulled {
+                with_credentials: true,
+            },
         )?;
         progress(PullProgress::Done);
         Ok(image)
