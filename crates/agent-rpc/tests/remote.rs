@@ -91,6 +91,7 @@ async fn create(remote: &RemoteAgent, name: &str) -> String {
             lease_owner: "tester".into(),
             placement: None,
             image_sources: Vec::new(),
+            registry_logins: Vec::new(),
         })
         .await
         .unwrap()

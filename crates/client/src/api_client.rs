@@ -120,6 +120,13 @@ impl ApiFailure {
                 None => "see an app's machines with `midge machine list -a <app>`".into(),
             });
         }
+        if message.contains("refused the credentials") {
+            return Some(
+                "log in to the registry: `midge registry login REGISTRY -u USER --password-stdin` \
+                 (the host's credentials), or add `--org ORG` for your org's own"
+                    .into(),
+            );
+        }
         if message.contains("failed to get image") || message.contains("pulling image") {
             return Some(
                 "check the image reference; a registry served over plain HTTP must be allowed with \
@@ -916,6 +923,63 @@ impl ApiClient {
 
     /// Removes the images no machine uses from every host (admin only; a
     /// midge extension).
+    /// Stores the org's credentials for a registry (midge's extension):
+    /// `username` and `password`, or a bearer token without a username.
+    pub async fn put_registry_credential(
+        &self,
+        org: &str,
+        registry: &str,
+        username: Option<&str>,
+        secret: &str,
+    ) -> ClientResult<Value> {
+        let body = match username {
+            Some(username) => serde_json::json!({"username": username, "password": secret}),
+            None => serde_json::json!({"token": secret}),
+        };
+        let url = self.url(&["orgs", org, "registry_credentials", registry], &[]);
+        self.call(
+            &format!("storing org {org}'s credentials for {registry}"),
+            Method::PUT,
+            url,
+            Some(encode(&body)?),
+            None,
+        )
+        .await
+    }
+
+    /// The org's registries with credentials, without their secrets.
+    pub async fn list_registry_credentials(&self, org: &str) -> ClientResult<Vec<Value>> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            registry_credentials: Vec<Value>,
+        }
+        let url = self.url(&["orgs", org, "registry_credentials"], &[]);
+        let listed: Listed = self
+            .call(
+                &format!("listing org {org}'s registry credentials"),
+                Method::GET,
+                url,
+                None,
+                None,
+            )
+            .await?;
+        Ok(listed.registry_credentials)
+    }
+
+    pub async fn delete_registry_credential(&self, org: &str, registry: &str) -> ClientResult<()> {
+        let url = self.url(&["orgs", org, "registry_credentials", registry], &[]);
+        let _: Value = self
+            .call(
+                &format!("removing org {org}'s credentials for {registry}"),
+                Method::DELETE,
+                url,
+                None,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn prune_images(&self) -> ClientResult<midge_types::agent::ImagesPruned> {
         let url = self.url(&["images", "prune"], &[]);
         self.call("pruning unused images", Method::POST, url, None, None)

@@ -49,6 +49,31 @@ pub struct CreateMachine {
     /// to copy a pinned image from when this host lacks it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_sources: Vec<String>,
+    /// The owner org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
+}
+
+/// Credentials for one registry that a call may pull with: a user and
+/// password, or (without a user) a bearer token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    /// `host[:port]` as image references name it.
+    pub registry: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, or the bearer token when there is no user.
+    pub secret: String,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a cluster placed a machine: its id and which placement this is.
@@ -107,6 +132,9 @@ pub struct UpdateMachine {
     /// machine refuses mutations without it.
     #[serde(default)]
     pub nonce: Option<String>,
+    /// The owner org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +345,9 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullImage {
     pub reference: String,
+    /// The calling org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 /// Removes the pulled images no machine of the host uses, and the blobs and

@@ -108,6 +108,7 @@ impl TestAgent {
                 lease_owner: "tester".into(),
                 placement: None,
                 image_sources: Vec::new(),
+                registry_logins: Vec::new(),
             })
             .await
             .expect("create")
@@ -196,6 +197,7 @@ impl TestAgent {
                 machine: key(id),
                 request,
                 nonce: None,
+                registry_logins: Vec::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("update: {}", e.chain()))

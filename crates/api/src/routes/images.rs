@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use midge_store::Principal;
 use midge_types::agent::{ImagesPruned, PruneImages, PullEvent, PullImage};
 use serde_json::{Value, json};
 
@@ -35,9 +36,13 @@ fn event_json(event: &PullEvent) -> Value {
     responses((status = 200, content_type = "application/x-ndjson",
         description = "Progress events, one JSON object per line; the last is `{type: done, image_ref}` or `{type: error, error}`"))
 )]
+/// An org token pulls with its org's credentials (then the host's), and an
+/// image the store holds from a pull with credentials is handed to it only
+/// once the registry says it may pull it; the admin token pulls with the
+/// host's credentials alone.
 pub async fn pull_image(
     State(state): State<ApiState>,
-    _caller: Caller,
+    caller: Caller,
     params: Params,
 ) -> Result<Response> {
     let image = params
@@ -46,9 +51,16 @@ pub async fn pull_image(
         .filter(|image| !image.is_empty())
         .ok_or_else(|| Error::invalid("the image query parameter is required"))?
         .to_string();
+    let registry_logins = match &caller.identity.principal {
+        Principal::Admin => Vec::new(),
+        Principal::Org(slug) => state.registry_logins(slug).await?,
+    };
     let events = state
         .agent
-        .pull_image(PullImage { reference: image })
+        .pull_image(PullImage {
+            reference: image,
+            registry_logins,
+        })
         .await?;
     let stream = events.map(|event| {
         let mut bytes = serde_json::to_vec(&event_json(&event)).unwrap_or_default();

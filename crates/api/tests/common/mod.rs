@@ -89,7 +89,7 @@ impl Reply {
 impl Harness {
     /// A server whose agent cannot pull images.
     pub async fn new() -> Harness {
-        Harness::build(None).await
+        Harness::build(None, None).await
     }
 
     /// A server whose agent pulls from the shared loopback test registry.
@@ -97,10 +97,22 @@ impl Harness {
         let (registry, image) = midge_testkit::shared_test_image()
             .await
             .expect("test registry");
-        Harness::build(Some((registry, image))).await
+        Harness::build(Some((registry, image)), None).await
     }
 
-    async fn build(registry: Option<(String, String)>) -> Harness {
+    /// Like [`Harness::with_registry`], with the host's registry
+    /// credentials in `file` (a Docker `config.json`, read at each pull).
+    pub async fn with_registry_credentials(file: std::path::PathBuf) -> Harness {
+        let (registry, image) = midge_testkit::shared_test_image()
+            .await
+            .expect("test registry");
+        Harness::build(Some((registry, image)), Some(file)).await
+    }
+
+    async fn build(
+        registry: Option<(String, String)>,
+        registry_credentials: Option<std::path::PathBuf>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let catalog: Arc<dyn Catalog> =
             Arc::new(SqliteCatalog::open(dir.path().join("catalog.db")).expect("catalog"));
@@ -112,6 +124,7 @@ impl Harness {
         config.ipv4_pool = pool.cidr();
         // Prunes here remove what is unused at once.
         config.image_prune_grace = std::time::Duration::ZERO;
+        config.registry_credentials = registry_credentials;
         let image = match registry {
             Some((registry, image)) => {
                 config.insecure_registries = vec![registry];
@@ -125,7 +138,11 @@ impl Harness {
             .await
             .unwrap()
             .expect("admin token");
-        let state = ApiState::new(catalog.clone(), Arc::new(agent.clone()));
+        let sealer =
+            midge_api::CredentialSealer::from_key_file(&dir.path().join("credentials.key"))
+                .expect("credential key");
+        let state =
+            ApiState::new(catalog.clone(), Arc::new(agent.clone())).with_credential_sealer(sealer);
         Harness {
             router: router(state.clone()),
             catalog,
