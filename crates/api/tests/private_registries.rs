@@ -262,6 +262,21 @@ async fn an_orgs_credentials_pull_for_it_alone_and_its_cached_image_is_refused_t
     let allowed = create(&h, &globex, "globex-app", &image).await;
     assert_eq!(allowed.status, StatusCode::OK, "{:?}", allowed.body);
 
+    // A pull for an app uses its org's credentials, whoever asks; another
+    // org may not name the app.
+    assert_eq!(
+        pull(&h, &h.admin, &format!("{image}&app=acme-app")).await["type"],
+        "done"
+    );
+    h.call(
+        "POST",
+        &format!("/v1/images/pull?image={image}&app=acme-app"),
+        Some(&h.org_token("initech").await),
+        None,
+    )
+    .await
+    .assert_error(403);
+
     // Without its credentials acme is refused the cached copy too.
     let removed = h
         .call("DELETE", &credentials_path("acme"), Some(&acme), None)

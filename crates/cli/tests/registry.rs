@@ -157,14 +157,21 @@ fn login_with_an_org_stores_the_orgs_own_credentials_through_the_api() {
     assert_eq!(entries[0]["registry"], registry.addr.as_str());
     assert_eq!(entries[0]["username"], TEST_REGISTRY_USER);
 
-    // The machine of acme pulls with acme's credentials (the create names
-    // the app; the pull before it has the admin's, which has none).
-    let (status, machine) = platform.api_post(
-        &format!("/v1/apps/{app}/machines"),
-        serde_json::json!({"config": {"image": image}, "skip_launch": true}),
+    // The admin's create of acme's machine pulls with acme's credentials
+    // (the host has none), its pull with progress included.
+    let created = platform.midge(&["machine", "create", &image, "-a", &app]);
+    let id = machine_id_in(&created.success().stdout);
+    assert_eq!(
+        platform.machine(&app, &id)["image_ref"]["repository"],
+        "private/app"
     );
-    assert_eq!(status, 200, "{machine}");
-    assert_eq!(machine["image_ref"]["repository"], "private/app");
+    // Another app's machine (of the personal org) is refused the host's copy.
+    let other = platform.create_app(&unique_app("personal"));
+    let refused = platform.midge(&["machine", "create", &image, "-a", &other]);
+    assert!(
+        refused.failure().contains("refused the credentials"),
+        "{refused}"
+    );
 
     platform
         .midge(&["registry", "logout", &registry.addr, "--org", "acme"])

@@ -907,10 +907,19 @@ impl ApiClient {
         .await
     }
 
-    /// Pulls an image onto the host ahead of a create (a midge extension):
-    /// NDJSON progress events, the last `{type: done}` or `{type: error}`.
-    pub async fn pull_image(&self, image: &str) -> ClientResult<reqwest::Response> {
-        let url = self.url(&["images", "pull"], &[("image", image.to_string())]);
+    /// Pulls an image onto the host ahead of a create (a midge extension),
+    /// with the registry credentials of `app`'s org: NDJSON progress
+    /// events, the last `{type: done}` or `{type: error}`.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        app: Option<&str>,
+    ) -> ClientResult<reqwest::Response> {
+        let mut query = vec![("image", image.to_string())];
+        if let Some(app) = app {
+            query.push(("app", app.to_string()));
+        }
+        let url = self.url(&["images", "pull"], &query);
         self.send(
             &format!("pulling image {image}"),
             Method::POST,

@@ -32,14 +32,17 @@ fn event_json(event: &PullEvent) -> Value {
 
 #[utoipa::path(
     post, path = "/v1/images/pull", tag = "Images",
-    params(("image" = String, Query, description = "Image reference to pull into the host's image store")),
+    params(
+        ("image" = String, Query, description = "Image reference to pull into the host's image store"),
+        ("app" = Option<String>, Query, description = "Pull for this app's org, with its registry credentials"),
+    ),
     responses((status = 200, content_type = "application/x-ndjson",
         description = "Progress events, one JSON object per line; the last is `{type: done, image_ref}` or `{type: error, error}`"))
 )]
-/// An org token pulls with its org's credentials (then the host's), and an
-/// image the store holds from a pull with credentials is handed to it only
-/// once the registry says it may pull it; the admin token pulls with the
-/// host's credentials alone.
+/// A pull for an org (the `app`'s, else an org token's own) uses the org's
+/// registry credentials, then the host's; the admin token without an app
+/// uses the host's alone. An image the store holds from a pull with
+/// credentials counts only once its registry accepts them.
 pub async fn pull_image(
     State(state): State<ApiState>,
     caller: Caller,
@@ -51,9 +54,17 @@ pub async fn pull_image(
         .filter(|image| !image.is_empty())
         .ok_or_else(|| Error::invalid("the image query parameter is required"))?
         .to_string();
-    let registry_logins = match &caller.identity.principal {
-        Principal::Admin => Vec::new(),
-        Principal::Org(slug) => state.registry_logins(slug).await?,
+    let app = params
+        .get("app")
+        .map(str::trim)
+        .filter(|app| !app.is_empty());
+    let registry_logins = match (app, &caller.identity.principal) {
+        (Some(app), _) => {
+            let app = state.app(&caller, app).await?;
+            state.registry_logins(&app.org_slug).await?
+        }
+        (None, Principal::Org(slug)) => state.registry_logins(slug).await?,
+        (None, Principal::Admin) => Vec::new(),
     };
     let events = state
         .agent
