@@ -418,6 +418,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn registry_secrets_travel_in_calls_but_never_show_in_debug_output() {
+        let call = PullImage {
+            reference: "127.0.0.1:5000/private/app:1".into(),
+            registry_logins: vec![RegistryLogin {
+                registry: "127.0.0.1:5000".into(),
+                username: Some("alice".into()),
+                secret: "hunter2-secret".into(),
+            }],
+        };
+        let shown = format!("{call:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let json = serde_json::to_value(&call).unwrap();
+        assert_eq!(json["registry_logins"][0]["secret"], "hunter2-secret");
+        assert_eq!(serde_json::from_value::<PullImage>(json).unwrap(), call);
+        // Calls without credentials keep their old shape.
+        let bare = serde_json::json!({"reference": "busybox"});
+        let parsed: PullImage = serde_json::from_value(bare.clone()).unwrap();
+        assert!(parsed.registry_logins.is_empty());
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), bare);
+    }
+
+    #[test]
     fn calls_round_trip_as_json() {
         let wait = WaitMachine {
             machine: MachineKey::new("app", "0123456789abcd"),
