@@ -1,5 +1,6 @@
 //! Image blobs by digest between hosts: `GET /agent/v1/blobs/<digest>`
-//! serves a blob of the host's image store, and [`PeerBlobs`] reads them
+//! serves a blob of the host's image store (and `…/images/<digest>/access`
+//! whether its pull needed credentials), and [`PeerBlobs`] reads them
 //! from another host, so an image only one host holds (imported from an
 //! archive) can follow a machine cloned elsewhere.
 
@@ -32,6 +33,7 @@ struct Served {
 pub fn router(images: ImageStore, token: &str) -> Router {
     Router::new()
         .route("/agent/v1/blobs/{digest}", get(blob))
+        .route("/agent/v1/images/{digest}/access", get(image_access))
         .with_state(Served {
             images,
             token: std::sync::Arc::from(token),
@@ -76,6 +78,25 @@ async fn blob(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     response
+}
+
+/// Whether the host's image with this manifest was pulled with credentials
+/// (true when the host has no such image: a copy must then be checked).
+async fn image_access(
+    State(served): State<Served>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers, &served.token) {
+        return unauthorized();
+    }
+    match served.images.manifest_pulled_with_credentials(&digest) {
+        Ok(flag) => axum::Json(serde_json::json!({
+            "pulled_with_credentials": flag.unwrap_or(true)
+        }))
+        .into_response(),
+        Err(error) => bad_request(error.to_string()),
+    }
 }
 
 /// The blobs of the host whose agent is at `base_url`.
@@ -138,5 +159,31 @@ impl BlobSource for PeerBlobs {
                 .map_err(std::io::Error::other)
         });
         Ok(Some(Box::pin(chunks)))
+    }
+
+    async fn pulled_with_credentials(&self, manifest_digest: &str) -> Result<bool, ImageError> {
+        #[derive(serde::Deserialize)]
+        struct Access {
+            pulled_with_credentials: bool,
+        }
+        let response = self
+            .http
+            .get(format!(
+                "{}/agent/v1/images/{manifest_digest}/access",
+                self.base_url
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(crate::client::error_chain(&error)))?;
+        if !response.status().is_success() {
+            // An agent that cannot say: the copy is checked like a private one.
+            return Ok(true);
+        }
+        let access: Access = response
+            .json()
+            .await
+            .map_err(|error| self.unreachable(crate::client::error_chain(&error)))?;
+        Ok(access.pulled_with_credentials)
     }
 }

@@ -91,6 +91,7 @@ async fn create(remote: &RemoteAgent, name: &str) -> String {
             lease_owner: "tester".into(),
             placement: None,
             image_sources: Vec::new(),
+            registry_logins: Vec::new(),
         })
         .await
         .unwrap()
@@ -307,6 +308,12 @@ async fn another_host_copies_an_image_by_digest_and_needs_the_token() {
     let copied = target.fetch_from(&pinned, &peer, &|_| {}).await.unwrap();
     assert_eq!(copied.image_ref.digest, digest);
     assert!(copied.layers[0].join("bin/program").is_file());
+    // The source imported it: the copy needs no registry's word.
+    assert!(!copied.pulled_with_credentials);
+    // A manifest the source has no image for counts as private.
+    use midge_image::BlobSource;
+    let unknown_digest = format!("sha256:{}", "2".repeat(64));
+    assert!(peer.pulled_with_credentials(&unknown_digest).await.unwrap());
 
     let unknown = format!("test/image:latest@sha256:{}", "1".repeat(64));
     let missing = target.fetch_from(&unknown, &peer, &|_| {}).await;

@@ -14,6 +14,10 @@ pub struct AgentConfig {
     pub host_id: u32,
     /// Registries reachable over plain HTTP (host:port); loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// The host's registry credentials, a Docker `config.json`, read at each
+    /// pull (so a `midge registry login` takes effect at once); none when unset
+    /// or missing. An org's own credentials for a registry come first.
+    pub registry_credentials: Option<PathBuf>,
     /// How many machines may keep a prepared next run (each holds a created
     /// sandbox and a mounted rootfs); 0 turns prepared runs off.
     pub prepared_runs: usize,
@@ -46,6 +50,7 @@ impl AgentConfig {
             region: "local".into(),
             host_id: 1,
             insecure_registries: Vec::new(),
+            registry_credentials: None,
             prepared_runs: 64,
             capacity: None,
             volume_grace: std::time::Duration::from_secs(24 * 60 * 60),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use midge_agent_api::AgentError;
-use midge_types::agent::{CreateMachine, Owner, Placement};
+use midge_types::agent::{CreateMachine, Owner, Placement, RegistryLogin};
 use midge_types::{CreateMachineRequest, Machine, MachineConfig, MachineState};
 
 use crate::agent::{AgentCore, MachineEntry, lock, state_is_alive};
@@ -34,6 +34,7 @@ impl AgentCore {
             lease_owner,
             placement,
             image_sources,
+            registry_logins,
         } = call;
         let config = validated_config(&request)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
@@ -57,7 +58,10 @@ impl AgentCore {
             Ok(())
         };
         let provisioned = match admitted {
-            Ok(()) => self.provision(&entry, &config.image, &image_sources).await,
+            Ok(()) => {
+                self.provision(&entry, &config.image, &image_sources, &registry_logins)
+                    .await
+            }
             Err(err) => Err(err),
         };
         if let Err(err) = provisioned {
@@ -167,8 +171,11 @@ impl AgentCore {
         entry: &MachineEntry,
         image: &str,
         image_sources: &[String],
+        registry_logins: &[RegistryLogin],
     ) -> Result<(), AgentError> {
-        let image = self.image_from(image, image_sources).await?;
+        let image = self
+            .image_from(image, image_sources, registry_logins)
+            .await?;
         let record = entry.snapshot();
         self.network
             .attach(&record.id, record.net_slot, record.org_network)

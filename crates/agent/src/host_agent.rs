@@ -56,7 +56,9 @@ impl HostAgent for Agent {
             .core
             .locked(&call.machine, call.nonce.as_deref())
             .await?;
-        self.core.update_locked(&entry, call.request).await?;
+        self.core
+            .update_locked(&entry, call.request, &call.registry_logins)
+            .await?;
         Ok(entry.snapshot().to_machine())
     }
 
@@ -197,7 +199,7 @@ impl HostAgent for Agent {
     }
 
     async fn pull_image(&self, call: PullImage) -> Result<BoxStream<'static, PullEvent>> {
-        Ok(self.core.pull_image(call.reference))
+        Ok(self.core.pull_image(call.reference, call.registry_logins))
     }
 
     async fn prune_images(&self, _call: PruneImages) -> Result<ImagesPruned> {

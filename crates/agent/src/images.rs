@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use midge_agent_api::AgentError;
-use midge_image::{Image, ImageError, PullOptions, PullProgress};
+use midge_image::{
+    Image, ImageError, PullOptions, PullProgress, RegistryCredential, RegistrySecret,
+};
 use midge_types::MachineState;
-use midge_types::agent::{ImagesPruned, PullEvent};
+use midge_types::agent::{ImagesPruned, PullEvent, RegistryLogin};
 use tokio::sync::mpsc;
 
 use crate::agent::AgentCore;
@@ -79,29 +81,74 @@ impl AgentCore {
         }
     }
 
-    pub(crate) fn pull_options(&self) -> PullOptions {
+    /// How to pull for a caller: its org's credentials first, then the host's.
+    pub(crate) fn pull_options(&self, logins: &[RegistryLogin]) -> PullOptions {
+        let mut credentials: Vec<RegistryCredential> = logins
+            .iter()
+            .map(|login| RegistryCredential {
+                registry: midge_image::normalize_registry(&login.registry),
+                secret: match &login.username {
+                    Some(username) => RegistrySecret::Basic {
+                        username: username.clone(),
+                        password: login.secret.clone(),
+                    },
+                    None => RegistrySecret::Bearer {
+                        token: login.secret.clone(),
+                    },
+                },
+            })
+            .collect();
+        if let Some(path) = &self.config.registry_credentials {
+            match midge_image::read_credentials_file(path) {
+                Ok(host) => credentials.extend(host),
+                // The host's file is the operator's: a broken one is logged,
+                // and pulls go on as if it were absent.
+                Err(error) => tracing::warn!("ignoring the host's registry credentials: {error}"),
+            }
+        }
         PullOptions {
             insecure_registries: self.config.insecure_registries.clone(),
-            credentials: Vec::new(),
+            credentials,
         }
     }
 
-    /// The image, from the store or pulled.
-    pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, AgentError> {
-        self.image_from(reference, &[]).await
+    /// The image of a run of an existing machine: its create or update
+    /// checked the owner's access; a copy gone missing is pulled again with
+    /// the host's credentials.
+    pub(crate) async fn image_for_run(&self, reference: &str) -> Result<Image, AgentError> {
+        let fail = |error| image_error(reference, error);
+        if let Some(image) = self.local_image(reference).map_err(fail)? {
+            return Ok(image);
+        }
+        self.images
+            .ensure(reference, &self.pull_options(&[]), &|_| {})
+            .await
+            .map_err(fail)
     }
 
-    /// The image, from the store, else copied from the first of `sources`
-    /// (other hosts' agents) that holds it when the reference is pinned,
-    /// else pulled from its registry.
+    /// The image for a caller, from the store or pulled.
+    pub(crate) async fn image_for(
+        &self,
+        reference: &str,
+        logins: &[RegistryLogin],
+    ) -> Result<Image, AgentError> {
+        self.image_from(reference, &[], logins).await
+    }
+
+    /// The image for a caller with these credentials: from the store
+    /// (provided they may pull it, see [`Self::checked_access`]), else
+    /// copied from the first of `sources` (other hosts' agents) that holds
+    /// it when the reference is pinned, else pulled from its registry.
     pub(crate) async fn image_from(
         &self,
         reference: &str,
         sources: &[String],
+        logins: &[RegistryLogin],
     ) -> Result<Image, AgentError> {
         let fail = |error| image_error(reference, error);
+        let opts = self.pull_options(logins);
         if let Some(image) = self.local_image(reference).map_err(fail)? {
-            return Ok(image);
+            return self.checked_access(reference, image, &opts).await;
         }
         if reference.contains('@')
             && let Some(peers) = &self.image_peers
@@ -114,7 +161,7 @@ impl AgentCore {
                 match copied {
                     Ok(image) => {
                         tracing::info!(%reference, from = %url, "copied the image from another host");
-                        return Ok(image);
+                        return self.checked_access(reference, image, &opts).await;
                     }
                     Err(error) => {
                         tracing::info!(%reference, from = %url, "not copied: {error}");
@@ -123,9 +170,28 @@ impl AgentCore {
             }
         }
         self.images
-            .ensure(reference, &self.pull_options(), &|_| {})
+            .pull(reference, &opts, &|_| {})
             .await
             .map_err(fail)
+    }
+
+    /// A stored image that a pull with credentials brought is handed to a
+    /// caller only once its registry says the caller's credentials (or the
+    /// host's, or none) may pull `reference`: the store is shared by every
+    /// org on the host, and having the copy proves nothing about them.
+    async fn checked_access(
+        &self,
+        reference: &str,
+        image: Image,
+        opts: &PullOptions,
+    ) -> Result<Image, AgentError> {
+        if image.pulled_with_credentials {
+            self.images
+                .check_access(reference, opts)
+                .await
+                .map_err(|error| image_error(reference, error))?;
+        }
+        Ok(image)
     }
 
     fn local_image(&self, reference: &str) -> Result<Option<Image>, ImageError> {
@@ -146,7 +212,11 @@ impl AgentCore {
 
     /// Pulls `reference` into the store (nothing to do when it is there),
     /// reporting progress; the last event is `Done` or `Failed`.
-    pub(crate) fn pull_image(self: &Arc<Self>, reference: String) -> BoxStream<'static, PullEvent> {
+    pub(crate) fn pull_image(
+        self: &Arc<Self>,
+        reference: String,
+        logins: Vec<RegistryLogin>,
+    ) -> BoxStream<'static, PullEvent> {
         let (sender, receiver) = mpsc::channel(256);
         let core = self.clone();
         tokio::spawn(async move {
@@ -155,20 +225,21 @@ impl AgentCore {
             let report = move |progress: PullProgress| {
                 let _ = progress_sender.try_send(progress_event(progress));
             };
+            let opts = core.pull_options(&logins);
             let result = match core.images.get(&reference) {
-                Ok(Some(image)) => Ok(image),
-                _ => {
-                    core.images
-                        .ensure(&reference, &core.pull_options(), &report)
-                        .await
-                }
+                Ok(Some(image)) => core.checked_access(&reference, image, &opts).await,
+                _ => core
+                    .images
+                    .pull(&reference, &opts, &report)
+                    .await
+                    .map_err(|error| image_error(&reference, error)),
             };
             let last = match result {
                 Ok(image) => PullEvent::Done {
                     image_ref: image.image_ref,
                 },
                 Err(error) => PullEvent::Failed {
-                    error: image_error(&reference, error).chain(),
+                    error: error.chain(),
                 },
             };
             let _ = sender.send(last).await;

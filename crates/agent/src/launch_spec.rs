@@ -19,7 +19,8 @@ impl AgentCore {
         &self,
         record: &MachineRecord,
     ) -> Result<MachineLaunch, AgentError> {
-        let image = self.image_for(&record.image_key_or_config()).await?;
+        // The machine's own image: its create or update already checked access.
+        let image = self.image_for_run(&record.image_key_or_config()).await?;
         let mut net = self
             .network
             .plan(&record.id, record.net_slot, record.org_network)

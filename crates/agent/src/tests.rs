@@ -88,6 +88,7 @@ impl Bed {
                 lease_owner: "tester".into(),
                 placement: None,
                 image_sources: Vec::new(),
+                registry_logins: Vec::new(),
             })
             .await
             .map(|machine| machine.id)
@@ -110,6 +111,7 @@ impl Bed {
                 lease_owner: "tester".into(),
                 placement: None,
                 image_sources: Vec::new(),
+                registry_logins: Vec::new(),
             })
             .await
             .unwrap();
@@ -719,6 +721,7 @@ async fn an_update_prepares_the_new_version_before_it_stops_the_old() {
                 ..Default::default()
             },
             nonce: None,
+            registry_logins: Vec::new(),
         })
         .await
         .unwrap();
@@ -984,6 +987,7 @@ async fn machines_that_may_run_hold_capacity_and_the_rest_is_refused_with_the_sh
             lease_owner: "tester".into(),
             placement: None,
             image_sources: Vec::new(),
+            registry_logins: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -1052,6 +1056,7 @@ async fn reports_carry_a_growing_generation_and_the_placement() {
                 epoch: 3,
             }),
             image_sources: Vec::new(),
+            registry_logins: Vec::new(),
         })
         .await
         .unwrap();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use midge_agent_api::AgentError;
+use midge_types::agent::RegistryLogin;
 use midge_types::{CreateMachineRequest, MachineState, StopRequest};
 
 use crate::agent::{AgentCore, MachineEntry, NextRun};
@@ -22,6 +23,7 @@ impl AgentCore {
         self: &Arc<Self>,
         entry: &Arc<MachineEntry>,
         request: CreateMachineRequest,
+        registry_logins: &[RegistryLogin],
     ) -> Result<(), AgentError> {
         let record = entry.snapshot();
         let config = validated_config(&request)?;
@@ -54,7 +56,7 @@ impl AgentCore {
             self.admit(&record.id, &config)?;
         }
         // The image first: a bad one leaves the machine as it was.
-        let image = self.image_for(&config.image).await?;
+        let image = self.image_for(&config.image, registry_logins).await?;
         self.bind_volumes(&record.id, &record.app, &config)?;
         self.discard_next(entry).await;
         self.update_record(entry, |record| {

@@ -335,3 +335,21 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaseNonce {
         }
     }
 }
+
+/// `/v1/orgs/{org_slug}/registry_credentials/{registry}`.
+pub struct RegistryCredentialPath {
+    pub org: String,
+    pub registry: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RegistryCredentialPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(RegistryCredentialPath {
+            org: params.take("org_slug")?,
+            registry: params.take("registry")?,
+        })
+    }
+}

@@ -15,6 +15,7 @@ mod pages;
 mod router;
 mod routes;
 mod schema;
+mod sealer;
 mod state;
 
 pub use addresses::AddressPlan;
@@ -22,4 +23,5 @@ pub use error::Error;
 pub use extract::LEASE_NONCE_HEADER;
 pub use limits::{FLY_ACTION_RATE, FLY_READ_RATE, Rate, RateLimits};
 pub use router::{REQUEST_ID_HEADER, no_delay, openapi, router, serve, serve_with_shutdown};
+pub use sealer::CredentialSealer;
 pub use state::ApiState;

@@ -23,7 +23,7 @@ use crate::ApiState;
 use crate::error::{Error, plain_status_error};
 use crate::routes::{
     apps, certificates, exec, images, ips, leases, lifecycle, logs, machines, metadata, orgs,
-    platform, volumes,
+    platform, registry_credentials, volumes,
 };
 
 pub use midge_types::headers::REQUEST_ID_HEADER;
@@ -112,6 +112,11 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(platform::regions))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::prune_images))
+        .routes(routes!(registry_credentials::list_registry_credentials))
+        .routes(routes!(
+            registry_credentials::put_registry_credential,
+            registry_credentials::delete_registry_credential
+        ))
         .routes(routes!(ips::list_ips, ips::assign_ip))
         .routes(routes!(ips::release_ip))
         .routes(routes!(certificates::list_certificates))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use midge_agent_api::HostAgent;
 use midge_store::{AppRecord, Catalog, validate_app_name};
-use midge_types::agent::{FindMachine, MachineKey, Owner};
+use midge_types::agent::{FindMachine, MachineKey, Owner, RegistryLogin};
 
 use crate::auth::Caller;
 use crate::error::Error;
@@ -21,6 +21,8 @@ pub struct ApiState {
     pub addresses: Option<crate::AddressPlan>,
     /// Limits on machine calls by org tokens; `None` for none.
     pub limits: Option<Arc<crate::RateLimits>>,
+    /// Seals orgs' registry credentials; `None` where the server keeps none.
+    pub sealer: Option<Arc<crate::CredentialSealer>>,
     /// Held by a create with an idempotency key from its search to its end.
     pub(crate) idempotent_creates: Arc<tokio::sync::Mutex<()>>,
 }
@@ -54,6 +56,7 @@ impl ApiState {
             agent,
             addresses: None,
             limits: None,
+            sealer: None,
             idempotent_creates: Arc::default(),
         }
     }
@@ -63,6 +66,50 @@ impl ApiState {
     pub fn with_rate_limits(mut self, limits: crate::RateLimits) -> Self {
         self.limits = Some(Arc::new(limits));
         self
+    }
+
+    /// Keeps orgs' registry credentials, sealed with this key.
+    pub fn with_credential_sealer(mut self, sealer: crate::CredentialSealer) -> Self {
+        self.sealer = Some(Arc::new(sealer));
+        self
+    }
+
+    pub(crate) fn sealer(&self) -> Result<&crate::CredentialSealer, Error> {
+        self.sealer.as_deref().ok_or_else(|| {
+            Error::from(midge_types::ApiError::precondition(
+                "this server keeps no registry credentials",
+            ))
+        })
+    }
+
+    /// The org's own registry credentials, opened, for the agent calls that
+    /// may pull an image for it.
+    pub(crate) async fn registry_logins(
+        &self,
+        org_slug: &str,
+    ) -> Result<Vec<RegistryLogin>, Error> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(Vec::new());
+        };
+        let records = self.catalog.list_registry_credentials(org_slug).await?;
+        let mut logins = Vec::with_capacity(records.len());
+        for record in records {
+            match sealer.open(org_slug, &record.registry, &record.sealed) {
+                Ok(secret) => logins.push(RegistryLogin {
+                    registry: record.registry,
+                    username: record.username,
+                    secret,
+                }),
+                // Sealed under another key: the pull goes on with the host's
+                // credentials, and the registry's answer says what is missing.
+                Err(error) => tracing::warn!(
+                    org = org_slug,
+                    registry = %record.registry,
+                    "skipping registry credentials: {error}"
+                ),
+            }
+        }
+        Ok(logins)
     }
 
     /// Assigns app addresses from these pools.

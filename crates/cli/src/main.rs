@@ -64,6 +64,9 @@ enum Command {
     /// The addresses the proxy serves an app on
     #[command(subcommand)]
     Ips(commands::ips::IpsCommand),
+    /// Credentials for private registries: the host's, or an org's own
+    #[command(subcommand)]
+    Registry(commands::registry::RegistryCommand),
     /// Run the whole platform on this host: API, host agent and storage
     Up(up::UpArgs),
     /// Run a stateless API server of a cluster over a shared catalog
@@ -222,6 +225,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Volumes(command) => commands::volumes::run(command, &cli.api).await,
         Command::Ips(command) => commands::ips::run(command, &cli.api).await,
         Command::Platform(command) => commands::platform::run(command, &cli.api).await,
+        Command::Registry(command) => commands::registry::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,
         Command::Agent(args) => agent_role::agent(args).await,

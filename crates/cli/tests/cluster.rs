@@ -680,3 +680,67 @@ fn volumes_pin_machines_to_their_host_and_answer_when_it_is_down() {
     );
     assert_eq!(status, 503, "{refused}");
 }
+
+#[test]
+fn an_orgs_registry_credentials_reach_the_host_through_either_api_server() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (registry, image) = runtime.block_on(async {
+        let registry = midge_testkit::TestRegistry::start_with_basic_auth()
+            .await
+            .expect("registry");
+        let rootfs = tempfile::tempdir().unwrap();
+        midge_testkit::busybox_rootfs(rootfs.path()).unwrap();
+        let image = registry
+            .push_rootfs(
+                "private/app:1",
+                rootfs.path(),
+                midge_testkit::shared_image_config(),
+            )
+            .await
+            .unwrap();
+        (registry, image)
+    });
+    // One host, so both orgs' machines meet its one image store.
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 1,
+        regions: "ord",
+        extra_registries: vec![registry.addr.clone()],
+        ..Default::default()
+    });
+    for org in ["acme", "globex"] {
+        let (status, body) = cluster.api(0, Method::POST, "/v1/orgs", Some(json!({"slug": org})));
+        assert_eq!(status, 201, "{body}");
+    }
+    let app_of = |org: &str| {
+        let app = unique_app(org);
+        let (status, body) = cluster.api(
+            0,
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": app, "org_slug": org})),
+        );
+        assert_eq!(status, 201, "{body}");
+        app
+    };
+    let (acme_app, globex_app) = (app_of("acme"), app_of("globex"));
+    // Stored through one API server, used through the other: they share the key.
+    let (status, body) = cluster.api(
+        0,
+        Method::PUT,
+        &format!("/v1/orgs/acme/registry_credentials/{}", registry.addr),
+        Some(json!({
+            "username": midge_testkit::TEST_REGISTRY_USER,
+            "password": midge_testkit::TEST_REGISTRY_PASSWORD,
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let body = json!({"config": {"image": image}, "skip_launch": true});
+    let (status, created) = cluster.create(1, &acme_app, body.clone());
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["image_ref"]["repository"], "private/app");
+
+    let (status, refused) = cluster.create(1, &globex_app, body);
+    assert_eq!(status, 400, "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("refused the credentials"), "{error}");
+}

@@ -126,6 +126,13 @@ impl ApiFailure {
                 None => "see an app's machines with `midge machine list -a <app>`".into(),
             });
         }
+        if message.contains("refused the credentials") {
+            return Some(
+                "log in to the registry: `midge registry login REGISTRY -u USER --password-stdin` \
+                 (the host's credentials), or add `--org ORG` for your org's own"
+                    .into(),
+            );
+        }
         if message.contains("failed to get image") || message.contains("pulling image") {
             return Some(
                 "check the image reference; a registry served over plain HTTP must be allowed with \
@@ -906,10 +913,19 @@ impl ApiClient {
         .await
     }
 
-    /// Pulls an image onto the host ahead of a create (a midge extension):
-    /// NDJSON progress events, the last `{type: done}` or `{type: error}`.
-    pub async fn pull_image(&self, image: &str) -> ClientResult<reqwest::Response> {
-        let url = self.url(&["images", "pull"], &[("image", image.to_string())]);
+    /// Pulls an image onto the host ahead of a create (a midge extension),
+    /// with the registry credentials of `app`'s org: NDJSON progress
+    /// events, the last `{type: done}` or `{type: error}`.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        app: Option<&str>,
+    ) -> ClientResult<reqwest::Response> {
+        let mut query = vec![("image", image.to_string())];
+        if let Some(app) = app {
+            query.push(("app", app.to_string()));
+        }
+        let url = self.url(&["images", "pull"], &query);
         self.send(
             &format!("pulling image {image}"),
             Method::POST,
@@ -922,6 +938,63 @@ impl ApiClient {
 
     /// Removes the images no machine uses from every host (admin only; a
     /// midge extension).
+    /// Stores the org's credentials for a registry (midge's extension):
+    /// `username` and `password`, or a bearer token without a username.
+    pub async fn put_registry_credential(
+        &self,
+        org: &str,
+        registry: &str,
+        username: Option<&str>,
+        secret: &str,
+    ) -> ClientResult<Value> {
+        let body = match username {
+            Some(username) => serde_json::json!({"username": username, "password": secret}),
+            None => serde_json::json!({"token": secret}),
+        };
+        let url = self.url(&["orgs", org, "registry_credentials", registry], &[]);
+        self.call(
+            &format!("storing org {org}'s credentials for {registry}"),
+            Method::PUT,
+            url,
+            Some(encode(&body)?),
+            None,
+        )
+        .await
+    }
+
+    /// The org's registries with credentials, without their secrets.
+    pub async fn list_registry_credentials(&self, org: &str) -> ClientResult<Vec<Value>> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            registry_credentials: Vec<Value>,
+        }
+        let url = self.url(&["orgs", org, "registry_credentials"], &[]);
+        let listed: Listed = self
+            .call(
+                &format!("listing org {org}'s registry credentials"),
+                Method::GET,
+                url,
+                None,
+                None,
+            )
+            .await?;
+        Ok(listed.registry_credentials)
+    }
+
+    pub async fn delete_registry_credential(&self, org: &str, registry: &str) -> ClientResult<()> {
+        let url = self.url(&["orgs", org, "registry_credentials", registry], &[]);
+        let _: Value = self
+            .call(
+                &format!("removing org {org}'s credentials for {registry}"),
+                Method::DELETE,
+                url,
+                None,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn prune_images(&self) -> ClientResult<midge_types::agent::ImagesPruned> {
         let url = self.url(&["images", "prune"], &[]);
         self.call("pruning unused images", Method::POST, url, None, None)

@@ -341,6 +341,7 @@ impl ClusterAgent {
                     .filter(|(source, _)| *source != host.id)
                     .map(|(_, url)| url.clone())
                     .collect(),
+                registry_logins: call.registry_logins.clone(),
             })
             .await;
         match created {

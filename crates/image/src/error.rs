@@ -48,6 +48,9 @@ pub enum ImageError {
     #[error("invalid archive {path}: {detail}")]
     BadArchive { path: PathBuf, detail: String },
 
+    #[error("invalid registry credentials file {path}: {detail}")]
+    BadCredentials { path: PathBuf, detail: String },
+
     #[error("{action} {path}")]
     Io {
         action: &'static str,

@@ -9,6 +9,7 @@
 mod archive;
 mod blobs;
 mod config;
+mod credentials_file;
 mod digest;
 mod error;
 #[doc(hidden)]
@@ -30,6 +31,10 @@ mod testutil;
 mod unpack;
 
 pub use config::ImageConfig;
+pub use credentials_file::{
+    default_credentials_path, normalize_registry, parse_credentials, read_credentials_file,
+    remove_login, write_login,
+};
 pub use error::ImageError;
 pub use model::{Image, PullOptions, PullProgress, RegistryCredential, RegistrySecret};
 pub use peer::{BlobSource, BlobStream};

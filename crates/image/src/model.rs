@@ -90,4 +90,7 @@ pub struct Image {
     pub layers: Vec<PathBuf>,
     /// Sum of the layer blob sizes.
     pub size_bytes: u64,
+    /// Pulled with credentials: the store's copy is no proof that another
+    /// caller may pull it (see [`crate::ImageStore::check_access`]).
+    pub pulled_with_credentials: bool,
 }

@@ -26,6 +26,10 @@ pub trait BlobSource: Send + Sync {
     fn name(&self) -> String;
     /// The blob named `digest`; `None` when the source does not hold it.
     async fn open(&self, digest: &str) -> Result<Option<BlobStream>, ImageError>;
+    /// Whether the source's image with this manifest came from a pull with
+    /// credentials (so a copy is no proof that its user may pull it); true
+    /// when the source cannot tell.
+    async fn pulled_with_credentials(&self, manifest_digest: &str) -> Result<bool, ImageError>;
 }
 
 impl ImageStore {
@@ -33,6 +37,22 @@ impl ImageStore {
     pub fn blob_file(&self, digest: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
         let path = self.inner.blobs.path(digest)?;
         Ok(path.is_file().then_some(path))
+    }
+
+    /// Whether an image with this manifest was pulled with credentials;
+    /// `None` when the store has none.
+    pub fn manifest_pulled_with_credentials(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<Option<bool>, ImageError> {
+        let mut found = None;
+        for (_, record) in self.records()? {
+            if record.manifest_digest == manifest_digest {
+                let flag = record.pulled_with_credentials;
+                found = Some(found.unwrap_or(false) || flag);
+            }
+        }
+        Ok(found)
     }
 
     /// Copies the image `reference` pins (`name:tag@sha256:…`) from `source`
@@ -83,12 +103,13 @@ impl ImageStore {
         for (layer, size) in manifest.layers.iter().zip(sizes) {
             layers.push(fetch.layer(&layer.digest, size).await?);
         }
+        let with_credentials = source.pulled_with_credentials(&manifest_digest).await?;
         let image = self.record_image(
             &parsed,
             manifest_digest,
             config,
             layers,
-            crate::store::Origin::Pulled,
+            crate::store::Origin::Pulled { with_credentials },
         )?;
         progress(PullProgress::Done);
         Ok(image)
@@ -186,6 +207,13 @@ mod tests {
             let tail = bytes.split_off(bytes.len() / 2);
             Ok(Some(Box::pin(futures::stream::iter([Ok(bytes), Ok(tail)]))))
         }
+
+        async fn pulled_with_credentials(&self, digest: &str) -> Result<bool, ImageError> {
+            Ok(self
+                .store
+                .manifest_pulled_with_credentials(digest)?
+                .unwrap_or(true))
+        }
     }
 
     fn imported_source() -> (tempfile::TempDir, StoreSource, Image) {
@@ -226,6 +254,8 @@ mod tests {
         assert_eq!(greeting, "hello from the source");
         let found = target.get(&pinned(&original)).unwrap().expect("recorded");
         assert_eq!(found.image_ref.digest, original.image_ref.digest);
+        // Imported at the source: no registry to ask about it.
+        assert!(!copied.pulled_with_credentials);
         let events = events.into_inner().unwrap();
         assert!(matches!(
             events.first(),

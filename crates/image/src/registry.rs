@@ -137,10 +137,26 @@ pub(crate) async fn pull(
         manifest_digest,
         config,
         layers,
-        crate::store::Origin::Pulled,
+        crate::store::Origin::Pulled {
+            with_credentials: !matches!(auth, RegistryAuth::Anonymous),
+        },
     )?;
     progress(PullProgress::Done);
     Ok(image)
+}
+
+pub(crate) async fn check_access(
+    reference_text: &str,
+    opts: &PullOptions,
+) -> Result<(), ImageError> {
+    let parsed = reference::parse(reference_text)?;
+    let client = client_for(opts, &parsed);
+    let auth = auth_for(&parsed, opts);
+    client
+        .fetch_manifest_digest(&parsed, &auth)
+        .await
+        .map(|_| ())
+        .map_err(|err| map_error(err, &reference::normalized(&parsed), parsed.registry()))
 }
 
 fn check_layer_descriptor(layer: &OciDescriptor) -> Result<(), ImageError> {

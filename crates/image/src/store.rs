@@ -44,12 +44,16 @@ pub(crate) struct ImageRecord {
     /// this field count as imported.
     #[serde(default)]
     pub(crate) pulled: bool,
+    /// The pull sent credentials (or the image came from a peer that may
+    /// have): whoever uses it must show they may pull it themselves.
+    #[serde(default)]
+    pub(crate) pulled_with_credentials: bool,
 }
 
 /// Where an image came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    Pulled,
+    Pulled { with_credentials: bool },
     Imported,
 }
 
@@ -123,6 +127,16 @@ impl ImageStore {
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<Image, ImageError> {
         registry::pull(self, reference, opts, progress).await
+    }
+
+    /// Asks `reference`'s registry whether these options may pull it (a
+    /// manifest HEAD; anonymous access counts), without fetching anything.
+    pub async fn check_access(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<(), ImageError> {
+        registry::check_access(reference, opts).await
     }
 
     /// Imports a `docker save` archive or an OCI image layout tarball.
@@ -206,6 +220,7 @@ impl ImageStore {
             config: record.config,
             layers,
             size_bytes: record.layers.iter().map(|layer| layer.size).sum(),
+            pulled_with_credentials: record.pulled_with_credentials,
         }))
     }
 
@@ -227,7 +242,13 @@ impl ImageStore {
             manifest_digest,
             config,
             layers,
-            pulled: origin == Origin::Pulled,
+            pulled: matches!(origin, Origin::Pulled { .. }),
+            pulled_with_credentials: matches!(
+                origin,
+                Origin::Pulled {
+                    with_credentials: true
+                }
+            ),
         };
         let bytes = serde_json::to_vec_pretty(&record).map_err(|err| ImageError::BadImage {
             what: "record".to_string(),

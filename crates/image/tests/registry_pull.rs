@@ -337,6 +337,51 @@ async fn basic_auth_registry_needs_the_right_credentials() {
         fs::read(image.layers[0].join("secret.txt")).unwrap(),
         b"private"
     );
+    assert!(image.pulled_with_credentials);
+    assert!(
+        store
+            .get(&reference)
+            .unwrap()
+            .unwrap()
+            .pulled_with_credentials
+    );
+
+    // Access is asked of the registry, with whatever credentials are given.
+    let blobs_before = registry.log().matches("/blobs/").count();
+    for (opts, allowed) in [
+        (insecure(&registry), false),
+        (with_password("wrong"), false),
+        (with_password(TEST_REGISTRY_PASSWORD), true),
+    ] {
+        let checked = store.check_access(&reference, &opts).await;
+        match (checked, allowed) {
+            (Ok(()), true) => {}
+            (Err(ImageError::Auth { .. }), false) => {}
+            (other, _) => panic!("access with {opts:?}: {other:?}"),
+        }
+    }
+    let pinned = format!("{reference}@{}", image.image_ref.digest);
+    store
+        .check_access(&pinned, &with_password(TEST_REGISTRY_PASSWORD))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.log().matches("/blobs/").count(),
+        blobs_before,
+        "a check fetched a blob"
+    );
+}
+
+#[tokio::test]
+async fn an_anonymous_pull_is_not_marked_as_needing_credentials() {
+    let (_, reference) = shared_test_image().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let image = store
+        .pull(&reference, &PullOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    assert!(!image.pulled_with_credentials);
 }
 
 fn one_file_layer(name: &str, content: &[u8]) -> Vec<u8> {

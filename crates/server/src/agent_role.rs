@@ -68,6 +68,11 @@ pub struct AgentArgs {
     /// A registry (host:port) reachable over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// Registry credentials, a Docker `config.json` (`auths`), read at each
+    /// pull; default `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`
+    /// (what `midge registry login` and `docker login` write).
+    #[arg(long)]
+    pub registry_credentials: Option<PathBuf>,
     /// Seconds a destroyed volume's data is kept before it is removed.
     #[arg(long, default_value_t = 24 * 60 * 60)]
     pub volume_grace_secs: u64,
@@ -160,6 +165,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
     config.insecure_registries = args.insecure_registries.clone();
+    config.registry_credentials =
+        crate::host::registry_credentials_file(args.registry_credentials.as_deref())?;
     config.host_id = member.host.number;
     config.capacity = Some(capacity);
     config.volume_grace = Duration::from_secs(args.volume_grace_secs);

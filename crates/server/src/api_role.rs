@@ -44,6 +44,11 @@ pub struct ApiArgs {
     /// Writes the admin token here when this server creates it.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// The key orgs' registry credentials are sealed with in the catalog,
+    /// made here on first use; every API server of the cluster needs the
+    /// same file. Without it the server keeps no registry credentials.
+    #[arg(long, env = "MIDGE_CREDENTIALS_KEY_FILE")]
+    pub credentials_key_file: Option<PathBuf>,
 }
 
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
@@ -84,9 +89,13 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let cluster = ClusterAgent::new(catalog.clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;
-    let state = args
-        .limits
-        .apply(midge_api::ApiState::new(catalog.clone(), Arc::new(cluster)));
+    let mut state = midge_api::ApiState::new(catalog.clone(), Arc::new(cluster));
+    if let Some(path) = &args.credentials_key_file {
+        let sealer = midge_api::CredentialSealer::from_key_file(path)
+            .with_context(|| format!("opening the registry credential key {}", path.display()))?;
+        state = state.with_credential_sealer(sealer);
+    }
+    let state = args.limits.apply(state);
     let app = midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

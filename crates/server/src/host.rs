@@ -30,6 +30,8 @@ pub struct HostConfig {
     pub ipv4_pool: String,
     /// Registries reachable over plain HTTP (host:port), besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The host's registry credentials (a Docker `config.json`), read at each pull.
+    pub registry_credentials: Option<PathBuf>,
     /// The static midge-init; found next to the running executable when unset.
     pub init_binary: Option<PathBuf>,
     /// This host's id in 6PN addresses.
@@ -50,6 +52,27 @@ pub struct HostConfig {
     pub image_prune_grace: std::time::Duration,
 }
 
+/// The host's registry credentials file: the one given, else where container
+/// tools keep theirs. A file that exists but does not parse stops the start,
+/// rather than every pull going on without it.
+pub fn registry_credentials_file(given: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    let path = match given {
+        Some(path) => Some(path.to_path_buf()),
+        None => midge_image::default_credentials_path(),
+    };
+    if let Some(path) = &path {
+        let credentials = midge_image::read_credentials_file(path)?;
+        if !credentials.is_empty() {
+            tracing::info!(
+                path = %path.display(),
+                registries = credentials.len(),
+                "registry credentials"
+            );
+        }
+    }
+    Ok(path)
+}
+
 impl HostConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> HostConfig {
         let defaults = AgentConfig::new(PathBuf::new());
@@ -59,6 +82,7 @@ impl HostConfig {
             resource_prefix: "midge".into(),
             ipv4_pool: "172.19.0.0/16".into(),
             insecure_registries: Vec::new(),
+            registry_credentials: None,
             init_binary: None,
             host_id: defaults.host_id,
             prepared_runs: defaults.prepared_runs,
@@ -124,6 +148,7 @@ impl Host {
             region: config.region.clone(),
             host_id: config.host_id,
             insecure_registries: config.insecure_registries.clone(),
+            registry_credentials: config.registry_credentials.clone(),
             prepared_runs: config.prepared_runs,
             capacity: config.capacity,
             volume_grace: config.volume_grace,

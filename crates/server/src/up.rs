@@ -38,6 +38,11 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Registry credentials, a Docker `config.json` (`auths`), read at each
+    /// pull; default `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`
+    /// (what `midge registry login` and `docker login` write).
+    #[arg(long, env = "MIDGE_REGISTRY_CREDENTIALS")]
+    pub registry_credentials: Option<PathBuf>,
     /// Do not write the client config file (~/.config/midge/config.json).
     #[arg(long)]
     pub no_client_config: bool,
@@ -68,6 +73,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
     config.insecure_registries = args.insecure_registries.clone();
+    config.registry_credentials =
+        crate::host::registry_credentials_file(args.registry_credentials.as_deref())?;
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
     let dns = if args.dns.no_dns {
@@ -131,8 +138,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("token: {token}");
     println!("try:   midge machine run --shell");
 
+    let key_file = args.data_dir.join("registry-credentials.key");
+    let sealer = midge_api::CredentialSealer::from_key_file(&key_file)
+        .with_context(|| format!("opening the registry credential key {}", key_file.display()))?;
     let state = args.limits.apply(
-        midge_api::ApiState::new(catalog, Arc::new(agent.clone())).with_addresses(address_plan),
+        midge_api::ApiState::new(catalog, Arc::new(agent.clone()))
+            .with_addresses(address_plan)
+            .with_credential_sealer(sealer),
     );
     midge_api::serve_with_shutdown(listener, state, crate::shutdown_signal())
         .await

@@ -322,4 +322,21 @@ impl Catalog for CachedCatalog {
     async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool> {
         self.inner.delete_certificate(app, hostname).await
     }
+    async fn put_registry_credential(
+        &self,
+        credential: &crate::RegistryCredentialRecord,
+    ) -> Result<()> {
+        self.inner.put_registry_credential(credential).await
+    }
+    async fn list_registry_credentials(
+        &self,
+        org_slug: &str,
+    ) -> Result<Vec<crate::RegistryCredentialRecord>> {
+        self.inner.list_registry_credentials(org_slug).await
+    }
+    async fn delete_registry_credential(&self, org_slug: &str, registry: &str) -> Result<bool> {
+        self.inner
+            .delete_registry_credential(org_slug, registry)
+            .await
+    }
 }

@@ -28,7 +28,7 @@ pub use error::StoreError;
 pub use model::{
     AppRecord, Certificate, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind,
     IpAssignment, MachineEntry, MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered,
-    TokenScope, VolumeEntry,
+    RegistryCredentialRecord, TokenScope, VolumeEntry,
 };
 pub use names::{validate_app_name, validate_org_slug};
 pub use postgres::PostgresCatalog;
@@ -159,4 +159,14 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn list_certificates(&self, app: Option<&str>) -> Result<Vec<Certificate>>;
     /// Whether the app had a certificate for the host name.
     async fn delete_certificate(&self, app: &str, hostname: &str) -> Result<bool>;
+
+    /// Stores (or replaces) an org's credentials for a registry.
+    async fn put_registry_credential(&self, credential: &RegistryCredentialRecord) -> Result<()>;
+    /// The org's registry credentials, by registry.
+    async fn list_registry_credentials(
+        &self,
+        org_slug: &str,
+    ) -> Result<Vec<RegistryCredentialRecord>>;
+    /// Whether the org had credentials for the registry.
+    async fn delete_registry_credential(&self, org_slug: &str, registry: &str) -> Result<bool>;
 }

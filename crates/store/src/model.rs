@@ -171,3 +171,30 @@ pub struct Certificate {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// An org's credentials for one registry. The catalog keeps the secret as
+/// the API sealed it and never reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentialRecord {
+    pub org_slug: String,
+    /// `host[:port]` as image references name it.
+    pub registry: String,
+    /// Shown in listings; `None` for a bearer token.
+    pub username: Option<String>,
+    /// The sealed secret (nonce and ciphertext).
+    pub sealed: Vec<u8>,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Never prints the sealed secret.
+impl std::fmt::Debug for RegistryCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentialRecord")
+            .field("org_slug", &self.org_slug)
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
+}

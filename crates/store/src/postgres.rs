@@ -15,7 +15,7 @@ use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
-use crate::model::{Certificate, IpAssignment};
+use crate::model::{Certificate, IpAssignment, RegistryCredentialRecord};
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{Catalog, StoreError, postgres_schema};
@@ -1077,6 +1077,64 @@ impl Catalog for PostgresCatalog {
             )
             .await
             .map_err(StoreError::postgres("removing a certificate"))?;
+        Ok(removed > 0)
+    }
+
+    async fn put_registry_credential(
+        &self,
+        c: &RegistryCredentialRecord,
+    ) -> Result<(), StoreError> {
+        let client = self.client("storing registry credentials").await?;
+        client
+            .execute(
+                "INSERT INTO registry_credentials (org_slug, registry, username, sealed, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (org_slug, registry) DO UPDATE SET username = $3, sealed = $4, updated_at = $5",
+                &[&c.org_slug, &c.registry, &c.username, &c.sealed, &c.updated_at],
+            )
+            .await
+            .map_err(StoreError::postgres("storing registry credentials"))?;
+        Ok(())
+    }
+
+    async fn list_registry_credentials(
+        &self,
+        org_slug: &str,
+    ) -> Result<Vec<RegistryCredentialRecord>, StoreError> {
+        let client = self.client("listing registry credentials").await?;
+        let rows = client
+            .query(
+                "SELECT org_slug, registry, username, sealed, updated_at
+                 FROM registry_credentials WHERE org_slug = $1 ORDER BY registry COLLATE \"C\"",
+                &[&org_slug],
+            )
+            .await
+            .map_err(StoreError::postgres("listing registry credentials"))?;
+        Ok(rows
+            .iter()
+            .map(|row| RegistryCredentialRecord {
+                org_slug: row.get(0),
+                registry: row.get(1),
+                username: row.get(2),
+                sealed: row.get(3),
+                updated_at: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        org_slug: &str,
+        registry: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client("removing registry credentials").await?;
+        let removed = client
+            .execute(
+                "DELETE FROM registry_credentials WHERE org_slug = $1 AND registry = $2",
+                &[&org_slug, &registry],
+            )
+            .await
+            .map_err(StoreError::postgres("removing registry credentials"))?;
         Ok(removed > 0)
     }
 

@@ -5,7 +5,7 @@ use deadpool_postgres::Client;
 
 use crate::StoreError;
 
-const VERSION: i32 = 3;
+const VERSION: i32 = 4;
 /// The advisory lock every schema change holds.
 const SCHEMA_LOCK: i64 = 0x6d69_6467_6500;
 
@@ -126,6 +126,18 @@ CREATE TABLE certificates (
 CREATE INDEX certificates_by_app ON certificates(app);
 ";
 
+/// Orgs' own registry credentials, their secrets sealed by the API.
+const SCHEMA_V4: &str = "
+CREATE TABLE registry_credentials (
+    org_slug TEXT NOT NULL REFERENCES orgs(slug),
+    registry TEXT NOT NULL,
+    username TEXT,
+    sealed BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (org_slug, registry)
+);
+";
+
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
         .transaction()
@@ -161,6 +173,13 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tx.batch_execute(SCHEMA_V3)
             .await
             .map_err(StoreError::postgres("creating the address table"))?;
+    }
+    if version < 4 {
+        tx.batch_execute(SCHEMA_V4)
+            .await
+            .map_err(StoreError::postgres(
+                "creating the registry credential table",
+            ))?;
     }
     if version < VERSION {
         tx.execute("DELETE FROM midge_schema", &[])

@@ -17,7 +17,7 @@ use crate::model::{
     AppRecord, HostLoad, HostRecord, HostRegistration, Identity, Intent, IntentKind, MachineEntry,
     MachineReport, NewApp, Org, PERSONAL_ORG, Principal, Registered, TokenScope, VolumeEntry,
 };
-use crate::model::{Certificate, IpAssignment};
+use crate::model::{Certificate, IpAssignment, RegistryCredentialRecord};
 use crate::names::{validate_app_name, validate_org_slug};
 use crate::tokens::{hash_token, new_token};
 use crate::{StoreError, sqlite_schema as schema};
@@ -1081,6 +1081,59 @@ impl Catalog for SqliteCatalog {
                 [app, hostname],
             )
             .map_err(StoreError::sqlite("removing a certificate"))?;
+        Ok(removed > 0)
+    }
+    async fn put_registry_credential(
+        &self,
+        c: &RegistryCredentialRecord,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO registry_credentials (org_slug, registry, username, sealed, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (org_slug, registry) DO UPDATE SET username = ?3, sealed = ?4, updated_at = ?5",
+                params![c.org_slug, c.registry, c.username, c.sealed, c.updated_at],
+            )
+            .map_err(StoreError::sqlite("storing registry credentials"))?;
+        Ok(())
+    }
+    async fn list_registry_credentials(
+        &self,
+        org_slug: &str,
+    ) -> Result<Vec<RegistryCredentialRecord>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT org_slug, registry, username, sealed, updated_at
+                 FROM registry_credentials WHERE org_slug = ?1 ORDER BY registry",
+            )
+            .map_err(StoreError::sqlite("listing registry credentials"))?;
+        let rows = statement
+            .query_map([org_slug], |row| {
+                Ok(RegistryCredentialRecord {
+                    org_slug: row.get(0)?,
+                    registry: row.get(1)?,
+                    username: row.get(2)?,
+                    sealed: row.get(3)?,
+                    updated_at: row.get(4)?,
+                })
+            })
+            .map_err(StoreError::sqlite("listing registry credentials"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(StoreError::sqlite("listing registry credentials"))
+    }
+    async fn delete_registry_credential(
+        &self,
+        org_slug: &str,
+        registry: &str,
+    ) -> Result<bool, StoreError> {
+        let removed = self
+            .lock()
+            .execute(
+                "DELETE FROM registry_credentials WHERE org_slug = ?1 AND registry = ?2",
+                [org_slug, registry],
+            )
+            .map_err(StoreError::sqlite("removing registry credentials"))?;
         Ok(removed > 0)
     }
 }

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 4;
+const VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -128,6 +128,18 @@ CREATE TABLE certificates (
 CREATE INDEX certificates_by_app ON certificates(app);
 ";
 
+/// Orgs' own registry credentials, their secrets sealed by the API.
+const SCHEMA_V5: &str = "
+CREATE TABLE registry_credentials (
+    org_slug TEXT NOT NULL REFERENCES orgs(slug),
+    registry TEXT NOT NULL,
+    username TEXT,
+    sealed BLOB NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (org_slug, registry)
+);
+";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -156,6 +168,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if version < 4 {
             tx.execute_batch(SCHEMA_V4)
                 .map_err(StoreError::sqlite("creating the address table"))?;
+        }
+        if version < 5 {
+            tx.execute_batch(SCHEMA_V5)
+                .map_err(StoreError::sqlite("creating the registry credential table"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use midge_store::{
     Catalog, Certificate, HostLoad, HostRegistration, Identity, IntentKind, IpAssignment,
-    MachineReport, NewApp, PERSONAL_ORG, Principal, StoreError, TokenScope,
+    MachineReport, NewApp, PERSONAL_ORG, Principal, RegistryCredentialRecord, StoreError,
+    TokenScope,
 };
 use midge_types::{Machine, MachineState};
 
@@ -612,6 +613,85 @@ async fn certificates_belong_to_one_app_per_host_name(catalog: Arc<dyn Catalog>)
         .unwrap();
 }
 
+fn registry_credential(org: &str, registry: &str, sealed: &[u8]) -> RegistryCredentialRecord {
+    RegistryCredentialRecord {
+        org_slug: org.into(),
+        registry: registry.into(),
+        username: Some(format!("user-{org}")),
+        sealed: sealed.to_vec(),
+        updated_at: 1_700_000_000_000,
+    }
+}
+
+async fn registry_credentials_are_kept_per_org_and_registry(catalog: Arc<dyn Catalog>) {
+    catalog.create_org("acme", "Acme").await.unwrap();
+    catalog.create_org("globex", "Globex").await.unwrap();
+    let registry = "127.0.0.1:5000";
+    // Every byte value survives, as a sealed secret has any.
+    let sealed: Vec<u8> = (0..=255).collect();
+    catalog
+        .put_registry_credential(&registry_credential("acme", registry, &sealed))
+        .await
+        .unwrap();
+    catalog
+        .put_registry_credential(&registry_credential("acme", "ghcr.io", b"other"))
+        .await
+        .unwrap();
+    let replaced = RegistryCredentialRecord {
+        username: None,
+        updated_at: 1_700_000_000_001,
+        ..registry_credential("acme", registry, b"second")
+    };
+    catalog.put_registry_credential(&replaced).await.unwrap();
+    let listed = catalog.list_registry_credentials("acme").await.unwrap();
+    assert_eq!(
+        listed,
+        // By registry, bytewise.
+        vec![
+            replaced.clone(),
+            registry_credential("acme", "ghcr.io", b"other")
+        ]
+    );
+    assert!(
+        catalog
+            .list_registry_credentials("globex")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An org that does not exist cannot hold any.
+    assert!(
+        catalog
+            .put_registry_credential(&registry_credential("nobody", registry, &sealed))
+            .await
+            .is_err()
+    );
+    catalog
+        .put_registry_credential(&registry_credential("globex", registry, &sealed))
+        .await
+        .unwrap();
+    assert!(
+        !catalog
+            .delete_registry_credential("acme", "quay.io")
+            .await
+            .unwrap()
+    );
+    assert!(
+        catalog
+            .delete_registry_credential("acme", registry)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.list_registry_credentials("acme").await.unwrap(),
+        vec![registry_credential("acme", "ghcr.io", b"other")]
+    );
+    assert_eq!(
+        catalog.list_registry_credentials("globex").await.unwrap(),
+        vec![registry_credential("globex", registry, &sealed)]
+    );
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Catalog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
@@ -678,6 +758,7 @@ on_both_engines!(
     intents_wait_for_their_host,
     the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
     volumes_are_indexed_by_host_and_only_their_host_writes_them,
+    registry_credentials_are_kept_per_org_and_registry,
     addresses_are_assigned_once_unless_shared,
     certificates_belong_to_one_app_per_host_name,
 );

@@ -49,6 +49,31 @@ pub struct CreateMachine {
     /// to copy a pinned image from when this host lacks it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_sources: Vec<String>,
+    /// The owner org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
+}
+
+/// Credentials for one registry that a call may pull with: a user and
+/// password, or (without a user) a bearer token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    /// `host[:port]` as image references name it.
+    pub registry: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, or the bearer token when there is no user.
+    pub secret: String,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a cluster placed a machine: its id and which placement this is.
@@ -107,6 +132,9 @@ pub struct UpdateMachine {
     /// machine refuses mutations without it.
     #[serde(default)]
     pub nonce: Option<String>,
+    /// The owner org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +345,9 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullImage {
     pub reference: String,
+    /// The calling org's own registry credentials, tried before the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 /// Removes the pulled images no machine of the host uses, and the blobs and
@@ -385,6 +416,31 @@ pub struct RegionCapacity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_secrets_travel_in_calls_but_never_show_in_debug_output() {
+        let call = PullImage {
+            reference: "127.0.0.1:5000/private/app:1".into(),
+            registry_logins: vec![RegistryLogin {
+                registry: "127.0.0.1:5000".into(),
+                username: Some("alice".into()),
+                secret: "hunter2-secret".into(),
+            }],
+        };
+        let shown = format!("{call:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let json = serde_json::to_value(&call).unwrap();
+        assert_eq!(json["registry_logins"][0]["secret"], "hunter2-secret");
+        assert_eq!(serde_json::from_value::<PullImage>(json).unwrap(), call);
+        // Calls without credentials keep their old shape.
+        let bare = serde_json::json!({"reference": "busybox"});
+        let parsed: PullImage = serde_json::from_value(bare.clone()).unwrap();
+        assert!(parsed.registry_logins.is_empty());
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), bare);
+    }
 
     #[test]
     fn calls_round_trip_as_json() {

@@ -131,6 +131,7 @@ impl TestAgent {
                 lease_owner: "tester".into(),
                 placement: None,
                 image_sources: Vec::new(),
+                registry_logins: Vec::new(),
             })
             .await
             .expect("create")
@@ -219,6 +220,7 @@ impl TestAgent {
                 machine: key(id),
                 request,
                 nonce: None,
+                registry_logins: Vec::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("update: {}", e.chain()))

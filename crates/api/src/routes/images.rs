@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use midge_store::Principal;
 use midge_types::agent::{ImagesPruned, PruneImages, PullEvent, PullImage};
 use serde_json::{Value, json};
 
@@ -31,13 +32,20 @@ fn event_json(event: &PullEvent) -> Value {
 
 #[utoipa::path(
     post, path = "/v1/images/pull", tag = "Images",
-    params(("image" = String, Query, description = "Image reference to pull into the host's image store")),
+    params(
+        ("image" = String, Query, description = "Image reference to pull into the host's image store"),
+        ("app" = Option<String>, Query, description = "Pull for this app's org, with its registry credentials"),
+    ),
     responses((status = 200, content_type = "application/x-ndjson",
         description = "Progress events, one JSON object per line; the last is `{type: done, image_ref}` or `{type: error, error}`"))
 )]
+/// A pull for an org (the `app`'s, else an org token's own) uses the org's
+/// registry credentials, then the host's; the admin token without an app
+/// uses the host's alone. An image the store holds from a pull with
+/// credentials counts only once its registry accepts them.
 pub async fn pull_image(
     State(state): State<ApiState>,
-    _caller: Caller,
+    caller: Caller,
     params: Params,
 ) -> Result<Response> {
     let image = params
@@ -46,9 +54,24 @@ pub async fn pull_image(
         .filter(|image| !image.is_empty())
         .ok_or_else(|| Error::invalid("the image query parameter is required"))?
         .to_string();
+    let app = params
+        .get("app")
+        .map(str::trim)
+        .filter(|app| !app.is_empty());
+    let registry_logins = match (app, &caller.identity.principal) {
+        (Some(app), _) => {
+            let app = state.app(&caller, app).await?;
+            state.registry_logins(&app.org_slug).await?
+        }
+        (None, Principal::Org(slug)) => state.registry_logins(slug).await?,
+        (None, Principal::Admin) => Vec::new(),
+    };
     let events = state
         .agent
-        .pull_image(PullImage { reference: image })
+        .pull_image(PullImage {
+            reference: image,
+            registry_logins,
+        })
         .await?;
     let stream = events.map(|event| {
         let mut bytes = serde_json::to_vec(&event_json(&event)).unwrap_or_default();

@@ -159,6 +159,7 @@ pub async fn create_machine(
         None => None,
     };
     let owner = ApiState::owner(&app);
+    let registry_logins = state.registry_logins(&app.org_slug).await?;
     let machine = state
         .agent
         .create_machine(CreateMachine {
@@ -167,6 +168,7 @@ pub async fn create_machine(
             lease_owner: caller.lease_owner(),
             placement: None,
             image_sources: Vec::new(),
+            registry_logins,
         })
         .await?;
     Ok(Json(machine))
@@ -294,12 +296,14 @@ pub async fn update_machine(
         )));
     }
     let target = state.machine(&caller, &path).await?;
+    let registry_logins = state.registry_logins(&target.app.org_slug).await?;
     let machine = state
         .agent
         .update_machine(UpdateMachine {
             machine: target.key(),
             request,
             nonce: nonce.0,
+            registry_logins,
         })
         .await?;
     Ok(Json(machine))

@@ -12,4 +12,5 @@ pub mod machines;
 pub mod metadata;
 pub mod orgs;
 pub mod platform;
+pub mod registry_credentials;
 pub mod volumes;

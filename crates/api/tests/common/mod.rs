@@ -160,7 +160,7 @@ impl Reply {
 impl Harness {
     /// A server whose agent cannot pull images.
     pub async fn new() -> Harness {
-        Harness::build(None).await
+        Harness::build(None, None).await
     }
 
     /// A server whose agent pulls from the shared loopback test registry.
@@ -168,10 +168,22 @@ impl Harness {
         let (registry, image) = midge_testkit::shared_test_image()
             .await
             .expect("test registry");
-        Harness::build(Some((registry, image))).await
+        Harness::build(Some((registry, image)), None).await
     }
 
-    async fn build(registry: Option<(String, String)>) -> Harness {
+    /// Like [`Harness::with_registry`], with the host's registry
+    /// credentials in `file` (a Docker `config.json`, read at each pull).
+    pub async fn with_registry_credentials(file: std::path::PathBuf) -> Harness {
+        let (registry, image) = midge_testkit::shared_test_image()
+            .await
+            .expect("test registry");
+        Harness::build(Some((registry, image)), Some(file)).await
+    }
+
+    async fn build(
+        registry: Option<(String, String)>,
+        registry_credentials: Option<std::path::PathBuf>,
+    ) -> Harness {
         // Named so the leak check finds what the host leaves under it.
         let dir = tempfile::Builder::new()
             .prefix("midge-test-api-")
@@ -188,6 +200,7 @@ impl Harness {
         config.host_id = midge_testkit::unique_host_id();
         // Prunes here remove what is unused at once.
         config.image_prune_grace = std::time::Duration::ZERO;
+        config.registry_credentials = registry_credentials;
         let image = match registry {
             Some((registry, image)) => {
                 config.insecure_registries = vec![registry];
@@ -201,7 +214,11 @@ impl Harness {
             .await
             .unwrap()
             .expect("admin token");
-        let state = ApiState::new(catalog.clone(), Arc::new(agent.clone()));
+        let sealer =
+            midge_api::CredentialSealer::from_key_file(&dir.path().join("credentials.key"))
+                .expect("credential key");
+        let state =
+            ApiState::new(catalog.clone(), Arc::new(agent.clone())).with_credential_sealer(sealer);
         Harness {
             router: router(state.clone()),
             catalog,

@@ -6,6 +6,7 @@ pub mod ips;
 pub mod machine;
 pub mod orgs;
 pub mod platform;
+pub mod registry;
 pub mod tokens;
 pub mod volumes;
 

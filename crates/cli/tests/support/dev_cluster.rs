@@ -25,6 +25,8 @@ pub struct ClusterOptions {
     pub unreachable_after: u64,
     /// Relay the loopback test registry into the hosts.
     pub registry: bool,
+    /// Other loopback registries (`127.0.0.1:PORT`) to relay into the hosts.
+    pub extra_registries: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +39,7 @@ impl Default for ClusterOptions {
             unknown_after: 5,
             unreachable_after: 15,
             registry: false,
+            extra_registries: Vec::new(),
         }
     }
 }
@@ -83,6 +86,9 @@ impl Cluster {
             ])
             .env("MIDGE_INIT_BINARY", crate::e2e_platform::init_binary());
         if let Some((address, _)) = &registry {
+            command.args(["--insecure-registry", address]);
+        }
+        for address in &options.extra_registries {
             command.args(["--insecure-registry", address]);
         }
         eprintln!("dev cluster {prefix} in {}", dir.display());

@@ -336,6 +336,8 @@ async fn start_apis(topology: &Topology, processes: &Processes) -> Result<()> {
                 api.region.clone(),
                 "--admin-token-file".into(),
                 topology.admin_token_file().display().to_string(),
+                "--credentials-key-file".into(),
+                topology.credentials_key_file().display().to_string(),
                 "--host-unknown-after".into(),
                 settings.host_unknown_after.to_string(),
                 "--host-unreachable-after".into(),

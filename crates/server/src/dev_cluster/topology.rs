@@ -254,6 +254,11 @@ impl Topology {
         self.dir.join("admin-token")
     }
 
+    /// The key every API server seals orgs' registry credentials with.
+    pub fn credentials_key_file(&self) -> PathBuf {
+        self.dir.join("registry-credentials.key")
+    }
+
     pub fn postgres_dir(&self) -> PathBuf {
         self.dir.join("postgres")
     }

@@ -48,8 +48,9 @@ pub enum Pulled {
     Unsupported,
 }
 
-pub async fn pull_image(client: &ApiClient, image: &str) -> Result<Pulled> {
-    let response = match client.pull_image(image).await {
+/// Pulls `image` for `app` (with its org's registry credentials).
+pub async fn pull_image(client: &ApiClient, app: &str, image: &str) -> Result<Pulled> {
+    let response = match client.pull_image(image, Some(app)).await {
         Ok(response) => response,
         Err(err) if err.is_status(404) || err.is_status(405) => return Ok(Pulled::Unsupported),
         Err(err) => return Err(err.into()),

@@ -195,7 +195,7 @@ pub async fn create_machine(
         .unwrap_or_default();
     let pulled = match image {
         "" => Pulled::Unsupported,
-        image => pull_image(client, image).await?,
+        image => pull_image(client, app, image).await?,
     };
     let message = match pulled {
         Pulled::Ready => "Creating machine",
