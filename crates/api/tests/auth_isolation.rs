@@ -110,7 +110,7 @@ fn matches_template(path: &str, template: &str) -> bool {
 }
 
 /// The app's other resources (addresses, certificates, volumes) and the
-/// org's volumes, with bodies that would be valid.
+/// org's volumes and registry credentials, with bodies that would be valid.
 fn app_resource_requests(app: &str, org: &str) -> Vec<(&'static str, String, Option<String>)> {
     let base = format!("/v1/apps/{app}");
     let volume = format!("{base}/volumes/vol_0123456789abcdef");
@@ -156,6 +156,17 @@ fn app_resource_requests(app: &str, org: &str) -> Vec<(&'static str, String, Opt
         ("GET", format!("{volume}/snapshots"), None),
         ("POST", format!("{volume}/snapshots"), None),
         ("GET", format!("/v1/orgs/{org}/volumes"), None),
+        ("GET", format!("/v1/orgs/{org}/registry_credentials"), None),
+        (
+            "PUT",
+            format!("/v1/orgs/{org}/registry_credentials/registry.example"),
+            Some(r#"{"username":"intruder","password":"x"}"#.into()),
+        ),
+        (
+            "DELETE",
+            format!("/v1/orgs/{org}/registry_credentials/registry.example"),
+            None,
+        ),
     ]
 }
 
