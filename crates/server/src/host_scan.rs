@@ -146,6 +146,18 @@ pub fn cgroup_dirs(name_starts: &str) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
+/// The command line of the process at `proc_dir` (`/proc/<pid>`), its
+/// arguments joined by spaces; `None` once the process is gone.
+pub fn command_line(proc_dir: &Path) -> Option<String> {
+    let raw = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .replace('\0', " ")
+            .trim()
+            .to_string(),
+    )
+}
+
 /// Processes (other than this one) whose command line contains `text`.
 pub fn processes_mentioning(text: &str) -> Result<Vec<(u32, String)>, String> {
     let own = std::process::id();
@@ -154,9 +166,8 @@ pub fn processes_mentioning(text: &str) -> Result<Vec<(u32, String)>, String> {
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (pid != own && command.contains(text)).then(|| (pid, command.trim().to_string()))
+            let command = command_line(&entry.path())?;
+            (pid != own && command.contains(text)).then_some((pid, command))
         })
         .collect())
 }
@@ -193,14 +204,7 @@ pub fn processes_in_netns(name_starts: &str) -> Result<Vec<(u32, String)>, Strin
             if pid == own || !inodes.contains(&inode) {
                 return None;
             }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            Some((
-                pid,
-                String::from_utf8_lossy(&cmdline)
-                    .replace('\0', " ")
-                    .trim()
-                    .to_string(),
-            ))
+            Some((pid, command_line(&entry.path()).unwrap_or_default()))
         })
         .collect())
 }

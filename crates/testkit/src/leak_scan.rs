@@ -116,14 +116,8 @@ fn processes_in_test_cgroups() -> Result<Vec<(u32, String)>, String> {
             if !in_test_cgroup || pid == std::process::id() {
                 return None;
             }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            Some((
-                pid,
-                String::from_utf8_lossy(&cmdline)
-                    .replace('\0', " ")
-                    .trim()
-                    .to_string(),
-            ))
+            let command = midge_server::host_scan::command_line(&entry.path());
+            Some((pid, command.unwrap_or_default()))
         })
         .collect())
 }

@@ -490,11 +490,9 @@ fn holders_of(device: &str) -> String {
             })
             .unwrap_or(false);
         if mounted || open {
-            let command = std::fs::read(entry.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .unwrap_or_default();
+            let command = crate::host_scan::command_line(&entry.path()).unwrap_or_default();
             let how = if mounted { "mounts it" } else { "has it open" };
-            holders.push(format!("{pid} {how}: {}", command.trim()));
+            holders.push(format!("{pid} {how}: {command}"));
         }
     }
     if holders.is_empty() {
