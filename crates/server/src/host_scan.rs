@@ -158,18 +158,28 @@ pub fn command_line(proc_dir: &Path) -> Option<String> {
     )
 }
 
-/// Processes (other than this one) whose command line contains `text`.
-pub fn processes_mentioning(text: &str) -> Result<Vec<(u32, String)>, String> {
+/// Every process but this one that `matches` picks, with the command line
+/// `matches` returns for it (`/proc/<pid>` is what it is given).
+pub fn other_processes(
+    matches: impl Fn(&Path) -> Option<String>,
+) -> Result<Vec<(u32, String)>, String> {
     let own = std::process::id();
     let entries = std::fs::read_dir("/proc").map_err(|error| format!("reading /proc: {error}"))?;
     Ok(entries
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let command = command_line(&entry.path())?;
-            (pid != own && command.contains(text)).then_some((pid, command))
+            if pid == own {
+                return None;
+            }
+            matches(&entry.path()).map(|command| (pid, command))
         })
         .collect())
+}
+
+/// Processes (other than this one) whose command line contains `text`.
+pub fn processes_mentioning(text: &str) -> Result<Vec<(u32, String)>, String> {
+    other_processes(|proc_dir| command_line(proc_dir).filter(|command| command.contains(text)))
 }
 
 /// Processes (other than this one) in a network namespace `ip netns`
@@ -194,19 +204,12 @@ pub fn processes_in_netns(name_starts: &str) -> Result<Vec<(u32, String)>, Strin
     if inodes.is_empty() {
         return Ok(Vec::new());
     }
-    let own = std::process::id();
-    let entries = std::fs::read_dir("/proc").map_err(|error| format!("reading /proc: {error}"))?;
-    Ok(entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let inode = std::fs::metadata(entry.path().join("ns/net")).ok()?.ino();
-            if pid == own || !inodes.contains(&inode) {
-                return None;
-            }
-            Some((pid, command_line(&entry.path()).unwrap_or_default()))
-        })
-        .collect())
+    other_processes(|proc_dir| {
+        let inode = std::fs::metadata(proc_dir.join("ns/net")).ok()?.ino();
+        inodes
+            .contains(&inode)
+            .then(|| command_line(proc_dir).unwrap_or_default())
+    })
 }
 
 /// Findings of one scan: what is left, and what could not be looked at.

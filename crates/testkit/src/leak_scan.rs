@@ -103,23 +103,14 @@ fn test_processes() -> Result<Vec<(u32, String)>, String> {
 
 fn processes_in_test_cgroups() -> Result<Vec<(u32, String)>, String> {
     let marker = format!("/{TEST_PREFIX_FAMILY}");
-    let entries = std::fs::read_dir("/proc").map_err(|error| format!("reading /proc: {error}"))?;
-    Ok(entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
-            let in_test_cgroup = cgroups
-                .lines()
-                .filter_map(|line| line.splitn(3, ':').nth(2))
-                .any(|path| path.contains(&marker));
-            if !in_test_cgroup || pid == std::process::id() {
-                return None;
-            }
-            let command = midge_server::host_scan::command_line(&entry.path());
-            Some((pid, command.unwrap_or_default()))
-        })
-        .collect())
+    midge_server::host_scan::other_processes(|proc_dir| {
+        let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).ok()?;
+        cgroups
+            .lines()
+            .filter_map(|line| line.splitn(3, ':').nth(2))
+            .any(|path| path.contains(&marker))
+            .then(|| midge_server::host_scan::command_line(proc_dir).unwrap_or_default())
+    })
 }
 
 /// Loop devices backed by a file in a test's temp dir (volumes, images).
