@@ -391,6 +391,100 @@ async fn sandboxes_are_confined_by_seccomp_and_limits() {
     t.destroy(&id, true).await;
 }
 
+/// `0 <host id> <count>` of a `uid_map` or `gid_map`.
+fn id_map(map: &str) -> (u64, u64, u64) {
+    let fields: Vec<u64> = map
+        .split_whitespace()
+        .map(|field| field.parse().expect("a number"))
+        .collect();
+    assert_eq!(fields.len(), 3, "one mapping: {map}");
+    (fields[0], fields[1], fields[2])
+}
+
+async fn in_machine(t: &TestAgent, id: &str, script: &str) -> midge_types::ExecResponse {
+    t.exec(id, &["sh", "-c", script]).await
+}
+
+/// The host uid of the processes of a machine's running container.
+fn host_uids_of(prefix: &str, machine: &str) -> Vec<u32> {
+    let container = format!("/{prefix}-{machine}-");
+    let mut uids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if !cgroup.contains(&container) {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if let Some(uid) = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+        {
+            uids.push(uid.parse().unwrap());
+        }
+    }
+    uids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_root_is_an_unprivileged_host_uid_that_sees_the_image_as_built() {
+    let mut t = TestAgent::start().await;
+    let id = t.started_sleeper().await;
+    let uid_map = id_map(&in_machine(&t, &id, "cat /proc/self/uid_map").await.stdout);
+    let gid_map = id_map(&in_machine(&t, &id, "cat /proc/self/gid_map").await.stdout);
+    let (inside, base, count) = uid_map;
+    assert_eq!((inside, count), (0, 65536), "{uid_map:?}");
+    assert!(base >= 1 << 24, "root is host uid {base}");
+    assert_eq!(gid_map, uid_map);
+    let on_host = host_uids_of(&t.config.resource_prefix, &id);
+    assert!(!on_host.is_empty(), "the machine's processes are found");
+    assert!(
+        on_host.iter().all(|&uid| u64::from(uid) == base),
+        "every process of the machine runs as host uid {base}: {on_host:?}"
+    );
+    // The image's files keep their owners, and root owns what it writes.
+    let owners = in_machine(
+        &t,
+        &id,
+        "stat -c %u:%g / /bin /etc && echo made > /etc/made && chown 1000:1000 /etc/made \
+         && stat -c %u:%g /etc/made",
+    )
+    .await;
+    assert_eq!(owners.exit_code, 0, "{}", owners.stderr);
+    assert_eq!(
+        owners.stdout.lines().collect::<Vec<_>>(),
+        ["0:0", "0:0", "0:0", "1000:1000"]
+    );
+    // Root binds low ports and pings although it holds no capability over
+    // the host's namespaces.
+    let network = in_machine(
+        &t,
+        &id,
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start && httpd -p 80 && netstat -ltn",
+    )
+    .await;
+    assert_eq!(network.exit_code, 0, "{}", network.stderr);
+    assert!(network.stdout.starts_with("0\n"), "{}", network.stdout);
+    assert!(network.stdout.contains(":80 "), "{}", network.stdout);
+    // It sees its own network namespace's interfaces in sysfs, not the host's.
+    let interfaces = in_machine(&t, &id, "ls /sys/class/net").await.stdout;
+    assert_eq!(
+        interfaces.split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "lo"]
+    );
+
+    // A host that turns user namespaces off runs the next start as host root.
+    t.stop(&id, StopRequest::default()).await;
+    t.wait(&id, MachineState::Stopped).await;
+    t.config.user_namespaces = false;
+    t.reopen().await;
+    t.start_machine(&id).await;
+    t.wait(&id, MachineState::Started).await;
+    let identity = id_map(&in_machine(&t, &id, "cat /proc/self/uid_map").await.stdout);
+    assert_eq!(identity, (0, 0, u64::from(u32::MAX)));
+    t.destroy(&id, true).await;
+}
+
 /// Docker's default capability set, as `/proc/<pid>/status` shows it.
 const DOCKER_CAPABILITIES: &str = "00000000a80425fb";
 

@@ -178,7 +178,8 @@ impl Network {
         };
         let links = async {
             command::ip_batch(None, &links::host_batch(&net, existing)).await?;
-            command::ip_batch(Some(&net.netns), &links::netns_batch(&net)).await
+            command::ip_batch(Some(&net.netns), &links::netns_batch(&net)).await?;
+            sysctl::apply_machine_settings(&net.netns_path).await
         };
         // The firewall only needs the interface name, so it runs alongside.
         let firewall = firewall::add_machine(self.table(), &net.host_veth, org_network);

@@ -68,3 +68,42 @@ async fn keep_accepting_router_advertisements() -> Result<(), NetError> {
     }
     Ok(())
 }
+
+/// What every machine's namespace allows, as Docker sets for containers: a
+/// machine root in its own user namespace holds no capability over a
+/// network namespace the host made, so binding ports below 1024 and ICMP
+/// echo sockets (`ping`) are opened to every uid of the namespace instead.
+const MACHINE_NAMESPACE_SETTINGS: &[(&str, &str)] = &[
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+    ("net/ipv4/ping_group_range", "0 2147483647"),
+];
+
+/// Applies [`MACHINE_NAMESPACE_SETTINGS`] inside the namespace at `netns`:
+/// `/proc/sys/net` shows the namespace of the thread that opens it, so a
+/// thread of its own (never a pooled one) enters the namespace, writes, and ends.
+pub(crate) async fn apply_machine_settings(netns: &Path) -> Result<(), NetError> {
+    let netns = netns.to_path_buf();
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(write_machine_settings(&netns));
+    });
+    result.await.unwrap_or_else(|_| {
+        Err(NetError::io(
+            "writing",
+            "/proc/sys/net",
+            std::io::Error::other("the settings thread panicked"),
+        ))
+    })
+}
+
+fn write_machine_settings(netns: &Path) -> Result<(), NetError> {
+    let namespace =
+        std::fs::File::open(netns).map_err(|source| NetError::io("opening", netns, source))?;
+    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|errno| NetError::io("entering", netns, errno.into()))?;
+    for (key, value) in MACHINE_NAMESPACE_SETTINGS {
+        let path = Path::new("/proc/sys").join(key);
+        std::fs::write(&path, value).map_err(|source| NetError::io("writing", &path, source))?;
+    }
+    Ok(())
+}

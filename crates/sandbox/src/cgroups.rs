@@ -22,7 +22,6 @@ impl CgroupFs {
         CgroupFs { root, unified }
     }
 
-    #[cfg(test)]
     pub fn is_unified(&self) -> bool {
         self.unified
     }

@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! <machines>/<machine id>/logs/           init's log, kept across runs
+//! <machines>/<machine id>/id-range        the machine's uids and gids on the host
 //! <machines>/<machine id>/runs/<run id>/  one run: bundle, rootfs mount,
 //!     bundle/config.json, bundle/rootfs   writable layer, init's run dir
 //!     upper/ work/                        the run's fresh writable layer
 //!     run/                                /.midge/run inside: run.json,
 //!                                         init.sock, exit.json
+//!     lower/<n>/ volumes/<n>/ sys/        with a user namespace: the layers and
+//!                                         volumes idmapped, the netns's sysfs
+//!                                         (mounted only until runc took them)
 //!     console.log                         runc's and init's own output
 //! ```
 
@@ -28,6 +32,11 @@ impl MachineDir {
     /// Bind-mounted at `/.midge/run/logs` in every run, so the log outlives runs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+
+    /// The first host uid (and gid) of the machine's user namespace.
+    pub fn id_range(&self) -> PathBuf {
+        self.root.join("id-range")
     }
 
     pub fn runs(&self) -> PathBuf {
@@ -62,6 +71,24 @@ impl RunDir {
     }
     pub fn work(&self) -> PathBuf {
         self.root.join("work")
+    }
+    /// The idmapped view of image layer `n` (bottom first) under the overlay.
+    pub fn lower(&self, n: usize) -> PathBuf {
+        self.lowers().join(n.to_string())
+    }
+    pub fn lowers(&self) -> PathBuf {
+        self.root.join("lower")
+    }
+    /// The idmapped view of the run's volume `n`, bound into the machine.
+    pub fn volume(&self, n: usize) -> PathBuf {
+        self.volumes().join(n.to_string())
+    }
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    /// A sysfs of the machine's network namespace, bound at `/sys`.
+    pub fn sysfs(&self) -> PathBuf {
+        self.root.join("sys")
     }
     /// Shared with init at `/.midge/run`.
     pub fn init_dir(&self) -> PathBuf {

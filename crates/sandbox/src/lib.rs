@@ -11,6 +11,8 @@
 pub mod baseline;
 mod cgroups;
 mod exec_fifo;
+mod id_ranges;
+mod idmap;
 pub mod init_binary;
 pub mod inspect;
 mod layout;
@@ -32,6 +34,7 @@ use midge_driver::{
 };
 
 use crate::cgroups::CgroupFs;
+use crate::id_ranges::IdRanges;
 use crate::layout::MachineDir;
 use crate::runc::Runc;
 
@@ -53,6 +56,9 @@ pub struct SandboxConfig {
     /// The host's volumes, mounted on the host and bound into the runs
     /// whose machines mount them.
     pub volumes: midge_volume::VolumePool,
+    /// Run each machine in a user namespace of its own where the host
+    /// allows it (its root an unprivileged range of host ids).
+    pub user_namespaces: bool,
 }
 
 /// What every run of the driver shares.
@@ -62,6 +68,9 @@ pub(crate) struct Host {
     pub cgroups: CgroupFs,
     /// Start created containers through their exec fifo instead of `runc start`.
     pub fifo_start: bool,
+    /// The machines' id ranges; `None` when machines run without a user
+    /// namespace (turned off, or the host cannot idmap their files).
+    pub id_ranges: Option<IdRanges>,
     pub config: SandboxConfig,
 }
 
@@ -109,14 +118,42 @@ impl SandboxDriver {
                 "starting containers with runc start"
             );
         }
+        let id_ranges = user_namespaces(&config).then(IdRanges::default);
         Ok(SandboxDriver {
             host: Arc::new(Host {
                 runc: Runc::new(runc_root),
                 cgroups: CgroupFs::host(),
                 fifo_start,
+                id_ranges,
                 config,
             }),
         })
+    }
+}
+
+/// Whether machines get user namespaces: asked for, and the host can show
+/// them their files through idmapped layers.
+fn user_namespaces(config: &SandboxConfig) -> bool {
+    if !config.user_namespaces {
+        tracing::info!("machines run without user namespaces (turned off)");
+        return false;
+    }
+    match rootfs::probe_shifted(&config.machines_dir) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "machines run without user namespaces: this host cannot idmap their files (Linux 5.19 or newer with idmapped mounts is needed)"
+            );
+            false
+        }
+    }
+}
+
+impl SandboxDriver {
+    /// Whether this driver runs machines in user namespaces of their own.
+    pub fn user_namespaces(&self) -> bool {
+        self.host.id_ranges.is_some()
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::idmap::{IdRange, RANGE_SIZE};
 use crate::seccomp;
 
 /// Docker's default capability set: what a container process gets, no more.
@@ -39,6 +40,18 @@ pub struct SandboxSpec<'a> {
     pub etc_files: &'a [(&'a Path, &'a str)],
     /// Mounted volumes (host dir, guest path), bound read-write.
     pub volumes: &'a [(std::path::PathBuf, &'a str)],
+    /// The machine's own user namespace: its ids on the host and the sysfs
+    /// of its network namespace (which it may not mount itself).
+    pub user_namespace: Option<UserNamespaceSpec<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UserNamespaceSpec<'a> {
+    pub range: IdRange,
+    pub sysfs: &'a Path,
+    /// The host runs cgroup v2: a cgroup namespace of the machine's own
+    /// lets it mount cgroup2 at its own cgroup (v1 hierarchies are bound).
+    pub cgroup_namespace: bool,
 }
 
 /// Where init and its run directory appear inside the machine.
@@ -75,8 +88,13 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        match &spec.user_namespace {
+            None => json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                           "options": ["nosuid", "noexec", "nodev", "ro"]}),
+            Some(user_namespace) => json!({"destination": "/sys", "type": "bind",
+                           "source": user_namespace.sysfs,
+                           "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+        },
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
         json!({"destination": GUEST_INIT, "type": "bind", "source": spec.init_binary,
@@ -97,6 +115,25 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
             json!({"destination": destination, "type": "bind", "source": source,
                            "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}),
         );
+    }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "network", "path": spec.netns_path}),
+    ];
+    let mut id_mappings = Vec::new();
+    if let Some(user_namespace) = &spec.user_namespace {
+        namespaces.push(json!({"type": "user"}));
+        if user_namespace.cgroup_namespace {
+            namespaces.push(json!({"type": "cgroup"}));
+        }
+        id_mappings.push(json!({
+            "containerID": 0,
+            "hostID": user_namespace.range.base,
+            "size": RANGE_SIZE,
+        }));
     }
     json!({
         "ociVersion": "1.0.2",
@@ -123,13 +160,9 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
                 "cpu": {"quota": u64::from(spec.cpus) * period, "period": period},
                 "pids": {"limit": 4096}
             },
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                {"type": "network", "path": spec.netns_path}
-            ],
+            "namespaces": namespaces,
+            "uidMappings": id_mappings,
+            "gidMappings": id_mappings,
             "seccomp": default_seccomp(),
             // Docker's masked and read-only paths.
             "maskedPaths": [
@@ -143,4 +176,77 @@ pub fn runtime_config(spec: &SandboxSpec) -> Value {
             ]
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(user_namespace: Option<UserNamespaceSpec<'_>>) -> Value {
+        runtime_config(&SandboxSpec {
+            hostname: "m",
+            init_binary: Path::new("/init"),
+            run_dir: Path::new("/run-dir"),
+            log_dir: Path::new("/logs"),
+            netns_path: Path::new("/run/netns/m"),
+            cgroup_path: "/p/m",
+            cpus: 1,
+            memory_mb: 256,
+            etc_files: &[],
+            volumes: &[],
+            user_namespace,
+        })
+    }
+
+    fn namespaces(config: &Value) -> Vec<&str> {
+        config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|namespace| namespace["type"].as_str().unwrap())
+            .collect()
+    }
+
+    fn sys_mount(config: &Value) -> &Value {
+        config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|mount| mount["destination"] == "/sys")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_machine_without_a_user_namespace_mounts_its_own_sysfs() {
+        let config = spec(None);
+        assert_eq!(
+            namespaces(&config),
+            ["pid", "ipc", "uts", "mount", "network"]
+        );
+        assert_eq!(config["linux"]["uidMappings"], json!([]));
+        assert_eq!(sys_mount(&config)["type"], "sysfs");
+    }
+
+    #[test]
+    fn a_user_namespace_maps_the_machine_range_and_binds_the_netns_sysfs() {
+        for cgroup_namespace in [false, true] {
+            let config = spec(Some(UserNamespaceSpec {
+                range: IdRange { base: 1 << 24 },
+                sysfs: Path::new("/run-dir/sys"),
+                cgroup_namespace,
+            }));
+            let mut expected = vec!["pid", "ipc", "uts", "mount", "network", "user"];
+            if cgroup_namespace {
+                expected.push("cgroup");
+            }
+            assert_eq!(namespaces(&config), expected);
+            let mapping = json!([{"containerID": 0, "hostID": 1 << 24, "size": 65536}]);
+            assert_eq!(config["linux"]["uidMappings"], mapping);
+            assert_eq!(config["linux"]["gidMappings"], mapping);
+            let sys = sys_mount(&config);
+            assert_eq!(sys["type"], "bind");
+            assert_eq!(sys["source"], "/run-dir/sys");
+            assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::Host;
 use crate::exec_fifo;
+use crate::idmap::{self, IdRange, UserNamespace};
 use crate::layout::{self, RunDir};
-use crate::oci_spec::{SandboxSpec, runtime_config};
+use crate::oci_spec::{SandboxSpec, UserNamespaceSpec, runtime_config};
 use crate::pidfd::ProcessHandle;
 use crate::rootfs;
 
@@ -96,6 +97,7 @@ async fn create(
     let dir = &run.dir;
     let init_dir = dir.init_dir();
     let log_dir = host.machine_dir(&run.machine_id).logs();
+    let shift = user_namespace(host, run)?;
     for path in [
         init_dir.join(midge_init::spec::LOG_DIR),
         log_dir.clone(),
@@ -123,16 +125,26 @@ async fn create(
             path.display()
         )))?;
     }
-    rootfs::mount(
-        &dir.rootfs(),
-        &launch.layers,
-        &dir.upper(),
-        &dir.work(),
-        &dir.root.join("empty"),
-    )
+    match &shift {
+        Some((range, namespace)) => {
+            give_to_machine_root(
+                *range,
+                &[&init_dir, &init_dir.join(midge_init::spec::LOG_DIR)],
+            )?;
+            give_to_machine_root(*range, &log_files(&log_dir)?)?;
+            rootfs::mount_shifted(dir, &launch.layers, namespace, *range)
+        }
+        None => rootfs::mount(
+            &dir.rootfs(),
+            &launch.layers,
+            &dir.upper(),
+            &dir.work(),
+            &dir.root.join("empty"),
+        ),
+    }
     .map_err(DriverError::while_doing("mounting the rootfs"))?;
     let mut volumes = Vec::with_capacity(launch.volumes.len());
-    for disk in &launch.volumes {
+    for (n, disk) in launch.volumes.iter().enumerate() {
         let pool = &host.config.volumes;
         let shown = pool
             .mount(&disk.volume_id)
@@ -141,7 +153,27 @@ async fn create(
                 "mounting volume {}",
                 disk.volume_id
             )))?;
+        let shown = match &shift {
+            // Files on a volume keep the owners the machine sees.
+            Some((_, namespace)) => {
+                let view = dir.volume(n);
+                std::fs::create_dir_all(&view)
+                    .and_then(|()| idmap::bind_idmapped(&shown, &view, namespace))
+                    .map_err(DriverError::while_doing(&format!(
+                        "showing volume {} to the machine",
+                        disk.volume_id
+                    )))?;
+                view
+            }
+            None => shown,
+        };
         volumes.push((shown, disk.guest_path.as_str()));
+    }
+    let sysfs = dir.sysfs();
+    if shift.is_some() {
+        std::fs::create_dir_all(&sysfs)
+            .and_then(|()| idmap::mount_netns_sysfs(&sysfs, &launch.network.netns_path))
+            .map_err(DriverError::while_doing("mounting the machine's sysfs"))?;
     }
     let config = runtime_config(&SandboxSpec {
         hostname: &launch.hostname,
@@ -154,6 +186,11 @@ async fn create(
         memory_mb: launch.guest.memory_mb,
         etc_files: &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
         volumes: &volumes,
+        user_namespace: shift.as_ref().map(|(range, _)| UserNamespaceSpec {
+            range: *range,
+            sysfs: &sysfs,
+            cgroup_namespace: host.cgroups.is_unified(),
+        }),
     });
     let config =
         serde_json::to_vec(&config).map_err(DriverError::while_doing("encoding config.json"))?;
@@ -165,6 +202,12 @@ async fn create(
     let report = open_fifo(&report_path)?;
     // init sets up everything but the program, then waits for a byte here.
     let go = open_fifo(&init_dir.join(midge_init::spec::GO_FILE))?;
+    if let Some((range, _)) = &shift {
+        give_to_machine_root(
+            *range,
+            &[&report_path, &init_dir.join(midge_init::spec::GO_FILE)],
+        )?;
+    }
     let console = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -194,6 +237,8 @@ async fn create(
             format!("runc create failed: {}", tail_of(&dir.console(), 2048)),
         ));
     }
+    // The container holds its own binds of them now.
+    rootfs::unmount_views(dir).map_err(DriverError::while_doing("unmounting the run's views"))?;
     let pid: i32 = std::fs::read_to_string(dir.pid_file())
         .map_err(DriverError::while_doing("reading init's pid file"))?
         .trim()
@@ -213,6 +258,42 @@ async fn create(
         go,
         process,
     })
+}
+
+/// The machine's id range and a user namespace of it, when machines get one.
+fn user_namespace(
+    host: &Host,
+    run: &RunInfo,
+) -> Result<Option<(IdRange, UserNamespace)>, DriverError> {
+    let Some(ranges) = &host.id_ranges else {
+        return Ok(None);
+    };
+    let machine = host.machine_dir(&run.machine_id);
+    let range = ranges
+        .for_machine(&host.config.machines_dir, &machine)
+        .map_err(DriverError::while_doing("assigning the machine's ids"))?;
+    let namespace = UserNamespace::create(range).map_err(DriverError::while_doing(
+        "making the machine's user namespace",
+    ))?;
+    Ok(Some((range, namespace)))
+}
+
+fn give_to_machine_root<P: AsRef<Path>>(range: IdRange, paths: &[P]) -> Result<(), DriverError> {
+    paths
+        .iter()
+        .try_for_each(|path| idmap::give_to_root(path.as_ref(), range))
+        .map_err(DriverError::while_doing(
+            "handing the run's files to the machine",
+        ))
+}
+
+/// The log dir and what init keeps in it, which init appends to and rotates.
+fn log_files(log_dir: &Path) -> Result<Vec<PathBuf>, DriverError> {
+    let mut files = vec![log_dir.to_path_buf()];
+    let entries = std::fs::read_dir(log_dir)
+        .map_err(DriverError::while_doing("listing the machine's logs"))?;
+    files.extend(entries.flatten().map(|entry| entry.path()));
+    Ok(files)
 }
 
 /// init's side of a prepared run: where it reports the start, where it
@@ -453,6 +534,7 @@ pub(crate) async fn remove(host: &Host, run: &RunInfo) -> Result<(), DriverError
         .await
         .map_err(DriverError::while_doing("removing the container"))?;
     rootfs::unmount(&run.dir.rootfs())
+        .and_then(|()| rootfs::unmount_views(&run.dir))
         .map_err(DriverError::while_doing("unmounting the rootfs"))?;
     discard_dir(host, run);
     Ok(())

@@ -79,6 +79,11 @@ pub struct AgentArgs {
     /// Seconds between looks at the volumes (snapshots, auto-extend, purges).
     #[arg(long, default_value_t = 60)]
     pub volume_check_secs: u64,
+    /// Run machines without a user namespace of their own: their root is
+    /// then the host's root (by default each machine's root is an
+    /// unprivileged range of host ids where the kernel allows it).
+    #[arg(long)]
+    pub no_user_namespaces: bool,
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
@@ -171,6 +176,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.capacity = Some(capacity);
     config.volume_grace = Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = Duration::from_secs(args.volume_check_secs);
+    config.user_namespaces = !args.no_user_namespaces;
     config.image_peers = Some(Arc::new(PeerImages {
         secret: member.cluster_secret.clone(),
     }));

@@ -50,6 +50,9 @@ pub struct HostConfig {
     pub nameserver: Option<std::net::IpAddr>,
     /// What a prune asked for leaves alone, younger than this.
     pub image_prune_grace: std::time::Duration,
+    /// Whether machines get a user namespace of their own where the kernel
+    /// allows it.
+    pub user_namespaces: bool,
 }
 
 /// The host's registry credentials file: the one given, else where container
@@ -92,6 +95,7 @@ impl HostConfig {
             image_peers: None,
             nameserver: None,
             image_prune_grace: defaults.image_prune_grace,
+            user_namespaces: true,
         }
     }
 
@@ -139,6 +143,7 @@ impl Host {
             init_binary,
             prefix: config.resource_prefix.clone(),
             volumes: volumes.clone(),
+            user_namespaces: config.user_namespaces,
         })
         .await
         .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))

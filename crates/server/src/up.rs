@@ -53,6 +53,11 @@ pub struct UpArgs {
     /// retention, auto-extend, purges).
     #[arg(long, env = "MIDGE_VOLUME_CHECK_SECS", default_value_t = 60)]
     pub volume_check_secs: u64,
+    /// Run machines without a user namespace of their own: their root is
+    /// then the host's root (by default each machine's root is an
+    /// unprivileged range of host ids where the kernel allows it).
+    #[arg(long, env = "MIDGE_NO_USER_NAMESPACES")]
+    pub no_user_namespaces: bool,
     #[command(flatten)]
     pub limits: crate::api_role::LimitArgs,
     #[command(flatten)]
@@ -77,6 +82,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         crate::host::registry_credentials_file(args.registry_credentials.as_deref())?;
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
+    config.user_namespaces = !args.no_user_namespaces;
     let dns = if args.dns.no_dns {
         None
     } else {
