@@ -45,22 +45,24 @@ pub(crate) struct UserNamespace {
 
 impl UserNamespace {
     /// Makes the namespace in a short-lived child: `unshare` is refused in a
-    /// multi-threaded process, so a cloned child enters it and waits on a
-    /// pipe while its maps are written; closing the pipe lets it exit (and
-    /// it exits too if this process dies).
+    /// multi-threaded process, so a cloned child enters it and waits while
+    /// its maps are written, then is killed. It holds copies of every fd of
+    /// this process while it lives, so it must never outlive the call: it
+    /// dies with the thread that made it, too.
     pub fn create(range: IdRange) -> io::Result<UserNamespace> {
-        let (wait_read, wait_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let child_read = wait_read.as_raw_fd();
-        let child_write = wait_write.as_raw_fd();
+        let parent = nix::unistd::getpid().as_raw();
         let mut stack = vec![0u8; 64 * 1024];
         let child = Box::new(move || {
-            // SAFETY: only async-signal-safe calls on the child's own fds.
+            // SAFETY: only async-signal-safe calls, no memory of the parent.
             unsafe {
-                libc::close(child_write);
-                let mut byte = 0u8;
-                libc::read(child_read, (&raw mut byte).cast(), 1);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(0);
+                }
+                loop {
+                    libc::pause();
+                }
             }
-            0
         });
         // SAFETY: the child runs only the closure above, on its own copy of
         // this process's memory (no CLONE_VM).
@@ -72,12 +74,11 @@ impl UserNamespace {
                 Some(libc::SIGCHLD),
             )
         }?;
-        drop(wait_read);
         let proc_dir = Path::new("/proc").join(pid.as_raw().to_string());
         let namespace = std::fs::write(proc_dir.join("uid_map"), range.map_line())
             .and_then(|()| std::fs::write(proc_dir.join("gid_map"), range.map_line()))
             .and_then(|()| std::fs::File::open(proc_dir.join("ns/user")));
-        drop(wait_write);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
         Ok(UserNamespace {
             fd: namespace?.into(),
