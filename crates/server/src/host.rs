@@ -50,6 +50,8 @@ pub struct HostConfig {
     pub nameserver: Option<std::net::IpAddr>,
     /// What a prune asked for leaves alone, younger than this.
     pub image_prune_grace: std::time::Duration,
+    /// Static egress addresses; none without pools.
+    pub egress: Option<midge_net::EgressConfig>,
 }
 
 /// The host's registry credentials file: the one given, else where container
@@ -92,6 +94,7 @@ impl HostConfig {
             image_peers: None,
             nameserver: None,
             image_prune_grace: defaults.image_prune_grace,
+            egress: None,
         }
     }
 
@@ -129,6 +132,7 @@ impl Host {
                 .nameserver
                 .map(|address| ServedEndpoint::dns(address).to_vec())
                 .unwrap_or_default(),
+            egress: config.egress.clone(),
         })
         .await
         .context("setting up host networking")?;

@@ -2,6 +2,7 @@
 //! and address pools, the harnesses' leak checks and the suite's.
 
 mod busybox;
+mod egress_link;
 mod harness_check;
 mod ids;
 mod leak_scan;
@@ -12,6 +13,7 @@ mod registry;
 mod shared;
 
 pub use busybox::busybox_rootfs;
+pub use egress_link::{EgressLink, remove_test_egress_addresses, test_egress_leftovers};
 pub use harness_check::{assert_machines_gone, assert_prefix_gone};
 pub use ids::{unique_host_id, unique_org_network};
 pub use leak_scan::{
