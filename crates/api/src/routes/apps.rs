@@ -178,7 +178,7 @@ async fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
         };
         urls.push(format!("http://{}.{}{port}/", app.name, plan.domain));
         for ip in state.catalog.list_ips(&app.name).await? {
-            if !ip.shared {
+            if !ip.shared && !ip.is_egress() {
                 urls.push(match ip.ip.contains(':') {
                     true => format!("http://[{}]/", ip.ip),
                     false => format!("http://{}/", ip.ip),
