@@ -14,7 +14,7 @@ use std::time::Instant;
 use midge_net::{
     Announce, EgressConfig, EgressPlan, EgressSource, MachineEgress, MachineNet, port_block,
 };
-use support::internet::Internet;
+use support::internet::{Internet, source_of};
 use support::*;
 
 /// The `n`th host address of a pool written `a.b.c.d/len` or `x::y/len`.
@@ -46,6 +46,19 @@ fn dedicated(net: &MachineNet, address_v4: IpAddr, address_v6: IpAddr) -> Machin
     }
 }
 
+/// Whether a connection from the internet to `target` reaches `listener`
+/// (on the host) within a second.
+async fn reaches(
+    internet: &Internet,
+    target: SocketAddr,
+    listener: &tokio::net::TcpListener,
+) -> bool {
+    let _client = internet.dial(target);
+    tokio::time::timeout(std::time::Duration::from_secs(1), listener.accept())
+        .await
+        .is_ok_and(|accepted| accepted.is_ok())
+}
+
 async fn loopback_has(address: IpAddr) -> bool {
     let output = tokio::process::Command::new("ip")
         .args(["-o", "addr", "show", "dev", "lo"])
@@ -55,12 +68,12 @@ async fn loopback_has(address: IpAddr) -> bool {
     String::from_utf8_lossy(&output.stdout).contains(&format!(" {address}/"))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_leave_from_their_egress_addresses_and_only_theirs() {
     let lease = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
     let prefix = random_prefix();
     let link = lease.egress_link();
-    let internet = Internet::create(&prefix, link.clone()).await;
+    let internet = Internet::create(&prefix, link.clone());
     let egress = EgressConfig {
         interface: internet.uplink.clone(),
         pools: vec![link.pool_v4.parse().unwrap(), link.pool_v6.parse().unwrap()],
@@ -76,21 +89,21 @@ async fn machines_leave_from_their_egress_addresses_and_only_theirs() {
 
     // Without an egress address: the host's own address.
     let baseline_started = Instant::now();
-    let source = internet.source_of(&first, v4_server).await;
+    let source = source_of(&internet, &first, v4_server).await;
     let baseline = baseline_started.elapsed();
     assert_eq!(source.ip(), IpAddr::V4(link.host_v4));
 
     // Allocate: the very next connection leaves from the machine's address,
     // which the internet learns at once even if it believed otherwise.
     let (first_v4, first_v6) = (nth(&link.pool_v4, 0), nth(&link.pool_v6, 0));
-    internet.mislead_neighbour(first_v4).await;
-    internet.mislead_neighbour(first_v6).await;
+    internet.mislead_neighbour(first_v4);
+    internet.mislead_neighbour(first_v6);
     let mut plan = EgressPlan {
         machines: vec![dedicated(&first, first_v4, first_v6)],
     };
     let allocate_started = Instant::now();
     network.apply_egress(&plan).await.unwrap();
-    let source = internet.source_of(&first, v4_server).await;
+    let source = source_of(&internet, &first, v4_server).await;
     let allocate_to_connection = allocate_started.elapsed();
     assert_eq!(source.ip(), first_v4);
     println!(
@@ -100,14 +113,14 @@ async fn machines_leave_from_their_egress_addresses_and_only_theirs() {
     );
     let uplink_mac = internet.uplink_mac();
     assert_eq!(
-        internet.neighbour_of(first_v4).await.as_deref(),
+        internet.neighbour_of(first_v4).as_deref(),
         Some(&*uplink_mac)
     );
     assert_eq!(
-        internet.neighbour_of(first_v6).await.as_deref(),
+        internet.neighbour_of(first_v6).as_deref(),
         Some(&*uplink_mac)
     );
-    assert_eq!(internet.source_of(&first, v6_server).await.ip(), first_v6);
+    assert_eq!(source_of(&internet, &first, v6_server).await.ip(), first_v6);
 
     // A second machine gets its own; an app's address is shared by port block.
     let (second_v4, second_v6) = (nth(&link.pool_v4, 1), nth(&link.pool_v6, 1));
@@ -136,10 +149,13 @@ async fn machines_leave_from_their_egress_addresses_and_only_theirs() {
     network.apply_egress(&plan).await.unwrap();
     network.apply_egress(&plan).await.unwrap();
     assert!(!loopback_has(stale).await);
-    assert_eq!(internet.source_of(&second, v4_server).await.ip(), second_v4);
-    assert_eq!(internet.source_of(&first, v4_server).await.ip(), first_v4);
+    assert_eq!(
+        source_of(&internet, &second, v4_server).await.ip(),
+        second_v4
+    );
+    assert_eq!(source_of(&internet, &first, v4_server).await.ip(), first_v4);
     for server in [v4_server, v6_server] {
-        let source = internet.source_of(&shared, server).await;
+        let source = source_of(&internet, &shared, server).await;
         assert!(source.ip() == app_v4 || source.ip() == app_v6, "{source}");
         assert!(port_block(5).contains(&source.port()), "{source}");
     }
@@ -148,18 +164,15 @@ async fn machines_leave_from_their_egress_addresses_and_only_theirs() {
     let host_listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
     let port = host_listener.local_addr().unwrap().port();
     let host_address = SocketAddr::new(IpAddr::V4(link.host_v4), port);
-    assert!(internet.reaches(host_address, &host_listener).await);
-    assert!(
-        !internet
-            .reaches(SocketAddr::new(second_v4, port), &host_listener)
-            .await
-    );
+    assert!(reaches(&internet, host_address, &host_listener).await);
+    let egress_address = SocketAddr::new(second_v4, port);
+    assert!(!reaches(&internet, egress_address, &host_listener).await);
 
     // Release: back to the host's address, and the address is given up.
     plan.machines.remove(0);
     network.apply_egress(&plan).await.unwrap();
     assert_eq!(
-        internet.source_of(&first, v4_server).await.ip(),
+        source_of(&internet, &first, v4_server).await.ip(),
         IpAddr::V4(link.host_v4)
     );
     assert!(!loopback_has(first_v4).await);

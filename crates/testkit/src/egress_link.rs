@@ -4,7 +4,7 @@
 //! documentation range, so that no test's addresses meet another's or a
 //! real network's. The leak check finds what any of them left.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::PoolLease;
 
@@ -57,8 +57,40 @@ impl PoolLease {
     }
 }
 
+impl PoolLease {
+    /// Removes what a platform of this lease may have left of its egress
+    /// pools (its addresses on `lo`, its proxy neighbours).
+    pub fn remove_egress_addresses(&self) {
+        let link = self.egress_link();
+        let v4_link = u32::from(link.host_v4) >> (32 - u32::from(link.v4_prefix_len));
+        let v6_link = u128::from(link.host_v6) >> 64;
+        let ours = |address: IpAddr| match address {
+            IpAddr::V4(address) => {
+                u32::from(address) >> (32 - u32::from(link.v4_prefix_len)) == v4_link
+            }
+            IpAddr::V6(address) => u128::from(address) >> 64 == v6_link,
+        };
+        for line in test_egress_leftovers().unwrap_or_default() {
+            if address_of(&line).is_some_and(ours) {
+                remove_leftover(&line);
+            }
+        }
+    }
+}
+
+/// The address a finding of [`test_egress_leftovers`] names.
+fn address_of(line: &str) -> Option<IpAddr> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["egress", "address", address, ..] | ["egress", "proxy", "neighbour", address, ..] => {
+            address.parse().ok()
+        }
+        _ => None,
+    }
+}
+
 /// Test egress addresses left on the host: IPv4 ones on `lo`, IPv6 proxy
-/// neighbours, as `(kind, address, device)`.
+/// neighbours, one line each.
 pub fn test_egress_leftovers() -> Result<Vec<String>, String> {
     let mut found = Vec::new();
     let on_lo = probe(&["-4", "-o", "addr", "show", "dev", "lo"])?;
@@ -85,30 +117,35 @@ pub fn remove_test_egress_addresses() {
         return;
     };
     for line in found {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let args: Vec<String> = match words.as_slice() {
-            ["egress", "address", address, "on", "lo"] => {
-                vec![
-                    "addr".into(),
-                    "del".into(),
-                    format!("{address}/32"),
-                    "dev".into(),
-                    "lo".into(),
-                ]
-            }
-            ["egress", "proxy", "neighbour", address, "dev", device, ..] => vec![
-                "-6".into(),
-                "neigh".into(),
-                "del".into(),
-                "proxy".into(),
-                (*address).into(),
-                "dev".into(),
-                (*device).into(),
-            ],
-            _ => continue,
-        };
-        let _ = std::process::Command::new("ip").args(&args).output();
+        remove_leftover(&line);
     }
+}
+
+/// Removes one finding of [`test_egress_leftovers`].
+fn remove_leftover(line: &str) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let args: Vec<String> = match words.as_slice() {
+        ["egress", "address", address, "on", "lo"] => {
+            vec![
+                "addr".into(),
+                "del".into(),
+                format!("{address}/32"),
+                "dev".into(),
+                "lo".into(),
+            ]
+        }
+        ["egress", "proxy", "neighbour", address, "dev", device, ..] => vec![
+            "-6".into(),
+            "neigh".into(),
+            "del".into(),
+            "proxy".into(),
+            (*address).into(),
+            "dev".into(),
+            (*device).into(),
+        ],
+        _ => return,
+    };
+    let _ = std::process::Command::new("ip").args(&args).output();
 }
 
 fn probe(args: &[&str]) -> Result<String, String> {
@@ -138,5 +175,36 @@ mod tests {
         assert_ne!(a.host_v4, b.host_v4);
         assert_ne!(a.pool_v6, b.pool_v6);
         assert!(a.pool_v4.starts_with("198.1"));
+    }
+
+    #[test]
+    fn an_egress_address_left_on_lo_is_found_and_removed_by_its_lease() {
+        let lease = PoolLease::acquire().unwrap();
+        let other = PoolLease::acquire().unwrap();
+        let address = |lease: &PoolLease| {
+            let pool = lease.egress_link().pool_v4;
+            let base: Ipv4Addr = pool.split('/').next().unwrap().parse().unwrap();
+            Ipv4Addr::from(u32::from(base) + 1).to_string()
+        };
+        let (ours, theirs) = (address(&lease), address(&other));
+        for address in [&ours, &theirs] {
+            let added = std::process::Command::new("ip")
+                .args(["addr", "add", &format!("{address}/32"), "dev", "lo"])
+                .status()
+                .unwrap();
+            assert!(added.success());
+        }
+        let found = test_egress_leftovers().unwrap();
+        lease.remove_egress_addresses();
+        let after = test_egress_leftovers().unwrap();
+        other.remove_egress_addresses();
+        assert!(found.iter().any(|line| line.contains(&format!(" {ours} "))));
+        assert!(!after.iter().any(|line| line.contains(&format!(" {ours} "))));
+        assert!(
+            after
+                .iter()
+                .any(|line| line.contains(&format!(" {theirs} "))),
+            "another lease's stays"
+        );
     }
 }
