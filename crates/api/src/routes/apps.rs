@@ -158,6 +158,22 @@ pub async fn delete_app(
             })
             .await?;
     }
+    // The app's own egress addresses go back to their host's pool (its
+    // machines' went with them).
+    for address in state.catalog.list_ips(&app.name).await? {
+        if !address.is_egress() {
+            continue;
+        }
+        match address.machine_id {
+            Some(_) => {
+                state.catalog.release_ip(&app.name, &address.ip).await?;
+            }
+            None => {
+                let ip = super::egress_ips::parse_ip(&address.ip)?;
+                super::egress_ips::release_egress(&state, &app, ip).await?;
+            }
+        }
+    }
     state.catalog.delete_app(&app.name).await?;
     Ok(StatusCode::ACCEPTED)
 }
