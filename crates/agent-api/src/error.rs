@@ -91,6 +91,8 @@ pub enum AgentError {
     VolumeNotFound,
     #[error("snapshot not found")]
     SnapshotNotFound,
+    #[error("no egress address {0} of this app")]
+    AddressNotFound(std::net::IpAddr),
     /// Fly's words, which clients match on (the API edge adds Fly's
     /// `failed_precondition: `).
     #[error("volume is currently bound to machine: {machine}")]
@@ -191,7 +193,8 @@ impl AgentError {
             | AgentError::VersionNotFound(_)
             | AgentError::LeaseNotFound
             | AgentError::VolumeNotFound
-            | AgentError::SnapshotNotFound => ErrorKind::NotFound,
+            | AgentError::SnapshotNotFound
+            | AgentError::AddressNotFound(_) => ErrorKind::NotFound,
             AgentError::Invalid(_) => ErrorKind::Invalid,
             AgentError::WrongState { .. }
             | AgentError::NotRunning { .. }

@@ -19,6 +19,7 @@ use midge_types::agent::{
     RegionCapacity, ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine,
     SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
 };
+use midge_types::agent::{AllocateEgress, EgressAddress, ReleaseEgress};
 use midge_types::agent::{
     CreateVolume, ExportVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey,
 };
@@ -128,6 +129,17 @@ pub trait HostAgent: Send + Sync {
     /// A frozen-consistent copy of the volume (or a snapshot), streamed, for
     /// a fork or restore onto another host.
     async fn export_volume(&self, call: ExportVolume) -> Result<VolumeExport>;
+
+    /// Takes addresses from the host's egress pools for a machine or for
+    /// the app's machines of a region; from its return, their new flows
+    /// leave from them.
+    async fn allocate_egress(&self, _call: AllocateEgress) -> Result<Vec<EgressAddress>> {
+        Err(AgentError::NotInCluster("static egress addresses"))
+    }
+    /// Gives an egress address up; its machines leave as before it.
+    async fn release_egress(&self, _call: ReleaseEgress) -> Result<()> {
+        Err(AgentError::NotInCluster("static egress addresses"))
+    }
 
     /// The regions machines can be placed in. One host offers its own.
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

@@ -392,6 +392,17 @@ impl HostAgent for RemoteAgent {
         self.unary("prune_images", &call).await
     }
 
+    async fn allocate_egress(
+        &self,
+        call: midge_types::agent::AllocateEgress,
+    ) -> Result<Vec<midge_types::agent::EgressAddress>> {
+        self.unary("allocate_egress", &call).await
+    }
+
+    async fn release_egress(&self, call: midge_types::agent::ReleaseEgress) -> Result<()> {
+        self.unary("release_egress", &call).await
+    }
+
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {
         self.unary("create_volume", &call).await
     }

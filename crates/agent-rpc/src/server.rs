@@ -172,6 +172,8 @@ async fn call(
         "read_logs" => streaming(body, |c| async move { a.read_logs(c).await }).await,
         "pull_image" => streaming(body, |c| async move { a.pull_image(c).await }).await,
         "prune_images" => unary(body, |c| async move { a.prune_images(c).await }).await,
+        "allocate_egress" => unary(body, |c| async move { a.allocate_egress(c).await }).await,
+        "release_egress" => unary(body, |c| async move { a.release_egress(c).await }).await,
         "create_volume" => unary(body, |c| async move { a.create_volume(c).await }).await,
         "get_volume" => unary(body, |c| async move { a.get_volume(c).await }).await,
         "list_volumes" => unary(body, |c| async move { a.list_volumes(c).await }).await,

@@ -78,6 +78,11 @@ pub(crate) struct AgentCore {
     /// The id of every machine whose record changed, as it changes.
     pub changes: tokio::sync::broadcast::Sender<String>,
     pub shutting_down: AtomicBool,
+    /// The egress addresses the host took from its pools.
+    pub egress: Mutex<Vec<crate::egress::EgressRecord>>,
+    /// Held while an egress plan is computed and applied, so plans apply
+    /// in the order their changes were made.
+    pub egress_apply: tokio::sync::Mutex<()>,
 }
 
 /// One machine in memory: its record, the lock that lets one operation run

@@ -181,6 +181,10 @@ impl AgentCore {
             .attach(&record.id, record.net_slot, record.org_network)
             .await
             .map_err(|e| AgentError::host("attaching the machine's network", e))?;
+        // Before it runs, a machine of an app with egress addresses leaves from them.
+        if self.app_has_egress(&record.app) {
+            self.apply_egress().await?;
+        }
         self.update_record(entry, |record| {
             record.image_ref = image.image_ref.clone();
             record.image_key = image.reference.clone();

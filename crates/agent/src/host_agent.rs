@@ -208,6 +208,17 @@ impl HostAgent for Agent {
             .await
     }
 
+    async fn allocate_egress(
+        &self,
+        call: midge_types::agent::AllocateEgress,
+    ) -> Result<Vec<midge_types::agent::EgressAddress>> {
+        self.core.allocate_egress(call).await
+    }
+
+    async fn release_egress(&self, call: midge_types::agent::ReleaseEgress) -> Result<()> {
+        self.core.release_egress(call).await
+    }
+
     async fn create_volume(&self, call: CreateVolume) -> Result<Volume> {
         self.core.create_volume(call).await
     }

@@ -14,6 +14,7 @@ mod clock;
 mod cluster;
 mod config;
 mod create;
+mod egress;
 mod exec;
 pub mod failpoints;
 mod host_agent;

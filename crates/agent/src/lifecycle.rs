@@ -412,6 +412,7 @@ impl AgentCore {
             .await
             .map_err(|e| AgentError::host("removing the machine's runs", e))?;
         self.release_volumes(id).await;
+        self.forget_machine_egress(id).await?;
         self.network
             .detach(id)
             .await

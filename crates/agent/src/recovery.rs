@@ -58,7 +58,10 @@ impl Agent {
             reservations: Default::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
             shutting_down: Default::default(),
+            egress: Default::default(),
+            egress_apply: Default::default(),
         });
+        crate::egress::load(&core)?;
         for record in records {
             core.insert_entry(record);
         }
@@ -77,6 +80,10 @@ impl Agent {
             .map_err(|e| AgentError::host("recovering the host's runs", e))?;
         core.converge_all(recovered).await;
         core.collect_orphans().await;
+        // Takes what the records name and drops what a crash left.
+        if let Err(err) = core.apply_egress().await {
+            tracing::warn!("applying the egress addresses: {}", err.chain());
+        }
         tokio::spawn(keep_tending_volumes(
             Arc::downgrade(&core),
             core.config.volume_check_every,

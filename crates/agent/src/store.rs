@@ -9,6 +9,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::egress::EgressRecord;
 use crate::record::MachineRecord;
 use crate::volume_record::VolumeRecord;
 
@@ -50,6 +51,11 @@ impl RecordStore {
                 id TEXT PRIMARY KEY,
                 app TEXT NOT NULL,
                 record TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS egress_addresses (
+                id TEXT PRIMARY KEY,
+                app TEXT NOT NULL,
+                record TEXT NOT NULL
             );",
         )?;
         Ok(RecordStore {
@@ -79,6 +85,18 @@ impl RecordStore {
 
     pub fn load_volumes(&self) -> Result<Vec<VolumeRecord>, RecordStoreError> {
         self.load(Table::Volumes)
+    }
+
+    pub fn save_egress(&self, record: &EgressRecord) -> Result<(), RecordStoreError> {
+        self.put(Table::Egress, &record.ip.to_string(), &record.app, record)
+    }
+
+    pub fn delete_egress(&self, ip: std::net::IpAddr) -> Result<(), RecordStoreError> {
+        self.remove(Table::Egress, &ip.to_string())
+    }
+
+    pub fn load_egress(&self) -> Result<Vec<EgressRecord>, RecordStoreError> {
+        self.load(Table::Egress)
     }
 
     fn put(
@@ -130,6 +148,7 @@ impl RecordStore {
 enum Table {
     Machines,
     Volumes,
+    Egress,
 }
 
 impl Table {
@@ -137,6 +156,7 @@ impl Table {
         match self {
             Table::Machines => "machines",
             Table::Volumes => "volumes",
+            Table::Egress => "egress_addresses",
         }
     }
 }

@@ -44,6 +44,10 @@ impl Bed {
     }
 
     async fn with_prepared_runs(prepared_runs: usize) -> Bed {
+        Bed::on(prepared_runs, FakeNetwork::default()).await
+    }
+
+    async fn on(prepared_runs: usize, network: FakeNetwork) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -55,7 +59,6 @@ impl Bed {
         };
         images.import_rootfs_dir(&rootfs, IMAGE, config).unwrap();
         let driver = FakeDriver::new();
-        let network = FakeNetwork::default();
         let agent = open(&dir, &driver, &network, prepared_runs).await;
         Bed {
             agent,
@@ -1270,4 +1273,109 @@ async fn volumes_are_snapshotted_on_schedule_and_old_snapshots_pruned() {
     let snapshots = bed.agent.volume_snapshots(key).await.unwrap();
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     assert_ne!(snapshots[0].id, first, "the week-old snapshot is pruned");
+}
+
+#[tokio::test]
+async fn egress_addresses_go_to_one_machine_or_the_apps_machines_by_port_block() {
+    use midge_net::EgressSource;
+    use midge_types::agent::{AllocateEgress, EgressFamilies, EgressScope, ReleaseEgress};
+    let pools = vec![
+        "198.18.0.64/29".parse().unwrap(),
+        "2001:db8::100/125".parse().unwrap(),
+    ];
+    let mut bed = Bed::on(64, FakeNetwork::with_egress_pools(pools)).await;
+    let (first, second) = (
+        bed.create(config(), true).await,
+        bed.create(config(), true).await,
+    );
+    let allocate = |scope: EgressScope| AllocateEgress {
+        app: APP.into(),
+        scope,
+        families: EgressFamilies::Pair,
+    };
+    let own = bed
+        .agent
+        .allocate_egress(allocate(EgressScope::Machine {
+            machine_id: first.clone(),
+        }))
+        .await
+        .unwrap();
+    let own_ips: Vec<String> = own.iter().map(|a| a.ip.to_string()).collect();
+    assert_eq!(own_ips, ["198.18.0.65", "2001:db8::100"]);
+    let of_app = bed
+        .agent
+        .allocate_egress(allocate(EgressScope::Region {
+            region: "ord".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(of_app.len(), 2);
+    let elsewhere = bed
+        .agent
+        .allocate_egress(allocate(EgressScope::Region {
+            region: "ams".into(),
+        }))
+        .await;
+    assert!(
+        matches!(elsewhere, Err(AgentError::Invalid(_))),
+        "{elsewhere:?}"
+    );
+
+    // The machine's own address wins; the others share the app's by block,
+    // and a machine created later gets the next block at once.
+    bed.create(config(), true).await;
+    let plan = bed.network.egress();
+    assert_eq!(plan.machines.len(), 3, "{plan:?}");
+    let sources: Vec<EgressSource<_>> = plan.machines.iter().map(|m| m.v4.unwrap()).collect();
+    assert!(sources.contains(&EgressSource::Dedicated("198.18.0.65".parse().unwrap())));
+    let mut blocks: Vec<u16> = sources
+        .iter()
+        .filter_map(|s| match s {
+            EgressSource::Shared { block, .. } => Some(*block),
+            EgressSource::Dedicated(_) => None,
+        })
+        .collect();
+    blocks.sort();
+    assert_eq!(blocks, [0, 1]);
+
+    // A reopened agent applies the same plan; a destroy frees the
+    // machine's own addresses.
+    bed.reopen().await;
+    assert_eq!(bed.network.egress(), plan);
+    bed.agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(APP, &first),
+            force: true,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(bed.network.egress().machines.len(), 2);
+    let again = bed
+        .agent
+        .allocate_egress(allocate(EgressScope::Machine {
+            machine_id: second.clone(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].ip.to_string(),
+        "198.18.0.65",
+        "freed by the destroy"
+    );
+    bed.agent
+        .release_egress(ReleaseEgress {
+            app: APP.into(),
+            ip: again[0].ip,
+        })
+        .await
+        .unwrap();
+    let missing = bed
+        .agent
+        .release_egress(ReleaseEgress {
+            app: APP.into(),
+            ip: again[0].ip,
+        })
+        .await;
+    assert!(matches!(missing, Err(AgentError::AddressNotFound(_))));
 }

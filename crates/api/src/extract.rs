@@ -292,6 +292,28 @@ impl<S: Send + Sync> FromRequestParts<S> for MachinePath {
     }
 }
 
+/// `/v1/apps/{app_name}/machines/{machine_id}/egress_ips/{ip}`.
+pub struct MachineIpPath {
+    pub machine: MachinePath,
+    pub ip: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for MachineIpPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(MachineIpPath {
+            machine: MachinePath {
+                app: params.take("app_name")?,
+                machine: params.take("machine_id")?,
+                action: MachineAction::of(parts),
+            },
+            ip: params.take("ip")?,
+        })
+    }
+}
+
 /// `/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}`.
 pub struct MetadataKeyPath {
     pub machine: MachinePath,

@@ -22,8 +22,8 @@ use utoipa_axum::routes;
 use crate::ApiState;
 use crate::error::{Error, plain_status_error};
 use crate::routes::{
-    apps, certificates, exec, images, ips, leases, lifecycle, logs, machines, metadata, orgs,
-    platform, registry_credentials, volumes,
+    apps, certificates, egress_ips, exec, images, ips, leases, lifecycle, logs, machines, metadata,
+    orgs, platform, registry_credentials, volumes,
 };
 
 pub use midge_types::headers::REQUEST_ID_HEADER;
@@ -104,6 +104,11 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
             metadata::set_metadata_key,
             metadata::delete_metadata_key
         ))
+        .routes(routes!(
+            egress_ips::allocate_machine_egress,
+            egress_ips::list_machine_egress
+        ))
+        .routes(routes!(egress_ips::release_machine_egress))
         .routes(routes!(exec::exec_machine))
         .routes(routes!(exec::exec_ws))
         .routes(routes!(logs::machine_logs))

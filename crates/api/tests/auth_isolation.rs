@@ -121,6 +121,11 @@ fn app_resource_requests(app: &str, org: &str) -> Vec<(&'static str, String, Opt
             format!("{base}/ip_assignments"),
             Some(r#"{"type":"v4"}"#.into()),
         ),
+        (
+            "POST",
+            format!("{base}/ip_assignments"),
+            Some(r#"{"type":"egress_pair","region":"local"}"#.into()),
+        ),
         ("DELETE", format!("{base}/ip_assignments/127.0.0.1"), None),
         ("GET", format!("{base}/certificates"), None),
         (
@@ -231,6 +236,9 @@ fn machine_requests(
         ("GET", format!("{base}/events"), None),
         ("GET", format!("{base}/versions"), None),
         ("GET", format!("{base}/logs"), None),
+        ("POST", format!("{base}/egress_ips"), None),
+        ("GET", format!("{base}/egress_ips"), None),
+        ("DELETE", format!("{base}/egress_ips/198.18.0.1"), None),
     ]
 }
 

@@ -468,7 +468,46 @@ impl ApiClient {
         .await
     }
 
-    /// A new address of `kind` (`v4`, `v6`, `shared_v4`) for the app.
+    /// A machine's own egress addresses, a v4 and a v6 as the host has
+    /// pools for (`POST …/machines/{id}/egress_ips`, midge's extension).
+    pub async fn allocate_machine_egress(&self, app: &str, id: &str) -> ClientResult<Value> {
+        let url = self.machine_url(app, id, &["egress_ips"], &[]);
+        self.call(
+            &format!("allocating egress addresses for machine {id}"),
+            Method::POST,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_machine_egress(&self, app: &str, id: &str) -> ClientResult<Value> {
+        let url = self.machine_url(app, id, &["egress_ips"], &[]);
+        self.call(
+            &format!("listing the egress addresses of machine {id}"),
+            Method::GET,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn release_machine_egress(&self, app: &str, id: &str, ip: &str) -> ClientResult<()> {
+        let url = self.machine_url(app, id, &["egress_ips", ip], &[]);
+        self.send(
+            &format!("releasing egress address {ip} of machine {id}"),
+            Method::DELETE,
+            url,
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A new address of `kind` (`v4`, `v6`, `shared_v4`, `egress_pair`, …) for the app.
     pub async fn assign_ip(
         &self,
         app: &str,

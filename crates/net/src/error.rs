@@ -46,6 +46,13 @@ pub enum NetError {
     #[error("unexpected output from `{command}`: {reason}")]
     UnexpectedOutput { command: String, reason: String },
 
+    #[error("announcing egress addresses on {interface}")]
+    Announce {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("teardown left resources behind: {0}")]
     Leftovers(String),
 }

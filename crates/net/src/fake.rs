@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::{MachineNet, MachineNetwork, NetError};
+use crate::{EgressPlan, MachineNet, MachineNetwork, NetError};
 
 /// Machine networking that only remembers which machines are attached.
 #[derive(Debug, Default, Clone)]
 pub struct FakeNetwork {
     attached: Arc<Mutex<HashSet<String>>>,
     detached: Arc<Mutex<Vec<String>>>,
+    egress: Arc<Mutex<EgressPlan>>,
+    egress_pools: Vec<ipnet::IpNet>,
 }
 
 impl FakeNetwork {
@@ -24,6 +26,22 @@ impl FakeNetwork {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(id)
+    }
+
+    /// A fake network of a host with these egress pools.
+    pub fn with_egress_pools(pools: Vec<ipnet::IpNet>) -> FakeNetwork {
+        FakeNetwork {
+            egress_pools: pools,
+            ..FakeNetwork::default()
+        }
+    }
+
+    /// The egress plan last applied.
+    pub fn egress(&self) -> EgressPlan {
+        self.egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -75,6 +93,15 @@ impl MachineNetwork for FakeNetwork {
             .iter()
             .cloned()
             .collect())
+    }
+
+    async fn apply_egress(&self, plan: &EgressPlan) -> Result<(), NetError> {
+        *self.egress.lock().unwrap_or_else(|p| p.into_inner()) = plan.clone();
+        Ok(())
+    }
+
+    fn egress_pools(&self) -> Vec<ipnet::IpNet> {
+        self.egress_pools.clone()
     }
 
     async fn teardown(&self) -> Result<(), NetError> {

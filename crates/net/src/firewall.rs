@@ -13,6 +13,11 @@
 //! an endpoint the platform serves to machines (`served_v4`, `served_v6`: the
 //! internal DNS server). A database or ssh listening on the host's addresses is
 //! not the machines' business.
+//!
+//! With an egress interface, traffic leaving by it passes the egress chain
+//! (see `egress::rules`) before the host's masquerade, machines with an IPv6
+//! egress source may leave over IPv6, and no new flow may reach a pool
+//! address.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -20,6 +25,7 @@ use serde_json::Value;
 
 use crate::addressing::{Ipv4Pool, ORG_PREFIX_LEN};
 use crate::command::{nft_script, run};
+use crate::egress::{self, EgressConfig};
 use crate::{NetError, ServedEndpoint};
 
 const MACHINE_IFACES: &str = "machine_ifaces";
@@ -32,7 +38,28 @@ const SERVED_V6: &str = "served_v6";
 /// The whole table, applied in one transaction. Re-applying replaces the rules and
 /// the served endpoints and keeps the machines' set elements, so machines already
 /// attached stay reachable.
-pub(crate) fn table_script(table: &str, pool: &Ipv4Pool, served: &[ServedEndpoint]) -> String {
+pub(crate) fn table_script(
+    table: &str,
+    pool: &Ipv4Pool,
+    served: &[ServedEndpoint],
+    egress: Option<&EgressConfig>,
+) -> String {
+    let rules_of = |rules: fn(&str, &EgressConfig) -> String| {
+        egress
+            .map(|config| rules(table, config))
+            .unwrap_or_default()
+    };
+    let egress_declarations = egress
+        .map(|_| egress::declarations(table))
+        .unwrap_or_default();
+    let inbound_input_drops = rules_of(egress::input_rules);
+    let inbound_forward_drops = rules_of(egress::forward_drops);
+    let forward_v6_out = egress
+        .map(|config| egress::forward_v6_rule(table, MACHINE_IFACES, &config.interface))
+        .unwrap_or_default();
+    let postrouting_egress = egress
+        .map(|config| egress::postrouting_jump(table, &config.interface))
+        .unwrap_or_default();
     let mut script = format!(
         "add table inet {table}
 add set inet {table} {MACHINE_IFACES} {{ type ifname; }}
@@ -47,24 +74,24 @@ flush set inet {table} {SERVED_V6}
 flush chain inet {table} input
 flush chain inet {table} forward
 flush chain inet {table} postrouting
-add rule inet {table} input iifname != @{MACHINE_IFACES} accept
+{egress_declarations}{inbound_input_drops}add rule inet {table} input iifname != @{MACHINE_IFACES} accept
 add rule inet {table} input ct state established,related accept
 add rule inet {table} input icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept
 add rule inet {table} input ip daddr . meta l4proto . th dport @{SERVED_V4} accept
 add rule inet {table} input ip6 daddr . meta l4proto . th dport @{SERVED_V6} accept
 add rule inet {table} input drop
-add rule inet {table} forward ct state established,related accept
+{inbound_forward_drops}add rule inet {table} forward ct state established,related accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} meta nfproto ipv6 accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} ip6 daddr fdaa::/16 accept
 add rule inet {table} forward oifname @{MACHINE_IFACES} ip6 saddr fdaa::/16 accept
-add rule inet {table} forward iifname @{MACHINE_IFACES} meta nfproto ipv6 drop
+{forward_v6_out}add rule inet {table} forward iifname @{MACHINE_IFACES} meta nfproto ipv6 drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} ip saddr != {pool} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} accept
 add rule inet {table} forward oifname @{MACHINE_IFACES} drop
-add rule inet {table} postrouting ip saddr {pool} oifname != @{MACHINE_IFACES} masquerade
+{postrouting_egress}add rule inet {table} postrouting ip saddr {pool} oifname != @{MACHINE_IFACES} masquerade
 "
     );
     for endpoint in served {
@@ -85,8 +112,9 @@ pub(crate) async fn apply_table(
     table: &str,
     pool: &Ipv4Pool,
     served: &[ServedEndpoint],
+    egress: Option<&EgressConfig>,
 ) -> Result<(), NetError> {
-    nft_script(&table_script(table, pool, served)).await
+    nft_script(&table_script(table, pool, served, egress)).await
 }
 
 /// Deletes the table if it exists (declaring it first makes the delete never fail).
@@ -236,7 +264,7 @@ mod tests {
             protocol: crate::Protocol::Udp,
             port: 53,
         };
-        let script = table_script("midge", &pool, &[dns]);
+        let script = table_script("midge", &pool, &[dns], None);
         assert!(script.contains("ip saddr 172.19.0.0/16 oifname != @machine_ifaces masquerade"));
         assert!(script.contains("add element inet midge served_v6 { fdaa::3 . udp . 53 }"));
         // The input chain ends in a drop, after what is served.
@@ -247,5 +275,28 @@ mod tests {
         assert_eq!(input.last(), Some(&"add rule inet midge input drop"));
         assert!(script.contains("flush chain inet midge forward"));
         assert!(!script.contains('*'), "no interface wildcards: {script}");
+        assert!(!script.contains("egress"), "{script}");
+    }
+
+    #[test]
+    fn egress_goes_before_the_masquerade_and_pools_take_no_new_flows() {
+        let pool: Ipv4Pool = "172.19.0.0/16".parse().unwrap();
+        let egress = EgressConfig {
+            interface: "eth9".into(),
+            pools: vec![
+                "198.18.0.64/28".parse().unwrap(),
+                "2001:db8::100/124".parse().unwrap(),
+            ],
+            announce: egress::Announce::L2,
+        };
+        let script = table_script("midge", &pool, &[], Some(&egress));
+        let jump = script
+            .find("postrouting oifname \"eth9\" jump egress")
+            .unwrap();
+        assert!(jump < script.find("masquerade").unwrap());
+        assert!(script.contains("input ct state new ip daddr 198.18.0.64/28 drop"));
+        assert!(script.contains("forward ct state new ip6 daddr 2001:db8::100/124 drop"));
+        let v6_out = script.find("ip6 saddr @egress_v6_machines accept").unwrap();
+        assert!(v6_out < script.find("meta nfproto ipv6 drop").unwrap());
     }
 }

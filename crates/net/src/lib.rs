@@ -8,6 +8,7 @@
 
 mod addressing;
 mod command;
+mod egress;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -29,6 +30,10 @@ pub use addressing::{
     IPV4_SLOT_PREFIX_LEN, Ipv4Pool, ORG_PREFIX_LEN, PRIVATE_PREFIX_LEN, org_prefix,
     private_gateway, private_ip,
 };
+pub use egress::{
+    Announce, EgressConfig, EgressPlan, EgressSource, MachineEgress, PORT_BLOCKS, PORTS_PER_BLOCK,
+    port_block,
+};
 pub use error::NetError;
 pub use links::MTU;
 pub use names::NETNS_DIR;
@@ -47,6 +52,10 @@ pub struct NetConfig {
     /// to the host is dropped.
     #[serde(default)]
     pub served: Vec<ServedEndpoint>,
+    /// Static egress addresses; without, machines leave through the host's
+    /// own IPv4 address only.
+    #[serde(default)]
+    pub egress: Option<EgressConfig>,
 }
 
 /// A host endpoint the platform serves to machines (the internal DNS server).
@@ -116,6 +125,7 @@ impl Network {
             network.table(),
             &network.config.ipv4_pool,
             &network.config.served,
+            network.config.egress.as_ref(),
         )
         .await?;
         Ok(network)
@@ -126,6 +136,9 @@ impl Network {
         names::validate_prefix(&config.prefix)?;
         let pool = config.ipv4_pool;
         Ipv4Pool::new(pool.network, pool.prefix_len)?;
+        if let Some(egress) = &config.egress {
+            egress.validate()?;
+        }
         Ok(Network {
             config: Arc::new(config),
         })
@@ -220,8 +233,28 @@ impl Network {
         firewall
     }
 
+    /// Makes the host's egress what `plan` says (see [`EgressPlan`]): from
+    /// its return, every new flow of a machine it names leaves from its
+    /// address, and addresses it no longer names are given up.
+    pub async fn apply_egress(&self, plan: &EgressPlan) -> Result<(), NetError> {
+        let Some(config) = &self.config.egress else {
+            if plan
+                .machines
+                .iter()
+                .any(|m| m.v4.is_some() || m.v6.is_some())
+            {
+                return Err(NetError::InvalidConfig(
+                    "this host has no egress pools".to_string(),
+                ));
+            }
+            return Ok(());
+        };
+        egress::apply(self.table(), config, plan).await
+    }
+
     /// Removes every resource carrying this prefix: namespaces `<prefix>-*`, host
-    /// veths `<prefix>` + 8 hex digits and the nftables table. Forwarding stays on.
+    /// veths `<prefix>` + 8 hex digits, the nftables table and the egress
+    /// addresses it held. Forwarding stays on.
     pub async fn teardown_all(&self) -> Result<(), NetError> {
         let namespaces = self.list_namespaces().await?;
         let veths = self.list_host_veths().await?;
@@ -233,6 +266,9 @@ impl Network {
             tracing::debug!(%error, "teardown batch reported errors");
         }
         firewall::delete_table(self.table()).await?;
+        if let Some(config) = &self.config.egress {
+            egress::remove_all_owned(config).await?;
+        }
         let namespaces = self.list_namespaces().await?;
         let veths = self.list_host_veths().await?;
         if namespaces.is_empty() && veths.is_empty() {
@@ -286,6 +322,10 @@ pub trait MachineNetwork: Send + Sync + std::fmt::Debug {
     async fn detach(&self, machine_id: &str) -> Result<(), NetError>;
     /// Ids of the machines whose network exists.
     async fn attached_machines(&self) -> Result<Vec<String>, NetError>;
+    /// Makes the host's egress what the plan says; idempotent.
+    async fn apply_egress(&self, plan: &EgressPlan) -> Result<(), NetError>;
+    /// The host's egress pools (none without egress).
+    fn egress_pools(&self) -> Vec<ipnet::IpNet>;
     /// Removes every host resource of this prefix.
     async fn teardown(&self) -> Result<(), NetError>;
 }
@@ -320,6 +360,18 @@ impl MachineNetwork for Network {
             .iter()
             .filter_map(|netns| self.machine_id_of_namespace(netns).map(str::to_string))
             .collect())
+    }
+
+    async fn apply_egress(&self, plan: &EgressPlan) -> Result<(), NetError> {
+        Network::apply_egress(self, plan).await
+    }
+
+    fn egress_pools(&self) -> Vec<ipnet::IpNet> {
+        self.config
+            .egress
+            .as_ref()
+            .map(|egress| egress.pools.clone())
+            .unwrap_or_default()
     }
 
     async fn teardown(&self) -> Result<(), NetError> {

@@ -1,5 +1,9 @@
 //! Real machine networking on this host (needs root, iproute2, nftables, busybox).
 
+#[allow(
+    dead_code,
+    reason = "the network tests share their support, each using part of it"
+)]
 mod support;
 
 use std::net::{IpAddr, SocketAddr};

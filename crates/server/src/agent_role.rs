@@ -65,6 +65,8 @@ pub struct AgentArgs {
     /// IPv4 range machines get their link networks from.
     #[arg(long, default_value = "172.19.0.0/16")]
     pub ipv4_pool: String,
+    #[command(flatten)]
+    pub egress: crate::egress_args::EgressArgs,
     /// A registry (host:port) reachable over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
@@ -169,6 +171,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.region = args.region.clone();
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
+    config.egress = args.egress.config()?;
     config.insecure_registries = args.insecure_registries.clone();
     config.registry_credentials =
         crate::host::registry_credentials_file(args.registry_credentials.as_deref())?;

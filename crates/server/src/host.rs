@@ -53,6 +53,8 @@ pub struct HostConfig {
     /// Whether machines get a user namespace of their own where the kernel
     /// allows it.
     pub user_namespaces: bool,
+    /// Static egress addresses; none without pools.
+    pub egress: Option<midge_net::EgressConfig>,
 }
 
 /// The host's registry credentials file: the one given, else where container
@@ -96,6 +98,7 @@ impl HostConfig {
             nameserver: None,
             image_prune_grace: defaults.image_prune_grace,
             user_namespaces: true,
+            egress: None,
         }
     }
 
@@ -133,6 +136,7 @@ impl Host {
                 .nameserver
                 .map(|address| ServedEndpoint::dns(address).to_vec())
                 .unwrap_or_default(),
+            egress: config.egress.clone(),
         })
         .await
         .context("setting up host networking")?;

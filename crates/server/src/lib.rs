@@ -15,6 +15,7 @@ pub mod api_role;
 pub mod bench;
 pub mod dev_cluster;
 pub mod dns_role;
+pub mod egress_args;
 pub mod host;
 pub mod host_cleanup;
 pub mod host_scan;

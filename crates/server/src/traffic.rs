@@ -109,7 +109,7 @@ pub fn follow_addresses(
                 Ok(all) => {
                     let version = live.set_addresses(
                         all.into_iter()
-                            .filter(|a| !a.shared)
+                            .filter(|a| !a.shared && !a.is_egress())
                             .filter_map(|a| {
                                 Some(AppAddress {
                                     app: a.app,

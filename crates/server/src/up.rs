@@ -59,6 +59,8 @@ pub struct UpArgs {
     #[arg(long, env = "MIDGE_NO_USER_NAMESPACES")]
     pub no_user_namespaces: bool,
     #[command(flatten)]
+    pub egress: crate::egress_args::EgressArgs,
+    #[command(flatten)]
     pub limits: crate::api_role::LimitArgs,
     #[command(flatten)]
     pub proxy: crate::proxy_role::ProxyArgs,
@@ -77,6 +79,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.region = args.region.clone();
     config.resource_prefix = args.resource_prefix.clone();
     config.ipv4_pool = args.ipv4_pool.clone();
+    config.egress = args.egress.config()?;
     config.insecure_registries = args.insecure_registries.clone();
     config.registry_credentials =
         crate::host::registry_credentials_file(args.registry_credentials.as_deref())?;

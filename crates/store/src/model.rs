@@ -143,12 +143,13 @@ pub struct VolumeEntry {
     pub updated_at: i64,
 }
 
-/// An address the proxy serves an app on (`ip_assignments`).
+/// An address of an app (`ip_assignments`): one the proxy serves it on,
+/// or one its machines leave from (`egress_v4`, `egress_v6`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpAssignment {
     pub ip: String,
     pub app: String,
-    /// `v4`, `v6` or `shared_v4`.
+    /// `v4`, `v6`, `shared_v4`, `egress_v4` or `egress_v6`.
     pub kind: String,
     pub region: String,
     pub service_name: String,
@@ -156,6 +157,16 @@ pub struct IpAssignment {
     pub shared: bool,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// The one machine an egress address is dedicated to; `None` for the
+    /// app's own addresses (its machines of the region share them).
+    pub machine_id: Option<String>,
+}
+
+impl IpAssignment {
+    /// An address machines leave from, not one the proxy serves.
+    pub fn is_egress(&self) -> bool {
+        self.kind.starts_with("egress")
+    }
 }
 
 /// A TLS certificate an app uploaded for a host name (`certificates/custom`).

@@ -995,9 +995,18 @@ impl Catalog for PostgresCatalog {
         let client = self.client("assigning an address").await?;
         let inserted = client
             .execute(
-                "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[&a.ip, &a.app, &a.kind, &a.region, &a.service_name, &a.shared, &a.created_at],
+                "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at, machine_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &a.ip,
+                    &a.app,
+                    &a.kind,
+                    &a.region,
+                    &a.service_name,
+                    &a.shared,
+                    &a.created_at,
+                    &a.machine_id,
+                ],
             )
             .await;
         match inserted {
@@ -1158,7 +1167,7 @@ impl PostgresCatalog {
         let rows = client
             .query(
                 &format!(
-                    "SELECT ip, app, kind, region, service_name, shared, created_at
+                    "SELECT ip, app, kind, region, service_name, shared, created_at, machine_id
                      FROM ip_assignments {filter} ORDER BY created_at, ip"
                 ),
                 args,
@@ -1175,6 +1184,7 @@ impl PostgresCatalog {
                 service_name: row.get(4),
                 shared: row.get(5),
                 created_at: row.get(6),
+                machine_id: row.get(7),
             })
             .collect())
     }

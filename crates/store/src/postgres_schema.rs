@@ -5,7 +5,7 @@ use deadpool_postgres::Client;
 
 use crate::StoreError;
 
-const VERSION: i32 = 4;
+const VERSION: i32 = 5;
 /// The advisory lock every schema change holds.
 const SCHEMA_LOCK: i64 = 0x6d69_6467_6500;
 
@@ -138,6 +138,9 @@ CREATE TABLE registry_credentials (
 );
 ";
 
+/// Egress addresses of one machine name it (`NULL` for the app's own).
+const SCHEMA_V5: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
+
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
         .transaction()
@@ -180,6 +183,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             .map_err(StoreError::postgres(
                 "creating the registry credential table",
             ))?;
+    }
+    if version < 5 {
+        tx.batch_execute(SCHEMA_V5)
+            .await
+            .map_err(StoreError::postgres("adding the addresses' machines"))?;
     }
     if version < VERSION {
         tx.execute("DELETE FROM midge_schema", &[])

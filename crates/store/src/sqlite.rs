@@ -996,8 +996,8 @@ impl Catalog for SqliteCatalog {
     }
     async fn assign_ip(&self, a: &IpAssignment) -> Result<(), StoreError> {
         let inserted = self.lock().execute(
-            "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at, machine_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 a.ip,
                 a.app,
@@ -1005,7 +1005,8 @@ impl Catalog for SqliteCatalog {
                 a.region,
                 a.service_name,
                 a.shared,
-                a.created_at
+                a.created_at,
+                a.machine_id
             ],
         );
         match inserted {
@@ -1147,7 +1148,7 @@ impl SqliteCatalog {
         let conn = self.lock();
         let mut statement = conn
             .prepare_cached(&format!(
-                "SELECT ip, app, kind, region, service_name, shared, created_at
+                "SELECT ip, app, kind, region, service_name, shared, created_at, machine_id
                  FROM ip_assignments {filter} ORDER BY created_at, ip"
             ))
             .map_err(StoreError::sqlite("listing addresses"))?;
@@ -1161,6 +1162,7 @@ impl SqliteCatalog {
                     service_name: row.get(4)?,
                     shared: row.get(5)?,
                     created_at: row.get(6)?,
+                    machine_id: row.get(7)?,
                 })
             })
             .map_err(StoreError::sqlite("listing addresses"))?;

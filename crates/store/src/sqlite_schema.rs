@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 5;
+const VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -140,6 +140,9 @@ CREATE TABLE registry_credentials (
 );
 ";
 
+/// Egress addresses of one machine name it (`NULL` for the app's own).
+const SCHEMA_V6: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -172,6 +175,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if version < 5 {
             tx.execute_batch(SCHEMA_V5)
                 .map_err(StoreError::sqlite("creating the registry credential table"))?;
+        }
+        if version < 6 {
+            tx.execute_batch(SCHEMA_V6)
+                .map_err(StoreError::sqlite("adding the addresses' machines"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;

@@ -519,7 +519,50 @@ fn assignment(app: &str, ip: &str, shared: bool) -> IpAssignment {
         service_name: String::new(),
         shared,
         created_at: 1,
+        machine_id: None,
     }
+}
+
+async fn egress_addresses_keep_their_machine_and_are_never_shared(catalog: Arc<dyn Catalog>) {
+    let run = midge_testkit::unique_prefix();
+    let (web, api) = (format!("web-{run}"), format!("api-{run}"));
+    let n = rand::random::<u8>();
+    let egress = |app: &str, ip: &str, machine: Option<&str>| IpAssignment {
+        kind: "egress_v4".into(),
+        region: "ams".into(),
+        machine_id: machine.map(str::to_string),
+        ..assignment(app, ip, false)
+    };
+    let dedicated = format!("198.19.{n}.1");
+    let of_app = format!("2001:db8:{n:x}::2");
+    catalog
+        .assign_ip(&egress(&web, &dedicated, Some("m1")))
+        .await
+        .unwrap();
+    catalog
+        .assign_ip(&egress(&web, &of_app, None))
+        .await
+        .unwrap();
+    let taken = catalog
+        .assign_ip(&egress(&api, &dedicated, Some("m2")))
+        .await;
+    assert!(matches!(taken, Err(StoreError::IpTaken(_))), "{taken:?}");
+    let listed = catalog.list_ips(&web).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(IpAssignment::is_egress));
+    let machine_of = |ip: &str| {
+        listed
+            .iter()
+            .find(|a| a.ip == ip)
+            .map(|a| a.machine_id.clone())
+    };
+    assert_eq!(machine_of(&dedicated), Some(Some("m1".to_string())));
+    assert_eq!(machine_of(&of_app), Some(None));
+    assert!(catalog.release_ip(&web, &dedicated).await.unwrap());
+    catalog
+        .assign_ip(&egress(&api, &dedicated, Some("m2")))
+        .await
+        .unwrap();
 }
 
 async fn addresses_are_assigned_once_unless_shared(catalog: Arc<dyn Catalog>) {
@@ -760,5 +803,6 @@ on_both_engines!(
     volumes_are_indexed_by_host_and_only_their_host_writes_them,
     registry_credentials_are_kept_per_org_and_registry,
     addresses_are_assigned_once_unless_shared,
+    egress_addresses_keep_their_machine_and_are_never_shared,
     certificates_belong_to_one_app_per_host_name,
 );

@@ -200,6 +200,7 @@ pub fn leftovers() -> Vec<String> {
                 .collect()
         }),
     );
+    add("egress addresses", crate::test_egress_leftovers());
     add(
         "loop devices",
         Ok(test_loop_devices()
@@ -250,6 +251,7 @@ pub fn leftovers() -> Vec<String> {
 
 /// Removes everything any test names (after a crashed test run).
 pub fn remove_all_test_resources() {
+    crate::remove_test_egress_addresses();
     for address in test_loopback_addresses().unwrap_or_default() {
         remove_loopback_address(&address);
     }

@@ -2,8 +2,10 @@
 //! and address pools, the harnesses' leak checks and the suite's.
 
 mod busybox;
+mod egress_link;
 mod harness_check;
 mod ids;
+mod internet;
 mod leak_scan;
 mod pools;
 mod postgres;
@@ -12,8 +14,10 @@ mod registry;
 mod shared;
 
 pub use busybox::busybox_rootfs;
+pub use egress_link::{EgressLink, remove_test_egress_addresses, test_egress_leftovers};
 pub use harness_check::{assert_machines_gone, assert_prefix_gone};
 pub use ids::{unique_host_id, unique_org_network};
+pub use internet::{KilledOnDrop, TestInternet};
 pub use leak_scan::{
     TEST_CLUSTER_DIR_PREFIX, TEST_PREFIX_FAMILY, containers_of, leftovers,
     remove_all_test_resources, remove_host_resources,

@@ -53,6 +53,10 @@ impl PoolLease {
         anyhow::bail!("no free test address pool under {POOL_DIR}")
     }
 
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
     pub fn cidr(&self) -> String {
         pool_cidr(self.index)
     }

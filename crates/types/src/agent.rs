@@ -546,3 +546,50 @@ pub struct ExtendVolume {
     pub volume: VolumeKey,
     pub size_gb: u64,
 }
+
+/// Which address families an egress allocation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressFamilies {
+    V4,
+    V6,
+    /// Both, or the one the host has a pool for.
+    Pair,
+}
+
+/// Who leaves from an egress address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum EgressScope {
+    /// One machine alone.
+    Machine { machine_id: String },
+    /// The app's machines of the region, each with its own port block;
+    /// a machine's own address wins over them.
+    Region { region: String },
+}
+
+/// Takes addresses from the host's egress pools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocateEgress {
+    pub app: String,
+    #[serde(flatten)]
+    pub scope: EgressScope,
+    pub families: EgressFamilies,
+}
+
+/// An egress address a host holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressAddress {
+    pub ip: std::net::IpAddr,
+    pub app: String,
+    pub region: String,
+    /// `None` for the app's own.
+    pub machine_id: Option<String>,
+}
+
+/// Gives an app's egress address back to its host's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseEgress {
+    pub app: String,
+    pub ip: std::net::IpAddr,
+}

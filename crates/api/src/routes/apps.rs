@@ -158,6 +158,22 @@ pub async fn delete_app(
             })
             .await?;
     }
+    // The app's own egress addresses go back to their host's pool (its
+    // machines' went with them).
+    for address in state.catalog.list_ips(&app.name).await? {
+        if !address.is_egress() {
+            continue;
+        }
+        match address.machine_id {
+            Some(_) => {
+                state.catalog.release_ip(&app.name, &address.ip).await?;
+            }
+            None => {
+                let ip = super::egress_ips::parse_ip(&address.ip)?;
+                super::egress_ips::release_egress(&state, &app, ip).await?;
+            }
+        }
+    }
     state.catalog.delete_app(&app.name).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -178,7 +194,7 @@ async fn app_response(state: &ApiState, app: AppRecord) -> Result<AppResponse> {
         };
         urls.push(format!("http://{}.{}{port}/", app.name, plan.domain));
         for ip in state.catalog.list_ips(&app.name).await? {
-            if !ip.shared {
+            if !ip.shared && !ip.is_egress() {
                 urls.push(match ip.ip.contains(':') {
                     true => format!("http://[{}]/", ip.ip),
                     false => format!("http://{}/", ip.ip),

@@ -1,7 +1,9 @@
 //! `/v1/apps/{app}/ip_assignments`: the addresses the proxy serves an app
 //! on — `v4` and `v6` from the host's pools (the app's own, so every port of
 //! its services is served there), `shared_v4` (the proxy's shared host-name
-//! listener) — listed and released as the spec has it.
+//! listener) — and the addresses the app's machines of a region leave from
+//! (`egress_v4`, `egress_v6`, `egress_pair`, from the egress pools of the
+//! region's host), listed and released as the spec has it.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -18,11 +20,14 @@ use crate::addresses::free_addresses;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::{AppPath, IpPath, JsonBody};
+use crate::routes::egress_ips::{IpPairBody, parse_ip, record_egress, release_egress, rfc3339};
 use crate::schema::ErrorResponse;
+use midge_types::agent::{AllocateEgress, EgressFamilies, EgressScope};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct AssignIpBody {
-    /// `v4`, `v6`, `shared_v4` (`private_v6` and the egress types are not served here yet).
+    /// `v4`, `v6`, `shared_v4`, `egress_v4`, `egress_v6` or `egress_pair`
+    /// (`private_v6` is not served yet).
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -55,25 +60,55 @@ pub struct IpAssignmentBody {
     pub created_at: String,
 }
 
+/// What an assignment answers: the address, or for `egress_pair` the
+/// pair (and no `ip`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssignIpResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_pair: Option<IpPairBody>,
+    pub region: String,
+    pub service_name: String,
+    pub shared: bool,
+    pub egress: bool,
+    pub network: IpNetworkBody,
+    pub created_at: String,
+}
+
+impl From<IpAssignmentBody> for AssignIpResponse {
+    fn from(body: IpAssignmentBody) -> Self {
+        AssignIpResponse {
+            ip: Some(body.ip),
+            ip_pair: None,
+            region: body.region,
+            service_name: body.service_name,
+            shared: body.shared,
+            egress: body.egress,
+            network: body.network,
+            created_at: body.created_at,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListIpsResponse {
     pub ips: Vec<IpAssignmentBody>,
 }
 
 fn body_of(app: &AppRecord, a: IpAssignment) -> IpAssignmentBody {
+    let egress = a.is_egress();
     IpAssignmentBody {
         ip: a.ip,
         region: a.region,
         service_name: a.service_name,
         shared: a.shared,
-        egress: false,
+        egress,
         network: IpNetworkBody {
             name: app.network.clone(),
             org_slug: app.org_slug.clone(),
         },
-        created_at: chrono::DateTime::from_timestamp_millis(a.created_at)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        created_at: rfc3339(a.created_at),
     }
 }
 
@@ -90,7 +125,12 @@ pub async fn list_ips(
     let app = state.app(&caller, &path.app).await?;
     let ips = state.catalog.list_ips(&app.name).await?;
     Ok(Json(ListIpsResponse {
-        ips: ips.into_iter().map(|a| body_of(&app, a)).collect(),
+        // A machine's own egress addresses are listed with the machine.
+        ips: ips
+            .into_iter()
+            .filter(|a| a.machine_id.is_none())
+            .map(|a| body_of(&app, a))
+            .collect(),
     }))
 }
 
@@ -99,8 +139,8 @@ pub async fn list_ips(
     params(("app_name" = String, Path)),
     request_body = AssignIpBody,
     responses(
-        (status = 200, body = IpAssignmentBody),
-        (status = 400, body = ErrorResponse, description = "An unknown or unsupported type"),
+        (status = 200, body = AssignIpResponse),
+        (status = 400, body = ErrorResponse, description = "An unknown or unsupported type, or no egress pool in the region"),
         (status = 404, body = ErrorResponse),
         (status = 422, body = ErrorResponse, description = "The pool is used up"),
     )
@@ -110,8 +150,23 @@ pub async fn assign_ip(
     caller: Caller,
     path: AppPath,
     JsonBody(body): JsonBody<AssignIpBody>,
-) -> Result<Json<IpAssignmentBody>> {
+) -> Result<Json<AssignIpResponse>> {
     let app = state.app(&caller, &path.app).await?;
+    let requested = body
+        .kind
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if let Some(families) = egress_families(&requested) {
+        let region = body
+            .region
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| state.agent.region().to_string());
+        return assign_egress(&state, &app, families, region)
+            .await
+            .map(Json);
+    }
     let Some(plan) = state.addresses.clone() else {
         return Err(Error::invalid(
             "this API server assigns no addresses (no proxy runs with it)",
@@ -135,6 +190,7 @@ pub async fn assign_ip(
         service_name: body.service_name.clone().unwrap_or_default(),
         shared,
         created_at: chrono::Utc::now().timestamp_millis(),
+        machine_id: None,
     };
     let pool = match kind.as_str() {
         "v4" => plan.v4,
@@ -147,16 +203,16 @@ pub async fn assign_ip(
                 Err(err) => return Err(err.into()),
             }
             (plan.changed)().await;
-            return Ok(Json(body_of(&app, assignment)));
+            return Ok(Json(body_of(&app, assignment).into()));
         }
-        "private_v6" | "egress_v4" | "egress_v6" | "egress_pair" => {
+        "private_v6" => {
             return Err(Error::invalid(format!(
                 "type {kind} is not supported yet; use v4, v6 or shared_v4"
             )));
         }
         other => {
             return Err(Error::invalid(format!(
-                "unknown type {other:?}: expected v4, v6 or shared_v4"
+                "unknown type {other:?}: expected v4, v6, shared_v4, egress_v4, egress_v6 or egress_pair"
             )));
         }
     };
@@ -172,7 +228,7 @@ pub async fn assign_ip(
         match state.catalog.assign_ip(&assignment).await {
             Ok(()) => {
                 (plan.changed)().await;
-                return Ok(Json(body_of(&app, assignment)));
+                return Ok(Json(body_of(&app, assignment).into()));
             }
             // Another assignment took it meanwhile: try the next.
             Err(StoreError::IpTaken(_)) => continue,
@@ -195,10 +251,17 @@ pub async fn release_ip(
     path: IpPath,
 ) -> Result<StatusCode> {
     let app = state.app(&caller, &path.app).await?;
-    let ip: IpAddr = path
-        .ip
-        .parse()
-        .map_err(|_| Error::invalid(format!("{:?} is not an IP address", path.ip)))?;
+    let ip = parse_ip(&path.ip)?;
+    let egress = state
+        .catalog
+        .list_ips(&app.name)
+        .await?
+        .iter()
+        .any(|a| a.ip == ip.to_string() && a.is_egress());
+    if egress {
+        release_egress(&state, &app, ip).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if !state.catalog.release_ip(&app.name, &ip.to_string()).await? {
         return Err(Error::not_found(format!(
             "app {} has no address {ip}",
@@ -209,4 +272,53 @@ pub async fn release_ip(
         (plan.changed)().await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn egress_families(kind: &str) -> Option<EgressFamilies> {
+    match kind {
+        "egress_v4" => Some(EgressFamilies::V4),
+        "egress_v6" => Some(EgressFamilies::V6),
+        "egress_pair" => Some(EgressFamilies::Pair),
+        _ => None,
+    }
+}
+
+/// The app's egress addresses in a region: its host there takes them and
+/// its machines of the region leave from them at once.
+async fn assign_egress(
+    state: &ApiState,
+    app: &AppRecord,
+    families: EgressFamilies,
+    region: String,
+) -> Result<AssignIpResponse> {
+    let addresses = state
+        .agent
+        .allocate_egress(AllocateEgress {
+            app: app.name.clone(),
+            scope: EgressScope::Region {
+                region: region.clone(),
+            },
+            families,
+        })
+        .await?;
+    record_egress(state, app, &addresses).await?;
+    let pair = IpPairBody::of(&addresses);
+    let ip = match families {
+        EgressFamilies::Pair => None,
+        EgressFamilies::V4 => pair.v4.clone(),
+        EgressFamilies::V6 => pair.v6.clone(),
+    };
+    Ok(AssignIpResponse {
+        ip_pair: ip.is_none().then_some(pair),
+        ip,
+        region,
+        service_name: String::new(),
+        shared: false,
+        egress: true,
+        network: IpNetworkBody {
+            name: app.network.clone(),
+            org_slug: app.org_slug.clone(),
+        },
+        created_at: rfc3339(chrono::Utc::now().timestamp_millis()),
+    })
 }

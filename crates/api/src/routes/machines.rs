@@ -335,6 +335,8 @@ pub async fn destroy_machine(
             nonce: nonce.0,
         })
         .await?;
+    // The host gave the machine's egress addresses up with it.
+    super::egress_ips::forget_machine_egress(&state, &target.app, &target.id).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 

@@ -2,6 +2,7 @@
 
 pub mod apps;
 pub mod certificates;
+pub mod egress_ips;
 pub mod exec;
 pub mod images;
 pub mod ips;

@@ -1,5 +1,6 @@
-//! `midge ips`: the addresses the proxy serves an app on, as flyctl names
-//! them (`allocate-v4`, `allocate-v6`, `list`, `release`).
+//! `midge ips`: the addresses the proxy serves an app on and those its
+//! machines leave from, as flyctl names them (`allocate-v4`,
+//! `allocate-v6`, `allocate-egress`, `list`, `release`).
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -28,6 +29,15 @@ pub enum IpsCommand {
         /// Region [default: the API server's]
         #[arg(short, long)]
         region: Option<String>,
+    },
+    /// Allocate static egress addresses for the app's machines of a region
+    /// (an IPv4 and an IPv6, as the region's host has pools for)
+    AllocateEgress {
+        #[command(flatten)]
+        app: AppArg,
+        /// Region whose machines leave from them
+        #[arg(short, long)]
+        region: String,
     },
     /// List the app's addresses
     #[command(visible_alias = "ls")]
@@ -63,6 +73,16 @@ pub async fn run(command: IpsCommand, api: &ApiOptions) -> Result<()> {
             let ip = client.assign_ip(&app, "v6", region.as_deref()).await?;
             println!("Allocated {} for app {app}", text(&ip["ip"]));
         }
+        IpsCommand::AllocateEgress { app, region } => {
+            let app = app.require()?;
+            let ip = client.assign_ip(&app, "egress_pair", Some(&region)).await?;
+            for family in ["v4", "v6"] {
+                let address = text(&ip["ip_pair"][family]);
+                if !address.is_empty() {
+                    println!("Allocated egress {family} {address} for app {app} in {region}");
+                }
+            }
+        }
         IpsCommand::List { app, json } => {
             let app = app.require()?;
             let listed = client.list_ips(&app).await?;
@@ -76,7 +96,12 @@ pub async fn run(command: IpsCommand, api: &ApiOptions) -> Result<()> {
                 .iter()
                 .map(|ip| {
                     let address = text(&ip["ip"]);
-                    let kind = if ip["shared"].as_bool() == Some(true) {
+                    let egress = ip["egress"].as_bool() == Some(true);
+                    let kind = if egress && address.contains(':') {
+                        "egress v6"
+                    } else if egress {
+                        "egress v4"
+                    } else if ip["shared"].as_bool() == Some(true) {
                         "shared v4"
                     } else if address.contains(':') {
                         "v6"

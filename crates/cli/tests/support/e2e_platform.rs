@@ -36,18 +36,33 @@ pub struct Platform {
 impl Platform {
     /// A platform with only the local images `midge up` seeds.
     pub fn start() -> Platform {
-        Platform::start_with(None, &[])
+        Platform::start_with(None, |_| Vec::new())
     }
 
     /// A platform that may pull from the loopback test registry.
     pub fn start_with_registry() -> Platform {
-        Platform::start_with(Some(shared_registry_image()), &[])
+        Platform::start_with(Some(shared_registry_image()), |_| Vec::new())
     }
 
     /// A platform whose `midge up` gets these options too.
     #[allow(dead_code, reason = "used by the volume tests")]
     pub fn start_with_options(options: &[&str]) -> Platform {
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        Platform::start_with(None, |_| options)
+    }
+
+    /// A platform whose `midge up` gets the options made of its address lease.
+    #[allow(dead_code, reason = "used by the egress tests")]
+    pub fn start_configured(
+        options: impl FnOnce(&midge_testkit::PoolLease) -> Vec<String>,
+    ) -> Platform {
         Platform::start_with(None, options)
+    }
+
+    /// The platform's address lease.
+    #[allow(dead_code, reason = "used by the egress tests")]
+    pub fn lease(&self) -> &midge_testkit::PoolLease {
+        &self._pool
     }
 
     /// The registry test image; only on a platform started with a registry.
@@ -57,8 +72,12 @@ impl Platform {
             .expect("this platform was started without a registry")
     }
 
-    fn start_with(registry: Option<(String, String)>, options: &[&str]) -> Platform {
+    fn start_with(
+        registry: Option<(String, String)>,
+        options: impl FnOnce(&midge_testkit::PoolLease) -> Vec<String>,
+    ) -> Platform {
         let pool = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
+        let options = options(&pool);
         let prefix = midge_testkit::unique_prefix();
         let dir = tempfile::Builder::new()
             .prefix("midge-test-e2e-")
@@ -81,7 +100,7 @@ impl Platform {
             .args(["--dns-upstream", "127.0.0.1:9"])
             .args(["--resource-prefix", &prefix])
             .args(["--ipv4-pool", &pool.cidr()])
-            .args(options)
+            .args(&options)
             .env("MIDGE_CONFIG", dir.path().join("config.json"))
             .env("MIDGE_INIT_BINARY", init_binary())
             .env_remove("MIDGE_DATA_DIR")
@@ -341,6 +360,7 @@ impl Drop for Platform {
         // next start to adopt.
         midge_testkit::remove_host_resources(&self.prefix, &self.data_dir());
         self._pool.remove_loopback_addresses();
+        self._pool.remove_egress_addresses();
         if let Some(Err(failure)) = check {
             std::panic::resume_unwind(failure);
         }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+pub mod internet;
+
 pub const HTTP_PORT: u16 = 8080;
 
 /// A network on a leased address pool. When dropped it detaches its
@@ -38,11 +40,22 @@ impl TestNetwork {
         served: impl FnOnce(&Network) -> Vec<ServedEndpoint>,
     ) -> TestNetwork {
         let pool = midge_testkit::PoolLease::acquire().expect("leasing an address pool");
+        TestNetwork::init_on(pool, prefix, served, None).await
+    }
+
+    /// A network of an already leased pool, with egress pools if given.
+    pub async fn init_on(
+        pool: midge_testkit::PoolLease,
+        prefix: &str,
+        served: impl FnOnce(&Network) -> Vec<ServedEndpoint>,
+        egress: Option<midge_net::EgressConfig>,
+    ) -> TestNetwork {
         let mut config = NetConfig {
             prefix: prefix.to_string(),
             ipv4_pool: pool.cidr().parse().expect("a leased pool is valid"),
             host_id: midge_testkit::unique_host_id(),
             served: Vec::new(),
+            egress,
         };
         config.served = served(&Network::new(config.clone()).expect("valid test config"));
         // Construct the guard before touching the host so a failing init is cleaned up too.

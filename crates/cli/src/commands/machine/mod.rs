@@ -1,6 +1,7 @@
 //! `midge machine` (`machines`, `m`): flyctl's machine commands.
 
 mod clone;
+mod egress;
 mod exec;
 pub mod flags;
 mod leases;
@@ -53,6 +54,9 @@ pub enum MachineCommand {
     /// View or clear machine leases
     #[command(subcommand, visible_alias = "lease")]
     Leases(leases::LeasesCommand),
+    /// A machine's own static egress addresses
+    #[command(subcommand, name = "egress-ip")]
+    EgressIp(egress::EgressIpCommand),
     /// Show a machine's logs
     Logs(logs::LogsArgs),
     /// Wait for a machine to reach a state
@@ -77,6 +81,7 @@ pub async fn run(command: MachineCommand, api: &ApiOptions) -> Result<()> {
         MachineCommand::Cordon(args) => lifecycle::cordon(&client, args, true).await,
         MachineCommand::Uncordon(args) => lifecycle::cordon(&client, args, false).await,
         MachineCommand::Leases(command) => leases::run(&client, command).await,
+        MachineCommand::EgressIp(command) => egress::run(&client, command).await,
         MachineCommand::Logs(args) => logs::logs(&client, args).await,
         MachineCommand::Wait(args) => lifecycle::wait(&client, args).await,
     }
