@@ -2,10 +2,11 @@
 //! [`RANGE_SIZE`] ids per machine, picked once and kept in the machine's
 //! dir, never the block of another machine of the host.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::idmap::{IdRange, RANGE_SIZE};
+use crate::idmap::{IdRange, RANGE_SIZE, UserNamespace};
 use crate::layout::MachineDir;
 
 /// Blocks start above the ids hosts hand out to users and to
@@ -13,13 +14,42 @@ use crate::layout::MachineDir;
 const FIRST_BLOCK: u32 = 256;
 const BLOCKS: u32 = u32::MAX / RANGE_SIZE - FIRST_BLOCK;
 
+/// How many namespaces are kept open (one fd each) for the next runs.
+const KEPT_NAMESPACES: usize = 256;
+
 /// Hands out blocks; one at a time, so two new machines never pick the same.
 #[derive(Debug, Default)]
 pub(crate) struct IdRanges {
     assigning: Mutex<()>,
+    /// Making a namespace clones this process; a machine's next run reuses
+    /// the one its last run was made with.
+    namespaces: Mutex<HashMap<u32, Arc<UserNamespace>>>,
 }
 
 impl IdRanges {
+    /// A user namespace of `range`: the kept one, or a new one, kept.
+    pub fn namespace(&self, range: IdRange) -> std::io::Result<Arc<UserNamespace>> {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(namespace) = namespaces.get(&range.base) {
+            return Ok(namespace.clone());
+        }
+        let namespace = Arc::new(UserNamespace::create(range)?);
+        if namespaces.len() < KEPT_NAMESPACES {
+            namespaces.insert(range.base, namespace.clone());
+        }
+        Ok(namespace)
+    }
+
+    /// Closes the namespace kept for a machine that is gone.
+    pub fn forget(&self, machine: &MachineDir) {
+        if let Some(range) = read(&machine.id_range()) {
+            self.namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&range.base);
+        }
+    }
+
     /// The machine's block: the one it has, or a free one, recorded.
     pub fn for_machine(
         &self,

@@ -182,6 +182,9 @@ impl Driver for SandboxDriver {
     async fn forget(&self, machine_id: &str) -> Result<(), DriverError> {
         recovery::remove_runs(&self.host, machine_id).await?;
         let dir = self.host.machine_dir(machine_id);
+        if let Some(ranges) = &self.host.id_ranges {
+            ranges.forget(&dir);
+        }
         match std::fs::remove_dir_all(&dir.root) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DriverError::host(
                 format!("removing {}", dir.root.display()),

@@ -264,7 +264,7 @@ async fn create(
 fn user_namespace(
     host: &Host,
     run: &RunInfo,
-) -> Result<Option<(IdRange, UserNamespace)>, DriverError> {
+) -> Result<Option<(IdRange, Arc<UserNamespace>)>, DriverError> {
     let Some(ranges) = &host.id_ranges else {
         return Ok(None);
     };
@@ -272,7 +272,7 @@ fn user_namespace(
     let range = ranges
         .for_machine(&host.config.machines_dir, &machine)
         .map_err(DriverError::while_doing("assigning the machine's ids"))?;
-    let namespace = UserNamespace::create(range).map_err(DriverError::while_doing(
+    let namespace = ranges.namespace(range).map_err(DriverError::while_doing(
         "making the machine's user namespace",
     ))?;
     Ok(Some((range, namespace)))

@@ -7,7 +7,9 @@
 //! - right after the stop: the start follows the stop's answer at once;
 //! - restart: one POST restart of a started machine;
 //! - the first start after an update (the update's answer, then the start);
-//! - cold: nothing prepared (a host with prepared runs turned off);
+//! - cold: nothing prepared (a host with prepared runs turned off), with
+//!   and without the machine's own user namespace (what idmapping the
+//!   layers and making the namespace cost);
 //! - create → started.
 //!
 //! Bare `runc run` runs back to back, so the cases without a pause do too:
@@ -60,15 +62,27 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let n = options.iterations;
     let mut rows: Vec<(String, Samples)> = Vec::new();
 
-    let prepared = open_host(&options, dir.path(), "prepared", 64).await?;
+    let prepared = open_host(&options, dir.path(), "prepared", 64, true).await?;
     let result = measure_prepared(&prepared, &options, dir.path(), &mut rows).await;
     teardown(prepared).await?;
     result?;
 
-    let cold = open_host(&options, dir.path(), "cold", 0).await?;
-    let result = measure_cold(&cold, n, &mut rows).await;
-    teardown(cold).await?;
-    result?;
+    for user_namespaces in [true, false] {
+        let name = if user_namespaces {
+            "cold"
+        } else {
+            "cold-shared-ids"
+        };
+        let cold = open_host(&options, dir.path(), name, 0, user_namespaces).await?;
+        let label = if user_namespaces {
+            "cold start (nothing prepared)"
+        } else {
+            "cold start, no user namespace"
+        };
+        let result = measure_cold(&cold, n, label, &mut rows).await;
+        teardown(cold).await?;
+        result?;
+    }
 
     let baseline = rows[0].1.percentile(50.0).as_secs_f64();
     let mut report = format!(
@@ -93,11 +107,13 @@ async fn open_host(
     dir: &Path,
     name: &str,
     prepared_runs: usize,
+    user_namespaces: bool,
 ) -> anyhow::Result<Host> {
     let mut config = HostConfig::new(dir.join(name));
     config.resource_prefix = options.prefix.clone();
     config.ipv4_pool = options.ipv4_pool.clone();
     config.prepared_runs = prepared_runs;
+    config.user_namespaces = user_namespaces;
     let host = Host::open(config).await?;
     ensure_shell_image(host.agent.images())?;
     Ok(host)
@@ -255,18 +271,19 @@ async fn measure_prepared(
 async fn measure_cold(
     host: &Host,
     n: usize,
+    label: &str,
     rows: &mut Vec<(String, Samples)>,
 ) -> anyhow::Result<()> {
     let scratch = host.config.data_dir.clone();
     let api = LocalApi::serve(&host.agent, &scratch).await?;
     let id = started_machine(&api).await?;
-    eprintln!("cold start (nothing prepared): {n} cycles");
+    eprintln!("{label}: {n} cycles");
     let mut cold = Vec::with_capacity(n);
     for _ in 0..n {
         stop(&api.client, &id).await?;
         cold.push(timed_start(&api.client, &id).await?);
     }
-    rows.push(("cold start (nothing prepared)".into(), Samples(cold)));
+    rows.push((label.into(), Samples(cold)));
     api.client.destroy_machine(APP, &id, true, None).await?;
     api.stop().await;
     Ok(())
