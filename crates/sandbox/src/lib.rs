@@ -138,7 +138,9 @@ fn user_namespaces(config: &SandboxConfig) -> bool {
         tracing::info!("machines run without user namespaces (turned off)");
         return false;
     }
-    match rootfs::probe_shifted(&config.machines_dir) {
+    match rootfs::probe_shifted(&config.machines_dir)
+        .and_then(|()| let_machines_traverse(&config.machines_dir))
+    {
         Ok(()) => true,
         Err(error) => {
             tracing::warn!(
@@ -148,6 +150,21 @@ fn user_namespaces(config: &SandboxConfig) -> bool {
             false
         }
     }
+}
+
+/// runc reaches a run's rootfs by its path as the machine's root, an
+/// unprivileged host uid: every dir above the machines must let others
+/// through (search only, no listing), as Docker makes its root 0711.
+fn let_machines_traverse(machines_dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in machines_dir.ancestors() {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            tracing::info!(dir = %dir.display(), "letting machines' unprivileged roots pass through (o+x)");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode | 0o001) & 0o7777))?;
+        }
+    }
+    Ok(())
 }
 
 impl SandboxDriver {
