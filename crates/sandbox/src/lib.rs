@@ -161,7 +161,10 @@ fn let_machines_traverse(machines_dir: &std::path::Path) -> std::io::Result<()> 
         let mode = std::fs::metadata(dir)?.permissions().mode();
         if mode & 0o001 == 0 {
             tracing::info!(dir = %dir.display(), "letting machines' unprivileged roots pass through (o+x)");
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode | 0o001) & 0o7777))?;
+            std::fs::set_permissions(
+                dir,
+                std::fs::Permissions::from_mode((mode | 0o001) & 0o7777),
+            )?;
         }
     }
     Ok(())
