@@ -7,10 +7,12 @@
 //! request as JSON; streams answer NDJSON, the PTY is a WebSocket. Errors
 //! travel as their [`ErrorKind`](midge_agent_api::ErrorKind) and message.
 //! Every request carries the host's token. Hosts read each other's image
-//! blobs by digest ([`blobs`]).
+//! blobs by digest ([`blobs`]) and take a machine out of each other's
+//! proxies before it stops ([`rotation`]).
 
 pub mod blobs;
 mod client;
+pub mod rotation;
 pub mod server;
 mod wire;
 

@@ -83,6 +83,9 @@ pub(crate) struct AgentCore {
     /// Held while an egress plan is computed and applied, so plans apply
     /// in the order their changes were made.
     pub egress_apply: tokio::sync::Mutex<()>,
+    /// Told before a machine's program is signalled to stop, so every
+    /// proxy has taken it out of rotation first (in a cluster).
+    pub rotation: RwLock<Option<Arc<dyn crate::routing::RotationWitness>>>,
 }
 
 /// One machine in memory: its record, the lock that lets one operation run

@@ -188,14 +188,12 @@ fn status(name: &str, state: &str, output: String) -> CheckStatus {
 
 impl AgentCore {
     /// Sets the machine's check results and tells whoever follows changes.
+    /// It is a new generation of the record, so a cluster's catalog takes
+    /// the results from the next report (the results are not stored).
     fn set_checks(&self, entry: &MachineEntry, checks: Vec<CheckStatus>) {
-        let id = {
-            let mut record = lock(&entry.record);
-            record.checks = checks;
-            record.id.clone()
-        };
-        entry.changed.send_modify(|n| *n += 1);
-        let _ = self.changes.send(id);
+        if let Err(err) = self.update_record(entry, |record| record.checks = checks) {
+            tracing::warn!("recording check results: {}", err.chain());
+        }
     }
 }
 

@@ -41,3 +41,4 @@ pub use capacity::Capacity;
 pub use clock::Clock;
 pub use config::AgentConfig;
 pub use next_run::PreparedRunStats;
+pub use routing::RotationWitness;

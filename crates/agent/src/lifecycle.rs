@@ -290,6 +290,7 @@ impl AgentCore {
             record.pending = Some(pending);
             record.stop_request = Some(request.clone());
         })?;
+        self.leave_rotation(entry).await;
         let signal_failed = |e| AgentError::host("signalling the machine", e);
         run.machine.signal(signal.number()).map_err(signal_failed)?;
         let status = match tokio::time::timeout(timeout, run.machine.wait_exit()).await {

@@ -60,6 +60,7 @@ impl Agent {
             shutting_down: Default::default(),
             egress: Default::default(),
             egress_apply: Default::default(),
+            rotation: Default::default(),
         });
         crate::egress::load(&core)?;
         for record in records {

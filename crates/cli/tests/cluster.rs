@@ -748,3 +748,159 @@ fn an_orgs_registry_credentials_reach_the_host_through_either_api_server() {
     let error = refused["error"].as_str().unwrap_or_default();
     assert!(error.contains("refused the credentials"), "{error}");
 }
+
+/// A CGI script that names the machine and says whether it got its stop
+/// signal (the program's shell records it in /tmp/got-int).
+const WHO_CGI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"machine=$FLY_MACHINE_ID\"\nif [ -e /tmp/got-int ]; then echo signalled=yes; else echo signalled=no; fi\n";
+
+/// busybox httpd on 8080 behind an http service. The shell stays PID 1's
+/// child and records SIGINT instead of dying of it; httpd, started in the
+/// background, ignores SIGINT. So a stop signals the machine, which keeps
+/// answering until the stop's timeout kills it.
+fn web_config() -> Value {
+    use base64::Engine;
+    let script = "chmod +x /www/cgi-bin/who; trap 'touch /tmp/got-int' INT; \
+                  httpd -f -p 8080 -h /www & while :; do wait; done";
+    json!({
+        "image": SHELL,
+        "init": {"exec": ["/bin/sh", "-c", script]},
+        "files": [{
+            "guest_path": "/www/cgi-bin/who",
+            "raw_value": base64::engine::general_purpose::STANDARD.encode(WHO_CGI),
+        }],
+        "services": [{
+            "protocol": "tcp",
+            "internal_port": 8080,
+            "ports": [{"port": 80, "handlers": ["http"]}],
+        }],
+    })
+}
+
+/// (machine, signalled) of a reply of the `who` script.
+fn who(body: &str) -> Option<(String, bool)> {
+    let machine = body.lines().find_map(|l| l.strip_prefix("machine="))?;
+    let signalled = body.lines().any(|l| l == "signalled=yes");
+    Some((machine.to_string(), signalled))
+}
+
+#[test]
+fn every_host_proxies_to_the_whole_cluster_and_hears_of_a_stop_before_the_machine_does() {
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        ..ClusterOptions::default()
+    });
+    let app = unique_app("proxied");
+    let probe_app = unique_app("probe");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    cluster.midge(0, &["apps", "create", &probe_app]).success();
+    let create = |app: &str, config: Value, region: &str| {
+        let (status, machine) = cluster.create(0, app, json!({"config": config, "region": region}));
+        assert_eq!(status, 200, "{machine}");
+        let id = machine["id"].as_str().unwrap().to_string();
+        wait_started(&cluster, app, &id);
+        id
+    };
+    // Host 1 serves ord, host 2 ams: both web machines are far from host 1.
+    let first = create(&app, web_config(), "ams");
+    let second = create(&app, web_config(), "ams");
+    let probe = create(&probe_app, shell_config(), "ord");
+    let host_name = format!("{app}.localhost");
+
+    // Host 1's proxy reaches host 2's machines over 6PN, once the routing
+    // feed and the peer's firewall have them.
+    let mut seen = std::collections::BTreeSet::new();
+    cluster.eventually("host 1's proxy reaches both machines", SETTLE, || {
+        let (status, body) = cluster.proxy_get(1, &host_name, "/cgi-bin/who");
+        if let (200, Some((machine, _))) = (status, who(&body)) {
+            seen.insert(machine);
+        }
+        seen.len() == 2
+    });
+    assert!(seen.contains(&first) && seen.contains(&second), "{seen:?}");
+
+    // Host 1's DNS names the app's machines of host 2 to a machine of the
+    // same org on host 1.
+    let first_ip = private_ip(&cluster, &app, &first);
+    let second_ip = private_ip(&cluster, &app, &second);
+    let lookup = format!("nslookup {app}.internal");
+    cluster.eventually("host 1's DNS names both machines", SETTLE, || {
+        let answer = cluster.midge(0, &["machine", "exec", &probe, "-a", &probe_app, &lookup]);
+        answer.stdout.contains(&first_ip) && answer.stdout.contains(&second_ip)
+    });
+
+    // A stop of the first machine: from the moment it is signalled, host
+    // 1's proxy never sends it a request.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let replies = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = cluster.proxy_get(1, &host_name, "/cgi-bin/who");
+                replies.push((status, who(&body)));
+            }
+            replies
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, body) = cluster.api(
+            0,
+            Method::POST,
+            &format!("{}/stop", machine_path(&app, &first)),
+            Some(json!({"timeout": "3s"})),
+        );
+        assert_eq!(status, 200, "stopping: {body}");
+        let (status, body) = cluster.get(
+            0,
+            &format!(
+                "{}/wait?state=stopped&timeout=60",
+                machine_path(&app, &first)
+            ),
+        );
+        assert_eq!(status, 200, "waiting for the stop: {body}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().expect("the load thread")
+    });
+    let from_first: Vec<bool> = replies
+        .iter()
+        .filter_map(|(_, who)| who.as_ref())
+        .filter(|(machine, _)| *machine == first)
+        .map(|(_, signalled)| *signalled)
+        .collect();
+    assert!(
+        !from_first.is_empty(),
+        "the first machine took requests before its stop: {replies:?}"
+    );
+    assert!(
+        !from_first.iter().any(|signalled| *signalled),
+        "a request reached the first machine after its stop signal"
+    );
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "every request was answered: {replies:?}"
+    );
+
+    // With both stopped, a request at host 1 starts one on host 2 and
+    // waits for it.
+    let (status, body) = cluster.api(
+        0,
+        Method::POST,
+        &format!("{}/stop", machine_path(&app, &second)),
+        Some(json!({"timeout": "1s"})),
+    );
+    assert_eq!(status, 200, "stopping: {body}");
+    let (status, body) = cluster.get(
+        0,
+        &format!(
+            "{}/wait?state=stopped&timeout=60",
+            machine_path(&app, &second)
+        ),
+    );
+    assert_eq!(status, 200, "waiting for the stop: {body}");
+    let (status, body) = cluster.proxy_get(1, &host_name, "/cgi-bin/who");
+    assert_eq!(status, 200, "{body}");
+    let (started, _) = who(&body).unwrap_or_else(|| panic!("no machine in {body}"));
+    assert!(started == first || started == second, "{body}");
+    assert_eq!(
+        cluster.get(0, &machine_path(&app, &started)).1["state"],
+        "started"
+    );
+}

@@ -1,36 +1,48 @@
 //! What hosts call on an API server (`/internal/v1/hosts…`, a midge
-//! extension): join the cluster, heartbeat (answered with intents and 6PN
-//! routes), and report their machines. A host authenticates with its own
-//! token and may write only its own machines; a new host joins with an
-//! admin token.
+//! extension): join the cluster, heartbeat (answered with intents, 6PN
+//! routes and the peers that answer), report their machines, and follow the
+//! routing feed. A host authenticates with its own token and may write only
+//! its own machines; a new host joins with an admin token.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use midge_store::{Catalog, HostRecord, Principal, StoreError};
 
-use crate::wire::{Heartbeat, HeartbeatAnswer, Join, Joined, PeerRoute, Reports, ReportsAnswer};
+use crate::routing_feed::{FeedQuery, RoutingFeed};
+use crate::status::{HostStatus, Liveness, now_millis};
+use crate::wire::{
+    Heartbeat, HeartbeatAnswer, Join, Joined, Peer, PeerRoute, Reports, ReportsAnswer,
+};
 
 #[derive(Clone)]
 struct Hosts {
     catalog: Arc<dyn Catalog>,
+    liveness: Liveness,
+    feed: Arc<RoutingFeed>,
 }
 
-/// The hosts' API over `catalog`.
-pub fn router(catalog: Arc<dyn Catalog>) -> Router {
+/// The hosts' API over `catalog`; `liveness` says which peers answer.
+pub fn router(catalog: Arc<dyn Catalog>, liveness: Liveness) -> Router {
+    let feed = Arc::new(RoutingFeed::new(catalog.clone()));
     Router::new()
         .route("/internal/v1/hosts", post(join))
         .route("/internal/v1/hosts/{id}/heartbeat", post(heartbeat))
         .route("/internal/v1/hosts/{id}/machines", post(report))
+        .route("/internal/v1/hosts/{id}/routing", get(routing))
         .route(
             "/internal/v1/hosts/{id}/intents/{intent}/done",
             post(intent_done),
         )
-        .with_state(Hosts { catalog })
+        .with_state(Hosts {
+            catalog,
+            liveness,
+            feed,
+        })
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -121,11 +133,31 @@ async fn heartbeat(
         Ok(intents) => intents,
         Err(error) => return failure(&error),
     };
-    let routes = match routes_for(&*hosts.catalog, &host).await {
+    let all = match hosts.catalog.list_hosts().await {
+        Ok(all) => all,
+        Err(error) => return failure(&error),
+    };
+    let routes = match routes_for(&*hosts.catalog, &host, &all).await {
         Ok(routes) => routes,
         Err(error) => return failure(&error),
     };
-    Json(HeartbeatAnswer { intents, routes }).into_response()
+    let now = now_millis();
+    let peers = all
+        .iter()
+        .filter(|peer| peer.id != host.id)
+        .filter(|peer| hosts.liveness.status(peer, now) == HostStatus::Ok)
+        .map(|peer| Peer {
+            id: peer.id.clone(),
+            agent_url: peer.agent_url.clone(),
+            underlay: peer.underlay.clone(),
+        })
+        .collect();
+    Json(HeartbeatAnswer {
+        intents,
+        routes,
+        peers,
+    })
+    .into_response()
 }
 
 /// A route for every private network to every other host that has an
@@ -133,6 +165,7 @@ async fn heartbeat(
 async fn routes_for(
     catalog: &dyn Catalog,
     host: &HostRecord,
+    peers: &[HostRecord],
 ) -> Result<Vec<PeerRoute>, StoreError> {
     let mut networks: Vec<u32> = catalog
         .list_apps(None)
@@ -142,7 +175,6 @@ async fn routes_for(
         .collect();
     networks.sort_unstable();
     networks.dedup();
-    let peers = catalog.list_hosts().await?;
     let mut routes = Vec::new();
     for peer in peers.iter().filter(|p| p.id != host.id) {
         let Some(via) = &peer.underlay else { continue };
@@ -187,7 +219,27 @@ async fn report(
         .record_machines(&host.id, &reports.machines)
         .await
     {
-        Ok(fenced) => Json(ReportsAnswer { fenced }).into_response(),
+        Ok(fenced) => {
+            hosts.feed.changed();
+            Json(ReportsAnswer { fenced }).into_response()
+        }
+        Err(error) => failure(&error),
+    }
+}
+
+/// The routing feed: answers once the catalog's routing revision passes
+/// `after` (or `wait_ms` go by, with `machines: null`).
+async fn routing(
+    State(hosts): State<Hosts>,
+    Path(id): Path<String>,
+    Query(query): Query<FeedQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = host_of(&hosts, &id, &headers).await {
+        return refused;
+    }
+    match hosts.feed.next(&query).await {
+        Ok(snapshot) => Json(snapshot).into_response(),
         Err(error) => failure(&error),
     }
 }

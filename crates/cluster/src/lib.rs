@@ -7,15 +7,17 @@
 //!   the catalog and forwards the call to that host's agent, and answers
 //!   from the catalog's last known record when the host is down.
 //! - [`hosts_api`] is what hosts call on an API server: join, heartbeat,
-//!   report their machines, collect intents and 6PN routes.
+//!   report their machines, collect intents, 6PN routes and peers, and
+//!   follow the [`routing_feed`] their proxies route by.
 //! - [`member`] is a host's side of that: registration, heartbeats,
-//!   reports, intents and routes, in the background.
+//!   reports, intents, routes and the feed.
 
 mod agent;
 pub mod hosts_api;
 pub mod member;
 pub mod placement;
 pub mod regions;
+pub mod routing_feed;
 pub mod status;
 mod volumes;
 pub mod wire;

@@ -11,7 +11,9 @@ use midge_store::HostRecord;
 use midge_types::cluster::{HostLoad, HostRegistration, MachineReport};
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{Heartbeat, HeartbeatAnswer, Join, Joined, Reports, ReportsAnswer};
+use crate::wire::{
+    Heartbeat, HeartbeatAnswer, Join, Joined, Reports, ReportsAnswer, RoutingSnapshot,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
@@ -217,6 +219,26 @@ impl Membership {
         };
         self.api
             .send(|url| self.post(url, "machines").json(&body))
+            .await
+    }
+
+    /// The cluster's machines once the routing revision passes `after`,
+    /// waiting at most `wait` (then `machines` is `None`).
+    pub async fn routing(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<RoutingSnapshot, MemberError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.api
+            .send(|url| {
+                self.http
+                    .get(format!(
+                        "{url}/internal/v1/hosts/{}/routing?after={after}&wait_ms={wait_ms}",
+                        self.host.id
+                    ))
+                    .bearer_auth(&self.token)
+            })
             .await
     }
 

@@ -3,6 +3,7 @@
 
 use midge_store::{HostRecord, Intent};
 use midge_types::cluster::{HostLoad, HostRegistration, MachineReport};
+use midge_types::routing::RoutedEntry;
 use serde::{Deserialize, Serialize};
 
 /// A host joining (new, authenticated by an admin token) or coming back
@@ -37,11 +38,32 @@ pub struct PeerRoute {
     pub via: String,
 }
 
+/// Another host that answers heartbeats: its proxy is told before one of
+/// this host's machines leaves rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: String,
+    pub agent_url: String,
+    /// Where its proxy's connections to this host's machines come from.
+    #[serde(default)]
+    pub underlay: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatAnswer {
     /// What was asked of the host while it could not be reached.
     pub intents: Vec<Intent>,
     pub routes: Vec<PeerRoute>,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// An answer of the routing feed: the cluster's machines as of `revision`,
+/// or `None` when nothing changed after the revision asked about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutingSnapshot {
+    pub revision: u64,
+    pub machines: Option<Vec<RoutedEntry>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -71,6 +71,7 @@ mod tests {
             org_network: org,
             machine,
             link_ipv4: None,
+            agent_url: None,
         }
     }
 

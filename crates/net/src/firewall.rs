@@ -8,6 +8,9 @@
 //! machine only from a source address of the destination's org, whether it comes
 //! from a machine on this host or over the underlay from another host.
 //!
+//! The one exception: TCP from `peer_proxies`, the other hosts' underlay
+//! addresses their proxies connect from, may reach any machine.
+//!
 //! Traffic from a machine to the host itself (the `input` hook) is dropped unless
 //! it answers a connection the host opened (the proxy, service checks) or goes to
 //! an endpoint the platform serves to machines (`served_v4`, `served_v6`: the
@@ -32,6 +35,8 @@ const MACHINE_IFACES: &str = "machine_ifaces";
 const MACHINE_ORGS: &str = "machine_orgs";
 /// The sets that hold an element per attached machine (empty when none is).
 pub const MACHINE_SETS: [&str; 2] = [MACHINE_IFACES, MACHINE_ORGS];
+/// Other hosts of the cluster, whose proxies connect to this host's machines.
+const PEER_PROXIES: &str = "peer_proxies";
 const SERVED_V4: &str = "served_v4";
 const SERVED_V6: &str = "served_v6";
 
@@ -64,6 +69,7 @@ pub(crate) fn table_script(
         "add table inet {table}
 add set inet {table} {MACHINE_IFACES} {{ type ifname; }}
 add set inet {table} {MACHINE_ORGS} {{ type ifname . ipv6_addr; flags interval; }}
+add set inet {table} {PEER_PROXIES} {{ type ipv6_addr; }}
 add set inet {table} {SERVED_V4} {{ type ipv4_addr . inet_proto . inet_service; }}
 add set inet {table} {SERVED_V6} {{ type ipv6_addr . inet_proto . inet_service; }}
 add chain inet {table} input {{ type filter hook input priority filter; policy accept; }}
@@ -81,6 +87,7 @@ add rule inet {table} input ip daddr . meta l4proto . th dport @{SERVED_V4} acce
 add rule inet {table} input ip6 daddr . meta l4proto . th dport @{SERVED_V6} accept
 add rule inet {table} input drop
 {inbound_forward_drops}add rule inet {table} forward ct state established,related accept
+add rule inet {table} forward oifname @{MACHINE_IFACES} ip6 saddr @{PEER_PROXIES} meta l4proto tcp accept
 add rule inet {table} forward iifname @{MACHINE_IFACES} iifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward oifname @{MACHINE_IFACES} oifname . ip6 saddr != @{MACHINE_ORGS} drop
 add rule inet {table} forward iifname @{MACHINE_IFACES} oifname @{MACHINE_IFACES} meta nfproto ipv6 accept
@@ -232,6 +239,19 @@ fn org_element_of(element: &Value, host_veth: &str) -> Result<Option<String>, Ne
     Ok(Some(format!("{address}/{len}")))
 }
 
+/// `nft` lines that make the peer proxy set exactly `peers`.
+pub(crate) fn peer_proxies_script(table: &str, peers: &[Ipv6Addr]) -> String {
+    let mut script = format!("flush set inet {table} {PEER_PROXIES}\n");
+    if !peers.is_empty() {
+        let elements: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        script.push_str(&format!(
+            "add element inet {table} {PEER_PROXIES} {{ {} }}\n",
+            elements.join(", ")
+        ));
+    }
+    script
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +296,29 @@ mod tests {
         assert!(script.contains("flush chain inet midge forward"));
         assert!(!script.contains('*'), "no interface wildcards: {script}");
         assert!(!script.contains("egress"), "{script}");
+        // Peer proxies pass before the org check that would drop them.
+        let peers = script
+            .find("ip6 saddr @peer_proxies meta l4proto tcp accept")
+            .unwrap();
+        let org_check = script
+            .find("oifname . ip6 saddr != @machine_orgs drop")
+            .unwrap();
+        assert!(peers < org_check);
+    }
+
+    #[test]
+    fn the_peer_proxy_set_is_replaced_whole() {
+        let peers: Vec<Ipv6Addr> =
+            vec!["fd00:77::b".parse().unwrap(), "fd00:77::c".parse().unwrap()];
+        assert_eq!(
+            peer_proxies_script("mgt", &peers),
+            "flush set inet mgt peer_proxies\n\
+             add element inet mgt peer_proxies { fd00:77::b, fd00:77::c }\n"
+        );
+        assert_eq!(
+            peer_proxies_script("mgt", &[]),
+            "flush set inet mgt peer_proxies\n"
+        );
     }
 
     #[test]

@@ -252,6 +252,12 @@ impl Network {
         egress::apply(self.table(), config, plan).await
     }
 
+    /// Lets the other hosts' proxies (connecting from `peers`, their
+    /// underlay addresses) reach this host's machines over TCP.
+    pub async fn allow_peer_proxies(&self, peers: &[Ipv6Addr]) -> Result<(), NetError> {
+        command::nft_script(&firewall::peer_proxies_script(self.table(), peers)).await
+    }
+
     /// Removes every resource carrying this prefix: namespaces `<prefix>-*`, host
     /// veths `<prefix>` + 8 hex digits, the nftables table and the egress
     /// addresses it held. Forwarding stays on.

@@ -1,7 +1,10 @@
 //! Autostop and the minimum: every pass, per service and region, stop (or
 //! suspend) idle machines beyond what the load needs, by Fly's rule, and
 //! start machines up to `min_machines_running` in the primary region. A
-//! machine to stop is taken out of rotation first and drained.
+//! machine to stop is taken out of rotation first and drained. In a
+//! cluster each host's proxy does this for the machines of its own host
+//! only (the rule per region and host), so no two proxies pick the same
+//! machine and each counts the load it carries itself.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -71,7 +74,7 @@ fn pass(shared: &Arc<Shared>, table: &RoutingTable) {
     for (app, routes) in &table.apps {
         for service in &routes.services {
             let mut regions: BTreeMap<&str, Vec<&Backend>> = BTreeMap::new();
-            for backend in &service.backends {
+            for backend in service.backends.iter().filter(|b| b.agent_url.is_none()) {
                 regions.entry(&backend.region).or_default().push(backend);
             }
             for (region, backends) in regions {
@@ -136,7 +139,7 @@ async fn drain_and_stop(shared: Arc<Shared>, app: String, id: String, how: Autos
         let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
     }
     tracing::info!(%app, machine = %id, "autostop: stopping an idle machine");
-    let result = stop(shared.agent.as_ref(), &app, &id, how).await;
+    let result = stop(shared.agents.agent(None).as_ref(), &app, &id, how).await;
     if let Err(err) = result {
         tracing::warn!(%app, machine = %id, "autostop: {err}");
     }

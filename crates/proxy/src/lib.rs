@@ -71,12 +71,34 @@ impl ProxyConfig {
     }
 }
 
+/// The agents the proxy starts and stops machines through: this host's
+/// for its own machines, and in a cluster the agent of each other host
+/// (by the agent URL its machines are routed with).
+pub trait Agents: Send + Sync {
+    fn agent(&self, agent_url: Option<&str>) -> Arc<dyn HostAgent>;
+}
+
+/// One host: every machine is this agent's.
+pub struct OneHost(pub Arc<dyn HostAgent>);
+
+impl std::fmt::Debug for OneHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneHost").finish_non_exhaustive()
+    }
+}
+
+impl Agents for OneHost {
+    fn agent(&self, _agent_url: Option<&str>) -> Arc<dyn HostAgent> {
+        self.0.clone()
+    }
+}
+
 /// What the proxy's tasks share.
 pub(crate) struct Shared {
     pub config: Arc<ProxyConfig>,
     pub dispatcher: Dispatcher,
     pub upstreams: Arc<Upstreams>,
-    pub agent: Arc<dyn HostAgent>,
+    pub agents: Arc<dyn Agents>,
     pub certificates: Arc<tls::Certificates>,
 }
 
@@ -105,11 +127,16 @@ impl Proxy {
     /// A proxy with an empty routing table that starts and stops machines
     /// through `agent`; autostop runs from now on.
     pub fn new(config: ProxyConfig, agent: Arc<dyn HostAgent>) -> Proxy {
+        Proxy::with_agents(config, Arc::new(OneHost(agent)))
+    }
+
+    /// A proxy that reaches each machine's host through `agents`.
+    pub fn with_agents(config: ProxyConfig, agents: Arc<dyn Agents>) -> Proxy {
         let config = Arc::new(config);
         let (table, table_rx) = watch::channel(Arc::new(RoutingTable::default()));
         let upstreams = Arc::new(Upstreams::default());
         let starts = Arc::new(Starts::new(
-            agent.clone(),
+            agents.clone(),
             upstreams.clone(),
             table_rx.clone(),
             config.start_timeout,
@@ -126,7 +153,7 @@ impl Proxy {
             config,
             dispatcher,
             upstreams,
-            agent,
+            agents,
         });
         let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx.clone()));
         let (addresses, addresses_rx) = watch::channel((0, Vec::new()));

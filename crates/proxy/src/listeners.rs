@@ -303,6 +303,7 @@ mod tests {
             org_network: 1,
             machine,
             link_ipv4: None,
+            agent_url: None,
         }]);
         let ip: IpAddr = "127.77.0.1".parse().unwrap();
         let wanted = wanted(

@@ -116,6 +116,8 @@ pub struct Backend {
     pub policy: ServicePolicy,
     /// The region `min_machines_running` applies to.
     pub primary_region: String,
+    /// The agent of the machine's host; `None` for this host.
+    pub agent_url: Option<String>,
 }
 
 impl Backend {
@@ -270,6 +272,7 @@ impl RoutingTable {
                     addr: SocketAddr::new(ip, service.internal_port),
                     policy: ServicePolicy::of(service),
                     primary_region: primary_region.clone(),
+                    agent_url: routed.agent_url.clone(),
                 });
             }
         }
@@ -356,6 +359,7 @@ mod tests {
                 ..machine
             },
             link_ipv4: Some("172.19.0.2".parse().unwrap()),
+            agent_url: None,
         }
     }
 

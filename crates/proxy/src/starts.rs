@@ -15,6 +15,7 @@ use midge_types::agent::{MachineKey, StartMachine};
 
 use tokio::sync::watch;
 
+use crate::Agents;
 use crate::routes::{Backend, RoutingTable, ServiceKey};
 use crate::upstream::{Upstreams, dial};
 
@@ -44,7 +45,7 @@ impl Flight {
 }
 
 pub struct Starts {
-    agent: Arc<dyn HostAgent>,
+    agents: Arc<dyn Agents>,
     upstreams: Arc<Upstreams>,
     timeout: Duration,
     table: watch::Receiver<Arc<RoutingTable>>,
@@ -64,13 +65,13 @@ impl std::fmt::Debug for Starts {
 
 impl Starts {
     pub fn new(
-        agent: Arc<dyn HostAgent>,
+        agents: Arc<dyn Agents>,
         upstreams: Arc<Upstreams>,
         table: watch::Receiver<Arc<RoutingTable>>,
         timeout: Duration,
     ) -> Starts {
         Starts {
-            agent,
+            agents,
             upstreams,
             timeout,
             table,
@@ -117,7 +118,7 @@ impl Starts {
             Readiness::Accepts(pool)
         };
         let done = start_and_probe(
-            self.agent.clone(),
+            self.agents.agent(backend.agent_url.as_deref()),
             MachineKey::new(app, &backend.id),
             ready,
             self.timeout,

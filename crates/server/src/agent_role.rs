@@ -1,8 +1,9 @@
 //! `midge agent`: one host of a cluster. It joins through an API server
 //! (keeping its identity in its data dir), runs its machines with its own
-//! agent, serves the agent API to API servers, and in the background
-//! heartbeats (carrying out intents and installing 6PN routes to its peers)
-//! and reports every change of its machines.
+//! agent, serves the agent API to API servers, runs the host's proxy and
+//! internal DNS over every machine of the cluster, and in the background
+//! heartbeats (carrying out intents, installing 6PN routes to its peers and
+//! letting their proxies in) and reports every change of its machines.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ use midge_types::agent::{DestroyMachine, MachineKey};
 use midge_types::cluster::HostRegistration;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::cluster_traffic::{ClusterAgents, ClusterRouting, PeerWitness};
+use crate::dns_role::HostDns;
 use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
 
@@ -89,6 +92,10 @@ pub struct AgentArgs {
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
+    #[command(flatten)]
+    pub proxy: crate::proxy_role::ProxyArgs,
+    #[command(flatten)]
+    pub dns: crate::dns_role::DnsArgs,
 }
 
 /// Other hosts' image stores, through their agents' blob routes.
@@ -183,23 +190,66 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.image_peers = Some(Arc::new(PeerImages {
         secret: member.cluster_secret.clone(),
     }));
-    let agent = Host::open(config).await?.agent;
+    let dns = if args.dns.no_dns {
+        None
+    } else {
+        match HostDns::start(&args.dns, &args.region).await {
+            Ok(dns) => Some(dns),
+            Err(err) => {
+                tracing::warn!("internal DNS is off, machines use the host's resolvers: {err:#}");
+                None
+            }
+        }
+    };
+    config.nameserver = dns.as_ref().map(|dns| std::net::IpAddr::V6(dns.address));
+    let host = Host::open(config).await?;
+    let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {
         tracing::warn!("the default shell image is not available: {err:#}");
     }
-    let rpc =
-        midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret).merge(
-            midge_agent_rpc::blobs::router(agent.images().clone(), &member.cluster_secret),
-        );
+    let agents = ClusterAgents::new(
+        agent.clone(),
+        advertise.clone(),
+        member.cluster_secret.clone(),
+    );
+    let (proxy, proxy_addr) =
+        crate::proxy_role::start_with(&args.proxy, &args.region, Arc::new(agents)).await?;
+    let routing = ClusterRouting::new(
+        agent.clone(),
+        member.host.id.clone(),
+        Arc::downgrade(&proxy),
+        dns.as_ref().map(|dns| dns.server.directory()),
+    );
+    let witness = PeerWitness::new(&member, advertise.clone(), &routing)?;
+    agent.set_rotation_witness(witness.clone());
+    crate::cluster_traffic::follow(&routing, member.clone());
+    let pushed = routing.clone();
+    let rpc = midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret)
+        .merge(midge_agent_rpc::blobs::router(
+            agent.images().clone(),
+            &member.cluster_secret,
+        ))
+        .merge(midge_agent_rpc::rotation::router(
+            Arc::new(move |entry| pushed.apply_pushed(entry)),
+            &member.cluster_secret,
+        ));
     let server =
         tokio::spawn(async move { axum::serve(listener.tap_io(midge_api::no_delay), rpc).await });
     println!(
         "host {} (number {}) in region {} serves its agent at {advertise}",
         member.host.id, member.host.number, args.region
     );
+    println!("proxy: http://{proxy_addr}");
+    if let Some(dns) = &dns {
+        println!("dns:   [{}]:53 (machines' resolver)", dns.address);
+    }
     let heartbeats = tokio::spawn(keep_beating(
         agent.clone(),
         member.clone(),
+        Peers {
+            witness,
+            network: host.network.clone(),
+        },
         Duration::from_millis(args.heartbeat_ms.max(100)),
     ));
     let reports = tokio::spawn(keep_reporting(agent.clone(), member));
@@ -215,6 +265,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     heartbeats.abort();
     reports.abort();
     agent.shutdown();
+    proxy.close().await;
+    drop(proxy);
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     println!("agent stopped; machines keep running and are re-adopted by the next start");
     Ok(())
 }
@@ -252,9 +307,37 @@ async fn join(
     }
 }
 
-async fn keep_beating(agent: Agent, member: Membership, every: Duration) {
+/// Where the heartbeats' list of peers goes: to the stops' witness, and
+/// into the firewall, which lets the peers' proxies reach this host's
+/// machines.
+struct Peers {
+    witness: Arc<PeerWitness>,
+    network: Arc<midge_net::Network>,
+}
+
+impl Peers {
+    async fn follow(
+        &self,
+        peers: Vec<midge_cluster::wire::Peer>,
+        admitted: &mut Option<Vec<std::net::Ipv6Addr>>,
+    ) {
+        self.witness.set_peers(peers);
+        let mut underlays = self.witness.peer_underlays();
+        underlays.sort_unstable();
+        if admitted.as_ref() == Some(&underlays) {
+            return;
+        }
+        match self.network.allow_peer_proxies(&underlays).await {
+            Ok(()) => *admitted = Some(underlays),
+            Err(error) => tracing::warn!("letting the peers' proxies in: {error}"),
+        }
+    }
+}
+
+async fn keep_beating(agent: Agent, member: Membership, peers: Peers, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     let mut failing = false;
+    let mut admitted = None;
     loop {
         ticks.tick().await;
         match member.heartbeat(agent.load()).await {
@@ -266,6 +349,7 @@ async fn keep_beating(agent: Agent, member: Membership, every: Duration) {
                 for intent in answer.intents {
                     carry_out(&agent, &member, intent).await;
                 }
+                peers.follow(answer.peers, &mut admitted).await;
                 let routes: Vec<midge_net::PeerRoute> = answer
                     .routes
                     .into_iter()

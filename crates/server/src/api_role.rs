@@ -86,6 +86,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
             unreachable_after: Duration::from_secs(args.host_unreachable_after),
         },
     };
+    let liveness = config.liveness;
     let cluster = ClusterAgent::new(catalog.clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;
@@ -96,7 +97,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         state = state.with_credential_sealer(sealer);
     }
     let state = args.limits.apply(state);
-    let app = midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog));
+    let app = midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog, liveness));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -113,6 +113,8 @@ impl HostConfig {
 pub struct Host {
     pub agent: Agent,
     pub config: HostConfig,
+    /// The host's machine networking (peer proxies are let in through it).
+    pub network: Arc<Network>,
 }
 
 impl Host {
@@ -127,19 +129,21 @@ impl Host {
             .ipv4_pool
             .parse()
             .map_err(|e| anyhow::anyhow!("ipv4 pool {:?}: {e}", config.ipv4_pool))?;
-        let network = Network::init(NetConfig {
-            prefix: config.resource_prefix.clone(),
-            ipv4_pool: pool,
-            host_id: config.host_id,
-            // The one thing this host serves machines on its own addresses.
-            served: config
-                .nameserver
-                .map(|address| ServedEndpoint::dns(address).to_vec())
-                .unwrap_or_default(),
-            egress: config.egress.clone(),
-        })
-        .await
-        .context("setting up host networking")?;
+        let network = Arc::new(
+            Network::init(NetConfig {
+                prefix: config.resource_prefix.clone(),
+                ipv4_pool: pool,
+                host_id: config.host_id,
+                // The one thing this host serves machines on its own addresses.
+                served: config
+                    .nameserver
+                    .map(|address| ServedEndpoint::dns(address).to_vec())
+                    .unwrap_or_default(),
+                egress: config.egress.clone(),
+            })
+            .await
+            .context("setting up host networking")?,
+        );
         let init_binary = midge_sandbox::init_binary::locate(config.init_binary.clone())?;
         let driver = SandboxDriver::open(SandboxConfig {
             state_dir: config.runtime_dir(),
@@ -168,7 +172,7 @@ impl Host {
         };
         let parts = HostParts {
             images,
-            network: Arc::new(network),
+            network: network.clone(),
             driver: Arc::new(driver),
             image_peers: config.image_peers.clone(),
             volumes,
@@ -177,6 +181,10 @@ impl Host {
             .await
             .map_err(|e| anyhow::anyhow!(e.chain()))
             .context("starting the host agent")?;
-        Ok(Host { agent, config })
+        Ok(Host {
+            agent,
+            config,
+            network,
+        })
     }
 }

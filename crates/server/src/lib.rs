@@ -13,6 +13,7 @@
 pub mod agent_role;
 pub mod api_role;
 pub mod bench;
+pub mod cluster_traffic;
 pub mod dev_cluster;
 pub mod dns_role;
 pub mod egress_args;

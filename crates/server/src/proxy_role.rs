@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use midge_agent::Agent;
-use midge_proxy::{Proxy, ProxyConfig};
+use midge_proxy::{Agents, OneHost, Proxy, ProxyConfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
@@ -83,6 +83,16 @@ pub async fn start(
     region: &str,
     agent: &Agent,
 ) -> anyhow::Result<(Arc<Proxy>, SocketAddr)> {
+    let agent: Arc<dyn midge_agent_api::HostAgent> = Arc::new(agent.clone());
+    start_with(args, region, Arc::new(OneHost(agent))).await
+}
+
+/// [`start`], reaching each machine's host through `agents` (a cluster).
+pub async fn start_with(
+    args: &ProxyArgs,
+    region: &str,
+    agents: Arc<dyn Agents>,
+) -> anyhow::Result<(Arc<Proxy>, SocketAddr)> {
     let mut config = ProxyConfig::new(region);
     config.domain = args.proxy_domain.trim_matches('.').to_ascii_lowercase();
     config.autostop_every = seconds("proxy-autostop-secs", args.proxy_autostop_secs)?;
@@ -92,7 +102,7 @@ pub async fn start(
         .await
         .with_context(|| format!("the proxy listening on {}", args.proxy_listen))?;
     let addr = listener.local_addr()?;
-    let proxy = Arc::new(Proxy::new(config, Arc::new(agent.clone())));
+    let proxy = Arc::new(Proxy::with_agents(config, agents));
     proxy.serve_http(listener);
     Ok((proxy, addr))
 }

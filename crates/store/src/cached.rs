@@ -265,6 +265,15 @@ impl Catalog for CachedCatalog {
         self.inner.host_machine_entries(host_id).await
     }
 
+    // The change feed is read fresh: its cursor is what says a cache is stale.
+    async fn live_machine_entries(&self) -> Result<Vec<MachineEntry>> {
+        self.inner.live_machine_entries().await
+    }
+
+    async fn routing_revision(&self) -> Result<u64> {
+        self.inner.routing_revision().await
+    }
+
     async fn add_intent(
         &self,
         host_id: &str,

@@ -115,6 +115,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn remove_placement(&self, id: &str) -> Result<()>;
     /// Every machine entry of a host.
     async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>>;
+    /// Every machine that is not destroyed and has been reported, in
+    /// creation order: what the cluster's proxies route to.
+    async fn live_machine_entries(&self) -> Result<Vec<MachineEntry>>;
+    /// The change feed's cursor: grows with every machine report that
+    /// changed an entry. Read it before the entries it describes.
+    async fn routing_revision(&self) -> Result<u64>;
 
     // ---- intents ----
 

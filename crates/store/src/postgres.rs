@@ -715,6 +715,7 @@ impl Catalog for PostgresCatalog {
             .await
             .map_err(StoreError::postgres("starting machine reports"))?;
         let mut fenced = Vec::new();
+        let mut applied = 0usize;
         for report in reports {
             let current = tx
                 .query_opt(
@@ -764,6 +765,20 @@ impl Catalog for PostgresCatalog {
             )
             .await
             .map_err(StoreError::postgres("recording machine"))?;
+            applied += 1;
+        }
+        // The row lock on the counter orders these commits as the counter
+        // counts, so a reader that saw revision N has seen every change
+        // up to N.
+        if applied > 0 {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('routing_revision', '1')
+                 ON CONFLICT (key) DO UPDATE
+                 SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)",
+                &[],
+            )
+            .await
+            .map_err(StoreError::postgres("counting the change"))?;
         }
         tx.commit()
             .await
@@ -846,6 +861,35 @@ impl Catalog for PostgresCatalog {
             .iter()
             .map(machine_from_row)
             .collect()
+    }
+
+    async fn live_machine_entries(&self) -> Result<Vec<MachineEntry>, StoreError> {
+        let client = self.client("listing machines").await?;
+        client
+            .query(
+                &format!(
+                    "{MACHINE_SELECT} WHERE NOT destroyed AND machine IS NOT NULL ORDER BY created_seq"
+                ),
+                &[],
+            )
+            .await
+            .map_err(StoreError::postgres("listing machines"))?
+            .iter()
+            .map(machine_from_row)
+            .collect()
+    }
+
+    async fn routing_revision(&self) -> Result<u64, StoreError> {
+        let client = self.client("reading the routing revision").await?;
+        let value: Option<String> = client
+            .query_opt(
+                "SELECT value FROM settings WHERE key = 'routing_revision'",
+                &[],
+            )
+            .await
+            .map_err(StoreError::postgres("reading the routing revision"))?
+            .map(|row| row.get(0));
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     async fn add_intent(

@@ -493,6 +493,7 @@ impl SqliteCatalog {
             .transaction()
             .map_err(StoreError::sqlite("starting machine reports"))?;
         let mut fenced = Vec::new();
+        let mut applied = 0usize;
         for report in reports {
             let current: Option<(String, i64, i64)> = tx
                 .query_row(
@@ -539,6 +540,11 @@ impl SqliteCatalog {
                 ],
             )
             .map_err(StoreError::sqlite("recording machine"))?;
+            applied += 1;
+        }
+        if applied > 0 {
+            tx.execute(BUMP_ROUTING_REVISION, [])
+                .map_err(StoreError::sqlite("counting the change"))?;
         }
         tx.commit()
             .map_err(StoreError::sqlite("committing machine reports"))?;
@@ -563,6 +569,35 @@ impl SqliteCatalog {
 
     fn machine_entry(&self, id: &str) -> Result<Option<MachineEntry>, StoreError> {
         Ok(self.machine_entries("id", id)?.into_iter().next())
+    }
+
+    fn live_machine_entries(&self) -> Result<Vec<MachineEntry>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "{MACHINE_SELECT} WHERE NOT destroyed AND machine IS NOT NULL ORDER BY created_seq"
+            ))
+            .map_err(StoreError::sqlite("listing machines"))?;
+        let rows = statement
+            .query_map([], raw_machine_from_row)
+            .map_err(StoreError::sqlite("listing machines"))?;
+        let raw: Vec<RawMachine> = rows
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::sqlite("listing machines"))?;
+        raw.into_iter().map(RawMachine::decode).collect()
+    }
+
+    fn routing_revision(&self) -> Result<u64, StoreError> {
+        let value: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'routing_revision'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sqlite("reading the routing revision"))?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     fn find_machine_entry(
@@ -789,6 +824,11 @@ fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
     })
 }
 
+/// Counts applied machine reports: the change feed's cursor.
+const BUMP_ROUTING_REVISION: &str =
+    "INSERT INTO settings (key, value) VALUES ('routing_revision', '1')
+     ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)";
+
 const MACHINE_SELECT: &str = "SELECT id, app, name, host_id, epoch, generation, machine,
     versions, destroyed, updated_at FROM machines";
 
@@ -929,6 +969,12 @@ impl Catalog for SqliteCatalog {
     }
     async fn host_machine_entries(&self, host_id: &str) -> Result<Vec<MachineEntry>, StoreError> {
         self.machine_entries("host_id", host_id)
+    }
+    async fn live_machine_entries(&self) -> Result<Vec<MachineEntry>, StoreError> {
+        SqliteCatalog::live_machine_entries(self)
+    }
+    async fn routing_revision(&self) -> Result<u64, StoreError> {
+        SqliteCatalog::routing_revision(self)
     }
     async fn app_machines_per_host(&self, app: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let conn = self.lock();

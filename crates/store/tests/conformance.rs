@@ -393,6 +393,54 @@ async fn machine_reports_apply_by_generation_and_fence_other_placements(catalog:
     assert_eq!(on_a, ["m2"]);
 }
 
+async fn the_routing_revision_counts_applied_reports_and_lists_live_machines(
+    catalog: Arc<dyn Catalog>,
+) {
+    catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    assert_eq!(catalog.routing_revision().await.unwrap(), 0);
+    catalog
+        .place_machine("m1", "web", "web", "h-a")
+        .await
+        .unwrap();
+    assert!(
+        catalog.live_machine_entries().await.unwrap().is_empty(),
+        "a placement nobody reported yet is not routed"
+    );
+    catalog
+        .record_machines(
+            "h-a",
+            &[
+                report("m1", 1, 1, MachineState::Started),
+                report("m2", 1, 1, MachineState::Stopped),
+            ],
+        )
+        .await
+        .unwrap();
+    let first = catalog.routing_revision().await.unwrap();
+    assert!(first > 0);
+    // A report that changes nothing (an old generation) is no change.
+    catalog
+        .record_machines("h-a", &[report("m1", 1, 1, MachineState::Stopped)])
+        .await
+        .unwrap();
+    assert_eq!(catalog.routing_revision().await.unwrap(), first);
+    let mut gone = report("m2", 1, 2, MachineState::Destroyed);
+    gone.destroyed = true;
+    catalog.record_machines("h-a", &[gone]).await.unwrap();
+    assert!(catalog.routing_revision().await.unwrap() > first);
+    let live: Vec<String> = catalog
+        .live_machine_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(live, ["m1"], "destroyed machines are not routed");
+}
+
 async fn intents_wait_for_their_host(catalog: Arc<dyn Catalog>) {
     let kind = IntentKind::Destroy { force: true };
     let first = catalog.add_intent("h-a", "m1", "web", &kind).await.unwrap();
@@ -799,6 +847,7 @@ on_both_engines!(
     hosts_keep_their_number_and_need_their_token,
     machine_reports_apply_by_generation_and_fence_other_placements,
     intents_wait_for_their_host,
+    the_routing_revision_counts_applied_reports_and_lists_live_machines,
     the_cluster_secret_is_made_once_and_placements_can_be_taken_back,
     volumes_are_indexed_by_host_and_only_their_host_writes_them,
     registry_credentials_are_kept_per_org_and_registry,

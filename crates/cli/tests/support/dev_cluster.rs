@@ -176,6 +176,44 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no host {number}"))
     }
 
+    /// One HTTP/1.0 request to host `number`'s proxy (port 4281 on the
+    /// host's address, reached from inside the host's namespace): the
+    /// status and the body.
+    pub fn proxy_get(&self, number: u32, host: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let netns = format!(
+            "/run/netns/{}",
+            self.host(number)["netns"].as_str().expect("netns")
+        );
+        let address = format!(
+            "{}:4281",
+            self.host(number)["address"].as_str().expect("address")
+        );
+        let mut stream = std::thread::spawn(move || {
+            let namespace = std::fs::File::open(&netns).expect("open the host's netns");
+            nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter the host's netns");
+            std::net::TcpStream::connect(&address)
+                .unwrap_or_else(|err| panic!("connecting to the proxy at {address}: {err}"))
+        })
+        .join()
+        .expect("the connecting thread");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("a read timeout");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("sending");
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).expect("reading the reply");
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+        (status, body.to_string())
+    }
+
     /// Takes host `number`'s link to the cluster down or up.
     pub fn set_link(&self, number: u32, up: bool) {
         let control = self.topology["control"]["netns"].as_str().expect("netns");

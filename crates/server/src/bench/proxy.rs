@@ -404,6 +404,7 @@ fn backend_route(port: u16) -> RoutedMachine {
         org_network: 1,
         machine,
         link_ipv4: Some(Ipv4Addr::LOCALHOST),
+        agent_url: None,
     }
 }
 

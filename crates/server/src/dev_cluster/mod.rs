@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 
 use crate::postgres::{PostgresOptions, PostgresServer};
 use processes::{Launch, Processes};
-use topology::{AGENT_PORT, POSTGRES_PORT, Request, Settings, Topology};
+use topology::{AGENT_PORT, POSTGRES_PORT, PROXY_PORT, Request, Settings, Topology};
 
 /// Serializes picking uplink addresses across clusters started at once.
 const ALLOCATION_LOCK: &str = "/run/midge-dev-cluster.lock";
@@ -402,6 +402,8 @@ fn start_agents(topology: &Topology, processes: &Processes, token: &str) -> Resu
             host.region.clone(),
             "--listen".into(),
             format!("{}:{AGENT_PORT}", host.address),
+            "--proxy-listen".into(),
+            format!("{}:{PROXY_PORT}", host.address),
             "--underlay".into(),
             host.underlay.to_string(),
             "--data-dir".into(),

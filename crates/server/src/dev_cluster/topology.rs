@@ -18,6 +18,8 @@ const UNDERLAY_NET: [u16; 2] = [0xfd00, 0x77];
 const UPLINK_POOL: [u8; 2] = [198, 19];
 pub const API_PORT: u16 = 4280;
 pub const AGENT_PORT: u16 = 4290;
+/// Where each host's proxy takes requests, on the host's address.
+pub const PROXY_PORT: u16 = 4281;
 pub const POSTGRES_PORT: u16 = 5432;
 pub const MAX_HOSTS: u32 = 9;
 /// A host's resource prefix is the cluster's plus its number.
