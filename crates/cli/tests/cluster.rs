@@ -758,9 +758,22 @@ const WHO_CGI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\
 /// background, ignores SIGINT. So a stop signals the machine, which keeps
 /// answering until the stop's timeout kills it.
 fn web_config() -> Value {
+    web_config_with(json!({}))
+}
+
+/// [`web_config`] with `extra` fields in its service.
+fn web_config_with(extra: Value) -> Value {
     use base64::Engine;
     let script = "chmod +x /www/cgi-bin/who; trap 'touch /tmp/got-int' INT; \
                   httpd -f -p 8080 -h /www & while :; do wait; done";
+    let mut service = json!({
+        "protocol": "tcp",
+        "internal_port": 8080,
+        "ports": [{"port": 80, "handlers": ["http"]}],
+    });
+    if let (Some(service), Value::Object(extra)) = (service.as_object_mut(), extra) {
+        service.extend(extra);
+    }
     json!({
         "image": SHELL,
         "init": {"exec": ["/bin/sh", "-c", script]},
@@ -768,11 +781,7 @@ fn web_config() -> Value {
             "guest_path": "/www/cgi-bin/who",
             "raw_value": base64::engine::general_purpose::STANDARD.encode(WHO_CGI),
         }],
-        "services": [{
-            "protocol": "tcp",
-            "internal_port": 8080,
-            "ports": [{"port": 80, "handlers": ["http"]}],
-        }],
+        "services": [service],
     })
 }
 
@@ -903,4 +912,46 @@ fn every_host_proxies_to_the_whole_cluster_and_hears_of_a_stop_before_the_machin
         cluster.get(0, &machine_path(&app, &started)).1["state"],
         "started"
     );
+}
+
+#[test]
+fn autostop_on_a_machines_host_counts_the_traffic_other_hosts_proxies_carry() {
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        autostop_ms: 1000,
+        ..ClusterOptions::default()
+    });
+    let app = unique_app("busy");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let config =
+        web_config_with(json!({"autostop": "stop", "autostart": true, "min_machines_running": 0}));
+    let (status, machine) = cluster.create(0, &app, json!({"config": config, "region": "ams"}));
+    assert_eq!(status, 200, "{machine}");
+    let id = machine["id"].as_str().unwrap().to_string();
+    wait_started(&cluster, &app, &id);
+    let host_name = format!("{app}.localhost");
+    cluster.eventually("host 1's proxy reaches the machine", SETTLE, || {
+        cluster.proxy_get(1, &host_name, "/cgi-bin/who").0 == 200
+    });
+
+    // Traffic through host 1 only, for several of host 2's autostop passes:
+    // host 2's proxy carries none of it, yet never stops the machine.
+    let state = |cluster: &Cluster| {
+        cluster.get(0, &machine_path(&app, &id)).1["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let busy_until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < busy_until {
+        let (status, body) = cluster.proxy_get(1, &host_name, "/cgi-bin/who");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(state(&cluster), "started", "stopped while busy from host 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Once the traffic ends, the machine's host stops it.
+    cluster.eventually("the idle machine is stopped", SETTLE, || {
+        state(&cluster) == "stopped"
+    });
 }

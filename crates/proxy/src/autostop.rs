@@ -86,7 +86,7 @@ fn pass(shared: &Arc<Shared>, table: &RoutingTable) {
                         let load = loads.of(&b.id);
                         Running {
                             id: b.id.clone(),
-                            load: load.active(),
+                            load: load.active() + load.remote_active(),
                             soft_limit: b.policy.soft_limit,
                             idle_for: now.saturating_duration_since(load.last_active()),
                             autostop: b.policy.autostop,

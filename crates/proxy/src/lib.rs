@@ -5,6 +5,7 @@
 //! it answers, and stops idle machines beyond what the load needs. Machines
 //! are started and stopped only through [`HostAgent`], as any caller would.
 
+mod activity;
 mod autostop;
 mod balance;
 mod dispatch;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use midge_agent_api::HostAgent;
-use midge_types::routing::RoutedMachine;
+use midge_types::routing::{MachineActivity, RoutedMachine};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -76,6 +77,10 @@ impl ProxyConfig {
 /// (by the agent URL its machines are routed with).
 pub trait Agents: Send + Sync {
     fn agent(&self, agent_url: Option<&str>) -> Arc<dyn HostAgent>;
+
+    /// Tells the host at `agent_url` what this proxy carried to its
+    /// machines lately (a cluster; nothing to tell on one host).
+    fn report_activity(&self, _agent_url: &str, _activity: Vec<MachineActivity>) {}
 }
 
 /// One host: every machine is this agent's.
@@ -156,6 +161,7 @@ impl Proxy {
             agents,
         });
         let autostop = tokio::spawn(autostop::run(shared.clone(), table_rx.clone()));
+        let activity = tokio::spawn(activity::run(shared.clone(), table_rx.clone()));
         let (addresses, addresses_rx) = watch::channel((0, Vec::new()));
         let (listened, listening) = watch::channel(0);
         let listeners = Arc::new(listeners::Listeners::default());
@@ -172,7 +178,7 @@ impl Proxy {
             addresses,
             listening,
             listeners,
-            tasks: std::sync::Mutex::new(vec![autostop, follow]),
+            tasks: std::sync::Mutex::new(vec![autostop, activity, follow]),
         }
     }
 
@@ -218,6 +224,18 @@ impl Proxy {
     }
 
     /// Replaces the routing table with one built from these machines.
+    /// Another host's proxy carried this traffic to machines of this host
+    /// lately: autostop counts it as their load.
+    pub fn remote_activity(&self, activity: &[MachineActivity]) {
+        for machine in activity {
+            self.shared
+                .dispatcher
+                .loads
+                .of(&machine.id)
+                .report_remote(machine.active);
+        }
+    }
+
     pub fn update(&self, machines: &[RoutedMachine]) {
         let table = RoutingTable::build(machines);
         let loads = &self.shared.dispatcher.loads;

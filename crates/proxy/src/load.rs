@@ -7,15 +7,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// How long another proxy's report of a machine's load counts.
+const REMOTE_LOAD_LASTS: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub struct MachineLoad {
     active: AtomicU32,
     last_active: Mutex<Instant>,
     draining: AtomicBool,
+    /// What other proxies last said they carry to it, and when.
+    remote: Mutex<(u32, Instant)>,
 }
 
 impl MachineLoad {
@@ -24,11 +29,29 @@ impl MachineLoad {
             active: AtomicU32::new(0),
             last_active: Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
+            remote: Mutex::new((0, Instant::now())),
         }
     }
 
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Another proxy carried traffic to the machine lately, `active` of it
+    /// in flight: the machine is not idle.
+    pub fn report_remote(&self, active: u32) {
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = (active, Instant::now());
+        self.touch();
+    }
+
+    /// What other proxies carry to the machine, while their report is fresh.
+    pub fn remote_active(&self) -> u32 {
+        let (active, at) = *self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        if at.elapsed() < REMOTE_LOAD_LASTS {
+            active
+        } else {
+            0
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -134,5 +157,19 @@ mod tests {
         drop(b);
         loads.retain(|_| false);
         assert_eq!(loads.of("m1").active(), 0);
+    }
+
+    #[test]
+    fn another_proxys_load_counts_while_fresh_and_keeps_the_machine_busy() {
+        let loads = Loads::default();
+        let load = loads.of("m1");
+        std::thread::sleep(Duration::from_millis(20));
+        let before = load.last_active();
+        load.report_remote(3);
+        assert_eq!(load.remote_active(), 3);
+        assert!(load.last_active() > before, "a report is activity");
+        assert_eq!(load.active(), 0, "balancing counts only its own load");
+        *load.remote.lock().unwrap() = (3, Instant::now() - REMOTE_LOAD_LASTS);
+        assert_eq!(load.remote_active(), 0, "a stale report counts for nothing");
     }
 }

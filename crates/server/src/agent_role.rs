@@ -211,7 +211,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         agent.clone(),
         advertise.clone(),
         member.cluster_secret.clone(),
-    );
+    )?;
     let (proxy, proxy_addr) =
         crate::proxy_role::start_with(&args.proxy, &args.region, Arc::new(agents)).await?;
     let routing = ClusterRouting::new(
@@ -224,6 +224,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     agent.set_rotation_witness(witness.clone());
     crate::cluster_traffic::follow(&routing, member.clone());
     let pushed = routing.clone();
+    let carried = Arc::downgrade(&proxy);
     let rpc = midge_agent_rpc::server::router(Arc::new(agent.clone()), &member.cluster_secret)
         .merge(midge_agent_rpc::blobs::router(
             agent.images().clone(),
@@ -231,6 +232,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         ))
         .merge(midge_agent_rpc::rotation::router(
             Arc::new(move |entry| pushed.apply_pushed(entry)),
+            Arc::new(move |activity| {
+                if let Some(proxy) = carried.upgrade() {
+                    proxy.remote_activity(&activity);
+                }
+            }),
             &member.cluster_secret,
         ));
     let server =

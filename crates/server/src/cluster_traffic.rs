@@ -18,7 +18,7 @@ use midge_cluster::member::Membership;
 use midge_cluster::wire::Peer;
 use midge_dns::{Directory, DnsSnapshot};
 use midge_proxy::{Agents, Proxy};
-use midge_types::routing::{RoutedEntry, RoutedMachine};
+use midge_types::routing::{MachineActivity, RoutedEntry, RoutedMachine};
 use tokio::sync::broadcast::error::RecvError;
 
 /// How long one long poll of the routing feed may wait on the API server.
@@ -264,6 +264,7 @@ pub struct ClusterAgents {
     own_url: String,
     secret: String,
     remote: Mutex<HashMap<String, Arc<dyn HostAgent>>>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for ClusterAgents {
@@ -275,13 +276,18 @@ impl std::fmt::Debug for ClusterAgents {
 }
 
 impl ClusterAgents {
-    pub fn new(local: Agent, own_url: String, secret: String) -> ClusterAgents {
-        ClusterAgents {
+    pub fn new(local: Agent, own_url: String, secret: String) -> anyhow::Result<ClusterAgents> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(PEER_CONFIRM)
+            .no_proxy()
+            .build()?;
+        Ok(ClusterAgents {
             local: Arc::new(local),
             own_url,
             secret,
             remote: Mutex::default(),
-        }
+            http,
+        })
     }
 }
 
@@ -307,5 +313,28 @@ impl Agents for ClusterAgents {
                 self.local.clone()
             }
         }
+    }
+
+    fn report_activity(&self, agent_url: &str, activity: Vec<MachineActivity>) {
+        let http = self.http.clone();
+        let url = agent_url.to_string();
+        let secret = self.secret.clone();
+        // A lost report only lets a busy machine look idle for one report.
+        tokio::spawn(async move {
+            let told = midge_agent_rpc::rotation::tell_active(
+                &http,
+                &url,
+                &secret,
+                &activity,
+                PEER_CONFIRM,
+            )
+            .await;
+            if let Err(error) = told {
+                tracing::debug!(
+                    "telling {url} of its machines' load: {}",
+                    midge_client::error_chain(&error)
+                );
+            }
+        });
     }
 }

@@ -35,6 +35,15 @@ pub struct RoutedEntry {
     pub routed: RoutedMachine,
 }
 
+/// What one proxy carried to a machine of another host lately: the
+/// machine's host counts it as load, so autostop leaves the machine alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineActivity {
+    pub id: String,
+    /// Requests or connections in flight when it was sent.
+    pub active: u32,
+}
+
 /// The org network number in a 6PN address (`fdaa:<net32>:…`); `None`
 /// for an address outside 6PN.
 pub fn org_network_of(private_ip: &str) -> Option<u32> {

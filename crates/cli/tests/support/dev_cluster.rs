@@ -21,6 +21,8 @@ pub struct ClusterOptions {
     /// Memory each host offers, in MB (machines take 256 by default).
     pub memory_mb: u32,
     pub heartbeat_ms: u64,
+    /// Milliseconds between the hosts' proxies' autostop passes.
+    pub autostop_ms: u64,
     pub unknown_after: u64,
     pub unreachable_after: u64,
     /// Relay the loopback test registry into the hosts.
@@ -36,6 +38,7 @@ impl Default for ClusterOptions {
             regions: "ord,ams",
             memory_mb: 2048,
             heartbeat_ms: 1000,
+            autostop_ms: 10_000,
             unknown_after: 5,
             unreachable_after: 15,
             registry: false,
@@ -79,6 +82,7 @@ impl Cluster {
             .args(["--regions", options.regions])
             .args(["--memory-mb", &options.memory_mb.to_string()])
             .args(["--heartbeat-ms", &options.heartbeat_ms.to_string()])
+            .args(["--proxy-autostop-ms", &options.autostop_ms.to_string()])
             .args(["--host-unknown-after", &options.unknown_after.to_string()])
             .args([
                 "--host-unreachable-after",

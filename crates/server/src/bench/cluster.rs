@@ -100,6 +100,7 @@ async fn measure_cluster(options: &ClusterBenchOptions) -> anyhow::Result<(Figur
         cpus: None,
         memory_mb: None,
         heartbeat_ms: 1000,
+        proxy_autostop_ms: 10_000,
         host_unknown_after: 5,
         host_unreachable_after: 15,
         insecure_registries: Vec::new(),

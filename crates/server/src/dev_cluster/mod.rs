@@ -77,6 +77,9 @@ pub struct UpArgs {
     /// Milliseconds between a host's heartbeats.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Milliseconds between the hosts' proxies' autostop passes.
+    #[arg(long, default_value_t = 10_000)]
+    pub proxy_autostop_ms: u64,
     /// Seconds without a heartbeat before a host's machines show `unknown`.
     #[arg(long, default_value_t = 5)]
     pub host_unknown_after: u64,
@@ -241,6 +244,7 @@ fn new_topology(args: &UpArgs, dir: &Path) -> Result<Topology> {
             host_unreachable_after: args.host_unreachable_after.max(args.host_unknown_after + 1),
             insecure_registries: args.insecure_registries.clone(),
             region_aliases: args.region_aliases.clone(),
+            proxy_autostop_ms: args.proxy_autostop_ms.max(100),
         },
     };
     let topology = (0..200)
@@ -412,6 +416,11 @@ fn start_agents(topology: &Topology, processes: &Processes, token: &str) -> Resu
             host.resource_prefix.clone(),
             "--heartbeat-ms".into(),
             settings.heartbeat_ms.to_string(),
+            "--proxy-autostop-secs".into(),
+            format!(
+                "{:.3}",
+                Duration::from_millis(settings.proxy_autostop_ms).as_secs_f64()
+            ),
         ];
         if let Some(cpus) = settings.cpus {
             args.extend(["--cpus".into(), cpus.to_string()]);

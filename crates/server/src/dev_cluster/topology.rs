@@ -83,6 +83,13 @@ pub struct Settings {
     pub host_unreachable_after: u64,
     pub insecure_registries: Vec<String>,
     pub region_aliases: Vec<String>,
+    /// Milliseconds between the hosts' proxies' autostop passes.
+    #[serde(default = "default_autostop_ms")]
+    pub proxy_autostop_ms: u64,
+}
+
+fn default_autostop_ms() -> u64 {
+    10_000
 }
 
 /// What `up` was asked for.
@@ -285,6 +292,7 @@ mod tests {
                 host_unreachable_after: 15,
                 insecure_registries: Vec::new(),
                 region_aliases: Vec::new(),
+                proxy_autostop_ms: default_autostop_ms(),
             },
         }
     }
