@@ -48,6 +48,9 @@ struct PlannedCheck {
     probe: Probe,
     interval: Duration,
     timeout: Duration,
+    /// How long after the start a failure is only "not ready yet"
+    /// (`grace_period`, else [`UNTIL_READY_FOR`]).
+    grace: Duration,
 }
 
 /// Fly's name for a service's check: `servicecheck-<nn>-<type>-<port>`.
@@ -75,6 +78,7 @@ fn plan(config: &MachineConfig, ip: std::net::IpAddr) -> Vec<PlannedCheck> {
                     .map(|d| d.0)
                     .filter(|d| !d.is_zero())
                     .unwrap_or(DEFAULT_TIMEOUT),
+                grace: check.grace_period.map_or(UNTIL_READY_FOR, |d| d.0),
             });
         }
     }
@@ -197,6 +201,16 @@ impl AgentCore {
     }
 }
 
+/// A check's status from one probe: a failure within the grace period
+/// (before the first pass) is a warning, "not ready yet"; after it, critical.
+fn verdict(passed: bool, in_grace: bool) -> &'static str {
+    match (passed, in_grace) {
+        (true, _) => "passing",
+        (false, true) => "warning",
+        (false, false) => "critical",
+    }
+}
+
 /// Runs a machine's checks for one run until it is aborted.
 async fn run_checks(core: Weak<AgentCore>, entry: Arc<MachineEntry>, checks: Vec<PlannedCheck>) {
     let began = Instant::now();
@@ -217,15 +231,11 @@ async fn run_checks(core: Weak<AgentCore>, entry: Arc<MachineEntry>, checks: Vec
                 continue;
             }
             let outcome = run_probe(check).await;
-            let fast = !passed_once[i] && began.elapsed() < UNTIL_READY_FOR;
-            let (state, output) = match outcome {
-                Ok(output) => {
-                    passed_once[i] = true;
-                    ("passing", output)
-                }
-                // Not ready yet is a warning; failing after it passed is critical.
-                Err(output) if fast => ("warning", output),
-                Err(output) => ("critical", output),
+            let fast = !passed_once[i] && began.elapsed() < check.grace;
+            let state = verdict(outcome.is_ok(), fast);
+            passed_once[i] |= outcome.is_ok();
+            let output = match outcome {
+                Ok(output) | Err(output) => output,
             };
             if results[i].status != state {
                 results[i] = status(&check.name, state, output);
@@ -332,6 +342,24 @@ mod tests {
     use midge_types::MachineService;
 
     #[test]
+    fn a_failure_is_a_warning_only_within_the_grace_period() {
+        assert_eq!(verdict(true, true), "passing");
+        assert_eq!(verdict(true, false), "passing");
+        assert_eq!(verdict(false, true), "warning");
+        assert_eq!(verdict(false, false), "critical");
+        let config: MachineConfig = serde_json::from_value(serde_json::json!({
+            "image": "x",
+            "services": [{"internal_port": 8080, "checks": [
+                {"type": "tcp", "grace_period": "2s"}, {"type": "tcp"},
+            ]}]
+        }))
+        .unwrap();
+        let planned = plan(&config, "172.19.0.2".parse().unwrap());
+        assert_eq!(planned[0].grace, Duration::from_secs(2));
+        assert_eq!(planned[1].grace, UNTIL_READY_FOR);
+    }
+
+    #[test]
     fn checks_are_named_as_on_fly_with_flys_defaults() {
         let config: MachineConfig = serde_json::from_value(serde_json::json!({
             "image": "x",
@@ -402,6 +430,7 @@ mod tests {
             },
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
+            grace: UNTIL_READY_FOR,
         };
         assert_eq!(run_probe(&check).await, Ok("HTTP 204".into()));
         assert_eq!(run_probe(&check).await, Err("HTTP 503".into()));
