@@ -156,6 +156,13 @@ async fn handle(
         },
     };
 
+    let h2_backend = shared
+        .dispatcher
+        .table
+        .borrow()
+        .app(&app)
+        .and_then(|routes| routes.service(&key))
+        .is_some_and(|service| service.h2_backend);
     let upgrade = headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_upstream_request(&mut req, from, region, upgrade);
@@ -175,7 +182,14 @@ async fn handle(
             None => lease.addr,
         };
         let pool = shared.upstreams.pool(&lease.machine, addr);
-        match pool.send(req).await {
+        let sent = if h2_backend && !upgrade {
+            pool.send_h2(req).await.map(|response| (response, None))
+        } else {
+            pool.send(req)
+                .await
+                .map(|(response, reuse)| (response, Some(reuse)))
+        };
+        match sent {
             Ok((response, reuse)) => {
                 return respond(response, reuse, lease, client_upgrade, &request_id);
             }
@@ -295,7 +309,7 @@ fn prepare_upstream_request(
 
 fn respond(
     mut response: Response<Incoming>,
-    reuse: Reuse,
+    reuse: Option<Reuse>,
     lease: Lease,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_id: &str,
@@ -339,7 +353,7 @@ fn respond(
         parts,
         GuardedBody {
             inner: body,
-            reuse: Some(reuse),
+            reuse,
             _guard: lease.guard,
         }
         .boxed(),

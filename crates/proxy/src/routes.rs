@@ -145,6 +145,9 @@ pub struct ServiceRoutes {
     pub key: ServiceKey,
     pub ports: Vec<PortSpec>,
     pub backends: Vec<Backend>,
+    /// A port of the service asks for h2c to the machine
+    /// (`http_options.h2_backend`).
+    pub h2_backend: bool,
 }
 
 impl ServiceRoutes {
@@ -251,11 +254,19 @@ impl RoutingTable {
                             key: key.clone(),
                             ports: Vec::new(),
                             backends: Vec::new(),
+                            h2_backend: false,
                         });
                         app.services.len() - 1
                     }
                 };
                 let routes = &mut app.services[index];
+                routes.h2_backend |= service.ports.iter().any(|port| {
+                    port.extra
+                        .get("http_options")
+                        .and_then(|o| o.get("h2_backend"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                });
                 for port in port_specs(service) {
                     if !routes.ports.contains(&port) {
                         routes.ports.push(port);
@@ -421,6 +432,24 @@ mod tests {
             Autostop::Suspend
         );
         assert_eq!(Autostop::parse(Some(&Value::Bool(false))), Autostop::Off);
+    }
+
+    #[test]
+    fn a_port_asking_for_h2_backend_makes_its_service_speak_h2c() {
+        let plain = http_service(8080, 80);
+        let mut h2 = http_service(9000, 443);
+        h2.ports[0].extra.insert(
+            "http_options".into(),
+            serde_json::json!({"h2_backend": true}),
+        );
+        let table = RoutingTable::build(&[routed("a", MachineState::Started, vec![plain, h2])]);
+        let app = table.app("web").unwrap();
+        let by_port: Vec<(u16, bool)> = app
+            .services
+            .iter()
+            .map(|s| (s.key.internal_port, s.h2_backend))
+            .collect();
+        assert_eq!(by_port, [(8080, false), (9000, true)]);
     }
 
     #[test]
