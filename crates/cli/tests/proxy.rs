@@ -691,3 +691,86 @@ fn the_ips_commands_allocate_list_and_release_and_apps_show_prints_the_urls() {
         "{warned}"
     );
 }
+
+/// Opens a WebSocket through the proxy (the backend answers 101 and then
+/// echoes); returns the stream after the response head.
+fn open_websocket(platform: &Platform, app: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(&platform.proxy_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /chat HTTP/1.1\r\nHost: {app}.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+#[test]
+fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
+    let platform = Platform::start_with_options(&["--proxy-autostop-secs", "3"]);
+    let app = platform.create_app(&unique_app("wsdrain"));
+    let upgrade = "#!/bin/sh\nwhile read -r line; do [ \"$line\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
+    let config = json!({
+        "image": SHELL,
+        "init": {"exec": ["/bin/sh", "-c", "chmod +x /up.sh && exec nc -ll -p 8080 -e /up.sh"]},
+        "files": [{"guest_path": "/up.sh", "raw_value": base64(upgrade)}],
+        "services": [http_service(json!({"autostop": "stop", "min_machines_running": 0}))],
+    });
+    // One session per machine (the second goes to the least loaded), each
+    // opened well within a pass of its machine's start.
+    let first = create_machine(&platform, &app, config.clone(), false);
+    let mut sessions = vec![open_websocket(&platform, &app)];
+    let second = create_machine(&platform, &app, config, false);
+    sessions.push(open_websocket(&platform, &app));
+
+    // Two machines with one session each: one is excess, and is drained.
+    for session in &sessions {
+        session.set_nonblocking(true).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut closed = None;
+    while closed.is_none() && std::time::Instant::now() < deadline {
+        for (index, session) in sessions.iter_mut().enumerate() {
+            let mut frame = [0u8; 4];
+            if let Ok(4) = session.peek(&mut frame) {
+                assert_eq!(
+                    frame,
+                    [0x88, 0x02, 0x03, 0xe9],
+                    "a close frame, 1001 going away"
+                );
+                closed = Some(index);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = closed.expect("a session of the drained machine got a close frame");
+    drop(sessions.remove(closed));
+    let states = || {
+        (
+            state(&platform, &app, &first),
+            state(&platform, &app, &second),
+        )
+    };
+    platform.eventually(
+        "the drained machine stops once its session ends",
+        Duration::from_secs(30),
+        || matches!(states(), (a, b) if (a == "stopped") != (b == "stopped")),
+    );
+    // The other session is untouched.
+    let mut byte = [0u8; 1];
+    let other = &mut sessions[0];
+    assert!(
+        matches!(other.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the other session got nothing"
+    );
+}

@@ -25,6 +25,7 @@ use crate::dispatch::{AttemptError, Attempts, DispatchError, Lease};
 use crate::headers::{self, Forwarded};
 use crate::listeners::FixedRoute;
 use crate::load::LoadGuard;
+use crate::load::MachineLoad;
 use crate::routes::ServiceKey;
 use crate::upstream::{Reuse, SendError};
 
@@ -164,6 +165,11 @@ async fn handle(
         .and_then(|routes| routes.service(&key))
         .is_some_and(|service| service.h2_backend);
     let upgrade = headers::wants_upgrade(req.headers());
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|u| u.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_upstream_request(&mut req, from, region, upgrade);
 
@@ -191,7 +197,9 @@ async fn handle(
         };
         match sent {
             Ok((response, reuse)) => {
-                return respond(response, reuse, lease, client_upgrade, &request_id);
+                let load = shared.dispatcher.loads.of(&lease.machine);
+                let upgrade = client_upgrade.map(|on| (on, websocket, load));
+                return respond(response, reuse, lease, upgrade, &request_id);
             }
             Err(SendError::NotSent(unsent, why)) => {
                 tracing::debug!(machine = %lease.machine, "not sent: {why}");
@@ -311,7 +319,7 @@ fn respond(
     mut response: Response<Incoming>,
     reuse: Option<Reuse>,
     lease: Lease,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, bool, Arc<MachineLoad>)>,
     request_id: &str,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -326,12 +334,16 @@ fn respond(
     {
         headers.insert("midge-cold-start-ms", ms);
     }
-    if switching && let Some(client_upgrade) = client_upgrade {
+    if switching && let Some((client_upgrade, websocket, load)) = client_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let guard = lease.guard;
         tokio::spawn(async move {
             let _guard = guard;
             match futures::future::try_join(client_upgrade, upstream_upgrade).await {
+                Ok((client, upstream)) if websocket => {
+                    crate::websocket::relay(TokioIo::new(client), TokioIo::new(upstream), load)
+                        .await;
+                }
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);

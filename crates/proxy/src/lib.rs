@@ -18,6 +18,7 @@ mod starts;
 mod tcp;
 mod tls;
 mod upstream;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
