@@ -717,7 +717,9 @@ fn open_websocket(platform: &Platform, app: &str) -> TcpStream {
 
 #[test]
 fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
-    let platform = Platform::start_with_options(&["--proxy-autostop-secs", "3"]);
+    // Long enough a pass that each machine gets its session before it
+    // could count as idle, on a loaded host too.
+    let platform = Platform::start_with_options(&["--proxy-autostop-secs", "6"]);
     let app = platform.create_app(&unique_app("wsdrain"));
     let upgrade = "#!/bin/sh\nwhile read -r line; do [ \"$line\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
     let config = json!({
@@ -737,7 +739,7 @@ fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
     for session in &sessions {
         session.set_nonblocking(true).unwrap();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     let mut closed = None;
     while closed.is_none() && std::time::Instant::now() < deadline {
         for (index, session) in sessions.iter_mut().enumerate() {

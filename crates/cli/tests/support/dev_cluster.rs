@@ -182,7 +182,8 @@ impl Cluster {
 
     /// One HTTP/1.0 request to host `number`'s proxy (port 4281 on the
     /// host's address, reached from inside the host's namespace): the
-    /// status and the body.
+    /// status and the body; status 0 when the proxy does not take the
+    /// connection (a host binds its proxy after it joined).
     pub fn proxy_get(&self, number: u32, host: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         use std::os::fd::AsFd;
@@ -194,15 +195,19 @@ impl Cluster {
             "{}:4281",
             self.host(number)["address"].as_str().expect("address")
         );
-        let mut stream = std::thread::spawn(move || {
+        let connected = std::thread::spawn(move || {
             let namespace = std::fs::File::open(&netns).expect("open the host's netns");
             nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("enter the host's netns");
             std::net::TcpStream::connect(&address)
-                .unwrap_or_else(|err| panic!("connecting to the proxy at {address}: {err}"))
+                .map_err(|err| format!("connecting to the proxy at {address}: {err}"))
         })
         .join()
         .expect("the connecting thread");
+        let mut stream = match connected {
+            Ok(stream) => stream,
+            Err(why) => return (0, why),
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("a read timeout");
