@@ -96,6 +96,10 @@ pub(crate) struct MachineEntry {
     pub op_lock: Arc<tokio::sync::Mutex<()>>,
     pub changed: watch::Sender<u64>,
     pub current: Mutex<Option<CurrentRun>>,
+    /// The run of a suspended machine: out of `current` (nothing of it
+    /// runs, no monitor acts on it), kept until a start resumes it or a
+    /// stop, update or destroy discards it.
+    pub suspended: Mutex<Option<CurrentRun>>,
     /// Held while the next run is being prepared, so a start waits for an
     /// in-flight preparation instead of throwing it away.
     pub next: Arc<tokio::sync::Mutex<Option<NextRun>>>,
@@ -131,6 +135,14 @@ impl MachineEntry {
 
     pub fn set_current(&self, run: Option<CurrentRun>) {
         *lock(&self.current) = run;
+    }
+
+    pub fn take_suspended(&self) -> Option<CurrentRun> {
+        lock(&self.suspended).take()
+    }
+
+    pub fn set_suspended(&self, run: Option<CurrentRun>) {
+        *lock(&self.suspended) = run;
     }
 }
 
@@ -169,6 +181,7 @@ impl AgentCore {
             op_lock: Arc::new(tokio::sync::Mutex::new(())),
             changed: watch::channel(0).0,
             current: Mutex::new(None),
+            suspended: Mutex::new(None),
             next: Arc::new(tokio::sync::Mutex::new(None)),
         });
         self.machines

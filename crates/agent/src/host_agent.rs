@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use midge_agent_api::{AgentError, HostAgent, Operation, PtySession, Result};
+use midge_agent_api::{AgentError, HostAgent, PtySession, Result};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
     GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
@@ -123,13 +123,8 @@ impl HostAgent for Agent {
             .core
             .locked(&call.machine, call.nonce.as_deref())
             .await?;
-        transition(Op::Suspend, entry.snapshot().state)?;
-        // No driver suspends yet (the capability says so); the microVM's
-        // snapshots and the sandbox's freezer come with suspend itself.
-        Err(AgentError::Unsupported {
-            operation: Operation::Suspend,
-            driver: self.core.driver.capabilities().name,
-        })
+        let step = transition(Op::Suspend, entry.snapshot().state)?;
+        self.core.suspend_locked(&entry, step).await
     }
 
     async fn destroy_machine(&self, call: DestroyMachine) -> Result<()> {

@@ -27,6 +27,7 @@ mod record;
 mod recovery;
 mod routing;
 mod store;
+mod suspend;
 mod transitions;
 mod update;
 mod volume_record;

@@ -87,7 +87,9 @@ impl AgentCore {
         })?;
         failpoint!("agent-start-recorded");
         match self.boot(entry).await {
-            Ok(machine) => {
+            Ok((machine, resumed)) => {
+                // A resumed run gets a new number too: its old monitor
+                // (which saw it suspended) is stale, a new one watches it.
                 let run = CurrentRun {
                     machine,
                     number: self.next_run_number(),
@@ -97,7 +99,8 @@ impl AgentCore {
                     record.set_state(MachineState::Started);
                     record.pending = None;
                     record.stop_request = None;
-                    record.push_event("start", "started", "flyd", None);
+                    let request = resumed.then(|| json!({"resumed": true}));
+                    record.push_event("start", "started", "flyd", request);
                 })?;
                 self.spawn_monitor(entry.clone(), run);
                 self.prepare_next(entry);
@@ -116,13 +119,21 @@ impl AgentCore {
         }
     }
 
-    async fn boot(&self, entry: &MachineEntry) -> Result<Arc<dyn RunningMachine>, AgentError> {
+    /// The machine's suspended run resumed (`true`), else the prepared next
+    /// run launched, else a run started from scratch.
+    async fn boot(
+        &self,
+        entry: &MachineEntry,
+    ) -> Result<(Arc<dyn RunningMachine>, bool), AgentError> {
+        if let Some(machine) = self.resume_suspended(entry).await {
+            return Ok((machine, true));
+        }
         let record = entry.snapshot();
         if let Some(prepared) = self.take_next(entry, record.version()).await {
             match prepared.launch().await {
                 Ok(machine) => {
                     self.prepared_starts.fetch_add(1, Ordering::Relaxed);
-                    return Ok(machine);
+                    return Ok((machine, false));
                 }
                 Err(DriverError::ProgramFailed(message)) => {
                     return Err(AgentError::ProgramFailed(message));
@@ -135,7 +146,8 @@ impl AgentCore {
             }
         }
         let launch = self.launch_for(&record).await?;
-        self.driver.start(&launch).await.map_err(start_error)
+        let machine = self.driver.start(&launch).await.map_err(start_error)?;
+        Ok((machine, false))
     }
 
     /// Watches a run and, when it ends on its own, applies the restart policy.
@@ -346,6 +358,9 @@ impl AgentCore {
         let pending = PendingOp::Stop {
             request_signal: request.signal.map(|s| s.number()),
         };
+        // A suspended machine's run is discarded: nothing of it runs to stop.
+        self.end_suspended(entry, step.during, pending.clone())
+            .await?;
         self.stop_run(entry, request, step.during, pending).await?;
         self.release(&entry.id());
         self.update_record(entry, |record| {
@@ -388,6 +403,8 @@ impl AgentCore {
         })?;
         failpoint!("agent-destroy-recorded");
         self.discard_next(entry).await;
+        self.end_suspended(entry, MachineState::Destroying, PendingOp::Destroy)
+            .await?;
         self.stop_run(
             entry,
             &kill_now(),

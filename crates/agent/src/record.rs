@@ -19,6 +19,7 @@ pub enum PendingOp {
     Restart,
     Update { launch: bool },
     Destroy,
+    Suspend,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -157,7 +157,7 @@ impl AgentCore {
         }
         // Runs of machines no record knows: a crash between creating and recording.
         for (id, found) in recovered {
-            if let Recovered::Running(machine) = found {
+            if let Recovered::Running(machine) | Recovered::Suspended(machine) = found {
                 let _ = machine.remove().await;
             }
             let _ = self.driver.forget(&id).await;
@@ -178,6 +178,15 @@ impl AgentCore {
             Some(Recovered::Running(machine)) => {
                 self.hold(&record.id, record.config());
                 entry.set_current(Some(CurrentRun {
+                    machine,
+                    number: self.next_run_number(),
+                }));
+                None
+            }
+            Some(Recovered::Suspended(machine)) => {
+                // Suspended machines keep their reservation.
+                self.hold(&record.id, record.config());
+                entry.set_suspended(Some(CurrentRun {
                     machine,
                     number: self.next_run_number(),
                 }));
@@ -208,14 +217,28 @@ impl AgentCore {
                 self.stop_locked(entry, &StopRequest::default(), stopped)
                     .await
             }
+            Some(PendingOp::Suspend) => self.finish_suspend(entry, exited).await,
             Some(PendingOp::Start | PendingOp::Restart | PendingOp::Update { launch: true }) => {
                 // Whatever runs may be the old version: start over.
+                self.end_suspended(entry, MachineState::Starting, PendingOp::Start)
+                    .await?;
                 self.stop_run(entry, &kill_now(), MachineState::Starting, PendingOp::Start)
                     .await?;
                 self.hold(&record.id, record.config());
                 self.start_locked(entry, MachineState::Starting).await
             }
+            None if record.state == MachineState::Suspended => self.keep_suspended(entry).await,
             None if record.state == MachineState::Started => {
+                // Frozen by someone else: it should be running.
+                if let Some(run) = entry.take_suspended() {
+                    match run.machine.resume().await {
+                        Ok(()) => entry.set_current(Some(run)),
+                        Err(err) => {
+                            tracing::warn!(machine = %record.id, "thawing a run found frozen: {err}");
+                            let _ = run.machine.remove().await;
+                        }
+                    }
+                }
                 match (entry.current(), exited) {
                     (Some(run), _) => {
                         self.spawn_monitor(entry.clone(), run);
@@ -236,6 +259,14 @@ impl AgentCore {
             None => {
                 // Not meant to be running: make sure nothing is.
                 let state = record.state;
+                self.end_suspended(
+                    entry,
+                    state,
+                    PendingOp::Stop {
+                        request_signal: Some(9),
+                    },
+                )
+                .await?;
                 self.stop_run(
                     entry,
                     &kill_now(),
@@ -252,6 +283,68 @@ impl AgentCore {
                 Ok(())
             }
         }
+    }
+
+    /// A suspend was under way: finish it when the run is still there (or
+    /// already suspended); a run that is gone ended on its own.
+    async fn finish_suspend(
+        self: &Arc<Self>,
+        entry: &Arc<MachineEntry>,
+        exited: Option<midge_driver::ExitStatus>,
+    ) -> Result<(), AgentError> {
+        if let Some(run) = entry.take_suspended() {
+            // Frozen, or on its way: make sure it is, then settle.
+            run.machine
+                .suspend()
+                .await
+                .map_err(|e| AgentError::host("suspending the machine", e))?;
+            return self.settle_suspended(entry, run);
+        }
+        if entry.current().is_some() {
+            let step = Transition {
+                during: MachineState::Suspending,
+                to: MachineState::Suspended,
+            };
+            return self.suspend_locked(entry, step).await;
+        }
+        let record = entry.snapshot();
+        match exited {
+            Some(status) => {
+                self.update_record(entry, |r| {
+                    r.set_state(MachineState::Started);
+                    r.pending = None;
+                })?;
+                self.handle_exit(entry, None, status).await;
+                Ok(())
+            }
+            None => {
+                self.hold(&record.id, record.config());
+                self.start_locked(entry, MachineState::Starting).await
+            }
+        }
+    }
+
+    /// A suspended machine: its suspended run stays (with its reservation).
+    /// One found running (thawed by someone else) is suspended again; one
+    /// that is gone leaves the machine suspended with nothing to resume, so
+    /// its next start is a cold one.
+    async fn keep_suspended(self: &Arc<Self>, entry: &Arc<MachineEntry>) -> Result<(), AgentError> {
+        let record = entry.snapshot();
+        self.hold(&record.id, record.config());
+        if let Some(run) = entry.current() {
+            match run.machine.suspend().await {
+                Ok(()) => {
+                    entry.set_current(None);
+                    entry.set_suspended(Some(run));
+                }
+                Err(err) => {
+                    tracing::warn!(machine = %record.id, "suspending a run found running: {err}");
+                    entry.set_current(None);
+                    let _ = run.machine.remove().await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes networks and driver state of machines the records do not know

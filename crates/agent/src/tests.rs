@@ -1379,3 +1379,109 @@ async fn egress_addresses_go_to_one_machine_or_the_apps_machines_by_port_block()
         .await;
     assert!(matches!(missing, Err(AgentError::AddressNotFound(_))));
 }
+
+async fn suspend(bed: &Bed, id: &str) -> Result<(), AgentError> {
+    bed.agent
+        .suspend_machine(midge_types::agent::SuspendMachine {
+            machine: MachineKey::new(APP, id),
+            nonce: None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn suspend_freezes_the_run_and_the_next_start_resumes_that_same_run() {
+    let mut bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    suspend(&bed, &id).await.unwrap();
+    bed.wait(&id, MachineState::Suspended).await;
+    assert_eq!(bed.driver.suspended(&id), 1);
+    assert_eq!(bed.driver.running(&id), 0);
+    // It keeps its reservation, and nothing runs to signal or exec in.
+    assert!(bed.agent.core.load().used_memory_mb > 0);
+    assert!(!bed.driver.exit(&id, exited(0)), "no run is running");
+
+    // Across an agent restart it comes back suspended, not started or killed.
+    bed.reopen().await;
+    assert_eq!(bed.state(&id).await, MachineState::Suspended);
+    assert_eq!(bed.driver.suspended(&id), 1);
+
+    let mark = bed.driver.calls().len();
+    bed.start(&id).await.unwrap();
+    let calls = bed.calls_since(mark);
+    assert!(
+        calls.iter().any(|c| matches!(c, FakeCall::Resume { .. })),
+        "{calls:?}"
+    );
+    assert!(launches(&calls).is_empty(), "no cold start: {calls:?}");
+    assert_eq!(bed.state(&id).await, MachineState::Started);
+    assert_eq!(bed.driver.running(&id), 1);
+    // Watched again: its end is seen.
+    bed.driver.exit(&id, exited(0));
+    bed.wait(&id, MachineState::Stopped).await;
+    let kinds = bed.event_kinds(&id).await;
+    assert!(kinds.contains(&"suspend".to_string()), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_failed_resume_falls_back_to_a_cold_start_and_says_so() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    suspend(&bed, &id).await.unwrap();
+    bed.driver
+        .fail_resumes(1, || DriverError::host("resuming", "gone"));
+    let mark = bed.driver.calls().len();
+    bed.start(&id).await.unwrap();
+    let calls = bed.calls_since(mark);
+    assert_eq!(launches(&calls).len(), 1, "{calls:?}");
+    assert_eq!(bed.state(&id).await, MachineState::Started);
+    assert_eq!(bed.driver.suspended(&id), 0, "the suspended run is removed");
+    let events = bed
+        .agent
+        .machine_events(ListEvents {
+            machine: MachineKey::new(APP, &id),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "start" && e.status == "resume_failed"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn stop_and_destroy_discard_a_suspended_run_and_a_driver_without_suspend_refuses() {
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    suspend(&bed, &id).await.unwrap();
+    bed.stop(&id, StopRequest::default()).await;
+    assert_eq!(bed.state(&id).await, MachineState::Stopped);
+    assert_eq!(bed.driver.suspended(&id), 0);
+    assert_eq!(bed.agent.core.load().used_memory_mb, 0);
+
+    bed.start(&id).await.unwrap();
+    suspend(&bed, &id).await.unwrap();
+    bed.agent
+        .destroy_machine(DestroyMachine {
+            machine: MachineKey::new(APP, &id),
+            force: false,
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(bed.state(&id).await, MachineState::Destroyed);
+    assert_eq!(bed.driver.present(&id), 0);
+
+    let other = bed.create(config(), false).await;
+    bed.wait(&other, MachineState::Started).await;
+    bed.driver.without_suspend();
+    let error = suspend(&bed, &other).await.unwrap_err();
+    assert!(matches!(error, AgentError::Unsupported { .. }), "{error}");
+    assert_eq!(bed.state(&other).await, MachineState::Started);
+}

@@ -79,6 +79,9 @@ impl AgentCore {
             signal: Some(record.config().stop_signal()),
             timeout: None,
         };
+        // A suspended run is of the old version: discarded.
+        self.end_suspended(entry, step.during, PendingOp::Update { launch })
+            .await?;
         let ended = self
             .end_run(entry, &stop, step.during, PendingOp::Update { launch })
             .await?;

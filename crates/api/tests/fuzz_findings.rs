@@ -47,22 +47,19 @@ fn assert_refused_with_reason(reply: &Reply, status: u16, code: &str, reason: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suspending_where_the_driver_cannot_is_a_failed_precondition() {
+async fn suspend_answers_ok_and_a_second_suspend_is_a_failed_precondition() {
     let h = Harness::with_registry().await;
     let id = started_machine(&h).await;
-    let reply = h
-        .admin(
-            "POST",
-            &format!("/v1/apps/{APP}/machines/{id}/suspend"),
-            None,
-        )
-        .await;
-    assert_refused_with_reason(&reply, 412, "failed_precondition", "suspend");
-    // The machine is left as it was.
+    let path = format!("/v1/apps/{APP}/machines/{id}/suspend");
+    let reply = h.admin("POST", &path, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let machine = h
         .admin("GET", &format!("/v1/apps/{APP}/machines/{id}"), None)
         .await;
-    assert_eq!(machine.body["state"], "started");
+    assert_eq!(machine.body["state"], "suspended");
+    // Only a started machine is suspended.
+    let again = h.admin("POST", &path, None).await;
+    assert_refused_with_reason(&again, 412, "failed_precondition", "suspend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

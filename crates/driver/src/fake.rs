@@ -27,6 +27,8 @@ pub enum FakeCall {
     Discard { run: u64 },
     Signal { run: u64, signal: i32 },
     Remove { run: u64 },
+    Suspend { run: u64 },
+    Resume { run: u64 },
     RemoveRuns { machine_id: String },
     Forget { machine_id: String },
     Recover,
@@ -37,6 +39,7 @@ pub enum FakeCall {
 enum Phase {
     Prepared,
     Running,
+    Suspended,
     Exited(ExitStatus),
     Removed,
 }
@@ -63,6 +66,10 @@ struct State {
     forgotten: Vec<String>,
     /// How long each prepare takes.
     prepare_delay: std::time::Duration,
+    /// Resumes left to fail, with the error each gives.
+    failing_resumes: Vec<DriverError>,
+    /// Whether runs cannot be suspended (a driver without a way to).
+    no_suspend: bool,
 }
 
 /// The fake driver; clone it to keep a handle for the test while the agent owns another.
@@ -107,6 +114,24 @@ impl FakeDriver {
         for _ in 0..count {
             state.failing_launches.push(error());
         }
+    }
+
+    /// The next `count` resumes fail with `error()` (the run stays suspended).
+    pub fn fail_resumes(&self, count: usize, error: impl Fn() -> DriverError) {
+        let mut state = self.state();
+        for _ in 0..count {
+            state.failing_resumes.push(error());
+        }
+    }
+
+    /// From now on the driver cannot suspend, as a driver without a way to.
+    pub fn without_suspend(&self) {
+        self.state().no_suspend = true;
+    }
+
+    /// Runs of the machine that are suspended now.
+    pub fn suspended(&self, machine_id: &str) -> usize {
+        self.count(machine_id, |phase| phase == Phase::Suspended)
     }
 
     /// Every prepare from now on takes this long (a slow `runc create`).
@@ -227,7 +252,7 @@ impl Driver for FakeDriver {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             name: "fake",
-            suspend: false,
+            suspend: !self.state().no_suspend,
         }
     }
 
@@ -273,6 +298,9 @@ impl Driver for FakeDriver {
             match phase {
                 Phase::Running => {
                     found.insert(machine_id, Recovered::Running(self.handle(run)));
+                }
+                Phase::Suspended => {
+                    found.insert(machine_id, Recovered::Suspended(self.handle(run)));
                 }
                 Phase::Exited(status) => {
                     self.set_phase(run, Phase::Removed);
@@ -439,6 +467,45 @@ impl RunningMachine for FakeRunning {
         let (agent_side, init_side) = tokio::io::duplex(64 * 1024);
         tokio::spawn(serve_fake_init(init_side));
         Ok(Box::new(agent_side))
+    }
+
+    async fn suspend(&self) -> Result<(), DriverError> {
+        self.driver.record(FakeCall::Suspend { run: self.run });
+        if self.driver.state().no_suspend {
+            return Err(DriverError::Unsupported {
+                operation: "suspend",
+                driver: "fake",
+            });
+        }
+        let phase = self.driver.state().runs.get(&self.run).map(|r| r.phase);
+        if phase != Some(Phase::Running) {
+            return Err(DriverError::host(
+                "suspending the run",
+                format!("run {} is {phase:?}, not running", self.run),
+            ));
+        }
+        self.driver.set_phase(self.run, Phase::Suspended);
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), DriverError> {
+        self.driver.record(FakeCall::Resume { run: self.run });
+        let failure = {
+            let mut state = self.driver.state();
+            (!state.failing_resumes.is_empty()).then(|| state.failing_resumes.remove(0))
+        };
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let phase = self.driver.state().runs.get(&self.run).map(|r| r.phase);
+        if phase != Some(Phase::Suspended) {
+            return Err(DriverError::host(
+                "resuming the run",
+                format!("run {} is {phase:?}, not suspended", self.run),
+            ));
+        }
+        self.driver.set_phase(self.run, Phase::Running);
+        Ok(())
     }
 
     async fn remove(&self) -> Result<(), DriverError> {

@@ -57,6 +57,9 @@ pub struct Capabilities {
 pub enum Recovered {
     /// A run is still going; the agent re-adopts it.
     Running(Arc<dyn RunningMachine>),
+    /// A run is suspended (see [`RunningMachine::suspend`]); the agent
+    /// re-adopts it as suspended, to resume or discard.
+    Suspended(Arc<dyn RunningMachine>),
     /// The last run ended while no agent watched it.
     Exited(ExitStatus),
 }
@@ -129,6 +132,18 @@ pub trait RunningMachine: Send + Sync + fmt::Debug {
     /// Opens a connection to the machine's init.
     async fn connect_init(&self) -> Result<InitStream, DriverError>;
 
-    /// Removes the run (killing what is left); its logs stay with the machine.
+    /// Suspends the run: nothing of it runs until [`RunningMachine::resume`],
+    /// and it keeps what it holds (its memory, its rootfs, its network).
+    /// Returns once nothing of it runs. A driver that cannot suspend answers
+    /// [`DriverError::Unsupported`]; a run that has ended cannot be suspended.
+    async fn suspend(&self) -> Result<(), DriverError>;
+
+    /// Lets a suspended run go on where it stopped. Fails when the run can
+    /// no longer go on (it ended while suspended); the run is then left to
+    /// be removed.
+    async fn resume(&self) -> Result<(), DriverError>;
+
+    /// Removes the run (killing what is left, suspended or not); its logs
+    /// stay with the machine.
     async fn remove(&self) -> Result<(), DriverError>;
 }

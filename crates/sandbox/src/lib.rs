@@ -5,7 +5,9 @@
 //! Each run is its own container (`<prefix>-<machine>-<run>`) with its own
 //! rootfs, cgroup and init socket, so the next run of a machine can be
 //! prepared while the current one still runs, and removed after it ended
-//! without holding up the next. Nothing of runc leaks out of this crate: the
+//! without holding up the next. A run is suspended by freezing its cgroup
+//! (its memory stays resident; nothing is written to disk), and a frozen
+//! run found after an agent restart is handed back as suspended. Nothing of runc leaks out of this crate: the
 //! agent sees [`midge_driver`]'s handles only.
 
 pub mod baseline;
@@ -66,6 +68,8 @@ pub struct SandboxConfig {
 pub(crate) struct Host {
     pub runc: Runc,
     pub cgroups: CgroupFs,
+    /// Whether runs can be suspended (their cgroups frozen).
+    pub freezer: bool,
     /// Start created containers through their exec fifo instead of `runc start`.
     pub fifo_start: bool,
     /// The machines' id ranges; `None` when machines run without a user
@@ -119,10 +123,16 @@ impl SandboxDriver {
             );
         }
         let id_ranges = user_namespaces(&config).then(IdRanges::default);
+        let cgroups = CgroupFs::host();
+        let freezer = cgroups.can_freeze();
+        if !freezer {
+            tracing::info!("machines cannot be suspended: this host's cgroups have no freezer");
+        }
         Ok(SandboxDriver {
             host: Arc::new(Host {
                 runc: Runc::new(runc_root),
-                cgroups: CgroupFs::host(),
+                cgroups,
+                freezer,
                 fifo_start,
                 id_ranges,
                 config,
@@ -182,7 +192,7 @@ impl Driver for SandboxDriver {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             name: "sandbox",
-            suspend: false,
+            suspend: self.host.freezer,
         }
     }
 

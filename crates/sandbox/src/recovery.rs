@@ -1,5 +1,5 @@
-//! What is left of a host's runs when the agent starts again, and removing
-//! every run of a machine.
+//! What is left of a host's runs when the agent starts again (a frozen
+//! launched run is a suspended one), and removing every run of a machine.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,7 +47,8 @@ pub(crate) async fn recover(host: &Arc<Host>) -> Result<HashMap<String, Recovere
         let run = RunInfo::new(host, machine_id, run_id);
         // A prepared run is running too (its init waits for the go); only a
         // launched one is the machine's.
-        let running = container.status == "running"
+        // A suspended run's container is `paused` (its cgroup frozen).
+        let running = matches!(container.status.as_str(), "running" | "paused")
             && run.dir.launched_marker().exists()
             && !found.contains_key(machine_id);
         let process = if running {
@@ -59,10 +60,14 @@ pub(crate) async fn recover(host: &Arc<Host>) -> Result<HashMap<String, Recovere
         match process {
             Some(process) => {
                 kept.insert(run.run_id.clone());
-                found.insert(
-                    machine_id.to_string(),
-                    Recovered::Running(Arc::new(SandboxRun::new(host.clone(), run, Some(process)))),
-                );
+                let frozen = host.cgroups.is_frozen(&run.cgroup_path);
+                let handle = Arc::new(SandboxRun::new(host.clone(), run, Some(process)));
+                let recovered = if frozen {
+                    Recovered::Suspended(handle)
+                } else {
+                    Recovered::Running(handle)
+                };
+                found.insert(machine_id.to_string(), recovered);
             }
             None => leftovers.push(run),
         }

@@ -26,6 +26,8 @@ use crate::rootfs;
 
 /// How long init may take from being let go to reporting the program started.
 const START_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a run's processes may take to be frozen, or thawed.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unix socket paths longer than this are reached through /proc/self/fd.
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -501,6 +503,41 @@ impl RunningMachine for SandboxRun {
         Ok(Box::new(stream))
     }
 
+    async fn suspend(&self) -> Result<(), DriverError> {
+        if !self.host.freezer {
+            return Err(DriverError::Unsupported {
+                operation: "suspend",
+                driver: "sandbox",
+            });
+        }
+        if self.process.as_ref().is_none_or(ProcessHandle::has_exited) {
+            return Err(DriverError::host(
+                "suspending the machine",
+                "its init has exited",
+            ));
+        }
+        self.host
+            .cgroups
+            .freeze(&self.run.cgroup_path, FREEZE_TIMEOUT)
+            .await
+            .map_err(DriverError::while_doing("freezing the machine's processes"))
+    }
+
+    async fn resume(&self) -> Result<(), DriverError> {
+        self.host
+            .cgroups
+            .thaw(&self.run.cgroup_path, FREEZE_TIMEOUT)
+            .await
+            .map_err(DriverError::while_doing("thawing the machine's processes"))?;
+        if self.process.as_ref().is_none_or(ProcessHandle::has_exited) {
+            return Err(DriverError::host(
+                "resuming the machine",
+                "its init ended while it was suspended",
+            ));
+        }
+        Ok(())
+    }
+
     async fn remove(&self) -> Result<(), DriverError> {
         // The cgroup (and its OOM count) and exit.json go with the run.
         if self.process.as_ref().is_none_or(ProcessHandle::has_exited) {
@@ -529,6 +566,7 @@ async fn connect_socket(path: &Path) -> std::io::Result<tokio::net::UnixStream> 
 /// Removes a run: its container (killing what is left), its rootfs mount and
 /// its files. Safe to repeat.
 pub(crate) async fn remove(host: &Host, run: &RunInfo) -> Result<(), DriverError> {
+    kill_if_frozen(host, run).await?;
     host.runc
         .delete(&run.container_id)
         .await
@@ -538,6 +576,34 @@ pub(crate) async fn remove(host: &Host, run: &RunInfo) -> Result<(), DriverError
         .map_err(DriverError::while_doing("unmounting the rootfs"))?;
     discard_dir(host, run);
     Ok(())
+}
+
+/// A frozen process cannot die until it is thawed (under v1), and must not
+/// run on once thawed: every process of a frozen run is killed, then the
+/// run is thawed, so the kills land before anything of it runs again.
+async fn kill_if_frozen(host: &Host, run: &RunInfo) -> Result<(), DriverError> {
+    if !host.cgroups.is_frozen(&run.cgroup_path) {
+        return Ok(());
+    }
+    let processes = host
+        .cgroups
+        .processes(&run.cgroup_path)
+        .map_err(DriverError::while_doing(
+            "listing a suspended run's processes",
+        ))?;
+    for pid in processes {
+        // One that is gone already is fine.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    host.cgroups
+        .thaw(&run.cgroup_path, FREEZE_TIMEOUT)
+        .await
+        .map_err(DriverError::while_doing(
+            "thawing a suspended run to remove it",
+        ))
 }
 
 /// Moves a run's files aside at once and deletes them in the background: a
