@@ -48,6 +48,7 @@ impl AgentCore {
             record.pending = Some(PendingOp::Suspend);
         })?;
         failpoint!("agent-suspend-recorded");
+        self.leave_rotation(entry).await;
         match run.machine.suspend().await {
             Ok(()) => {
                 self.settle_suspended(entry, run)?;

@@ -782,3 +782,72 @@ async fn concurrent_test_hosts_give_machines_distinct_6pn_addresses() {
         "both test hosts gave their first machine {ip_a}"
     );
 }
+
+/// The count the machine's counting loop last wrote.
+async fn count(t: &TestAgent, id: &str) -> u64 {
+    let out = t.exec(id, &["cat", "/tmp/count"]).await;
+    out.stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no count in {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_machine_keeps_its_memory_and_resumes_where_it_was() {
+    use midge_agent_api::HostAgent;
+    let t = TestAgent::start().await;
+    // Counts in a shell variable; /tmp is in the run's fresh rootfs, so a
+    // cold start would count from 1 again.
+    let id = t
+        .create(MachineConfig {
+            init: sh("i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"),
+            ..t.config()
+        })
+        .await;
+    t.wait(&id, MachineState::Started).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = count(&t, &id).await;
+    assert!(before >= 5, "it counts: {before}");
+    t.agent
+        .suspend_machine(midge_types::agent::SuspendMachine {
+            machine: midge_types::agent::MachineKey::new(support::APP, &id),
+            nonce: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("suspend: {}", e.chain()));
+    assert_eq!(t.get(&id).await.state, MachineState::Suspended);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.start_machine(&id).await;
+    assert_eq!(t.get(&id).await.state, MachineState::Started);
+    let after = count(&t, &id).await;
+    assert!(
+        after >= before,
+        "resumed, not started cold: {before} then {after}"
+    );
+    assert!(
+        after < before + 15,
+        "frozen while suspended (unfrozen it counts about 30 in 1.5 s): {before} then {after}"
+    );
+    let resumed = t
+        .events(&id)
+        .await
+        .into_iter()
+        .any(|e| e.kind == "start" && e.request.as_ref().is_some_and(|r| r["resumed"] == true));
+    assert!(resumed, "the start says it resumed");
+
+    // A suspended machine stops: its frozen run is discarded.
+    t.agent
+        .suspend_machine(midge_types::agent::SuspendMachine {
+            machine: midge_types::agent::MachineKey::new(support::APP, &id),
+            nonce: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("suspend again: {}", e.chain()));
+    t.stop(&id, StopRequest::default()).await;
+    assert_eq!(t.get(&id).await.state, MachineState::Stopped);
+    t.start_machine(&id).await;
+    t.wait(&id, MachineState::Started).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cold = count(&t, &id).await;
+    assert!(cold < before, "a start after a stop is cold: {cold}");
+}

@@ -1247,3 +1247,45 @@ fn clone_of_a_machine_on_a_local_image() {
     let exec = platform.midge(&["machine", "exec", &copy, "-a", &app, "echo cloned"]);
     assert_eq!(exec.success().stdout, "cloned\n");
 }
+
+#[test]
+fn suspend_then_start_resumes_the_same_run() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("suspend"));
+    let id = platform.run_machine(&["-a", &app, SHELL_IMAGE, "sleep", "inf"]);
+    // Every cold start gets a fresh rootfs: the mark survives a resume only.
+    platform
+        .midge(&["machine", "exec", &id, "-a", &app, "touch /tmp/mark"])
+        .success();
+
+    let suspend = platform.midge(&["machine", "suspend", &id, "-a", &app, "-w", "30s"]);
+    assert!(
+        suspend
+            .success()
+            .stdout
+            .contains(&format!("Machine {id} was suspended")),
+        "{suspend}"
+    );
+    assert_eq!(platform.machine(&app, &id)["state"], "suspended");
+    platform
+        .midge(&["machine", "start", &id, "-a", &app])
+        .success();
+    assert_eq!(platform.machine(&app, &id)["state"], "started");
+    platform
+        .midge(&["machine", "exec", &id, "-a", &app, "test -e /tmp/mark"])
+        .success();
+
+    // After a stop the next start is cold again.
+    platform
+        .midge(&["machine", "stop", &id, "-a", &app, "-w", "30s"])
+        .success();
+    platform
+        .midge(&["machine", "start", &id, "-a", &app])
+        .success();
+    let gone = platform.midge(&["machine", "exec", &id, "-a", &app, "test -e /tmp/mark"]);
+    assert_ne!(
+        gone.code,
+        Some(0),
+        "a cold start has a fresh rootfs: {gone}"
+    );
+}

@@ -793,6 +793,24 @@ impl ApiClient {
         Ok(())
     }
 
+    pub async fn suspend_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ClientResult<()> {
+        let url = self.machine_url(app, id, &["suspend"], &[]);
+        self.send(
+            &format!("suspending machine {id}"),
+            Method::POST,
+            url,
+            None,
+            nonce,
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn restart_machine(
         &self,
         app: &str,

@@ -44,6 +44,15 @@ pub struct StopArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SuspendArgs {
+    #[command(flatten)]
+    pub machines: MachinesArgs,
+    /// Wait this long for each machine to be suspended (e.g. 30s, 5m; 0 = don't wait)
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    pub wait_timeout: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
 pub struct RestartArgs {
     #[command(flatten)]
     pub machines: MachinesArgs,
@@ -133,6 +142,33 @@ pub async fn stop(client: &ApiClient, args: StopArgs) -> Result<()> {
                 println!("Machine {id} was stopped");
             }
             None => println!("Machine {id} is stopping"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn suspend(client: &ApiClient, args: SuspendArgs) -> Result<()> {
+    let app = app_for(client, &args.machines).await?;
+    for id in &args.machines.ids {
+        let version = with_lease(client, &app, id, async |lease| {
+            println!("Suspending machine {id}...");
+            client.suspend_machine(&app, id, Some(&lease.nonce)).await?;
+            Ok(lease.version.clone())
+        })
+        .await?;
+        match args.wait_timeout.filter(|t| !t.is_zero()) {
+            Some(timeout) => {
+                let wait = WaitFor {
+                    app: &app,
+                    id,
+                    state: "suspended",
+                    version: Some(&version),
+                    timeout,
+                };
+                wait_for_state(client, &wait).await?;
+                println!("Machine {id} was suspended");
+            }
+            None => println!("Machine {id} is suspending"),
         }
     }
     Ok(())

@@ -34,6 +34,8 @@ pub enum MachineCommand {
     Start(lifecycle::MachinesArgs),
     /// Stop machines
     Stop(lifecycle::StopArgs),
+    /// Suspend machines (their memory is kept; the next start resumes them)
+    Suspend(lifecycle::SuspendArgs),
     /// Restart machines
     Restart(lifecycle::RestartArgs),
     /// Send SIGKILL to a machine
@@ -72,6 +74,7 @@ pub async fn run(command: MachineCommand, api: &ApiOptions) -> Result<()> {
         MachineCommand::Status(args) => list::status(&client, args).await,
         MachineCommand::Start(args) => lifecycle::start(&client, args).await,
         MachineCommand::Stop(args) => lifecycle::stop(&client, args).await,
+        MachineCommand::Suspend(args) => lifecycle::suspend(&client, args).await,
         MachineCommand::Restart(args) => lifecycle::restart(&client, args).await,
         MachineCommand::Kill(args) => lifecycle::kill(&client, args).await,
         MachineCommand::Destroy(args) => lifecycle::destroy(&client, args).await,
