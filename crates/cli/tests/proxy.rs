@@ -1,7 +1,8 @@
 //! The proxy through `midge up`: real machines behind real HTTP on
 //! loopback — apps by host name, Fly's headers, balancing by load, limits
 //! and the queue, starts on a request, autostop down to the minimum,
-//! cordoned machines, and protocol upgrades. Needs root and runc.
+//! cordoned machines, protocol upgrades, apps' own addresses and Flycast
+//! (`<app>.flycast` from the org's machines only). Needs root and runc.
 
 #[path = "support/e2e_platform.rs"]
 #[allow(dead_code, reason = "shared with the other end-to-end tests")]
@@ -775,4 +776,138 @@ fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
         matches!(other.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the other session got nothing"
     );
+
+/// Runs `script` with `sh -c` in a machine; its output, whatever the outcome.
+fn sh_in(platform: &Platform, app: &str, id: &str, script: &str) -> String {
+    let outcome = platform.midge(&[
+        "machine",
+        "exec",
+        id,
+        "-a",
+        app,
+        &format!("sh -c {}", shell_quote(script)),
+    ]);
+    format!("{}{}", outcome.stdout, outcome.stderr)
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// An HTTP/1.0 GET of `/cgi-bin/who` to `host` port 80 with `nc`, from a
+/// machine; the reply, or whatever `nc` said. Its input stays open a few
+/// seconds (busybox `nc` stops reading when its input ends), time for the
+/// machine to start.
+fn nc_who(platform: &Platform, app: &str, id: &str, host: &str) -> String {
+    sh_in(
+        platform,
+        app,
+        id,
+        &format!(
+            r"(printf 'GET /cgi-bin/who HTTP/1.0\r\nHost: x\r\n\r\n'; sleep 5) | nc -w 20 {host} 80"
+        ),
+    )
+}
+
+#[test]
+fn flycast_starts_a_stopped_machine_for_the_orgs_machines_and_no_one_else() {
+    let platform = Platform::start();
+    let app = platform.create_app(&unique_app("fly"));
+    let web = create_machine(
+        &platform,
+        &app,
+        web_config(http_service(json!({"autostart": true}))),
+        false,
+    );
+    platform
+        .midge(&["machine", "stop", &web, "-a", &app])
+        .success();
+    wait_state(&platform, &app, &web, "stopped");
+    // A shell machine of another app of the same org.
+    let peer_app = platform.create_app(&unique_app("flypeer"));
+    let peer = platform.run_machine(&[SHELL, "-a", &peer_app, "--", "sleep", "3600"]);
+
+    let allocated = platform
+        .midge(&["ips", "allocate-v6", "--private", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    let flycast = allocated
+        .strip_prefix("Allocated ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{allocated}"))
+        .to_string();
+    // In the org's 6PN /48, with a host field no machine has.
+    let web_ip = platform.machine(&app, &web)["private_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let segments = |ip: &str| ip.parse::<std::net::Ipv6Addr>().unwrap().segments();
+    assert_eq!(segments(&flycast)[..3], segments(&web_ip)[..3], "{flycast}");
+    assert_eq!(segments(&flycast)[3..5], [0, 0], "{flycast}");
+    let listed = platform
+        .midge(&["ips", "list", "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("private v6") && l.contains(&flycast)),
+        "{listed}"
+    );
+    let (status, body) = platform.api_get(&format!("/v1/apps/{app}/ip_assignments"));
+    assert_eq!(status, 200);
+    assert_eq!(body["ips"][0]["type"], "private_v6", "{body}");
+
+    // The org's machine resolves <app>.flycast and reaches the stopped
+    // machine through it: the request starts it.
+    let resolved = sh_in(
+        &platform,
+        &peer_app,
+        &peer,
+        &format!("nslookup -type=aaaa {app}.flycast"),
+    );
+    assert!(resolved.contains(&flycast), "{resolved}");
+    let reply = nc_who(&platform, &peer_app, &peer, &format!("{app}.flycast"));
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.contains(&format!("machine={web}")), "{reply}");
+    assert_eq!(state(&platform, &app, &web), "started");
+
+    // Another org's machine neither resolves the name nor gets through.
+    let org = format!("org-{}", midge_testkit::unique_prefix());
+    platform.midge(&["orgs", "create", &org]).success();
+    let stranger_app = unique_app("flyother");
+    platform
+        .midge(&["apps", "create", &stranger_app, "--org", &org])
+        .success();
+    let stranger = platform.run_machine(&[SHELL, "-a", &stranger_app, "--", "sleep", "3600"]);
+    let hidden = sh_in(
+        &platform,
+        &stranger_app,
+        &stranger,
+        &format!("nslookup -type=aaaa {app}.flycast"),
+    );
+    assert!(hidden.contains("NXDOMAIN"), "{hidden}");
+    assert!(!hidden.contains(&flycast), "{hidden}");
+    let refused = nc_who(&platform, &stranger_app, &stranger, &flycast);
+    assert!(!refused.contains("HTTP/1.0"), "{refused}");
+    assert!(!refused.contains(&format!("machine={web}")), "{refused}");
+    // The same address still serves the org's machine.
+    let again = nc_who(&platform, &peer_app, &peer, &flycast);
+    assert!(again.contains(&format!("machine={web}")), "{again}");
+
+    // Released: neither the name nor the address is served any more.
+    platform
+        .midge(&["ips", "release", &flycast, "-a", &app])
+        .success();
+    let gone = sh_in(
+        &platform,
+        &peer_app,
+        &peer,
+        &format!("nslookup -type=aaaa {app}.flycast"),
+    );
+    assert!(gone.contains("NXDOMAIN"), "{gone}");
+    let closed = nc_who(&platform, &peer_app, &peer, &flycast);
+    assert!(!closed.contains("HTTP/1.0"), "{closed}");
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::watch;
 
+use crate::flycast::{FlycastAddress, FlycastIndex};
 use crate::snapshot::{DnsSnapshot, MachineRecords};
 use crate::txt::join_capped;
 
@@ -20,6 +21,8 @@ use crate::txt::join_capped;
 #[derive(Debug, Clone)]
 pub struct Directory {
     current: Arc<watch::Sender<Arc<Index>>>,
+    /// The apps' Flycast addresses, fed apart from the machines.
+    flycast: Arc<watch::Sender<Arc<FlycastIndex>>>,
     serial: Arc<AtomicU32>,
 }
 
@@ -27,10 +30,23 @@ impl Directory {
     /// An empty directory: every `.internal` name is NXDOMAIN until the first update.
     pub(crate) fn new() -> Self {
         let (current, _) = watch::channel(Arc::new(Index::build(DnsSnapshot::default(), 1)));
+        let (flycast, _) = watch::channel(Arc::new(FlycastIndex::build(Vec::new(), 1)));
         Directory {
             current: Arc::new(current),
+            flycast: Arc::new(flycast),
             serial: Arc::new(AtomicU32::new(1)),
         }
+    }
+
+    /// Replaces every app's Flycast addresses (`<app>.flycast`).
+    pub fn update_flycast(&self, addresses: Vec<FlycastAddress>) {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.flycast
+            .send_replace(Arc::new(FlycastIndex::build(addresses, serial)));
+    }
+
+    pub(crate) fn current_flycast(&self) -> Arc<FlycastIndex> {
+        Arc::clone(&self.flycast.borrow())
     }
 
     /// Replaces what the server answers from.
@@ -257,5 +273,20 @@ mod tests {
         assert!(second.serial > first.serial);
         // A reader holding the previous index keeps it intact.
         assert!(first.org(1).unwrap().app("first").is_some());
+    }
+
+    #[test]
+    fn flycast_addresses_and_machines_are_fed_apart() {
+        let directory = Directory::new();
+        directory.update_flycast(vec![FlycastAddress {
+            org_network: 1,
+            app: "first".into(),
+            ip: "fdaa:0:1::1:0:1".parse().unwrap(),
+        }]);
+        let flycast = directory.current_flycast();
+        directory.update(one_app("second"));
+        // A machine update leaves the Flycast addresses as they were.
+        assert!(Arc::ptr_eq(&flycast, &directory.current_flycast()));
+        assert!(directory.current().org(1).unwrap().app("second").is_some());
     }
 }

@@ -1,6 +1,6 @@
 //! The hickory request handler: picks for each query between answering it from
-//! the directory (names under `internal.`) and relaying it upstream, and turns
-//! the result into the response message.
+//! the directory (names under `internal.` and `flycast.`) and relaying it
+//! upstream, and turns the result into the response message.
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::DNSClass;
@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::answer::answer;
 use crate::directory::Directory;
+use crate::flycast;
 use crate::forward::{Forwarder, Transport};
 use crate::names;
 use crate::org::OrgResolver;
@@ -50,7 +51,8 @@ impl RequestHandler for Handler {
                 return reported(request, sent);
             }
         };
-        if !names::is_internal(query.name().iter()) {
+        let is_flycast = flycast::is_flycast(query.name().iter());
+        if !is_flycast && !names::is_internal(query.name().iter()) {
             return self.forward(request, edns.as_ref(), response_handle).await;
         }
         if query.query_class() != DNSClass::IN {
@@ -60,14 +62,24 @@ impl RequestHandler for Handler {
             return reported(request, sent);
         }
 
-        let answer = answer(
-            &self.directory.current(),
-            (self.org_of)(request.src().ip()),
-            query.original().name(),
-            query.query_type(),
-            &self.region,
-            &mut rand::rng(),
-        );
+        let org = (self.org_of)(request.src().ip());
+        let answer = if is_flycast {
+            flycast::answer(
+                &self.directory.current_flycast(),
+                org,
+                query.original().name(),
+                query.query_type(),
+            )
+        } else {
+            answer(
+                &self.directory.current(),
+                org,
+                query.original().name(),
+                query.query_type(),
+                &self.region,
+                &mut rand::rng(),
+            )
+        };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = answer.code != ResponseCode::Refused;
         metadata.recursion_available = true;

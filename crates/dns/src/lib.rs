@@ -8,13 +8,17 @@
 //! from the query's source address; another organization's apps do not exist
 //! for it. Every other name is relayed to the upstream resolvers.
 //!
+//! `<app>.flycast` answers AAAA with the app's Flycast (`private_v6`)
+//! addresses, served by the proxy, to the app's organization only.
+//!
 //! Address names list started machines only, except `<id>.vm.<app>.internal`,
 //! which resolves while the machine exists, whatever its state (its stable
 //! name, so a stopped machine's peers can still find where it will come back).
 //! The `all.` TXT forms list every machine too.
 //!
 //! The embedder binds a [`DnsServer`] and calls [`DnsServer::update`] (or
-//! [`Directory::update`]) with a new [`DnsSnapshot`] whenever machines change.
+//! [`Directory::update`]) with a new [`DnsSnapshot`] whenever machines change,
+//! and [`Directory::update_flycast`] whenever Flycast addresses do.
 //!
 //! hickory logs every query at `info` under the `hickory_server` target; a
 //! production log filter should set that target to `warn`.
@@ -22,6 +26,7 @@
 mod answer;
 mod directory;
 mod error;
+mod flycast;
 mod forward;
 mod from_machines;
 mod handler;
@@ -34,6 +39,7 @@ mod txt;
 
 pub use directory::Directory;
 pub use error::DnsError;
+pub use flycast::FlycastAddress;
 pub use org::{OrgResolver, org_of_6pn};
 pub use resolv_conf::system_resolvers;
 pub use server::{DEFAULT_FORWARD_TIMEOUT, DnsConfig, DnsServer};

@@ -14,7 +14,7 @@
 //! Traffic from a machine to the host itself (the `input` hook) is dropped unless
 //! it answers a connection the host opened (the proxy, service checks) or goes to
 //! an endpoint the platform serves to machines (`served_v4`, `served_v6`: the
-//! internal DNS server). A database or ssh listening on the host's addresses is
+//! internal DNS server, and the proxy's Flycast ports as they come and go). A database or ssh listening on the host's addresses is
 //! not the machines' business.
 //!
 //! With an egress interface, traffic leaving by it passes the egress chain
@@ -102,15 +102,44 @@ add rule inet {table} forward oifname @{MACHINE_IFACES} drop
 "
     );
     for endpoint in served {
-        let (set, address) = match endpoint.address {
-            IpAddr::V4(address) => (SERVED_V4, address.to_string()),
-            IpAddr::V6(address) => (SERVED_V6, address.to_string()),
-        };
-        script.push_str(&format!(
-            "add element inet {table} {set} {{ {address} . {} . {} }}\n",
-            endpoint.protocol.nft_name(),
-            endpoint.port
-        ));
+        script.push_str(&served_element(table, endpoint, "add"));
+    }
+    script
+}
+
+/// The `nft` line that adds (or with `delete`, removes) one served endpoint.
+fn served_element(table: &str, endpoint: &ServedEndpoint, verb: &str) -> String {
+    let (set, address) = match endpoint.address {
+        IpAddr::V4(address) => (SERVED_V4, address.to_string()),
+        IpAddr::V6(address) => (SERVED_V6, address.to_string()),
+    };
+    format!(
+        "{verb} element inet {table} {set} {{ {address} . {} . {} }}\n",
+        endpoint.protocol.nft_name(),
+        endpoint.port
+    )
+}
+
+/// `nft` lines that take the served sets from `before` to `after` (both
+/// besides `configured`, which are never touched). A removal adds the
+/// element first, so it succeeds whether or not the element is there.
+pub(crate) fn served_changes_script(
+    table: &str,
+    configured: &[ServedEndpoint],
+    before: &[ServedEndpoint],
+    after: &[ServedEndpoint],
+) -> String {
+    let mut script = String::new();
+    for endpoint in before {
+        if !after.contains(endpoint) && !configured.contains(endpoint) {
+            script.push_str(&served_element(table, endpoint, "add"));
+            script.push_str(&served_element(table, endpoint, "delete"));
+        }
+    }
+    for endpoint in after {
+        if !before.contains(endpoint) && !configured.contains(endpoint) {
+            script.push_str(&served_element(table, endpoint, "add"));
+        }
     }
     script
 }
@@ -274,6 +303,33 @@ mod tests {
              delete element inet mgt machine_orgs { \"mgt0000aaaa\" . fdaa:0:1::/48 }\n"
         );
         assert_eq!(removal_script("mgt", "mgt0000cccc", &listing).unwrap(), "");
+    }
+
+    #[test]
+    fn served_changes_add_and_remove_only_what_changed_and_keep_the_configured() {
+        let tcp = |address: &str, port| ServedEndpoint {
+            address: address.parse().unwrap(),
+            protocol: crate::Protocol::Tcp,
+            port,
+        };
+        let dns = tcp("fdaa::3", 53);
+        let kept = tcp("fdaa:0:7::1:0:1", 80);
+        let gone = tcp("fdaa:0:7::1:0:1", 8080);
+        let new = tcp("fdaa:0:7::1:0:2", 80);
+        let script = served_changes_script("mgt", &[dns], &[dns, kept, gone], &[kept, new, dns]);
+        assert_eq!(
+            script,
+            "add element inet mgt served_v6 { fdaa:0:7::1:0:1 . tcp . 8080 }\n\
+             delete element inet mgt served_v6 { fdaa:0:7::1:0:1 . tcp . 8080 }\n\
+             add element inet mgt served_v6 { fdaa:0:7::1:0:2 . tcp . 80 }\n"
+        );
+        assert_eq!(served_changes_script("mgt", &[dns], &[kept], &[kept]), "");
+        // Giving everything up never removes the DNS server.
+        let closed = served_changes_script("mgt", &[dns], &[dns, kept], &[]);
+        assert!(!closed.contains("fdaa::3"), "{closed}");
+        assert!(
+            closed.contains("delete element inet mgt served_v6 { fdaa:0:7::1:0:1 . tcp . 80 }")
+        );
     }
 
     #[test]

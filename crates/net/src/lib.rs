@@ -112,6 +112,9 @@ pub struct MachineNet {
 #[derive(Debug, Clone)]
 pub struct Network {
     config: Arc<NetConfig>,
+    /// Endpoints served to machines besides the configured ones (the
+    /// proxy's Flycast ports), as last applied.
+    also_served: Arc<tokio::sync::Mutex<Vec<ServedEndpoint>>>,
 }
 
 impl Network {
@@ -141,6 +144,7 @@ impl Network {
         }
         Ok(Network {
             config: Arc::new(config),
+            also_served: Arc::default(),
         })
     }
 
@@ -256,6 +260,20 @@ impl Network {
     /// underlay addresses) reach this host's machines over TCP.
     pub async fn allow_peer_proxies(&self, peers: &[Ipv6Addr]) -> Result<(), NetError> {
         command::nft_script(&firewall::peer_proxies_script(self.table(), peers)).await
+    }
+
+    /// Lets machines reach `endpoints` on the host besides the configured
+    /// ones (`NetConfig::served`, which stay): elements that are no longer
+    /// asked for are removed, new ones added, in one transaction.
+    pub async fn serve_also(&self, endpoints: &[ServedEndpoint]) -> Result<(), NetError> {
+        let mut current = self.also_served.lock().await;
+        let script =
+            firewall::served_changes_script(self.table(), &self.config.served, &current, endpoints);
+        if !script.is_empty() {
+            command::nft_script(&script).await?;
+        }
+        *current = endpoints.to_vec();
+        Ok(())
     }
 
     /// Removes every resource carrying this prefix: namespaces `<prefix>-*`, host

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use dispatch::DispatchError;
-pub use listeners::AppAddress;
+pub use listeners::{AppAddress, PrivateEndpoints};
 pub use routes::{Autostop, RoutingTable};
 pub use tls::{CertificateError, CustomCertificate, parse_certificate};
 
@@ -204,6 +204,12 @@ impl Proxy {
     pub async fn listening(&self, version: u64) {
         let mut listening = self.listening.clone();
         let _ = listening.wait_for(|done| *done >= version).await;
+    }
+
+    /// Tells `hook` every (address, port) served to machines (Flycast)
+    /// whenever they change, before [`Proxy::listening`] resolves.
+    pub fn on_private_endpoints(&self, hook: PrivateEndpoints) {
+        self.listeners.on_private_endpoints(hook);
     }
 
     /// Replaces the certificates apps uploaded (served by SNI on `tls` ports).

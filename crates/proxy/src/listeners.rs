@@ -5,11 +5,18 @@
 //! it is from `start_port`. Listeners follow the routing table and the
 //! address list; IPv6 addresses are added to the host's loopback interface
 //! while they are listened on (IPv4 ones are loopback addresses already).
-
-use std::collections::{HashMap, HashSet};
+//!
+//! Private (Flycast, `private_v6`) addresses are served the same way, to
+//! machines of the app's org only: a connection whose source is outside the
+//! org's 6PN /48 is closed as soon as it is accepted. Whoever embeds the
+//! proxy is told the (address, port) pairs served to machines whenever they
+//! change ([`PrivateEndpoints`]), so the host's firewall can let machines
+//! reach exactly those.
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -25,6 +32,32 @@ const MAX_RANGE_PORTS: u16 = 256;
 pub struct AppAddress {
     pub app: String,
     pub ip: IpAddr,
+    /// A Flycast address: served to machines of the app's org only.
+    pub private: bool,
+}
+
+/// Told every (address, port) served to machines (Flycast) whenever they
+/// change, and none when the proxy closes; the listeners count as
+/// following their addresses only once it returns.
+pub type PrivateEndpoints = Arc<dyn Fn(Vec<SocketAddr>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// First 16 bits of every 6PN address.
+const SIX_PN_TAG: u16 = 0xfdaa;
+
+/// Whether `ip` is in the 6PN /48 of org network `org`
+/// (`fdaa:<org hi>:<org lo>::/48`).
+pub fn in_org(ip: IpAddr, org: u32) -> bool {
+    let IpAddr::V6(ip) = ip else {
+        return false;
+    };
+    let segments = ip.segments();
+    let [a, b, c, d] = org.to_be_bytes();
+    segments[..3]
+        == [
+            SIX_PN_TAG,
+            u16::from_be_bytes([a, b]),
+            u16::from_be_bytes([c, d]),
+        ]
 }
 
 /// Where one listener's connections go.
@@ -39,6 +72,9 @@ pub struct FixedRoute {
     pub tls: Option<Vec<String>>,
     pub force_https: bool,
     pub proxy_proto: Option<ProxyProto>,
+    /// Private (Flycast): only connections from this org network's 6PN
+    /// addresses are carried.
+    pub org: Option<u32>,
 }
 
 struct Bound {
@@ -51,6 +87,8 @@ pub struct Listeners {
     bound: Mutex<HashMap<SocketAddr, Bound>>,
     /// IPv6 addresses this proxy put on `lo`.
     added: Mutex<HashSet<std::net::Ipv6Addr>>,
+    /// Who is told of the private endpoints, and what it was told last.
+    private: Mutex<(Option<PrivateEndpoints>, Option<BTreeSet<SocketAddr>>)>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -93,6 +131,7 @@ pub fn wanted(table: &RoutingTable, addresses: &[AppAddress]) -> HashMap<SocketA
                             // Only plain HTTP is redirected.
                             force_https: spec.force_https && !spec.has_handler("tls"),
                             proxy_proto: spec.proxy_proto,
+                            org: address.private.then_some(app.org_network),
                         });
                 }
             }
@@ -150,6 +189,32 @@ impl Listeners {
             remove_loopback_address(ip).await;
             self.lock_added().remove(&ip);
         }
+        let private: BTreeSet<SocketAddr> = self
+            .lock_bound()
+            .iter()
+            .filter(|(_, bound)| bound.route.org.is_some())
+            .map(|(addr, _)| *addr)
+            .collect();
+        self.announce_private(private).await;
+    }
+
+    /// Who is told of the endpoints served to machines; told at the next
+    /// reconcile.
+    pub fn on_private_endpoints(&self, hook: PrivateEndpoints) {
+        *self.lock_private() = (Some(hook), None);
+    }
+
+    /// Tells the hook of `endpoints` unless it was told them last.
+    async fn announce_private(&self, endpoints: BTreeSet<SocketAddr>) {
+        let hook = {
+            let private = self.lock_private();
+            match &*private {
+                (Some(hook), told) if told.as_ref() != Some(&endpoints) => hook.clone(),
+                _ => return,
+            }
+        };
+        hook(endpoints.iter().copied().collect()).await;
+        self.lock_private().1 = Some(endpoints);
     }
 
     async fn bind(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -175,6 +240,7 @@ impl Listeners {
         for ip in added {
             remove_loopback_address(ip).await;
         }
+        self.announce_private(BTreeSet::new()).await;
     }
 
     fn lock_bound(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Bound>> {
@@ -183,6 +249,13 @@ impl Listeners {
 
     fn lock_added(&self) -> std::sync::MutexGuard<'_, HashSet<std::net::Ipv6Addr>> {
         self.added.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[allow(clippy::type_complexity, reason = "the hook and what it was told")]
+    fn lock_private(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (Option<PrivateEndpoints>, Option<BTreeSet<SocketAddr>>)> {
+        self.private.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -209,6 +282,14 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener, route: Arc<FixedRout
                 continue;
             }
         };
+        if let Some(org) = route.org
+            && !in_org(peer.ip(), org)
+        {
+            // Another org's machine (or anyone else) on a Flycast address.
+            tracing::debug!(app = %route.app, %peer, "refused: not of the app's org");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let shared = shared.clone();
@@ -312,14 +393,17 @@ mod tests {
                 AppAddress {
                     app: "web".into(),
                     ip,
+                    private: false,
                 },
                 AppAddress {
                     app: "gone".into(),
                     ip: "127.77.0.2".parse().unwrap(),
+                    private: false,
                 },
             ],
         );
         assert_eq!(wanted.len(), 4);
+        assert!(wanted.values().all(|route| route.org.is_none()));
         let http = &wanted[&SocketAddr::new(ip, 80)];
         assert!(http.http);
         assert_eq!(http.target_port, 8080);
@@ -327,5 +411,53 @@ mod tests {
         assert_eq!(ranged.target_port, 7002);
         assert!(!ranged.http);
         assert_eq!(ranged.proxy_proto, Some(ProxyProto::V1));
+    }
+
+    #[test]
+    fn private_addresses_are_served_to_the_apps_org_only() {
+        use midge_types::routing::RoutedMachine;
+        let machine: midge_types::Machine = serde_json::from_value(serde_json::json!({
+            "id": "m", "name": "m", "state": "stopped", "region": "local", "instance_id": "v",
+            "version": "v", "private_ip": "fdaa:0:7:0:1::2",
+            "config": {"image": "x", "services": [
+                {"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 80, "handlers": ["http"]}]},
+            ]},
+            "image_ref": {"registry": "", "repository": "x", "tag": "", "digest": ""},
+            "created_at": "", "updated_at": "", "host_status": "ok",
+        }))
+        .unwrap();
+        let table = RoutingTable::build(&[RoutedMachine {
+            app: "web".into(),
+            org_network: 7,
+            machine,
+            link_ipv4: None,
+            agent_url: None,
+        }]);
+        let ip: IpAddr = "fdaa:0:7::1:0:1".parse().unwrap();
+        let wanted = wanted(
+            &table,
+            &[AppAddress {
+                app: "web".into(),
+                ip,
+                private: true,
+            }],
+        );
+        let route = &wanted[&SocketAddr::new(ip, 80)];
+        assert_eq!(route.org, Some(7));
+        assert!(route.http);
+    }
+
+    #[test]
+    fn only_the_orgs_6pn_addresses_are_of_the_org() {
+        let of = |ip: &str, org| in_org(ip.parse().unwrap(), org);
+        assert!(of("fdaa:0:7:0:1:0:1:2", 7));
+        assert!(of("fdaa:0:7::1:0:1", 7));
+        assert!(of("fdaa:1234:5678:a:b::2", 0x1234_5678));
+        assert!(!of("fdaa:0:8:0:1:0:1:2", 7));
+        assert!(!of("fdaa:7::2", 7));
+        assert!(!of("fdab:0:7::2", 7));
+        assert!(!of("::1", 7));
+        assert!(!of("127.0.0.1", 7));
+        assert!(!of("::ffff:127.0.0.1", 7));
     }
 }

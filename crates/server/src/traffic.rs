@@ -1,13 +1,17 @@
 //! What follows the host's machines for traffic: the proxy's routing table
 //! and the DNS server's snapshot, rebuilt from the agent's machines after
-//! every change it records (changes queued meanwhile share one rebuild).
+//! every change it records (changes queued meanwhile share one rebuild);
+//! and what follows the catalog's app addresses: the proxy's own-address
+//! listeners, the DNS server's `<app>.flycast` names, and the firewall
+//! openings that let machines reach the Flycast ports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use midge_agent::Agent;
-use midge_dns::{Directory, DnsSnapshot};
+use midge_dns::{Directory, DnsSnapshot, FlycastAddress};
+use midge_net::{Network, Protocol, ServedEndpoint};
 use midge_proxy::{AppAddress, CustomCertificate, Proxy};
 use midge_store::Catalog;
 use tokio::sync::broadcast::error::RecvError;
@@ -80,12 +84,38 @@ impl AddressFollower {
     }
 }
 
+/// The `ip_assignments` type of Flycast addresses.
+const PRIVATE_V6: &str = "private_v6";
+
+/// Lets machines reach the proxy's Flycast (address, port) pairs through
+/// the host's firewall, following them as they come and go.
+pub fn open_private_endpoints(proxy: &Proxy, network: Arc<Network>) {
+    proxy.on_private_endpoints(Arc::new(move |endpoints| {
+        let network = network.clone();
+        Box::pin(async move {
+            let served: Vec<ServedEndpoint> = endpoints
+                .into_iter()
+                .map(|addr| ServedEndpoint {
+                    address: addr.ip(),
+                    protocol: Protocol::Tcp,
+                    port: addr.port(),
+                })
+                .collect();
+            if let Err(err) = network.serve_also(&served).await {
+                tracing::warn!("letting machines reach the Flycast ports: {err}");
+            }
+        })
+    }));
+}
+
 /// Keeps the proxy's dedicated listeners on the catalog's app addresses and
-/// its certificates: read now and after every change `follower` announces
-/// (an assignment, a release, a certificate upload or removal).
+/// its certificates, and the DNS server's Flycast names on the `private_v6`
+/// ones: read now and after every change `follower` announces (an
+/// assignment, a release, a certificate upload or removal).
 pub fn follow_addresses(
     catalog: Arc<dyn Catalog>,
     proxy: Weak<Proxy>,
+    dns: Option<Directory>,
     follower: Arc<AddressFollower>,
 ) {
     tokio::spawn(async move {
@@ -107,17 +137,21 @@ pub fn follow_addresses(
             }
             match catalog.all_ips().await {
                 Ok(all) => {
-                    let version = live.set_addresses(
-                        all.into_iter()
-                            .filter(|a| !a.shared && !a.is_egress())
-                            .filter_map(|a| {
-                                Some(AppAddress {
-                                    app: a.app,
-                                    ip: a.ip.parse().ok()?,
-                                })
+                    let served: Vec<AppAddress> = all
+                        .into_iter()
+                        .filter(|a| !a.shared && !a.is_egress())
+                        .filter_map(|a| {
+                            Some(AppAddress {
+                                ip: a.ip.parse().ok()?,
+                                private: a.kind == PRIVATE_V6,
+                                app: a.app,
                             })
-                            .collect(),
-                    );
+                        })
+                        .collect();
+                    if let Some(dns) = &dns {
+                        dns.update_flycast(flycast_names(&served));
+                    }
+                    let version = live.set_addresses(served);
                     live.listening(version).await;
                 }
                 Err(err) => tracing::warn!("reading the apps' addresses: {err}"),
@@ -127,4 +161,50 @@ pub fn follow_addresses(
             follower.wake.notified().await;
         }
     });
+}
+
+/// The `<app>.flycast` names of the private addresses, each in the org
+/// network its address is in (it was allocated in the app's).
+fn flycast_names(addresses: &[AppAddress]) -> Vec<FlycastAddress> {
+    addresses
+        .iter()
+        .filter(|a| a.private)
+        .filter_map(|a| {
+            let std::net::IpAddr::V6(ip) = a.ip else {
+                return None;
+            };
+            Some(FlycastAddress {
+                org_network: midge_dns::org_of_6pn(a.ip)?,
+                app: a.app.clone(),
+                ip,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flycast_names_are_the_private_addresses_in_their_org() {
+        let address = |app: &str, ip: &str, private| AppAddress {
+            app: app.into(),
+            ip: ip.parse().unwrap(),
+            private,
+        };
+        let names = flycast_names(&[
+            address("web", "fdaa:0:7::1:0:1", true),
+            address("web", "fdaa:0:0:ffff::1", false),
+            address("web", "127.77.0.1", false),
+        ]);
+        assert_eq!(
+            names,
+            [FlycastAddress {
+                org_network: 7,
+                app: "web".into(),
+                ip: "fdaa:0:7::1:0:1".parse().unwrap(),
+            }]
+        );
+    }
 }

@@ -99,6 +99,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     config.nameserver = dns.as_ref().map(|dns| IpAddr::V6(dns.address));
     let host = Host::open(config).await?;
+    let network = host.network.clone();
     let agent = host.agent;
     if let Err(err) = ensure_shell_image(agent.images()) {
         tracing::warn!("the default shell image is not available: {err:#}");
@@ -115,7 +116,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     let addresses = Arc::new(crate::traffic::AddressFollower::default());
     let address_plan = args.proxy.address_plan(proxy_addr, addresses.clone())?;
-    crate::traffic::follow_addresses(catalog.clone(), Arc::downgrade(&proxy), addresses);
+    crate::traffic::open_private_endpoints(&proxy, network);
+    crate::traffic::follow_addresses(
+        catalog.clone(),
+        Arc::downgrade(&proxy),
+        dns.as_ref().map(|dns| dns.server.directory()),
+        addresses,
+    );
     let token_file = args.data_dir.join("admin-token");
     let token = match catalog
         .ensure_admin_token()

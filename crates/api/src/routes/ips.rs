@@ -1,7 +1,9 @@
 //! `/v1/apps/{app}/ip_assignments`: the addresses the proxy serves an app
 //! on — `v4` and `v6` from the host's pools (the app's own, so every port of
 //! its services is served there), `shared_v4` (the proxy's shared host-name
-//! listener) — and the addresses the app's machines of a region leave from
+//! listener), `private_v6` (Flycast: an address in the app's org 6PN
+//! network that no machine has, served to the org's machines only) — and
+//! the addresses the app's machines of a region leave from
 //! (`egress_v4`, `egress_v6`, `egress_pair`, from the egress pools of the
 //! region's host), listed and released as the spec has it.
 
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ApiState;
-use crate::addresses::free_addresses;
+use crate::addresses::{free_addresses, free_flycast_addresses};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::extract::{AppPath, IpPath, JsonBody};
@@ -26,8 +28,8 @@ use midge_types::agent::{AllocateEgress, EgressFamilies, EgressScope};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct AssignIpBody {
-    /// `v4`, `v6`, `shared_v4`, `egress_v4`, `egress_v6` or `egress_pair`
-    /// (`private_v6` is not served yet).
+    /// `v4`, `v6`, `shared_v4`, `private_v6`, `egress_v4`, `egress_v6` or
+    /// `egress_pair`.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -52,6 +54,10 @@ pub struct IpNetworkBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IpAssignmentBody {
     pub ip: String,
+    /// The type it was assigned as (`v4`, `v6`, `shared_v4`, `private_v6`,
+    /// `egress_v4`, `egress_v6`; midge's extension).
+    #[serde(rename = "type")]
+    pub kind: String,
     pub region: String,
     pub service_name: String,
     pub shared: bool,
@@ -68,6 +74,9 @@ pub struct AssignIpResponse {
     pub ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_pair: Option<IpPairBody>,
+    /// The type asked for (midge's extension).
+    #[serde(rename = "type")]
+    pub kind: String,
     pub region: String,
     pub service_name: String,
     pub shared: bool,
@@ -81,6 +90,7 @@ impl From<IpAssignmentBody> for AssignIpResponse {
         AssignIpResponse {
             ip: Some(body.ip),
             ip_pair: None,
+            kind: body.kind,
             region: body.region,
             service_name: body.service_name,
             shared: body.shared,
@@ -100,6 +110,7 @@ fn body_of(app: &AppRecord, a: IpAssignment) -> IpAssignmentBody {
     let egress = a.is_egress();
     IpAssignmentBody {
         ip: a.ip,
+        kind: a.kind,
         region: a.region,
         service_name: a.service_name,
         shared: a.shared,
@@ -193,8 +204,8 @@ pub async fn assign_ip(
         machine_id: None,
     };
     let pool = match kind.as_str() {
-        "v4" => plan.v4,
-        "v6" => plan.v6,
+        "v4" => Some(plan.v4),
+        "v6" => Some(plan.v6),
         "shared_v4" => {
             let assignment = new(plan.shared_v4, true);
             match state.catalog.assign_ip(&assignment).await {
@@ -205,14 +216,10 @@ pub async fn assign_ip(
             (plan.changed)().await;
             return Ok(Json(body_of(&app, assignment).into()));
         }
-        "private_v6" => {
-            return Err(Error::invalid(format!(
-                "type {kind} is not supported yet; use v4, v6 or shared_v4"
-            )));
-        }
+        "private_v6" => None,
         other => {
             return Err(Error::invalid(format!(
-                "unknown type {other:?}: expected v4, v6, shared_v4, egress_v4, egress_v6 or egress_pair"
+                "unknown type {other:?}: expected v4, v6, shared_v4, private_v6, egress_v4, egress_v6 or egress_pair"
             )));
         }
     };
@@ -223,7 +230,12 @@ pub async fn assign_ip(
         .iter()
         .filter_map(|a| a.ip.parse().ok())
         .collect();
-    for ip in free_addresses(&pool, &used) {
+    let candidates: Box<dyn Iterator<Item = IpAddr> + Send + '_> = match &pool {
+        Some(pool) => Box::new(free_addresses(pool, &used)),
+        // Flycast: the org's 6PN network, where no machine can be.
+        None => Box::new(free_flycast_addresses(app.network_number, &used)),
+    };
+    for ip in candidates {
         let assignment = new(ip, false);
         match state.catalog.assign_ip(&assignment).await {
             Ok(()) => {
@@ -235,9 +247,14 @@ pub async fn assign_ip(
             Err(err) => return Err(err.into()),
         }
     }
-    Err(Error::from(StoreError::Invalid(format!(
-        "no free {kind} address is left in {pool}"
-    ))))
+    let exhausted = match pool {
+        Some(pool) => format!("no free {kind} address is left in {pool}"),
+        None => format!(
+            "no free {kind} address is left in the 6PN network of org {}",
+            app.org_slug
+        ),
+    };
+    Err(Error::from(StoreError::Invalid(exhausted)))
 }
 
 #[utoipa::path(
@@ -308,9 +325,15 @@ async fn assign_egress(
         EgressFamilies::V4 => pair.v4.clone(),
         EgressFamilies::V6 => pair.v6.clone(),
     };
+    let kind = match families {
+        EgressFamilies::Pair => "egress_pair",
+        EgressFamilies::V4 => "egress_v4",
+        EgressFamilies::V6 => "egress_v6",
+    };
     Ok(AssignIpResponse {
         ip_pair: ip.is_none().then_some(pair),
         ip,
+        kind: kind.to_string(),
         region,
         service_name: String::new(),
         shared: false,

@@ -1,4 +1,5 @@
-//! `midge ips`: the addresses the proxy serves an app on and those its
+//! `midge ips`: the addresses the proxy serves an app on (`allocate-v6
+//! --private` for Flycast, reached by the org's machines only) and those its
 //! machines leave from, as flyctl names them (`allocate-v4`,
 //! `allocate-v6`, `allocate-egress`, `list`, `release`).
 
@@ -26,6 +27,10 @@ pub enum IpsCommand {
     AllocateV6 {
         #[command(flatten)]
         app: AppArg,
+        /// A private (Flycast) address in the org's 6PN network, reached by
+        /// the org's machines only (as `<app>.flycast`)
+        #[arg(long)]
+        private: bool,
         /// Region [default: the API server's]
         #[arg(short, long)]
         region: Option<String>,
@@ -68,10 +73,22 @@ pub async fn run(command: IpsCommand, api: &ApiOptions) -> Result<()> {
             let ip = client.assign_ip(&app, kind, region.as_deref()).await?;
             println!("Allocated {} for app {app}", text(&ip["ip"]));
         }
-        IpsCommand::AllocateV6 { app, region } => {
+        IpsCommand::AllocateV6 {
+            app,
+            private,
+            region,
+        } => {
             let app = app.require()?;
-            let ip = client.assign_ip(&app, "v6", region.as_deref()).await?;
-            println!("Allocated {} for app {app}", text(&ip["ip"]));
+            let kind = if private { "private_v6" } else { "v6" };
+            let ip = client.assign_ip(&app, kind, region.as_deref()).await?;
+            if private {
+                println!(
+                    "Allocated {} for app {app} (private: {app}.flycast)",
+                    text(&ip["ip"])
+                );
+            } else {
+                println!("Allocated {} for app {app}", text(&ip["ip"]));
+            }
         }
         IpsCommand::AllocateEgress { app, region } => {
             let app = app.require()?;
@@ -97,7 +114,9 @@ pub async fn run(command: IpsCommand, api: &ApiOptions) -> Result<()> {
                 .map(|ip| {
                     let address = text(&ip["ip"]);
                     let egress = ip["egress"].as_bool() == Some(true);
-                    let kind = if egress && address.contains(':') {
+                    let kind = if text(&ip["type"]) == "private_v6" {
+                        "private v6"
+                    } else if egress && address.contains(':') {
                         "egress v6"
                     } else if egress {
                         "egress v4"
