@@ -776,6 +776,7 @@ fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
         matches!(other.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the other session got nothing"
     );
+}
 
 /// Runs `script` with `sh -c` in a machine; its output, whatever the outcome.
 fn sh_in(platform: &Platform, app: &str, id: &str, script: &str) -> String {
