@@ -693,9 +693,10 @@ fn the_ips_commands_allocate_list_and_release_and_apps_show_prints_the_urls() {
     );
 }
 
-/// Opens a WebSocket through the proxy (the backend answers 101 and then
-/// echoes); returns the stream after the response head.
-fn open_websocket(platform: &Platform, app: &str) -> TcpStream {
+/// Opens a WebSocket through the proxy (the backend answers 101 naming its
+/// machine, then echoes); returns the stream after the response head, and
+/// the machine.
+fn open_websocket(platform: &Platform, app: &str) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(&platform.proxy_addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -713,7 +714,13 @@ fn open_websocket(platform: &Platform, app: &str) -> TcpStream {
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream
+    let machine = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Machine: "))
+        .unwrap_or_else(|| panic!("no machine in {head}"))
+        .trim()
+        .to_string();
+    (stream, machine)
 }
 
 #[test]
@@ -722,7 +729,7 @@ fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
     // could count as idle, on a loaded host too.
     let platform = Platform::start_with_options(&["--proxy-autostop-secs", "6"]);
     let app = platform.create_app(&unique_app("wsdrain"));
-    let upgrade = "#!/bin/sh\nwhile read -r line; do [ \"$line\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
+    let upgrade = "#!/bin/sh\nwhile read -r line; do [ \"$line\" = \"$(printf '\\r')\" ] && break; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nX-Machine: %s\\r\\n\\r\\n' \"$FLY_MACHINE_ID\"\nexec cat\n";
     let config = json!({
         "image": SHELL,
         "init": {"exec": ["/bin/sh", "-c", "chmod +x /up.sh && exec nc -ll -p 8080 -e /up.sh"]},
@@ -732,9 +739,25 @@ fn a_websocket_on_a_machine_autostop_drains_gets_a_close_frame() {
     // One session per machine (the second goes to the least loaded), each
     // opened well within a pass of its machine's start.
     let first = create_machine(&platform, &app, config.clone(), false);
-    let mut sessions = vec![open_websocket(&platform, &app)];
+    let (session, on) = open_websocket(&platform, &app);
+    assert_eq!(on, first);
+    let mut sessions = vec![session];
     let second = create_machine(&platform, &app, config, false);
-    sessions.push(open_websocket(&platform, &app));
+    // The proxy may not route to the new machine for a moment yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (session, on) = open_websocket(&platform, &app);
+        if on == second {
+            sessions.push(session);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session reached {second}"
+        );
+        drop(session);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Two machines with one session each: one is excess, and is drained.
     for session in &sessions {
