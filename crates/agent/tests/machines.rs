@@ -800,7 +800,9 @@ async fn a_suspended_machine_keeps_its_memory_and_resumes_where_it_was() {
     // cold start would count from 1 again.
     let id = t
         .create(MachineConfig {
-            init: sh("i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"),
+            // Written aside and renamed, so a read never sees it half written.
+            init: sh("i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; \
+                 mv /tmp/count.new /tmp/count; sleep 0.05; done"),
             ..t.config()
         })
         .await;
