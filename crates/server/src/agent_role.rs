@@ -190,17 +190,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.image_peers = Some(Arc::new(PeerImages {
         secret: member.cluster_secret.clone(),
     }));
-    let dns = if args.dns.no_dns {
-        None
-    } else {
-        match HostDns::start(&args.dns, &args.region).await {
-            Ok(dns) => Some(dns),
-            Err(err) => {
-                tracing::warn!("internal DNS is off, machines use the host's resolvers: {err:#}");
-                None
-            }
-        }
-    };
+    let dns = HostDns::start_unless_off(&args.dns, &args.region).await;
     config.nameserver = dns.as_ref().map(|dns| std::net::IpAddr::V6(dns.address));
     let host = Host::open(config).await?;
     let agent = host.agent;

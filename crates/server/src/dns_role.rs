@@ -58,6 +58,21 @@ impl HostDns {
         Ok(HostDns { server, address })
     }
 
+    /// [`HostDns::start`] unless `--no-dns`; a server that cannot start is
+    /// a warning, and machines then use the host's resolvers.
+    pub async fn start_unless_off(args: &DnsArgs, region: &str) -> Option<HostDns> {
+        if args.no_dns {
+            return None;
+        }
+        match HostDns::start(args, region).await {
+            Ok(dns) => Some(dns),
+            Err(err) => {
+                tracing::warn!("internal DNS is off, machines use the host's resolvers: {err:#}");
+                None
+            }
+        }
+    }
+
     /// Stops serving and gives the address back.
     pub async fn stop(self) {
         self.server.shutdown().await;

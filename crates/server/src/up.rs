@@ -86,17 +86,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
     config.user_namespaces = !args.no_user_namespaces;
-    let dns = if args.dns.no_dns {
-        None
-    } else {
-        match HostDns::start(&args.dns, &args.region).await {
-            Ok(dns) => Some(dns),
-            Err(err) => {
-                tracing::warn!("internal DNS is off, machines use the host's resolvers: {err:#}");
-                None
-            }
-        }
-    };
+    let dns = HostDns::start_unless_off(&args.dns, &args.region).await;
     config.nameserver = dns.as_ref().map(|dns| IpAddr::V6(dns.address));
     let host = Host::open(config).await?;
     let network = host.network.clone();
