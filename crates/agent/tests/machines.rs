@@ -191,6 +191,22 @@ async fn rootfs_is_fresh_on_every_start() {
     assert_eq!(t.get(&id).await.state, MachineState::Destroyed);
 }
 
+/// A shell that ignores the stop signals, and says so once its traps are set.
+const DEAF_TO_STOP_SIGNALS: &str =
+    "trap '' INT TERM; touch /tmp/deaf; while true; do sleep 1; done";
+
+/// Waits until the shell has set its traps: a signal sent before that
+/// would kill it at once.
+async fn until_deaf(t: &TestAgent, id: &str) {
+    for _ in 0..200 {
+        if t.exec(id, &["test", "-e", "/tmp/deaf"]).await.exit_code == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{id} never set its traps");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_uses_the_signal_then_escalates_to_kill() {
     let t = TestAgent::start().await;
@@ -205,7 +221,7 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
         .await;
     let stubborn = t
         .create(MachineConfig {
-            init: sh("trap '' INT TERM; while true; do sleep 1; done"),
+            init: sh(DEAF_TO_STOP_SIGNALS),
             stop_config: Some(StopConfig {
                 signal: Some(Signal::TERM),
                 timeout: Some(midge_types::GoDuration::from_secs(1)),
@@ -215,6 +231,7 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
         .await;
     t.wait(&polite, MachineState::Started).await;
     t.wait(&stubborn, MachineState::Started).await;
+    until_deaf(&t, &stubborn).await;
 
     t.stop(&polite, StopRequest::default()).await;
     let exit = t.exit_event(&polite).await;
@@ -240,11 +257,12 @@ async fn stop_uses_the_signal_then_escalates_to_kill() {
     // Without stop_config the wait before SIGKILL is Fly's 5 s.
     let deaf = t
         .create(MachineConfig {
-            init: sh("trap '' INT TERM; while true; do sleep 1; done"),
+            init: sh(DEAF_TO_STOP_SIGNALS),
             ..t.config()
         })
         .await;
     t.wait(&deaf, MachineState::Started).await;
+    until_deaf(&t, &deaf).await;
     let started = std::time::Instant::now();
     t.stop(&deaf, StopRequest::default()).await;
     let waited = started.elapsed();
@@ -415,6 +433,12 @@ fn host_uids_of(prefix: &str, machine: &str) -> Vec<u32> {
             continue;
         }
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        // runc's bootstrap stages of a next run being prepared pass through
+        // the cgroup as host root before they enter the user namespace.
+        let name = status.lines().find_map(|line| line.strip_prefix("Name:"));
+        if name.is_some_and(|name| name.trim().starts_with("runc")) {
+            continue;
+        }
         if let Some(uid) = status
             .lines()
             .find_map(|line| line.strip_prefix("Uid:"))

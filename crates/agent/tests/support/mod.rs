@@ -344,6 +344,17 @@ impl Drop for TestAgent {
                 });
             }))
         });
+        if check.is_none() && !self.checked {
+            // A failed test: still let the product take down what it made,
+            // waiting out a preparation that would otherwise add a netns
+            // after the removal below.
+            let agent = &self.agent;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(agent.teardown_host())
+                })
+            }));
+        }
         midge_testkit::remove_host_resources(&self.config.resource_prefix, &self.config.data_dir);
         if let Some(Err(failure)) = check {
             std::panic::resume_unwind(failure);
