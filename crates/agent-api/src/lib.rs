@@ -130,6 +130,13 @@ pub trait HostAgent: Send + Sync {
     /// a fork or restore onto another host.
     async fn export_volume(&self, call: ExportVolume) -> Result<VolumeExport>;
 
+    /// Whether the machine's program says it is busy, which holds
+    /// autostop off (midge's extension; see `midge_init::activity`). A
+    /// machine that is not running is not busy.
+    async fn machine_busy(&self, _machine: MachineKey) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Takes addresses from the host's egress pools for a machine or for
     /// the app's machines of a region; from its return, their new flows
     /// leave from them.

@@ -2,13 +2,14 @@
 //! driver opens (a unix socket for a sandbox, vsock or serial for a VM):
 //! one-shot with collected output, or interactive with a PTY.
 
+use std::io;
 use std::time::Duration;
 
 use midge_agent_api::{AgentError, Operation, PtySession};
 use midge_init::async_io::{exec_collect_async, hello_async, read_frame_async, write_frame_async};
 use midge_init::{ExecRequest, Frame, Request, Response};
-use midge_types::ExecResponse;
-use midge_types::agent::{ExecMachine, OpenPty, PtyInput, PtyOutput};
+use midge_types::agent::{ExecMachine, MachineKey, OpenPty, PtyInput, PtyOutput};
+use midge_types::{ExecResponse, MachineState};
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentCore, CurrentRun, MachineEntry};
@@ -23,7 +24,11 @@ const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(5);
 /// which is what a reset or closed connection usually means.
 const RUN_END_GRACE: Duration = Duration::from_secs(1);
 
-fn init_error(error: std::io::Error) -> AgentError {
+/// How long autostop waits for a machine's busy report; a machine that
+/// cannot answer in time is not busy.
+const BUSY_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+fn init_error(error: io::Error) -> AgentError {
     AgentError::host("talking to the machine's init", error)
 }
 
@@ -79,6 +84,40 @@ impl AgentCore {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
+    }
+
+    /// Asks init for the program's busy report. A machine without a
+    /// running program, or whose init cannot answer, is not busy: the
+    /// report only ever holds autostop off.
+    pub(crate) async fn machine_busy(&self, machine: &MachineKey) -> Result<bool, AgentError> {
+        let entry = self.entry(&machine.app, &machine.id)?;
+        if entry.snapshot().state != MachineState::Started {
+            return Ok(false);
+        }
+        let Some(run) = entry.current() else {
+            return Ok(false);
+        };
+        let ask = async {
+            let mut stream = run.machine.connect_init().await.map_err(io::Error::other)?;
+            hello_async(&mut stream).await?;
+            write_frame_async(&mut stream, &Frame::control(&Request::Status)).await?;
+            match read_frame_async(&mut stream).await? {
+                Some(frame) => frame.decode::<Response>(),
+                None => Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        };
+        match tokio::time::timeout(BUSY_ANSWER_WAIT, ask).await {
+            Ok(Ok(Response::Status { busy, .. })) => Ok(busy),
+            Ok(Ok(other)) => {
+                tracing::debug!(machine = %machine.id, "init answered a status with {other:?}");
+                Ok(false)
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(machine = %machine.id, "asking init whether it is busy: {error}");
+                Ok(false)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     pub(crate) async fn open_pty(&self, call: OpenPty) -> Result<PtySession, AgentError> {

@@ -180,6 +180,10 @@ impl HostAgent for Agent {
         self.core.exec(call).await
     }
 
+    async fn machine_busy(&self, machine: MachineKey) -> Result<bool> {
+        self.core.machine_busy(&machine).await
+    }
+
     async fn open_pty(&self, call: OpenPty) -> Result<PtySession> {
         self.core.open_pty(call).await
     }

@@ -328,6 +328,38 @@ fn autostop_stops_idle_machines_down_to_the_minimum_and_keeps_it_started() {
 }
 
 #[test]
+fn a_machine_that_says_it_is_busy_is_not_autostopped() {
+    let platform = Platform::start_with_options(&["--proxy-autostop-secs", "1"]);
+    let app = platform.create_app(&unique_app("busy"));
+    let service = http_service(json!({"autostop": "stop", "min_machines_running": 0}));
+    let idle = create_machine(&platform, &app, web_config(service.clone()), false);
+    let mut config = web_config(service);
+    config["init"]["exec"] = json!([
+        "/bin/sh",
+        "-c",
+        "touch /.midge/activity/busy && chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www"
+    ]);
+    let busy = create_machine(&platform, &app, config, false);
+
+    platform.eventually("the idle machine stops", Duration::from_secs(30), || {
+        state(&platform, &app, &idle) == "stopped"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        state(&platform, &app, &busy),
+        "started",
+        "several passes later the busy machine still runs"
+    );
+
+    sh_in(&platform, &app, &busy, "rm /.midge/activity/busy");
+    platform.eventually(
+        "once it is no longer busy, it stops",
+        Duration::from_secs(30),
+        || state(&platform, &app, &busy) == "stopped",
+    );
+}
+
+#[test]
 fn an_upgraded_connection_stays_open_both_ways() {
     let platform = Platform::start();
     let app = platform.create_app(&unique_app("ws"));

@@ -4,6 +4,7 @@
 //! Everything here is transport-independent: frames travel over any
 //! `Read + Write` (a unix socket in a sandbox, vsock in a VM).
 
+pub mod activity;
 #[cfg(feature = "tokio")]
 pub mod async_io;
 pub mod client;

@@ -212,6 +212,10 @@ pub enum Response {
         pid: Option<i32>,
         running: bool,
         uptime_ms: u64,
+        /// The program says it is busy (see [`crate::activity`]); older
+        /// inits do not send it.
+        #[serde(default)]
+        busy: bool,
     },
     Ok,
     Error {

@@ -365,8 +365,16 @@ fn status_signal_and_exec_over_the_socket() {
         Response::Status {
             pid: Some(reported),
             running: true,
+            busy: false,
             ..
         } => assert_eq!(reported, pid),
+        other => panic!("unexpected status {other:?}"),
+    }
+    // The program says it is busy for a minute (midge's extension).
+    fs::write(machine.dir.path().join("activity/busy"), "60").unwrap();
+    write_frame(&mut stream, &Frame::control(&Request::Status)).unwrap();
+    match read_response(&mut stream).unwrap() {
+        Response::Status { busy, .. } => assert!(busy, "the busy file is reported"),
         other => panic!("unexpected status {other:?}"),
     }
 

@@ -132,6 +132,17 @@ fn pass(shared: &Arc<Shared>, table: &RoutingTable) {
 async fn drain_and_stop(shared: Arc<Shared>, app: String, id: String, how: Autostop) {
     let loads = &shared.dispatcher.loads;
     let load = loads.of(&id);
+    // Counted as active while it is asked, so the next pass leaves it be.
+    load.touch();
+    let agent = shared.agents.agent(None);
+    match agent.machine_busy(MachineKey::new(&app, &id)).await {
+        Ok(true) => {
+            tracing::debug!(%app, machine = %id, "autostop: the machine says it is busy");
+            return;
+        }
+        Ok(false) => {}
+        Err(err) => tracing::debug!(%app, machine = %id, "autostop: asking whether busy: {err}"),
+    }
     load.set_draining(true);
     let deadline = Instant::now() + shared.config.drain_timeout;
     while load.active() > 0 && Instant::now() < deadline {
@@ -139,7 +150,7 @@ async fn drain_and_stop(shared: Arc<Shared>, app: String, id: String, how: Autos
         let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
     }
     tracing::info!(%app, machine = %id, "autostop: stopping an idle machine");
-    let result = stop(shared.agents.agent(None).as_ref(), &app, &id, how).await;
+    let result = stop(agent.as_ref(), &app, &id, how).await;
     if let Err(err) = result {
         tracing::warn!(%app, machine = %id, "autostop: {err}");
     }

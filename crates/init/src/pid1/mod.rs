@@ -138,6 +138,19 @@ fn set_up(
         ))
     })?;
 
+    // Run by hand (tests), the machine's directories live in the run dir.
+    let activity_dir = if run_dir == Path::new(DEFAULT_RUN_DIR) {
+        PathBuf::from(midge_init::activity::ACTIVITY_DIR)
+    } else {
+        run_dir.join("activity")
+    };
+    if let Err(error) = midge_init::activity::prepare(&activity_dir) {
+        logger.init(&format!(
+            "{} cannot be made writable, so the program cannot say it is busy: {error}",
+            activity_dir.display()
+        ));
+    }
+
     // The socket exists before the started event, so the agent can connect at once.
     let listener = server::bind(&run_dir.join(SOCKET_FILE)).map_err(LaunchError::not_found)?;
     let tty = spec.init.tty;
@@ -146,6 +159,7 @@ fn set_up(
         reaper: reaper.clone(),
         main: main.clone(),
         logger: logger.clone(),
+        activity_dir,
     });
     server::serve(listener, machine).map_err(LaunchError::not_found)?;
 

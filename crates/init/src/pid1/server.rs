@@ -22,6 +22,8 @@ pub struct Machine {
     pub reaper: Arc<Reaper>,
     pub main: Arc<MainProcess>,
     pub logger: Arc<Logger>,
+    /// Where the program says it is busy.
+    pub activity_dir: std::path::PathBuf,
 }
 
 /// The write half of a connection, shared by the request loop and exec output.
@@ -164,6 +166,10 @@ fn handle_request(
                 pid: status.pid,
                 running: status.running,
                 uptime_ms: status.uptime_ms,
+                busy: midge_init::activity::is_busy(
+                    &machine.activity_dir,
+                    std::time::SystemTime::now(),
+                ),
             })
         }
         Request::Signal { signal } => match machine.main.signal(signal) {
