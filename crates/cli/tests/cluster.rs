@@ -955,3 +955,106 @@ fn autostop_on_a_machines_host_counts_the_traffic_other_hosts_proxies_carry() {
         state(&cluster) == "stopped"
     });
 }
+
+/// An app address from an `ip_assignments` answer.
+fn assign(cluster: &Cluster, app: &str, kind: &str) -> String {
+    let (status, body) = cluster.api(
+        0,
+        Method::POST,
+        &format!("/v1/apps/{app}/ip_assignments"),
+        Some(json!({"type": kind})),
+    );
+    assert_eq!(status, 200, "assigning {kind}: {body}");
+    body["ip"].as_str().expect("an ip").to_string()
+}
+
+#[test]
+fn every_host_serves_the_apps_addresses_and_flycast_starts_a_machine_on_another_host() {
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        ..ClusterOptions::default()
+    });
+    let app = unique_app("addressed");
+    let probe_app = unique_app("caller");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    cluster.midge(0, &["apps", "create", &probe_app]).success();
+    // The web machine on host 2 (ams), a caller of the same org on host 1.
+    let (status, web) = cluster.create(
+        0,
+        &app,
+        json!({"config": web_config_with(json!({"autostart": true})), "region": "ams"}),
+    );
+    assert_eq!(status, 200, "{web}");
+    let web = web["id"].as_str().unwrap().to_string();
+    wait_started(&cluster, &app, &web);
+    let (status, probe) = cluster.create(
+        0,
+        &probe_app,
+        json!({"config": shell_config(), "region": "ord"}),
+    );
+    assert_eq!(status, 200, "{probe}");
+    let probe = probe["id"].as_str().unwrap().to_string();
+    wait_started(&cluster, &probe_app, &probe);
+
+    // A dedicated v4 address: the API servers assign it from their pool
+    // and every host's proxy serves it.
+    let v4 = assign(&cluster, &app, "v4");
+    let at = format!("{v4}:80");
+    for number in [1, 2] {
+        cluster.eventually(&format!("host {number} serves {at}"), SETTLE, || {
+            let (status, body) = cluster.get_from_host(number, &at, "any", "/cgi-bin/who");
+            status == 200 && who(&body).is_some_and(|(machine, _)| machine == web)
+        });
+    }
+
+    // Flycast: a caller on host 1 reaches the stopped machine of host 2
+    // by name; the request starts it.
+    let flycast = assign(&cluster, &app, "private_v6");
+    let (status, body) = cluster.api(
+        0,
+        Method::POST,
+        &format!("{}/stop", machine_path(&app, &web)),
+        Some(json!({"timeout": "1s"})),
+    );
+    assert_eq!(status, 200, "stopping: {body}");
+    let (status, body) = cluster.get(
+        0,
+        &format!("{}/wait?state=stopped&timeout=60", machine_path(&app, &web)),
+    );
+    assert_eq!(status, 200, "waiting for the stop: {body}");
+    let name = format!("{app}.flycast");
+    let lookup = format!("nslookup -type=aaaa {name}");
+    cluster.eventually("host 1's DNS names the Flycast address", SETTLE, || {
+        let answer = cluster.midge(0, &["machine", "exec", &probe, "-a", &probe_app, &lookup]);
+        answer.stdout.contains(&flycast)
+    });
+    let script = format!(
+        r"(printf 'GET /cgi-bin/who HTTP/1.0\r\nHost: x\r\n\r\n'; sleep 5) | nc -w 20 {name} 80"
+    );
+    let request = format!("sh -c '{}'", script.replace('\'', r"'\''"));
+    let reply = cluster.midge(0, &["machine", "exec", &probe, "-a", &probe_app, &request]);
+    assert!(
+        reply.stdout.contains(&format!("machine={web}")),
+        "{}{}",
+        reply.stdout,
+        reply.stderr
+    );
+    assert_eq!(
+        cluster.get(0, &machine_path(&app, &web)).1["state"],
+        "started"
+    );
+
+    // Released, the address is served by no host.
+    let (status, body) = cluster.api(
+        0,
+        Method::DELETE,
+        &format!("/v1/apps/{app}/ip_assignments/{v4}"),
+        None,
+    );
+    assert!(status == 204 || status == 200, "releasing: {status} {body}");
+    for number in [1, 2] {
+        cluster.eventually(&format!("host {number} lets {at} go"), SETTLE, || {
+            cluster.get_from_host(number, &at, "any", "/cgi-bin/who").0 == 0
+        });
+    }
+}

@@ -26,9 +26,9 @@ struct Hosts {
     feed: Arc<RoutingFeed>,
 }
 
-/// The hosts' API over `catalog`; `liveness` says which peers answer.
-pub fn router(catalog: Arc<dyn Catalog>, liveness: Liveness) -> Router {
-    let feed = Arc::new(RoutingFeed::new(catalog.clone()));
+/// The hosts' API over `catalog`; `liveness` says which peers answer,
+/// `feed` is the routing feed this server serves its hosts.
+pub fn router(catalog: Arc<dyn Catalog>, liveness: Liveness, feed: Arc<RoutingFeed>) -> Router {
     Router::new()
         .route("/internal/v1/hosts", post(join))
         .route("/internal/v1/hosts/{id}/heartbeat", post(heartbeat))

@@ -1,5 +1,6 @@
 //! The routing feed an API server serves its hosts' proxies: every live
-//! machine of the cluster with its host's agent URL, answered when the
+//! machine of the cluster with its host's agent URL, and the apps'
+//! addresses (`ip_assignments`) every proxy serves, answered when the
 //! catalog's routing revision passes the one the host already has (a long
 //! poll). Reports this server applies wake the waiters at once; changes
 //! other API servers applied are seen within [`POLL_EVERY`].
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use midge_store::{Catalog, StoreError};
-use midge_types::routing::{RoutedEntry, RoutedMachine, org_network_of};
+use midge_types::routing::{AppAddress, RoutedEntry, RoutedMachine, org_network_of};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
@@ -63,17 +64,29 @@ impl RoutingFeed {
                 return Ok(RoutingSnapshot {
                     revision,
                     machines: Some(self.entries().await?),
+                    addresses: Some(self.addresses().await?),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(RoutingSnapshot {
                     revision,
                     machines: None,
+                    addresses: None,
                 });
             }
             let pause = (tokio::time::Instant::now() + POLL_EVERY).min(deadline);
             let _ = tokio::time::timeout_at(pause, woken).await;
         }
+    }
+
+    async fn addresses(&self) -> Result<Vec<AppAddress>, StoreError> {
+        Ok(self
+            .catalog
+            .all_ips()
+            .await?
+            .iter()
+            .filter_map(|a| a.served_address())
+            .collect())
     }
 
     async fn entries(&self) -> Result<Vec<RoutedEntry>, StoreError> {

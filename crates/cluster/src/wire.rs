@@ -3,7 +3,7 @@
 
 use midge_store::{HostRecord, Intent};
 use midge_types::cluster::{HostLoad, HostRegistration, MachineReport};
-use midge_types::routing::RoutedEntry;
+use midge_types::routing::{AppAddress, RoutedEntry};
 use serde::{Deserialize, Serialize};
 
 /// A host joining (new, authenticated by an admin token) or coming back
@@ -64,6 +64,9 @@ pub struct HeartbeatAnswer {
 pub struct RoutingSnapshot {
     pub revision: u64,
     pub machines: Option<Vec<RoutedEntry>>,
+    /// The apps' addresses every host's proxy serves, with the machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<AppAddress>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

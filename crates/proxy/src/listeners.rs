@@ -27,14 +27,7 @@ use crate::tcp::ProxyProto;
 /// At most this many ports of one range are listened on.
 const MAX_RANGE_PORTS: u16 = 256;
 
-/// An address an app is served on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AppAddress {
-    pub app: String,
-    pub ip: IpAddr,
-    /// A Flycast address: served to machines of the app's org only.
-    pub private: bool,
-}
+pub use midge_types::routing::AppAddress;
 
 /// Told every (address, port) served to machines (Flycast) whenever they
 /// change, and none when the proxy closes; the listeners count as

@@ -204,6 +204,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     )?;
     let (proxy, proxy_addr) =
         crate::proxy_role::start_with(&args.proxy, &args.region, Arc::new(agents)).await?;
+    crate::traffic::open_private_endpoints(&proxy, host.network.clone());
     let routing = ClusterRouting::new(
         agent.clone(),
         member.host.id.clone(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use midge_cluster::routing_feed::RoutingFeed;
 use midge_cluster::status::Liveness;
 use midge_cluster::{ClusterAgent, ClusterConfig};
 
@@ -22,6 +23,17 @@ pub struct ApiArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The pools of apps' addresses, which every host's proxy serves.
+    #[command(flatten)]
+    pub addresses: crate::proxy_role::AppAddressArgs,
+    /// What `shared_v4` assignments answer: where the hosts' shared
+    /// listener is reached.
+    #[arg(
+        long,
+        env = "MIDGE_PROXY_SHARED_ADDRESS",
+        default_value = "127.0.0.1:4281"
+    )]
+    pub proxy_shared_address: SocketAddr,
     /// The catalog: `postgres://…` for a cluster, or a SQLite file path.
     #[arg(long, env = "MIDGE_CATALOG")]
     pub catalog: String,
@@ -90,14 +102,27 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let cluster = ClusterAgent::new(catalog.clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;
-    let mut state = midge_api::ApiState::new(catalog.clone(), Arc::new(cluster));
+    // Hosts learn of address changes from the routing feed: the catalog
+    // counts them as routing changes, and this server's waiters look now.
+    let feed = Arc::new(RoutingFeed::new(catalog.clone()));
+    let wake = feed.clone();
+    let plan = args.addresses.plan(
+        args.proxy_shared_address,
+        Arc::new(move || {
+            wake.changed();
+            Box::pin(async {})
+        }),
+    )?;
+    let mut state =
+        midge_api::ApiState::new(catalog.clone(), Arc::new(cluster)).with_addresses(plan);
     if let Some(path) = &args.credentials_key_file {
         let sealer = midge_api::CredentialSealer::from_key_file(path)
             .with_context(|| format!("opening the registry credential key {}", path.display()))?;
         state = state.with_credential_sealer(sealer);
     }
     let state = args.limits.apply(state);
-    let app = midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog, liveness));
+    let app =
+        midge_api::router(state).merge(midge_cluster::hosts_api::router(catalog, liveness, feed));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -1,7 +1,8 @@
 //! Traffic on a host of a cluster. The host's proxy and DNS server route
 //! to every machine of the cluster: this host's from its agent (as on one
 //! host), the other hosts' from the API servers' routing feed (the
-//! catalog's machines after every report). Before one of this host's
+//! catalog's machines after every report), and it serves every app address
+//! (`ip_assignments`, Flycast included) the feed lists. Before one of this host's
 //! machines is signalled to stop, every peer's proxy is told to take it
 //! out of rotation, and the stop waits for their answers.
 
@@ -18,7 +19,7 @@ use midge_cluster::member::Membership;
 use midge_cluster::wire::Peer;
 use midge_dns::{Directory, DnsSnapshot};
 use midge_proxy::{Agents, Proxy};
-use midge_types::routing::{MachineActivity, RoutedEntry, RoutedMachine};
+use midge_types::routing::{AppAddress, MachineActivity, RoutedEntry, RoutedMachine};
 use tokio::sync::broadcast::error::RecvError;
 
 /// How long one long poll of the routing feed may wait on the API server.
@@ -38,6 +39,8 @@ pub struct ClusterRouting {
     /// Other hosts' machines by id, each at the newest generation seen
     /// (from the feed, or pushed by its host as it leaves rotation).
     remote: Mutex<HashMap<String, RoutedEntry>>,
+    /// The app addresses served now, as the feed last listed them.
+    addresses: tokio::sync::Mutex<Option<Vec<AppAddress>>>,
 }
 
 impl ClusterRouting {
@@ -53,6 +56,7 @@ impl ClusterRouting {
             proxy,
             dns,
             remote: Mutex::default(),
+            addresses: tokio::sync::Mutex::default(),
         })
     }
 
@@ -99,6 +103,21 @@ impl ClusterRouting {
             *remote = next;
         }
         self.refresh();
+    }
+
+    /// Serves the feed's app addresses (returning once the proxy listens
+    /// on them) where they changed.
+    pub async fn apply_addresses(&self, mut addresses: Vec<AppAddress>) {
+        addresses.sort_by(|a, b| (a.ip, &a.app).cmp(&(b.ip, &b.app)));
+        let mut served = self.addresses.lock().await;
+        if served.as_ref() == Some(&addresses) {
+            return;
+        }
+        let Some(proxy) = self.proxy.upgrade() else {
+            return;
+        };
+        crate::traffic::serve_addresses(&proxy, self.dns.as_ref(), addresses.clone()).await;
+        *served = Some(addresses);
     }
 
     /// A peer's machine as its host has it now (it is leaving rotation).
@@ -155,6 +174,9 @@ pub fn follow(routing: &Arc<ClusterRouting>, member: Membership) {
                     };
                     if let Some(machines) = snapshot.machines {
                         routing.apply_feed(machines);
+                    }
+                    if let Some(addresses) = snapshot.addresses {
+                        routing.apply_addresses(addresses).await;
                     }
                     revision = snapshot.revision;
                 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use midge_agent::Agent;
 use midge_proxy::{Agents, OneHost, Proxy, ProxyConfig};
 
@@ -13,9 +14,8 @@ pub struct ProxyArgs {
     /// Address the proxy's shared HTTP listener takes (apps by host name).
     #[arg(long, env = "MIDGE_PROXY_LISTEN", default_value = "127.0.0.1:4281")]
     pub proxy_listen: SocketAddr,
-    /// Apps are reached as `<app>.<domain>` on the proxy's listener.
-    #[arg(long, env = "MIDGE_PROXY_DOMAIN", default_value = "localhost")]
-    pub proxy_domain: String,
+    #[command(flatten)]
+    pub addresses: AppAddressArgs,
     /// Seconds between autostop passes; a machine must be idle this long.
     #[arg(long, env = "MIDGE_PROXY_AUTOSTOP_SECS", default_value_t = 10.0)]
     pub proxy_autostop_secs: f64,
@@ -25,6 +25,16 @@ pub struct ProxyArgs {
     /// Seconds a request may wait for a machine with room.
     #[arg(long, env = "MIDGE_PROXY_HOLD_SECS", default_value_t = 30.0)]
     pub proxy_hold_secs: f64,
+}
+
+/// Where apps are reached: their host names on the shared listener and the
+/// pools of `ip_assignments` (assigned by `midge up`, or by the API servers
+/// of a cluster, whose every host serves them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppAddressArgs {
+    /// Apps are reached as `<app>.<domain>` on the proxy's listener.
+    #[arg(long, env = "MIDGE_PROXY_DOMAIN", default_value = "localhost")]
+    pub proxy_domain: String,
     /// IPv4 addresses apps get with `ip_assignments` type v4 (loopback by default).
     #[arg(long, env = "MIDGE_PROXY_IPV4_POOL", default_value = "127.77.0.0/16")]
     pub proxy_ipv4_pool: ipnet::IpNet,
@@ -38,12 +48,24 @@ pub struct ProxyArgs {
     pub proxy_ipv6_pool: ipnet::IpNet,
 }
 
-impl ProxyArgs {
-    /// The pools of `ip_assignments`, telling `follower` of every change.
-    pub fn address_plan(
+impl Default for AppAddressArgs {
+    fn default() -> Self {
+        AppAddressArgs {
+            proxy_domain: "localhost".into(),
+            proxy_ipv4_pool: "127.77.0.0/16".parse().expect("a network"),
+            proxy_ipv6_pool: "fdaa:0:0:ffff::/112".parse().expect("a network"),
+        }
+    }
+}
+
+impl AppAddressArgs {
+    /// The pools of `ip_assignments`, `shared` as the shared listener's
+    /// address; `changed` runs after every change and the answer waits
+    /// for it.
+    pub fn plan(
         &self,
         shared: SocketAddr,
-        follower: Arc<crate::traffic::AddressFollower>,
+        changed: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
     ) -> anyhow::Result<midge_api::AddressPlan> {
         anyhow::ensure!(
             self.proxy_ipv4_pool.addr().is_ipv4(),
@@ -60,12 +82,30 @@ impl ProxyArgs {
             v6: self.proxy_ipv6_pool,
             shared_v4: shared.ip(),
             shared_port: shared.port(),
-            domain: self.proxy_domain.trim_matches('.').to_ascii_lowercase(),
-            changed: Arc::new(move || {
+            domain: self.domain(),
+            changed,
+        })
+    }
+
+    pub fn domain(&self) -> String {
+        self.proxy_domain.trim_matches('.').to_ascii_lowercase()
+    }
+}
+
+impl ProxyArgs {
+    /// The pools of `ip_assignments`, telling `follower` of every change.
+    pub fn address_plan(
+        &self,
+        shared: SocketAddr,
+        follower: Arc<crate::traffic::AddressFollower>,
+    ) -> anyhow::Result<midge_api::AddressPlan> {
+        self.addresses.plan(
+            shared,
+            Arc::new(move || {
                 let follower = follower.clone();
                 Box::pin(async move { follower.changed().await })
             }),
-        })
+        )
     }
 }
 
@@ -94,7 +134,7 @@ pub async fn start_with(
     agents: Arc<dyn Agents>,
 ) -> anyhow::Result<(Arc<Proxy>, SocketAddr)> {
     let mut config = ProxyConfig::new(region);
-    config.domain = args.proxy_domain.trim_matches('.').to_ascii_lowercase();
+    config.domain = args.addresses.domain();
     config.autostop_every = seconds("proxy-autostop-secs", args.proxy_autostop_secs)?;
     config.hold_timeout = seconds("proxy-hold-secs", args.proxy_hold_secs)?;
     config.queue_limit = args.proxy_queue_limit;

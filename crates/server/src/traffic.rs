@@ -84,9 +84,6 @@ impl AddressFollower {
     }
 }
 
-/// The `ip_assignments` type of Flycast addresses.
-const PRIVATE_V6: &str = "private_v6";
-
 /// Lets machines reach the proxy's Flycast (address, port) pairs through
 /// the host's firewall, following them as they come and go.
 pub fn open_private_endpoints(proxy: &Proxy, network: Arc<Network>) {
@@ -137,22 +134,8 @@ pub fn follow_addresses(
             }
             match catalog.all_ips().await {
                 Ok(all) => {
-                    let served: Vec<AppAddress> = all
-                        .into_iter()
-                        .filter(|a| !a.shared && !a.is_egress())
-                        .filter_map(|a| {
-                            Some(AppAddress {
-                                ip: a.ip.parse().ok()?,
-                                private: a.kind == PRIVATE_V6,
-                                app: a.app,
-                            })
-                        })
-                        .collect();
-                    if let Some(dns) = &dns {
-                        dns.update_flycast(flycast_names(&served));
-                    }
-                    let version = live.set_addresses(served);
-                    live.listening(version).await;
+                    let served = all.iter().filter_map(|a| a.served_address()).collect();
+                    serve_addresses(&live, dns.as_ref(), served).await;
                 }
                 Err(err) => tracing::warn!("reading the apps' addresses: {err}"),
             }
@@ -161,6 +144,16 @@ pub fn follow_addresses(
             follower.wake.notified().await;
         }
     });
+}
+
+/// Has the proxy listen on the apps' addresses (returning once it does)
+/// and the DNS server answer the Flycast names among them.
+pub async fn serve_addresses(proxy: &Proxy, dns: Option<&Directory>, served: Vec<AppAddress>) {
+    if let Some(dns) = dns {
+        dns.update_flycast(flycast_names(&served));
+    }
+    let version = proxy.set_addresses(served);
+    proxy.listening(version).await;
 }
 
 /// The `<app>.flycast` names of the private addresses, each in the org

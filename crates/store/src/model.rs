@@ -167,6 +167,19 @@ impl IpAssignment {
     pub fn is_egress(&self) -> bool {
         self.kind.starts_with("egress")
     }
+
+    /// The address the hosts' proxies serve for it: not the shared
+    /// listener's, not an egress one.
+    pub fn served_address(&self) -> Option<midge_types::routing::AppAddress> {
+        if self.shared || self.is_egress() {
+            return None;
+        }
+        Some(midge_types::routing::AppAddress {
+            ip: self.ip.parse().ok()?,
+            private: self.kind == "private_v6",
+            app: self.app.clone(),
+        })
+    }
 }
 
 /// A TLS certificate an app uploaded for a host name (`certificates/custom`).

@@ -767,18 +767,10 @@ impl Catalog for PostgresCatalog {
             .map_err(StoreError::postgres("recording machine"))?;
             applied += 1;
         }
-        // The row lock on the counter orders these commits as the counter
-        // counts, so a reader that saw revision N has seen every change
-        // up to N.
         if applied > 0 {
-            tx.execute(
-                "INSERT INTO settings (key, value) VALUES ('routing_revision', '1')
-                 ON CONFLICT (key) DO UPDATE
-                 SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)",
-                &[],
-            )
-            .await
-            .map_err(StoreError::postgres("counting the change"))?;
+            tx.execute(BUMP_ROUTING_REVISION, &[])
+                .await
+                .map_err(StoreError::postgres("counting the change"))?;
         }
         tx.commit()
             .await
@@ -1036,8 +1028,12 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn assign_ip(&self, a: &IpAssignment) -> Result<(), StoreError> {
-        let client = self.client("assigning an address").await?;
-        let inserted = client
+        let mut client = self.client("assigning an address").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(StoreError::postgres("starting an assignment"))?;
+        let inserted = tx
             .execute(
                 "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at, machine_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1054,10 +1050,19 @@ impl Catalog for PostgresCatalog {
             )
             .await;
         match inserted {
-            Ok(_) => Ok(()),
-            Err(error) if is_unique_violation(&error) => Err(StoreError::IpTaken(a.ip.clone())),
-            Err(error) => Err(StoreError::postgres("assigning an address")(error)),
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => {
+                return Err(StoreError::IpTaken(a.ip.clone()));
+            }
+            Err(error) => return Err(StoreError::postgres("assigning an address")(error)),
         }
+        // The hosts' proxies serve app addresses: a change of routing.
+        tx.execute(BUMP_ROUTING_REVISION, &[])
+            .await
+            .map_err(StoreError::postgres("counting the change"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::postgres("committing an assignment"))
     }
 
     async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, StoreError> {
@@ -1069,14 +1074,26 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn release_ip(&self, app: &str, ip: &str) -> Result<bool, StoreError> {
-        let client = self.client("releasing an address").await?;
-        let removed = client
+        let mut client = self.client("releasing an address").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(StoreError::postgres("starting a release"))?;
+        let removed = tx
             .execute(
                 "DELETE FROM ip_assignments WHERE app = $1 AND ip = $2",
                 &[&app, &ip],
             )
             .await
             .map_err(StoreError::postgres("releasing an address"))?;
+        if removed > 0 {
+            tx.execute(BUMP_ROUTING_REVISION, &[])
+                .await
+                .map_err(StoreError::postgres("counting the change"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::postgres("committing a release"))?;
         Ok(removed > 0)
     }
 
@@ -1233,3 +1250,11 @@ impl PostgresCatalog {
             .collect())
     }
 }
+
+/// Counts a change of what the hosts' proxies route. The row lock on the
+/// counter orders the commits that take it as the counter counts, so a
+/// reader that saw revision N has seen every change up to N.
+const BUMP_ROUTING_REVISION: &str =
+    "INSERT INTO settings (key, value) VALUES ('routing_revision', '1')
+     ON CONFLICT (key) DO UPDATE
+     SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)";

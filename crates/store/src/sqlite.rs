@@ -1041,7 +1041,11 @@ impl Catalog for SqliteCatalog {
         SqliteCatalog::remove_placement(self, id)
     }
     async fn assign_ip(&self, a: &IpAssignment) -> Result<(), StoreError> {
-        let inserted = self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(StoreError::sqlite("starting an assignment"))?;
+        let inserted = tx.execute(
             "INSERT INTO ip_assignments (ip, app, kind, region, service_name, shared, created_at, machine_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -1056,14 +1060,19 @@ impl Catalog for SqliteCatalog {
             ],
         );
         match inserted {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(StoreError::IpTaken(a.ip.clone()))
+                return Err(StoreError::IpTaken(a.ip.clone()));
             }
-            Err(e) => Err(StoreError::sqlite("assigning an address")(e)),
+            Err(e) => return Err(StoreError::sqlite("assigning an address")(e)),
         }
+        // The hosts' proxies serve app addresses: a change of routing.
+        tx.execute(BUMP_ROUTING_REVISION, [])
+            .map_err(StoreError::sqlite("counting the change"))?;
+        tx.commit()
+            .map_err(StoreError::sqlite("committing an assignment"))
     }
     async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, StoreError> {
         self.ips("WHERE app = ?1", &[&app])
@@ -1072,13 +1081,22 @@ impl Catalog for SqliteCatalog {
         self.ips("", &[])
     }
     async fn release_ip(&self, app: &str, ip: &str) -> Result<bool, StoreError> {
-        let removed = self
-            .lock()
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(StoreError::sqlite("starting a release"))?;
+        let removed = tx
             .execute(
                 "DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2",
                 [app, ip],
             )
             .map_err(StoreError::sqlite("releasing an address"))?;
+        if removed > 0 {
+            tx.execute(BUMP_ROUTING_REVISION, [])
+                .map_err(StoreError::sqlite("counting the change"))?;
+        }
+        tx.commit()
+            .map_err(StoreError::sqlite("committing a release"))?;
         Ok(removed > 0)
     }
     async fn put_certificate(&self, c: &Certificate) -> Result<(), StoreError> {

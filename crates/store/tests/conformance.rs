@@ -439,6 +439,36 @@ async fn the_routing_revision_counts_applied_reports_and_lists_live_machines(
         .map(|e| e.id)
         .collect();
     assert_eq!(live, ["m1"], "destroyed machines are not routed");
+
+    // App addresses are served by the hosts' proxies too.
+    let before = catalog.routing_revision().await.unwrap();
+    let address = IpAssignment {
+        ip: "fdaa:0:7:0:0:1:0:1".into(),
+        app: "web".into(),
+        kind: "private_v6".into(),
+        region: "ord".into(),
+        service_name: String::new(),
+        shared: false,
+        created_at: 1,
+        machine_id: None,
+    };
+    catalog.assign_ip(&address).await.unwrap();
+    let assigned = catalog.routing_revision().await.unwrap();
+    assert!(assigned > before, "an assignment is a change of routing");
+    assert!(matches!(
+        catalog.assign_ip(&address).await,
+        Err(StoreError::IpTaken(_))
+    ));
+    assert_eq!(
+        catalog.routing_revision().await.unwrap(),
+        assigned,
+        "a refused assignment changes nothing"
+    );
+    assert!(catalog.release_ip("web", &address.ip).await.unwrap());
+    let released = catalog.routing_revision().await.unwrap();
+    assert!(released > assigned, "a release is a change of routing");
+    assert!(!catalog.release_ip("web", &address.ip).await.unwrap());
+    assert_eq!(catalog.routing_revision().await.unwrap(), released);
 }
 
 async fn intents_wait_for_their_host(catalog: Arc<dyn Catalog>) {

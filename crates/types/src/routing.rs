@@ -2,7 +2,7 @@
 //! machine as the API shows it, which app and org it belongs to, the
 //! address the host reaches it at, and (in a cluster) which host runs it.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,16 @@ pub struct RoutedEntry {
     pub host_id: String,
     pub generation: u64,
     pub routed: RoutedMachine,
+}
+
+/// An address an app is served on (its `ip_assignments`, but egress):
+/// every host's proxy serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppAddress {
+    pub app: String,
+    pub ip: IpAddr,
+    /// A Flycast address: served to machines of the app's org only.
+    pub private: bool,
 }
 
 /// What one proxy carried to a machine of another host lately: the

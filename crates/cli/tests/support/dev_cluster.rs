@@ -185,16 +185,29 @@ impl Cluster {
     /// status and the body; status 0 when the proxy does not take the
     /// connection (a host binds its proxy after it joined).
     pub fn proxy_get(&self, number: u32, host: &str, path: &str) -> (u16, String) {
+        let address = format!(
+            "{}:4281",
+            self.host(number)["address"].as_str().expect("address")
+        );
+        self.get_from_host(number, &address, host, path)
+    }
+
+    /// [`Cluster::proxy_get`] to any `address` (`ip:port`, `[ip6]:port`)
+    /// as seen from inside host `number`'s namespace.
+    pub fn get_from_host(
+        &self,
+        number: u32,
+        address: &str,
+        host: &str,
+        path: &str,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         use std::os::fd::AsFd;
         let netns = format!(
             "/run/netns/{}",
             self.host(number)["netns"].as_str().expect("netns")
         );
-        let address = format!(
-            "{}:4281",
-            self.host(number)["address"].as_str().expect("address")
-        );
+        let address = address.to_string();
         let connected = std::thread::spawn(move || {
             let namespace = std::fs::File::open(&netns).expect("open the host's netns");
             nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)

@@ -208,12 +208,10 @@ async fn cold_start(
 fn default_proxy_args() -> crate::proxy_role::ProxyArgs {
     crate::proxy_role::ProxyArgs {
         proxy_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        proxy_domain: "localhost".into(),
+        addresses: Default::default(),
         proxy_autostop_secs: 3600.0,
         proxy_queue_limit: 4096,
         proxy_hold_secs: 30.0,
-        proxy_ipv4_pool: "127.77.0.0/16".parse().expect("a network"),
-        proxy_ipv6_pool: "fdaa:0:0:ffff::/112".parse().expect("a network"),
     }
 }
 
