@@ -10,6 +10,7 @@
 //! - cold: nothing prepared (a host with prepared runs turned off), with
 //!   and without the machine's own user namespace (what idmapping the
 //!   layers and making the namespace cost);
+//! - suspend (the cgroup freezer) and the start that resumes it;
 //! - create → started.
 //!
 //! Bare `runc run` runs back to back, so the cases without a pause do too:
@@ -235,6 +236,28 @@ async fn measure_prepared(
         tokio::time::sleep(PAUSE_BEFORE_START).await;
     }
     rows.push(("restart (POST restart → started)".into(), Samples(restarts)));
+
+    eprintln!("suspend and resume: {n} cycles");
+    let mut suspends = Vec::with_capacity(n);
+    let mut resumes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let begun = Instant::now();
+        client.suspend_machine(APP, &id, None).await?;
+        client
+            .wait_machine(APP, &id, "suspended", None, WAIT)
+            .await?;
+        suspends.push(begun.elapsed());
+        tokio::time::sleep(PAUSE_BEFORE_START).await;
+        resumes.push(timed_start(client, &id).await?);
+    }
+    rows.push((
+        "suspend (POST suspend → suspended)".into(),
+        Samples(suspends),
+    ));
+    rows.push((
+        "resume (start of a suspended machine)".into(),
+        Samples(resumes),
+    ));
 
     eprintln!("first start after an update: {n} updates");
     let mut after_update = Vec::with_capacity(n);
