@@ -114,6 +114,26 @@ pub async fn start(client: &ApiClient, args: MachinesArgs) -> Result<()> {
     Ok(())
 }
 
+/// Waits for `wait.state` when `wait_timeout` asks to (a zero timeout does
+/// not wait), then says where the machine is.
+async fn settle(
+    client: &ApiClient,
+    mut wait: WaitFor<'_>,
+    wait_timeout: Option<Duration>,
+    reached: &str,
+    underway: &str,
+) -> Result<()> {
+    match wait_timeout.filter(|t| !t.is_zero()) {
+        Some(timeout) => {
+            wait.timeout = timeout;
+            wait_for_state(client, &wait).await?;
+            println!("Machine {} {reached}", wait.id);
+        }
+        None => println!("Machine {} {underway}", wait.id),
+    }
+    Ok(())
+}
+
 pub async fn stop(client: &ApiClient, args: StopArgs) -> Result<()> {
     let app = app_for(client, &args.machines).await?;
     let request = StopRequest {
@@ -129,20 +149,21 @@ pub async fn stop(client: &ApiClient, args: StopArgs) -> Result<()> {
             Ok(lease.version.clone())
         })
         .await?;
-        match args.wait_timeout.filter(|t| !t.is_zero()) {
-            Some(timeout) => {
-                let wait = WaitFor {
-                    app: &app,
-                    id,
-                    state: "stopped",
-                    version: Some(&version),
-                    timeout,
-                };
-                wait_for_state(client, &wait).await?;
-                println!("Machine {id} was stopped");
-            }
-            None => println!("Machine {id} is stopping"),
-        }
+        let wait = WaitFor {
+            app: &app,
+            id,
+            state: "stopped",
+            version: Some(&version),
+            timeout: Duration::ZERO,
+        };
+        settle(
+            client,
+            wait,
+            args.wait_timeout,
+            "was stopped",
+            "is stopping",
+        )
+        .await?;
     }
     Ok(())
 }
@@ -156,20 +177,21 @@ pub async fn suspend(client: &ApiClient, args: SuspendArgs) -> Result<()> {
             Ok(lease.version.clone())
         })
         .await?;
-        match args.wait_timeout.filter(|t| !t.is_zero()) {
-            Some(timeout) => {
-                let wait = WaitFor {
-                    app: &app,
-                    id,
-                    state: "suspended",
-                    version: Some(&version),
-                    timeout,
-                };
-                wait_for_state(client, &wait).await?;
-                println!("Machine {id} was suspended");
-            }
-            None => println!("Machine {id} is suspending"),
-        }
+        let wait = WaitFor {
+            app: &app,
+            id,
+            state: "suspended",
+            version: Some(&version),
+            timeout: Duration::ZERO,
+        };
+        settle(
+            client,
+            wait,
+            args.wait_timeout,
+            "was suspended",
+            "is suspending",
+        )
+        .await?;
     }
     Ok(())
 }
