@@ -8,6 +8,8 @@
 pub mod async_io;
 pub mod client;
 pub mod files;
+pub mod mux;
+pub mod vm;
 pub mod process;
 pub mod protocol;
 pub mod spec;
