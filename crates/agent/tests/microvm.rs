@@ -55,7 +55,11 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
     let out = t
         .exec(
             &id,
-            &["sh", "-c", "echo hi $MY_VAR; pwd; id -u; echo err >&2; exit 4"],
+            &[
+                "sh",
+                "-c",
+                "echo hi $MY_VAR; pwd; id -u; echo err >&2; exit 4",
+            ],
         )
         .await;
     assert_eq!(
@@ -88,7 +92,10 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
         }
     }
     let text = String::from_utf8_lossy(&output);
-    assert!(text.contains("/dev/pts/") && text.contains("got:hello"), "{text}");
+    assert!(
+        text.contains("/dev/pts/") && text.contains("got:hello"),
+        "{text}"
+    );
     assert_eq!(exit, Some(5));
 
     // The machine's 6PN address reaches the guest from the host.
@@ -111,7 +118,10 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
     t.start_machine(&id).await;
     t.wait_for_state(&id, MachineState::Started, BOOT).await;
     let fresh = t.exec(&id, &["test", "-e", "/written-by-run-1"]).await;
-    assert_eq!(fresh.exit_code, 1, "the root disk kept a file of the last run");
+    assert_eq!(
+        fresh.exit_code, 1,
+        "the root disk kept a file of the last run"
+    );
 
     // The program's own end powers the VM off and stops the machine.
     let killed = t

@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(second, MuxFrame::Data(3, vec![9u8]));
         assert!(MuxFrame::decode(&[0, 0, 0, 1, 9, 0, 0, 0, 0]).is_err());
         assert!(MuxFrame::decode(&[0, 0, 0, 1, 2, 0xff, 0, 0, 0]).is_err());
-        assert_eq!(MuxFrame::decode(&[0, 0, 0, 1, 2, 0, 0, 0, 4, 1]).unwrap(), None);
+        assert_eq!(
+            MuxFrame::decode(&[0, 0, 0, 1, 2, 0, 0, 0, 4, 1]).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ fn kvm_usable() -> Result<(), String> {
     let has_extensions = cpuinfo
         .lines()
         .filter(|line| line.starts_with("flags"))
-        .any(|line| line.split_whitespace().any(|flag| flag == "vmx" || flag == "svm"));
+        .any(|line| {
+            line.split_whitespace()
+                .any(|flag| flag == "vmx" || flag == "svm")
+        });
     if !has_extensions {
         return Err("the CPU shows no VMX or SVM".into());
     }
@@ -65,16 +68,41 @@ fn kvm_usable() -> Result<(), String> {
     // SAFETY: as above.
     let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM as _, 0) };
     if vm < 0 {
-        return Err(format!("KVM_CREATE_VM: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "KVM_CREATE_VM: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: vm is a new fd from KVM_CREATE_VM that nothing else owns.
     let vm = unsafe { OwnedFd::from_raw_fd(vm) };
     // SAFETY: as above; the vCPU id 0 is a plain integer.
     let vcpu = unsafe { libc::ioctl(vm.as_raw_fd(), KVM_CREATE_VCPU as _, 0) };
     if vcpu < 0 {
-        return Err(format!("KVM_CREATE_VCPU: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "KVM_CREATE_VCPU: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: vcpu is a new fd from KVM_CREATE_VCPU that nothing else owns.
     drop(unsafe { OwnedFd::from_raw_fd(vcpu) });
     Ok(())
+}
+
+/// The host's TSC rate in kHz, from `/proc/cpuinfo` (its first `cpu MHz`);
+/// 2 GHz when it says nothing.
+pub fn host_tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .filter(|&khz| khz > 0)
+        .unwrap_or(2_000_000)
 }

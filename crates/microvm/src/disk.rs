@@ -66,7 +66,12 @@ async fn build(work: &Path, image: &Path, layers: &[PathBuf]) -> Result<(), Micr
     let size_mb = used_kb / 1024 * 3 / 2 + FREE_SPACE_MB;
     let partial = work.join("image.ext4");
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args([
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ])
         .arg("-d")
         .arg(&root)
         .arg(&partial)

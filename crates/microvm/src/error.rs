@@ -20,7 +20,9 @@ pub enum MicrovmError {
     },
     #[error("{command} failed: {output}")]
     Command { command: String, output: String },
-    #[error("the guest kernel is missing: {0} (scripts/install-deps unpacks Debian's linux-image-cloud-amd64 there)")]
+    #[error(
+        "the guest kernel is missing: {0} (scripts/install-deps unpacks Debian's linux-image-cloud-amd64 there)"
+    )]
     NoKernel(PathBuf),
     #[error("qemu-system-x86_64 is not installed or does not run")]
     NoQemu,

@@ -32,7 +32,11 @@ impl NewcWriter {
     }
 
     pub fn file(&mut self, path: &str, content: &[u8], executable: bool) {
-        self.entry(path, if executable { MODE_EXEC } else { MODE_FILE }, content);
+        self.entry(
+            path,
+            if executable { MODE_EXEC } else { MODE_FILE },
+            content,
+        );
     }
 
     fn entry(&mut self, path: &str, mode: u32, content: &[u8]) {
@@ -47,10 +51,25 @@ impl NewcWriter {
     /// uid, gid, nlink, mtime, filesize, dev major/minor, rdev
     /// major/minor, namesize, check), the NUL-terminated name, padding.
     fn header(&mut self, inode: u32, mode: u32, nlink: u32, size: usize, name: &str) {
-        let fields = [inode as usize, mode as usize, 0, 0, nlink as usize, 0, size, 0, 0, 0, 0, name.len() + 1, 0];
+        let fields = [
+            inode as usize,
+            mode as usize,
+            0,
+            0,
+            nlink as usize,
+            0,
+            size,
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0,
+        ];
         self.bytes.extend_from_slice(b"070701");
         for field in fields {
-            self.bytes.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.push(0);
@@ -71,7 +90,9 @@ impl NewcWriter {
 }
 
 /// The modules to load, dependencies first, from the kernel's module tree.
-pub fn module_load_order(modules_dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, MicrovmError> {
+pub fn module_load_order(
+    modules_dir: &Path,
+) -> Result<Vec<(String, std::path::PathBuf)>, MicrovmError> {
     let mut by_name = std::collections::HashMap::new();
     index_modules(&modules_dir.join("kernel"), &mut by_name)?;
     let mut order = Vec::new();
@@ -173,8 +194,11 @@ mod tests {
     fn parse(mut bytes: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
         let mut entries = Vec::new();
         let field = |header: &[u8], n: usize| {
-            u32::from_str_radix(std::str::from_utf8(&header[6 + n * 8..14 + n * 8]).unwrap(), 16)
-                .unwrap() as usize
+            u32::from_str_radix(
+                std::str::from_utf8(&header[6 + n * 8..14 + n * 8]).unwrap(),
+                16,
+            )
+            .unwrap() as usize
         };
         let align = |n: usize| n.div_ceil(4) * 4;
         while !bytes.is_empty() {
@@ -206,10 +230,20 @@ mod tests {
         let names: Vec<_> = entries.iter().map(|(name, _, _)| name.as_str()).collect();
         assert_eq!(
             names,
-            ["midge", "init", "midge/run.json", "TRAILER!!!", "midge/vm.json", "TRAILER!!!"]
+            [
+                "midge",
+                "init",
+                "midge/run.json",
+                "TRAILER!!!",
+                "midge/vm.json",
+                "TRAILER!!!"
+            ]
         );
         assert_eq!(entries[0].1, MODE_DIR);
-        assert_eq!(entries[1], ("init".into(), MODE_EXEC, b"\x7fELF...".to_vec()));
+        assert_eq!(
+            entries[1],
+            ("init".into(), MODE_EXEC, b"\x7fELF...".to_vec())
+        );
         assert_eq!(entries[4].2, b"{\"hostname\":\"h\"}");
     }
 
@@ -224,14 +258,25 @@ mod tests {
         std::fs::create_dir_all(&kernel).unwrap();
         std::fs::write(kernel.join("virtio_ring.ko"), b"\0depends=\0").unwrap();
         std::fs::write(kernel.join("virtio.ko"), b"\0depends=virtio_ring\0").unwrap();
-        std::fs::write(kernel.join("virtio_mmio.ko"), b"\0depends=virtio,virtio_ring\0").unwrap();
-        std::fs::write(kernel.join("virtio_blk.ko"), b"\0depends=virtio,virtio_ring\0").unwrap();
+        std::fs::write(
+            kernel.join("virtio_mmio.ko"),
+            b"\0depends=virtio,virtio_ring\0",
+        )
+        .unwrap();
+        std::fs::write(
+            kernel.join("virtio_blk.ko"),
+            b"\0depends=virtio,virtio_ring\0",
+        )
+        .unwrap();
         // virtio_net and virtio_console are "built in" here: no files.
         let order: Vec<_> = module_load_order(tree.path())
             .unwrap()
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        assert_eq!(order, ["virtio_ring", "virtio", "virtio_mmio", "virtio_blk"]);
+        assert_eq!(
+            order,
+            ["virtio_ring", "virtio", "virtio_mmio", "virtio_blk"]
+        );
     }
 }

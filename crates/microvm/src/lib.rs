@@ -26,8 +26,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use midge_driver::{
-    Capabilities, Driver, DriverError, LogStream, MachineLaunch, PreparedRun,
-    Recovered,
+    Capabilities, Driver, DriverError, LogStream, MachineLaunch, PreparedRun, Recovered,
 };
 
 pub use accel::Accelerator;
@@ -287,4 +286,3 @@ async fn kill_leftover(run: &run::RunPaths) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
-

@@ -154,7 +154,9 @@ impl HostMux {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -178,7 +180,10 @@ mod tests {
                     match frame {
                         MuxFrame::Open(channel) => opened.push(channel),
                         MuxFrame::Data(channel, bytes) if bytes == b"bye" => {
-                            write.write_all(&MuxFrame::Close(channel).encode()).await.unwrap();
+                            write
+                                .write_all(&MuxFrame::Close(channel).encode())
+                                .await
+                                .unwrap();
                         }
                         MuxFrame::Data(channel, bytes) => {
                             let reply = MuxFrame::Data(channel, bytes.to_ascii_uppercase());

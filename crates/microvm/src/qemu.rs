@@ -36,7 +36,10 @@ pub struct VmSpec {
 }
 
 /// The kernel's command line: quiet, straight to init, power off on panic.
-pub fn kernel_command_line(extra: &[String]) -> String {
+/// Under TCG the guest cannot calibrate its TSC (microvm has no HPET or PM
+/// timer, and the emulated PIT is too slow to measure against) and hangs,
+/// so it is told the host's TSC rate, which TCG's TSC runs at.
+pub fn kernel_command_line(accelerator: Accelerator, extra: &[String]) -> String {
     let mut args = vec![
         "console=ttyS0",
         "quiet",
@@ -56,6 +59,9 @@ pub fn kernel_command_line(extra: &[String]) -> String {
     .into_iter()
     .map(str::to_string)
     .collect::<Vec<_>>();
+    if accelerator == Accelerator::Tcg {
+        args.push(format!("tsc_early_khz={}", crate::accel::host_tsc_khz()));
+    }
     args.extend(extra.iter().cloned());
     args.join(" ")
 }
@@ -71,10 +77,21 @@ pub fn arguments(spec: &VmSpec) -> Vec<OsString> {
     push(&["-smp", &spec.cpus.max(1).to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mb.max(64))]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    push(&["-chardev", &format!("file,id=console,path={}", path(&spec.console_file))]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", path(&spec.console_file)),
+    ]);
     push(&["-serial", "chardev:console"]);
-    push(&["-kernel", &path(&spec.kernel), "-initrd", &path(&spec.initrd)]);
-    push(&["-append", &kernel_command_line(&spec.kernel_args)]);
+    push(&[
+        "-kernel",
+        &path(&spec.kernel),
+        "-initrd",
+        &path(&spec.initrd),
+    ]);
+    push(&[
+        "-append",
+        &kernel_command_line(spec.accelerator, &spec.kernel_args),
+    ]);
     push(&[
         "-drive",
         &format!(
@@ -101,7 +118,10 @@ pub fn arguments(spec: &VmSpec) -> Vec<OsString> {
             "-netdev",
             &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
         ]);
-        push(&["-device", &format!("virtio-net-device,netdev=net0,mac={mac}")]);
+        push(&[
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ]);
     }
     push(&["-device", "virtio-serial-device"]);
     push(&[
@@ -111,14 +131,26 @@ pub fn arguments(spec: &VmSpec) -> Vec<OsString> {
             path(&spec.init_socket)
         ),
     ]);
-    push(&["-device", &format!("virtserialport,chardev=init,name={PORT_NAME}")]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=init,name={PORT_NAME}"),
+    ]);
     push(&[
         "-chardev",
         &format!("file,id=log,path={},append=on", path(&spec.log_file)),
     ]);
-    push(&["-device", &format!("virtserialport,chardev=log,name={LOG_PORT_NAME}")]);
-    push(&["-chardev", &format!("file,id=exit,path={}", path(&spec.exit_file))]);
-    push(&["-device", &format!("virtserialport,chardev=exit,name={EXIT_PORT_NAME}")]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=log,name={LOG_PORT_NAME}"),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=exit,path={}", path(&spec.exit_file)),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=exit,name={EXIT_PORT_NAME}"),
+    ]);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", path(&spec.qmp_socket)),
@@ -178,7 +210,14 @@ mod tests {
         assert_eq!(after(&args, "-m"), ["256M"]);
         assert!(after(&args, "-M")[0].starts_with("microvm,"));
         let append = after(&args, "-append")[0];
-        assert!(append.contains("midge_vm=1") && append.ends_with(" foo=bar"), "{append}");
+        assert!(
+            append.contains("midge_vm=1") && append.ends_with(" foo=bar"),
+            "{append}"
+        );
+        assert!(
+            append.contains(" tsc_early_khz="),
+            "TCG needs the TSC rate: {append}"
+        );
         let devices = after(&args, "-device");
         assert!(devices.contains(&"virtio-blk-device,drive=root,serial=midge-root"));
         assert!(devices.contains(&"virtio-blk-device,drive=vol0,serial=vol_abc"));

@@ -240,7 +240,11 @@ fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, DriverError> {
     serde_json::to_vec(value).map_err(DriverError::while_doing("encoding the run's boot files"))
 }
 
-fn spawn_qemu(run: &RunPaths, spec: &VmSpec, netns: Option<&Path>) -> Result<VmProcess, DriverError> {
+fn spawn_qemu(
+    run: &RunPaths,
+    spec: &VmSpec,
+    netns: Option<&Path>,
+) -> Result<VmProcess, DriverError> {
     let qemu_log = std::fs::File::create(run.dir.join("qemu.log"))
         .map_err(MicrovmError::io(&run.dir))
         .map_err(MicrovmError::while_doing("opening QEMU's log"))?;
@@ -261,6 +265,17 @@ fn spawn_qemu(run: &RunPaths, spec: &VmSpec, netns: Option<&Path>) -> Result<VmP
         }
         None => tokio::process::Command::new("qemu-system-x86_64"),
     };
+    // A VM does not outlive the agent that started it (recovery powers off
+    // whatever a crash left), so it dies with the agent's process.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     command
         .args(arguments(spec))
         .stdin(std::process::Stdio::null())
@@ -350,7 +365,10 @@ async fn go_and_await_start(prepared: &MicrovmPrepared) -> Result<(), DriverErro
             ));
         }
         () = tokio::time::sleep(START_REPORT_TIMEOUT) => {
-            return Err(DriverError::host("starting the machine", "init did not report within 90s"));
+            return Err(DriverError::host(
+                "starting the machine",
+                format!("init did not report within 90s: {}", tail_of(&prepared.run.console(), 2048)),
+            ));
         }
     };
     read.map_err(DriverError::while_doing("reading init's start report"))?;

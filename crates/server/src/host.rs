@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use midge_agent::{Agent, AgentConfig, HostParts};
-use midge_image::ImageStore;
-use midge_net::{NetConfig, Network, ServedEndpoint};
 use midge_driver::Driver;
+use midge_image::ImageStore;
 use midge_microvm::{MicrovmConfig, MicrovmDriver};
+use midge_net::{NetConfig, Network, ServedEndpoint};
 use midge_sandbox::{SandboxConfig, SandboxDriver};
 use midge_volume::VolumePool;
 
@@ -187,7 +187,7 @@ impl Host {
             ),
             DriverKind::Microvm => Arc::new(
                 MicrovmDriver::open(MicrovmConfig {
-                    state_dir: config.runtime_dir().join("microvm"),
+                    state_dir: config.runtime_dir(),
                     machines_dir: config.data_dir.join("machines"),
                     disks_dir: config.data_dir.join("microvm-disks"),
                     init_binary,

@@ -159,7 +159,12 @@ impl TestAgent {
     }
 
     /// Waits for `state` for as long as `timeout` (a VM under emulation boots slowly).
-    pub async fn wait_for_state(&self, id: &str, state: MachineState, timeout: Duration) -> MachineState {
+    pub async fn wait_for_state(
+        &self,
+        id: &str,
+        state: MachineState,
+        timeout: Duration,
+    ) -> MachineState {
         self.wait_for(id, WaitTarget::State(state), timeout).await
     }
 

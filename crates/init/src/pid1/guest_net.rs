@@ -53,8 +53,14 @@ pub fn configure(network: Option<&GuestNetwork>) -> Result<(), String> {
         return Ok(());
     };
     // As Fly's init: no duplicate address detection on the 6PN address.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{INTERFACE}/accept_dad"), "0");
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{INTERFACE}/dad_transmits"), "0");
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{INTERFACE}/accept_dad"),
+        "0",
+    );
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{INTERFACE}/dad_transmits"),
+        "0",
+    );
     let step = |what: &str, result: io::Result<()>| {
         result.map_err(|error| format!("{what} on {INTERFACE}: {error}"))
     };
@@ -70,7 +76,10 @@ pub fn configure(network: Option<&GuestNetwork>) -> Result<(), String> {
         "adding the 6PN address",
         add_ipv6(&inet6, index, network.ipv6, network.ipv6_prefix_len),
     )?;
-    step("adding the IPv4 default route", add_default_v4(&inet, network.gateway_v4))?;
+    step(
+        "adding the IPv4 default route",
+        add_default_v4(&inet, network.gateway_v4),
+    )?;
     step(
         "adding the IPv6 default route",
         add_default_v6(&inet6, index, network.gateway_v6),
@@ -138,7 +147,9 @@ fn add_ipv4(fd: &OwnedFd, address: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
     let mut ifreq = request(INTERFACE);
     ifreq.ifr_ifru.ifru_addr = sockaddr_v4(address);
     ioctl(fd, libc::SIOCSIFADDR, &mut ifreq)?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
     ifreq.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask));
     ioctl(fd, libc::SIOCSIFNETMASK, &mut ifreq)
 }

@@ -73,7 +73,10 @@ impl Logger {
     pub fn open_port(port: &std::path::Path) -> Logger {
         let file = OpenOptions::new().write(true).open(port);
         if let Err(error) = &file {
-            eprintln!("midge-init: opening the log port {}: {error}", port.display());
+            eprintln!(
+                "midge-init: opening the log port {}: {error}",
+                port.display()
+            );
         }
         Logger {
             inner: Mutex::new(LogFile {

@@ -149,7 +149,8 @@ struct VmTransport {
     ports: vm::VmPorts,
     boot: midge_init::vm::VmBoot,
     start_report: std::sync::Mutex<Option<std::fs::File>>,
-    connections: std::sync::Mutex<Option<std::sync::mpsc::Receiver<std::os::unix::net::UnixStream>>>,
+    connections:
+        std::sync::Mutex<Option<std::sync::mpsc::Receiver<std::os::unix::net::UnixStream>>>,
     go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 

@@ -140,14 +140,8 @@ fn switch_root() -> Result<(), String> {
         .map_err(|errno| format!("moving {target} to the root disk: {errno}"))?;
     }
     std::env::set_current_dir(NEW_ROOT).map_err(|error| format!("entering {NEW_ROOT}: {error}"))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(|errno| format!("moving the root disk over /: {errno}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|errno| format!("moving the root disk over /: {errno}"))?;
     nix::unistd::chroot(".").map_err(|errno| format!("chroot: {errno}"))?;
     std::env::set_current_dir("/").map_err(|error| format!("entering /: {error}"))
 }
@@ -155,7 +149,12 @@ fn switch_root() -> Result<(), String> {
 /// What a container runtime would have mounted for the program.
 fn mount_guest_filesystems() -> Result<(), String> {
     for (source, target, fstype, data) in [
-        ("devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            "newinstance,ptmxmode=0666,mode=0620",
+        ),
         ("shm", "/dev/shm", "tmpfs", "mode=1777"),
         ("tmpfs", "/run", "tmpfs", "mode=0755"),
     ] {
@@ -202,7 +201,12 @@ fn mount_volumes(boot: &VmBoot) -> Result<(), String> {
             MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|errno| format!("mounting volume {} at {}: {errno}", volume.serial, volume.path))?;
+        .map_err(|errno| {
+            format!(
+                "mounting volume {} at {}: {errno}",
+                volume.serial, volume.path
+            )
+        })?;
     }
     Ok(())
 }

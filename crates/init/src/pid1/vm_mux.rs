@@ -69,12 +69,16 @@ fn open_channel(
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                let mut port = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut port = writer
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if write_data(&mut *port, channel, &buffer[..n]).is_err() {
                     break;
                 }
             }
-            let mut port = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut port = writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let _ = port.write_all(&MuxFrame::Close(channel).encode());
         })?;
     channels.insert(channel, mux_end);
