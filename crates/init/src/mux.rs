@@ -60,7 +60,9 @@ impl MuxFrame {
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
         bytes.extend_from_slice(&self.channel().to_be_bytes());
         bytes.push(kind);
-        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        // Senders split data at MAX_MUX_PAYLOAD, so the length fits.
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        bytes.extend_from_slice(&len.to_be_bytes());
         bytes.extend_from_slice(payload);
         bytes
     }

@@ -95,14 +95,11 @@ pub fn host_tsc_khz() -> u64 {
         .unwrap_or_default()
         .lines()
         .find_map(|line| {
-            line.strip_prefix("cpu MHz")?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse::<f64>()
-                .ok()
+            let mhz = line.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim();
+            let (whole, fraction) = mhz.split_once('.').unwrap_or((mhz, ""));
+            let fraction = format!("{fraction:0<3}");
+            Some(whole.parse::<u64>().ok()? * 1000 + fraction[..3].parse::<u64>().unwrap_or(0))
         })
-        .map(|mhz| (mhz * 1000.0) as u64)
         .filter(|&khz| khz > 0)
         .unwrap_or(2_000_000)
 }

@@ -77,7 +77,7 @@ impl NewcWriter {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -212,7 +212,7 @@ mod tests {
                 entries.push((name, 0, Vec::new()));
                 continue;
             }
-            entries.push((name, mode as u32, content));
+            entries.push((name, u32::try_from(mode).unwrap(), content));
         }
         entries
     }

@@ -205,7 +205,7 @@ fn write_initrd(host: &Host, launch: &MachineLaunch, path: &Path) -> Result<(), 
         hostname: launch.hostname.clone(),
         etc_hosts: launch.etc_hosts.clone(),
         resolv_conf: launch.resolv_conf.clone(),
-        network: network.netns_path.exists().then(|| GuestNetwork {
+        network: network.netns_path.exists().then_some(GuestNetwork {
             ipv4: network.ipv4,
             ipv4_prefix_len: IPV4_PREFIX_LEN,
             gateway_v4: network.gateway_v4,
@@ -284,7 +284,10 @@ fn spawn_qemu(
     let mut child = command
         .spawn()
         .map_err(DriverError::while_doing("starting QEMU"))?;
-    let pid = child.id().map(|pid| pid as i32).unwrap_or_default();
+    let pid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .unwrap_or_default();
     let _ = std::fs::write(run.pid_file(), pid.to_string());
     let (exited_tx, exited) = watch::channel(false);
     tokio::spawn(async move {

@@ -100,7 +100,7 @@ fn request(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut request: libc::ifreq = unsafe { zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte as libc::c_char;
+        *slot = libc::c_char::from_ne_bytes([byte]);
     }
     request
 }
@@ -115,23 +115,31 @@ fn ioctl<T>(fd: &OwnedFd, op: libc::c_ulong, arg: &mut T) -> io::Result<()> {
     Ok(())
 }
 
+/// `IFF_UP | IFF_RUNNING` (0x41) as the `short` the flags member is.
+const IFF_UP_RUNNING: libc::c_short = 0x41;
+/// `AF_INET` (2) as a `sa_family_t`.
+const AF_INET_FAMILY: libc::sa_family_t = 2;
+/// `RTF_UP | RTF_GATEWAY` (0x3).
+const RTF_UP_GATEWAY: u16 = 0x3;
+
 fn set_up(fd: &OwnedFd, name: &str) -> io::Result<()> {
     let mut ifreq = request(name);
     ioctl(fd, libc::SIOCGIFFLAGS, &mut ifreq)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { ifreq.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    unsafe { ifreq.ifr_ifru.ifru_flags |= IFF_UP_RUNNING };
     ioctl(fd, libc::SIOCSIFFLAGS, &mut ifreq)
 }
 
 fn set_mtu(fd: &OwnedFd, mtu: u32) -> io::Result<()> {
     let mut ifreq = request(INTERFACE);
-    ifreq.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    ifreq.ifr_ifru.ifru_mtu =
+        libc::c_int::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     ioctl(fd, libc::SIOCSIFMTU, &mut ifreq)
 }
 
 fn sockaddr_v4(address: Ipv4Addr) -> libc::sockaddr {
     let inet = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET_FAMILY,
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from(address).to_be(),
@@ -183,7 +191,7 @@ fn add_default_v4(fd: &OwnedFd, gateway: Ipv4Addr) -> io::Result<()> {
     route.rt_dst = sockaddr_v4(Ipv4Addr::UNSPECIFIED);
     route.rt_genmask = sockaddr_v4(Ipv4Addr::UNSPECIFIED);
     route.rt_gateway = sockaddr_v4(gateway);
-    route.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+    route.rt_flags = RTF_UP_GATEWAY;
     ioctl(fd, libc::SIOCADDRT, &mut route)
 }
 
@@ -197,7 +205,7 @@ fn add_default_v6(fd: &OwnedFd, index: libc::c_int, gateway: Ipv6Addr) -> io::Re
         src_len: 0,
         metric: 1,
         info: 0,
-        flags: (libc::RTF_UP | libc::RTF_GATEWAY) as u32,
+        flags: u32::from(RTF_UP_GATEWAY),
         ifindex: index,
     };
     ioctl(fd, libc::SIOCADDRT, &mut route)
