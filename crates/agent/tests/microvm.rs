@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use midge_agent_api::HostAgent;
 use midge_server::DriverKind;
 use midge_types::agent::{PtyInput, PtyOutput};
 use midge_types::{InitConfig, MachineState, RestartConfig};
@@ -17,7 +18,26 @@ const BOOT: Duration = Duration::from_secs(90);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
     let t = TestAgent::start_with(DriverKind::Microvm).await;
+    let volume = t
+        .agent
+        .create_volume(midge_types::agent::CreateVolume {
+            owner: t.owner(),
+            request: midge_types::volume::CreateVolumeRequest {
+                name: Some("data".into()),
+                size_gb: Some(1),
+                ..Default::default()
+            },
+            id: None,
+            copy_from: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("volume: {}", e.chain()));
     let mut config = t.config();
+    config.mounts = vec![midge_types::MachineMount {
+        volume: volume.id.clone(),
+        path: "/data".into(),
+        ..Default::default()
+    }];
     config.restart = Some(RestartConfig {
         policy: "no".into(),
         ..Default::default()
@@ -109,7 +129,16 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
     assert!(log.contains("err-line"), "{log}");
 
     // A file written now is gone after a stop and a start.
-    let touched = t.exec(&id, &["touch", "/written-by-run-1"]).await;
+    let touched = t
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "touch /written-by-run-1 && echo kept > /data/kept",
+            ],
+        )
+        .await;
     assert_eq!(touched.exit_code, 0, "{}", touched.stderr);
     t.stop(&id, Default::default()).await;
     t.wait_for_state(&id, MachineState::Stopped, BOOT).await;
@@ -143,6 +172,42 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
         "the program's SIGTERM death was reported: {exits:?}"
     );
     t.destroy(&id, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_host_refuses_a_machine_that_asks_for_the_sandbox() {
+    let t = TestAgent::start_with(DriverKind::Microvm).await;
+    let mut config = t.config();
+    let mut guest = midge_types::Guest::default();
+    guest.extra.insert("midge_driver".into(), "sandbox".into());
+    config.guest = Some(guest);
+    let refused = t
+        .agent
+        .create_machine(midge_types::agent::CreateMachine {
+            owner: t.owner(),
+            request: midge_types::CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+            lease_owner: "tester".into(),
+            placement: None,
+            image_sources: Vec::new(),
+            registry_logins: Vec::new(),
+        })
+        .await
+        .expect_err("a sandbox asked of a microvm host");
+    // Invalid: the API answers it with a 400 and the reason.
+    assert_eq!(
+        refused.kind(),
+        midge_agent_api::ErrorKind::Invalid,
+        "{}",
+        refused.chain()
+    );
+    assert!(
+        refused.chain().contains("microvm driver"),
+        "{}",
+        refused.chain()
+    );
 }
 
 async fn http_get(ip: std::net::Ipv6Addr, port: u16) -> String {

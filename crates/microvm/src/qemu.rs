@@ -106,7 +106,12 @@ pub fn arguments(spec: &VmSpec) -> Vec<OsString> {
     for (n, (volume_id, image)) in spec.volumes.iter().enumerate() {
         push(&[
             "-drive",
-            &format!("id=vol{n},file={},format=raw,if=none", path(image)),
+            // A prepared run opens the volume while the last run may still
+            // hold it; its guest mounts it only once let go.
+            &format!(
+                "id=vol{n},file={},format=raw,if=none,file.locking=off",
+                path(image)
+            ),
         ]);
         push(&[
             "-device",
@@ -222,7 +227,10 @@ mod tests {
         assert!(devices.contains(&"virtio-blk-device,drive=root,serial=midge-root"));
         assert!(devices.contains(&"virtio-blk-device,drive=vol0,serial=vol_abc"));
         assert!(devices.contains(&"virtserialport,chardev=init,name=midge.init"));
-        assert!(after(&args, "-drive").contains(&"id=vol0,file=/v/vol_abc.img,format=raw,if=none"));
+        assert!(
+            after(&args, "-drive")
+                .contains(&"id=vol0,file=/v/vol_abc.img,format=raw,if=none,file.locking=off")
+        );
         assert_eq!(
             after(&args, "-netdev"),
             ["tap,id=net0,ifname=mtap0,script=no,downscript=no"]

@@ -80,14 +80,21 @@ pub fn run() -> i32 {
 
     // Everything but the program first; with a go FIFO (a prepared run),
     // the program starts only when the agent says so.
-    let started = set_up(&run_dir, &reaper, &main, &logger, vm.as_ref()).and_then(|ready| {
-        match &vm {
-            Some(vm) => vm.wait_for_go(),
-            None => report::wait_for_go(&run_dir),
-        }
-        .map_err(LaunchError::not_found)?;
-        launch_main(ready, &reaper, &main, &logger)
-    });
+    // A VM waits before anything of the run: a prepared VM boots while the
+    // machine's last run may still hold its volumes, so it mounts them
+    // only once let go.
+    let started = match &vm {
+        Some(vm) => vm
+            .wait_for_go()
+            .and_then(|()| vm::mount_volumes(&vm.boot))
+            .map_err(LaunchError::not_found)
+            .and_then(|()| set_up(&run_dir, &reaper, &main, &logger, Some(vm))),
+        None => set_up(&run_dir, &reaper, &main, &logger, None).and_then(|ready| {
+            report::wait_for_go(&run_dir).map_err(LaunchError::not_found)?;
+            Ok(ready)
+        }),
+    }
+    .and_then(|ready| launch_main(ready, &reaper, &main, &logger));
     let running = match started {
         Ok(running) => running,
         Err(error) => {

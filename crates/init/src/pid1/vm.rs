@@ -62,7 +62,6 @@ pub fn boot(run_dir: &Path) -> Result<(VmPorts, VmBoot), String> {
         .and_then(|()| fs::write(run_dir.join(RUN_SPEC_FILE), &spec))
         .map_err(|error| format!("writing the run spec: {error}"))?;
     write_etc(&boot)?;
-    mount_volumes(&boot)?;
     if !boot.hostname.is_empty() {
         nix::unistd::sethostname(&boot.hostname)
             .map_err(|errno| format!("setting the hostname: {errno}"))?;
@@ -189,7 +188,7 @@ fn write_etc(boot: &VmBoot) -> Result<(), String> {
 }
 
 /// Mounts each volume disk, found by its serial, at its path.
-fn mount_volumes(boot: &VmBoot) -> Result<(), String> {
+pub fn mount_volumes(boot: &VmBoot) -> Result<(), String> {
     for volume in &boot.volumes {
         let device = find_disk(&volume.serial)?;
         fs::create_dir_all(&volume.path)
