@@ -228,3 +228,76 @@ async fn http_get(ip: std::net::Ipv6Addr, port: u16) -> String {
     }
     body
 }
+
+/// Start latency on both drivers in one run (not part of the suite:
+/// `cargo nextest run -p midge-agent --test microvm --run-ignored only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_start_latency() {
+    for driver in [DriverKind::Sandbox, DriverKind::Microvm] {
+        let t = TestAgent::start_with(driver).await;
+        let mut config = t.config();
+        config.init = InitConfig {
+            exec: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo uptime $(cat /proc/uptime); exec sleep 600".into(),
+            ]),
+            ..Default::default()
+        };
+        config.guest = Some(midge_types::Guest {
+            memory_mb: 256,
+            ..Default::default()
+        });
+        let created = std::time::Instant::now();
+        let id = t.create(config).await;
+        t.wait_for_state(&id, MachineState::Started, BOOT).await;
+        let cold = created.elapsed();
+        let mut prepared = Vec::new();
+        for _ in 0..3 {
+            t.stop(&id, Default::default()).await;
+            t.wait_for_state(&id, MachineState::Stopped, BOOT).await;
+            t.until_prepared(1).await;
+            // Long enough for a prepared VM to boot up to init's wait for
+            // the go (under TCG, a few seconds).
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            let started = std::time::Instant::now();
+            t.start_machine(&id).await;
+            t.wait_for_state(&id, MachineState::Started, BOOT).await;
+            prepared.push(started.elapsed());
+        }
+        println!(
+            "{}: cold create→started {cold:?}; prepared start→started {prepared:?}",
+            driver.name()
+        );
+        if driver == DriverKind::Microvm {
+            let kernel = t.exec(&id, &["sh", "-c", "dmesg | grep 'Run /init'"]).await;
+            let log = t.log_text(&id).await;
+
+            println!("guest: init ran at {}", kernel.stdout.trim());
+            println!(
+                "guest: program uptimes {:?}",
+                log.lines()
+                    .filter(|line| line.starts_with("uptime"))
+                    .collect::<Vec<_>>()
+            );
+            for pid in std::fs::read_dir("/proc").unwrap().flatten() {
+                let cmdline = std::fs::read(pid.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.starts_with("qemu-system") && cmdline.contains(&t.config.resource_prefix)
+                {
+                    let status = std::fs::read_to_string(pid.path().join("status")).unwrap();
+                    let rss = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS"))
+                        .unwrap_or("");
+                    println!(
+                        "qemu {}: {rss} for 256 MiB of guest memory",
+                        pid.file_name().to_string_lossy()
+                    );
+                }
+            }
+        }
+        t.destroy(&id, true).await;
+    }
+}
