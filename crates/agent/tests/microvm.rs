@@ -151,6 +151,18 @@ async fn microvm_runs_execs_serves_6pn_and_starts_fresh() {
         fresh.exit_code, 1,
         "the root disk kept a file of the last run"
     );
+    let kept = t.exec(&id, &["cat", "/data/kept"]).await;
+    assert_eq!(
+        kept.stdout, "kept\n",
+        "the volume lost its data: {}",
+        kept.stderr
+    );
+    let log = t.log_text(&id).await;
+    assert_eq!(
+        log.matches("out-line from-config").count(),
+        2,
+        "the log keeps every run's lines: {log}"
+    );
 
     // The program's own end powers the VM off and stops the machine.
     let killed = t
