@@ -23,6 +23,34 @@ pub(crate) fn validated_config(
     Ok(config)
 }
 
+/// midge's extension field `config.guest.midge_driver`: the driver a
+/// machine asks for ("sandbox" or "microvm"). Fly's clients never send it
+/// and get the host's driver.
+pub(crate) const DRIVER_FIELD: &str = "midge_driver";
+
+/// Refuses a config that asks for a driver this host does not run.
+pub(crate) fn check_requested_driver(
+    config: &MachineConfig,
+    host_driver: &str,
+) -> Result<(), AgentError> {
+    let Some(requested) = config
+        .guest
+        .as_ref()
+        .and_then(|guest| guest.extra.get(DRIVER_FIELD))
+    else {
+        return Ok(());
+    };
+    match requested.as_str() {
+        Some(name) if name == host_driver => Ok(()),
+        Some(name @ ("sandbox" | "microvm")) => Err(AgentError::Invalid(format!(
+            "guest.{DRIVER_FIELD} asks for the {name} driver, but this host runs machines with the {host_driver} driver"
+        ))),
+        _ => Err(AgentError::Invalid(format!(
+            "guest.{DRIVER_FIELD} must be \"sandbox\" or \"microvm\", not {requested}"
+        ))),
+    }
+}
+
 impl AgentCore {
     pub(crate) async fn create(
         self: &Arc<Self>,
@@ -37,6 +65,7 @@ impl AgentCore {
             registry_logins,
         } = call;
         let config = validated_config(&request)?;
+        check_requested_driver(&config, self.driver.capabilities().name)?;
         if let Some(region) = request.region.as_deref().filter(|r| !r.is_empty())
             && !region_includes(region, &self.config.region)
         {
@@ -274,5 +303,37 @@ mod region_tests {
         assert!(super::region_includes("ams, ord", "ord"));
         assert!(super::region_includes("any", "ord"));
         assert!(!super::region_includes("ams", "ord"));
+    }
+}
+
+#[cfg(test)]
+mod driver_request_tests {
+    use super::*;
+
+    fn asking(driver: Option<serde_json::Value>) -> MachineConfig {
+        let mut guest = midge_types::Guest::default();
+        if let Some(driver) = driver {
+            guest.extra.insert(DRIVER_FIELD.into(), driver);
+        }
+        MachineConfig {
+            guest: Some(guest),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_machine_gets_the_driver_it_asks_for_or_a_reason() {
+        assert!(check_requested_driver(&MachineConfig::default(), "sandbox").is_ok());
+        assert!(check_requested_driver(&asking(None), "microvm").is_ok());
+        assert!(check_requested_driver(&asking(Some("microvm".into())), "microvm").is_ok());
+        let refused = check_requested_driver(&asking(Some("microvm".into())), "sandbox");
+        assert!(
+            matches!(&refused, Err(AgentError::Invalid(reason)) if reason.contains("runs machines with the sandbox driver")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            check_requested_driver(&asking(Some("xen".into())), "sandbox"),
+            Err(AgentError::Invalid(_))
+        ));
     }
 }

@@ -58,12 +58,27 @@ impl AgentCore {
                 cpus: guest.cpus,
                 memory_mb: guest.memory_mb,
             },
+            kernel_args: kernel_args(&guest),
             run_spec: run_spec(record, &image)?,
             etc_hosts: etc_hosts(record),
             resolv_conf: resolv_conf(self.config.nameserver, record.config()),
             volumes,
         })
     }
+}
+
+/// Fly's `guest.kernel_args` (kept among the guest's other fields).
+fn kernel_args(guest: &midge_types::Guest) -> Vec<String> {
+    guest
+        .extra
+        .get("kernel_args")
+        .and_then(|args| args.as_array())
+        .map(|args| {
+            args.iter()
+                .filter_map(|arg| arg.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl MachineRecord {

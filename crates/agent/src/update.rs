@@ -27,6 +27,7 @@ impl AgentCore {
     ) -> Result<(), AgentError> {
         let record = entry.snapshot();
         let config = validated_config(&request)?;
+        crate::create::check_requested_driver(&config, self.driver.capabilities().name)?;
         if let Some(expected) = request.current_version.as_deref().filter(|v| !v.is_empty())
             && expected != record.version()
         {

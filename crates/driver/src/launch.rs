@@ -21,6 +21,9 @@ pub struct MachineLaunch {
     /// The guest's `/etc/hosts` and `/etc/resolv.conf`.
     pub etc_hosts: String,
     pub resolv_conf: String,
+    /// `guest.kernel_args`: appended to a VM's kernel command line (a
+    /// sandbox has no kernel of its own and ignores them).
+    pub kernel_args: Vec<String>,
     /// Volumes, as the raw disk images they are: a sandbox mounts each on
     /// the host and binds it in; a VM attaches it as a disk.
     pub volumes: Vec<VolumeDisk>,

@@ -9,11 +9,13 @@ pub mod activity;
 pub mod async_io;
 pub mod client;
 pub mod files;
+pub mod mux;
 pub mod process;
 pub mod protocol;
 pub mod spec;
 pub mod timestamp;
 pub mod users;
+pub mod vm;
 
 pub use client::{ExecOutput, exec_collect, exec_collect_request, exec_request};
 pub use protocol::{ExecRequest, Frame, MAX_FRAME_LEN, Request, Response, read_frame, write_frame};

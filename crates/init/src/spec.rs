@@ -99,6 +99,11 @@ pub struct ExitReport {
     pub signal: i32,
     /// RFC 3339, UTC.
     pub exited_at: String,
+    /// Whether the kernel's OOM killer struck during the run (reported by
+    /// init in a VM, where the whole kernel is the machine's; a sandbox's
+    /// driver reads its cgroup instead).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Which stream a log line came from.

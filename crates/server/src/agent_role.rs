@@ -89,6 +89,10 @@ pub struct AgentArgs {
     /// unprivileged range of host ids where the kernel allows it).
     #[arg(long)]
     pub no_user_namespaces: bool,
+    /// What runs machines on this host: `sandbox` (runc) or `microvm`
+    /// (QEMU microvm; under TCG emulation where KVM is not usable).
+    #[arg(long, value_enum, default_value = "sandbox", env = "MIDGE_DRIVER")]
+    pub driver: crate::host::DriverKind,
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
@@ -187,6 +191,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.volume_grace = Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = Duration::from_secs(args.volume_check_secs);
     config.user_namespaces = !args.no_user_namespaces;
+    config.driver = args.driver;
     config.image_peers = Some(Arc::new(PeerImages {
         secret: member.cluster_secret.clone(),
     }));

@@ -1,14 +1,15 @@
-//! A host assembled: the sandbox driver, machine networking and the image
-//! store, handed to a host agent. This is the one place that picks the
-//! implementations behind the agent's seams; a second driver is one more
-//! arm here.
+//! A host assembled: a driver (the runc sandbox, or QEMU microVMs),
+//! machine networking and the image store, handed to a host agent. This
+//! is the one place that picks the implementations behind the agent's seams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use midge_agent::{Agent, AgentConfig, HostParts};
+use midge_driver::Driver;
 use midge_image::ImageStore;
+use midge_microvm::{MicrovmConfig, MicrovmDriver};
 use midge_net::{NetConfig, Network, ServedEndpoint};
 use midge_sandbox::{SandboxConfig, SandboxDriver};
 use midge_volume::VolumePool;
@@ -55,6 +56,34 @@ pub struct HostConfig {
     pub user_namespaces: bool,
     /// Static egress addresses; none without pools.
     pub egress: Option<midge_net::EgressConfig>,
+    /// What runs this host's machines.
+    pub driver: DriverKind,
+    /// The microVM driver's unpacked guest kernel package.
+    pub guest_kernel_dir: PathBuf,
+}
+
+/// At most this many machines of a microVM host keep a prepared next run:
+/// each is a booted QEMU holding memory (80–90 MB idle under TCG), where a
+/// prepared sandbox is a few idle processes.
+const MICROVM_PREPARED_RUNS: usize = 4;
+
+/// The drivers a host can run machines with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    /// runc containers (any Linux host).
+    #[default]
+    Sandbox,
+    /// QEMU microvm guests (KVM when usable, else TCG emulation).
+    Microvm,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Sandbox => "sandbox",
+            DriverKind::Microvm => "microvm",
+        }
+    }
 }
 
 /// The host's registry credentials file: the one given, else where container
@@ -99,6 +128,8 @@ impl HostConfig {
             image_prune_grace: defaults.image_prune_grace,
             user_namespaces: true,
             egress: None,
+            driver: DriverKind::default(),
+            guest_kernel_dir: MicrovmConfig::default_kernel_dir(),
         }
     }
 
@@ -145,24 +176,43 @@ impl Host {
             .context("setting up host networking")?,
         );
         let init_binary = midge_sandbox::init_binary::locate(config.init_binary.clone())?;
-        let driver = SandboxDriver::open(SandboxConfig {
-            state_dir: config.runtime_dir(),
-            machines_dir: config.data_dir.join("machines"),
-            init_binary,
-            prefix: config.resource_prefix.clone(),
-            volumes: volumes.clone(),
-            user_namespaces: config.user_namespaces,
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))
-        .context("setting up the sandbox driver")?;
+        let driver: Arc<dyn Driver> = match config.driver {
+            DriverKind::Sandbox => Arc::new(
+                SandboxDriver::open(SandboxConfig {
+                    state_dir: config.runtime_dir(),
+                    machines_dir: config.data_dir.join("machines"),
+                    init_binary,
+                    prefix: config.resource_prefix.clone(),
+                    volumes: volumes.clone(),
+                    user_namespaces: config.user_namespaces,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))
+                .context("setting up the sandbox driver")?,
+            ),
+            DriverKind::Microvm => Arc::new(
+                MicrovmDriver::open(MicrovmConfig {
+                    state_dir: config.runtime_dir(),
+                    machines_dir: config.data_dir.join("machines"),
+                    disks_dir: config.data_dir.join("microvm-disks"),
+                    init_binary,
+                    kernel_dir: config.guest_kernel_dir.clone(),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(midge_client::error_chain(&e)))
+                .context("setting up the microvm driver")?,
+            ),
+        };
         let agent_config = AgentConfig {
             data_dir: config.data_dir.clone(),
             region: config.region.clone(),
             host_id: config.host_id,
             insecure_registries: config.insecure_registries.clone(),
             registry_credentials: config.registry_credentials.clone(),
-            prepared_runs: config.prepared_runs,
+            prepared_runs: match config.driver {
+                DriverKind::Microvm => config.prepared_runs.min(MICROVM_PREPARED_RUNS),
+                DriverKind::Sandbox => config.prepared_runs,
+            },
             capacity: config.capacity,
             volume_grace: config.volume_grace,
             volume_check_every: config.volume_check_every,
@@ -173,7 +223,7 @@ impl Host {
         let parts = HostParts {
             images,
             network: network.clone(),
-            driver: Arc::new(driver),
+            driver,
             image_peers: config.image_peers.clone(),
             volumes,
         };

@@ -28,7 +28,7 @@ pub mod shell_image;
 pub mod traffic;
 pub mod up;
 
-pub use host::{Host, HostConfig};
+pub use host::{DriverKind, Host, HostConfig};
 
 /// Logs to stderr, filtered by `MIDGE_LOG` (default `info`); a second call
 /// does nothing.

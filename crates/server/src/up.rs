@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// unprivileged range of host ids where the kernel allows it).
     #[arg(long, env = "MIDGE_NO_USER_NAMESPACES")]
     pub no_user_namespaces: bool,
+    /// What runs machines on this host: `sandbox` (runc) or `microvm`
+    /// (QEMU microvm; under TCG emulation where KVM is not usable).
+    #[arg(long, value_enum, default_value = "sandbox", env = "MIDGE_DRIVER")]
+    pub driver: crate::host::DriverKind,
     #[command(flatten)]
     pub egress: crate::egress_args::EgressArgs,
     #[command(flatten)]
@@ -86,6 +90,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.volume_grace = std::time::Duration::from_secs(args.volume_grace_secs);
     config.volume_check_every = std::time::Duration::from_secs(args.volume_check_secs);
     config.user_namespaces = !args.no_user_namespaces;
+    config.driver = args.driver;
     let dns = HostDns::start_unless_off(&args.dns, &args.region).await;
     config.nameserver = dns.as_ref().map(|dns| IpAddr::V6(dns.address));
     let host = Host::open(config).await?;

@@ -41,6 +41,11 @@ fn key(id: &str) -> MachineKey {
 
 impl TestAgent {
     pub async fn start() -> TestAgent {
+        TestAgent::start_with(midge_server::DriverKind::Sandbox).await
+    }
+
+    /// A host whose machines run on `driver`.
+    pub async fn start_with(driver: midge_server::DriverKind) -> TestAgent {
         let (registry, image) = midge_testkit::shared_test_image()
             .await
             .expect("test registry");
@@ -54,6 +59,7 @@ impl TestAgent {
         config.resource_prefix = prefix;
         config.ipv4_pool = pool.cidr();
         config.host_id = midge_testkit::unique_host_id();
+        config.driver = driver;
         let agent = Host::open(config.clone()).await.expect("host opens").agent;
         TestAgent {
             agent,
@@ -150,6 +156,16 @@ impl TestAgent {
             .await
             .unwrap_or_else(|e| panic!("waiting for {target:?}: {}", e.chain()))
             .state
+    }
+
+    /// Waits for `state` for as long as `timeout` (a VM under emulation boots slowly).
+    pub async fn wait_for_state(
+        &self,
+        id: &str,
+        state: MachineState,
+        timeout: Duration,
+    ) -> MachineState {
+        self.wait_for(id, WaitTarget::State(state), timeout).await
     }
 
     pub async fn wait(&self, id: &str, state: MachineState) -> MachineState {

@@ -16,6 +16,8 @@ struct LogFile {
     size: u64,
     /// 0 means no rotation.
     max_bytes: u64,
+    /// A VM's log port cannot be renamed: its host end rotates nothing.
+    rotates: bool,
 }
 
 pub struct Logger {
@@ -54,6 +56,7 @@ impl Logger {
             file: None,
             size: 0,
             max_bytes: 0,
+            rotates: true,
         };
         if let Err(error) = fs::create_dir_all(&log.dir).and_then(|()| log.open()) {
             eprintln!(
@@ -66,6 +69,26 @@ impl Logger {
         }
     }
 
+    /// Writes to a VM's log port, whose host end appends to the machine's log.
+    pub fn open_port(port: &std::path::Path) -> Logger {
+        let file = OpenOptions::new().write(true).open(port);
+        if let Err(error) = &file {
+            eprintln!(
+                "midge-init: opening the log port {}: {error}",
+                port.display()
+            );
+        }
+        Logger {
+            inner: Mutex::new(LogFile {
+                dir: PathBuf::new(),
+                file: file.ok(),
+                size: 0,
+                max_bytes: 0,
+                rotates: false,
+            }),
+        }
+    }
+
     fn inner(&self) -> MutexGuard<'_, LogFile> {
         self.inner
             .lock()
@@ -74,6 +97,9 @@ impl Logger {
 
     pub fn set_max_bytes(&self, max_bytes: u64) {
         let mut log = self.inner();
+        if !log.rotates {
+            return;
+        }
         log.max_bytes = max_bytes;
         if max_bytes > 0 && log.size > max_bytes {
             log.rotate();

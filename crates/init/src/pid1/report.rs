@@ -105,3 +105,15 @@ pub fn write_exit_report(run_dir: &Path, report: &ExitReport) -> Result<(), Stri
     };
     write().map_err(|error| format!("writing {}: {error}", path.display()))
 }
+
+/// Writes the exit report to a VM's exit port, whose host end is the run's
+/// `exit.json`; one write, read by the host only after the VM is gone.
+pub fn write_exit_report_to_port(port: &Path, report: &ExitReport) -> Result<(), String> {
+    let json =
+        serde_json::to_vec(report).map_err(|error| format!("encoding the exit report: {error}"))?;
+    OpenOptions::new()
+        .write(true)
+        .open(port)
+        .and_then(|mut file| file.write_all(&json))
+        .map_err(|error| format!("writing the exit report to {}: {error}", port.display()))
+}

@@ -68,23 +68,43 @@ pub fn serve(listener: UnixListener, machine: Arc<Machine>) -> Result<(), String
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let machine = machine.clone();
-                let spawned = thread::Builder::new()
-                    .name("connection".into())
-                    .spawn(move || {
-                        if let Err(error) = handle_connection(stream, &machine) {
-                            machine
-                                .logger
-                                .init(&format!("agent connection ended with an error: {error}"));
-                        }
-                    });
-                if let Err(error) = spawned {
-                    eprintln!("midge-init: starting a connection thread: {error}");
-                }
+                spawn_connection(stream, machine.clone());
             }
         })
         .map(|_| ())
         .map_err(|error| format!("starting the socket thread: {error}"))
+}
+
+/// Serves connections that arrive as streams (a VM's mux channels), the
+/// same way as accepted sockets.
+pub fn serve_streams(
+    streams: std::sync::mpsc::Receiver<UnixStream>,
+    machine: Arc<Machine>,
+) -> Result<(), String> {
+    thread::Builder::new()
+        .name("channels".into())
+        .spawn(move || {
+            for stream in streams {
+                spawn_connection(stream, machine.clone());
+            }
+        })
+        .map(|_| ())
+        .map_err(|error| format!("starting the channel thread: {error}"))
+}
+
+fn spawn_connection(stream: UnixStream, machine: Arc<Machine>) {
+    let spawned = thread::Builder::new()
+        .name("connection".into())
+        .spawn(move || {
+            if let Err(error) = handle_connection(stream, &machine) {
+                machine
+                    .logger
+                    .init(&format!("agent connection ended with an error: {error}"));
+            }
+        });
+    if let Err(error) = spawned {
+        eprintln!("midge-init: starting a connection thread: {error}");
+    }
 }
 
 fn handle_connection(stream: UnixStream, machine: &Arc<Machine>) -> io::Result<()> {

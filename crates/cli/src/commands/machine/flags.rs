@@ -27,6 +27,10 @@ pub struct GuestFlags {
     /// CPU kind: shared or performance
     #[arg(long, visible_alias = "vm-cpukind", value_name = "KIND")]
     pub vm_cpu_kind: Option<String>,
+    /// Run the machine as a QEMU microVM (midge's extension: sets
+    /// guest.midge_driver to "microvm"; the host must run that driver)
+    #[arg(long)]
+    pub vm: bool,
 }
 
 impl GuestFlags {
@@ -35,6 +39,7 @@ impl GuestFlags {
             || self.vm_cpus.is_some()
             || self.vm_memory.is_some()
             || self.vm_cpu_kind.is_some()
+            || self.vm
     }
 
     /// The guest after these flags, starting from `current` (or
@@ -70,6 +75,11 @@ impl GuestFlags {
             guest.memory_mb = guest
                 .memory_mb
                 .max(guest.cpus * min_memory_per_cpu(&guest.cpu_kind));
+        }
+        if self.vm {
+            guest
+                .extra
+                .insert("midge_driver".into(), Value::from("microvm"));
         }
         validate_guest(&guest).map_err(anyhow::Error::msg)?;
         Ok(Some(guest))
@@ -353,6 +363,18 @@ mod tests {
         <Wrapper as clap::Parser>::try_parse_from(argv)
             .unwrap()
             .flags
+    }
+
+    #[test]
+    fn vm_asks_for_the_microvm_driver() {
+        let mut config = MachineConfig::default();
+        flags(&["--vm"]).apply(&mut config).unwrap();
+        let guest = config.guest.unwrap();
+        assert_eq!(guest.extra["midge_driver"], "microvm");
+        assert_eq!(guest.cpus, 1, "the default size is kept");
+        let mut plain = MachineConfig::default();
+        flags(&[]).apply(&mut plain).unwrap();
+        assert!(plain.guest.is_none());
     }
 
     #[test]
