@@ -105,6 +105,10 @@ enum BenchCommand {
         /// Address pool of the benchmark's machines
         #[arg(long, default_value = "172.18.250.0/24")]
         ipv4_pool: String,
+        /// The driver whose starts are measured (`microvm` boots under TCG
+        /// where KVM is not usable: use a small -n)
+        #[arg(long, value_enum, default_value = "sandbox")]
+        driver: midge_server::DriverKind,
     },
     /// The proxy: cold start of a stopped machine by a request, and throughput and CPU per request against nginx (needs wrk and nginx)
     Proxy {
@@ -238,11 +242,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             iterations,
             prefix,
             ipv4_pool,
+            driver,
         }) => {
             bench::start::run(bench::start::BenchOptions {
                 iterations,
                 prefix,
                 ipv4_pool,
+                driver,
             })
             .await
         }

@@ -25,7 +25,7 @@ use midge_client::ApiClient;
 use midge_types::{CreateMachineRequest, InitConfig, MachineConfig, Signal, StopRequest};
 
 use crate::bench::LocalApi;
-use crate::host::{Host, HostConfig};
+use crate::host::{DriverKind, Host, HostConfig};
 use crate::shell_image::{SHELL_IMAGE, ensure_shell_image};
 
 const APP: &str = "bench";
@@ -37,6 +37,9 @@ pub struct BenchOptions {
     pub iterations: usize,
     pub prefix: String,
     pub ipv4_pool: String,
+    /// The driver of the measured machines (bare `runc run` stays the
+    /// baseline either way).
+    pub driver: DriverKind,
 }
 
 struct Samples(Vec<Duration>);
@@ -68,7 +71,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     teardown(prepared).await?;
     result?;
 
-    for user_namespaces in [true, false] {
+    // A user namespace is the sandbox's; a microVM is isolated by its kernel.
+    let namespace_cases: &[bool] = match options.driver {
+        DriverKind::Sandbox => &[true, false],
+        DriverKind::Microvm => &[true],
+    };
+    for &user_namespaces in namespace_cases {
         let name = if user_namespaces {
             "cold"
         } else {
@@ -88,7 +96,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let baseline = rows[0].1.percentile(50.0).as_secs_f64();
     let mut report = format!(
         "start latency through the API, n={n} each ({} driver, this host)\n{:<40}{:>11}{:>11}{:>10}\n",
-        "sandbox", "", "p50", "p99", "p50 ×bare"
+        options.driver.name(),
+        "",
+        "p50",
+        "p99",
+        "p50 ×bare"
     );
     for (name, samples) in &rows {
         report.push_str(&format!(
@@ -115,6 +127,7 @@ async fn open_host(
     config.ipv4_pool = options.ipv4_pool.clone();
     config.prepared_runs = prepared_runs;
     config.user_namespaces = user_namespaces;
+    config.driver = options.driver;
     let host = Host::open(config).await?;
     ensure_shell_image(host.agent.images())?;
     Ok(host)
@@ -237,27 +250,9 @@ async fn measure_prepared(
     }
     rows.push(("restart (POST restart → started)".into(), Samples(restarts)));
 
-    eprintln!("suspend and resume: {n} cycles");
-    let mut suspends = Vec::with_capacity(n);
-    let mut resumes = Vec::with_capacity(n);
-    for _ in 0..n {
-        let begun = Instant::now();
-        client.suspend_machine(APP, &id, None).await?;
-        client
-            .wait_machine(APP, &id, "suspended", None, WAIT)
-            .await?;
-        suspends.push(begun.elapsed());
-        tokio::time::sleep(PAUSE_BEFORE_START).await;
-        resumes.push(timed_start(client, &id).await?);
+    if options.driver == DriverKind::Sandbox {
+        suspend_and_resume(client, &id, n, rows).await?;
     }
-    rows.push((
-        "suspend (POST suspend → suspended)".into(),
-        Samples(suspends),
-    ));
-    rows.push((
-        "resume (start of a suspended machine)".into(),
-        Samples(resumes),
-    ));
 
     eprintln!("first start after an update: {n} updates");
     let mut after_update = Vec::with_capacity(n);
@@ -288,6 +283,38 @@ async fn measure_prepared(
     rows.push(("create → started".into(), Samples(creates)));
     client.destroy_machine(APP, &id, true, None).await?;
     api.stop().await;
+    Ok(())
+}
+
+/// Suspend (the cgroup freezer), then the start that resumes the run.
+async fn suspend_and_resume(
+    client: &ApiClient,
+    id: &str,
+    n: usize,
+    rows: &mut Vec<(String, Samples)>,
+) -> anyhow::Result<()> {
+    eprintln!("suspend and resume: {n} cycles");
+    let mut suspends = Vec::with_capacity(n);
+    let mut resumes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let begun = Instant::now();
+        client.suspend_machine(APP, id, None).await?;
+        client
+            .wait_machine(APP, id, "suspended", None, WAIT)
+            .await?;
+        suspends.push(begun.elapsed());
+        tokio::time::sleep(PAUSE_BEFORE_START).await;
+        resumes.push(timed_start(client, id).await?);
+    }
+    rows.push((
+        "suspend (POST suspend → suspended)".into(),
+        Samples(suspends),
+    ));
+    rows.push((
+        "resume (start of a suspended machine)".into(),
+        Samples(resumes),
+    ));
+
     Ok(())
 }
 
