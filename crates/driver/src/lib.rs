@@ -19,6 +19,7 @@ pub mod fake;
 mod launch;
 pub mod logfile;
 mod machine;
+pub mod machine_dirs;
 
 pub use error::{BoxError, DriverError};
 pub use launch::{GuestResources, MachineLaunch, NetworkAttachment, VolumeDisk};

@@ -195,25 +195,11 @@ impl Driver for MicrovmDriver {
     async fn forget(&self, machine_id: &str) -> Result<(), DriverError> {
         self.remove_runs(machine_id).await?;
         let dir = self.host.machine_dir(machine_id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(DriverError::host(format!("removing {}", dir.display()), e))
-            }
-            _ => Ok(()),
-        }
+        midge_driver::machine_dirs::remove(&dir)
     }
 
     fn machines(&self) -> Result<Vec<String>, DriverError> {
-        let dir = &self.host.config.machines_dir;
-        let entries = std::fs::read_dir(dir).map_err(DriverError::while_doing(&format!(
-            "listing {}",
-            dir.display()
-        )))?;
-        Ok(entries
-            .flatten()
-            .filter(|entry| entry.path().is_dir())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect())
+        midge_driver::machine_dirs::list(&self.host.config.machines_dir)
     }
 
     async fn logs(

@@ -215,26 +215,11 @@ impl Driver for SandboxDriver {
         if let Some(ranges) = &self.host.id_ranges {
             ranges.forget(&dir);
         }
-        match std::fs::remove_dir_all(&dir.root) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DriverError::host(
-                format!("removing {}", dir.root.display()),
-                e,
-            )),
-            _ => Ok(()),
-        }
+        midge_driver::machine_dirs::remove(&dir.root)
     }
 
     fn machines(&self) -> Result<Vec<String>, DriverError> {
-        let dir = &self.host.config.machines_dir;
-        let entries = std::fs::read_dir(dir).map_err(DriverError::while_doing(&format!(
-            "listing {}",
-            dir.display()
-        )))?;
-        Ok(entries
-            .flatten()
-            .filter(|entry| entry.path().is_dir())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect())
+        midge_driver::machine_dirs::list(&self.host.config.machines_dir)
     }
 
     async fn logs(

@@ -114,22 +114,49 @@ pub async fn start(client: &ApiClient, args: MachinesArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits for `wait.state` when `wait_timeout` asks to (a zero timeout does
-/// not wait), then says where the machine is.
+/// A state a lifecycle command may wait for, and how each outcome reads.
+struct Settling {
+    state: &'static str,
+    reached: &'static str,
+    underway: &'static str,
+}
+
+const STOPPED: Settling = Settling {
+    state: "stopped",
+    reached: "was stopped",
+    underway: "is stopping",
+};
+
+const SUSPENDED: Settling = Settling {
+    state: "suspended",
+    reached: "was suspended",
+    underway: "is suspending",
+};
+
+/// Waits for the machine's version to reach `settling.state` when
+/// `wait_timeout` asks to (a zero timeout does not wait), then says where
+/// the machine is.
 async fn settle(
     client: &ApiClient,
-    mut wait: WaitFor<'_>,
+    app: &str,
+    id: &str,
+    version: &str,
     wait_timeout: Option<Duration>,
-    reached: &str,
-    underway: &str,
+    settling: &Settling,
 ) -> Result<()> {
     match wait_timeout.filter(|t| !t.is_zero()) {
         Some(timeout) => {
-            wait.timeout = timeout;
+            let wait = WaitFor {
+                app,
+                id,
+                state: settling.state,
+                version: Some(version),
+                timeout,
+            };
             wait_for_state(client, &wait).await?;
-            println!("Machine {} {reached}", wait.id);
+            println!("Machine {id} {}", settling.reached);
         }
-        None => println!("Machine {} {underway}", wait.id),
+        None => println!("Machine {id} {}", settling.underway),
     }
     Ok(())
 }
@@ -149,21 +176,7 @@ pub async fn stop(client: &ApiClient, args: StopArgs) -> Result<()> {
             Ok(lease.version.clone())
         })
         .await?;
-        let wait = WaitFor {
-            app: &app,
-            id,
-            state: "stopped",
-            version: Some(&version),
-            timeout: Duration::ZERO,
-        };
-        settle(
-            client,
-            wait,
-            args.wait_timeout,
-            "was stopped",
-            "is stopping",
-        )
-        .await?;
+        settle(client, &app, id, &version, args.wait_timeout, &STOPPED).await?;
     }
     Ok(())
 }
@@ -177,21 +190,7 @@ pub async fn suspend(client: &ApiClient, args: SuspendArgs) -> Result<()> {
             Ok(lease.version.clone())
         })
         .await?;
-        let wait = WaitFor {
-            app: &app,
-            id,
-            state: "suspended",
-            version: Some(&version),
-            timeout: Duration::ZERO,
-        };
-        settle(
-            client,
-            wait,
-            args.wait_timeout,
-            "was suspended",
-            "is suspending",
-        )
-        .await?;
+        settle(client, &app, id, &version, args.wait_timeout, &SUSPENDED).await?;
     }
     Ok(())
 }
