@@ -22,10 +22,11 @@ pub enum Operation {
     Suspend,
     Signal,
     Exec,
+    Migrate,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Create,
         Operation::Start,
         Operation::Stop,
@@ -35,6 +36,7 @@ impl Operation {
         Operation::Suspend,
         Operation::Signal,
         Operation::Exec,
+        Operation::Migrate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Operation {
             Operation::Suspend => "suspend",
             Operation::Signal => "signal",
             Operation::Exec => "exec",
+            Operation::Migrate => "migrate",
         }
     }
 }
@@ -135,6 +138,9 @@ pub enum AgentError {
     /// An update for a version that is no longer current.
     #[error("machine version mismatch: current version is {current}, request was for {requested}")]
     VersionMismatch { current: String, requested: String },
+    /// A move's fence: the machine was placed again while it moved.
+    #[error("machine {0} was placed again while it moved; it stays where it was")]
+    MovedMeanwhile(String),
     /// A metadata change for a version that is no longer current.
     #[error("machine version {requested} is not the current version {current}")]
     NotCurrentVersion { current: String, requested: String },
@@ -204,7 +210,8 @@ impl AgentError {
             | AgentError::VolumeBound { .. } => ErrorKind::Precondition,
             AgentError::LeaseHeld { .. }
             | AgentError::NameTaken(_)
-            | AgentError::VersionMismatch { .. } => ErrorKind::Conflict,
+            | AgentError::VersionMismatch { .. }
+            | AgentError::MovedMeanwhile(_) => ErrorKind::Conflict,
             AgentError::InsufficientCapacity { .. } | AgentError::NoRoomWithVolume { .. } => {
                 ErrorKind::InsufficientCapacity
             }

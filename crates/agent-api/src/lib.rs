@@ -14,14 +14,17 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
-    Metadata, OpenPty, PruneImages, PtyInput, PtyOutput, PullEvent, PullImage, ReadLogs,
-    RegionCapacity, ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine,
-    SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
+    GetMachine, HostSummary, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts,
+    MachineKey, Metadata, OpenPty, PruneImages, PtyInput, PtyOutput, PullEvent, PullImage,
+    ReadLogs, RegionCapacity, ReleaseLease, RestartMachine, SignalMachine, StartMachine,
+    StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{AllocateEgress, EgressAddress, ReleaseEgress};
 use midge_types::agent::{
     CreateVolume, ExportVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey,
+};
+use midge_types::agent::{
+    ExportMachine, ImportMachine, MachineExport, MigrateMachine, SettleMigration,
 };
 use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
@@ -146,6 +149,28 @@ pub trait HostAgent: Send + Sync {
     /// Gives an egress address up; its machines leave as before it.
     async fn release_egress(&self, _call: ReleaseEgress) -> Result<()> {
         Err(AgentError::NotInCluster("static egress addresses"))
+    }
+
+    /// Stops the machine for a move to another host and hands it over.
+    async fn export_machine(&self, _call: ExportMachine) -> Result<MachineExport> {
+        Err(AgentError::NotInCluster("moving machines between hosts"))
+    }
+    /// Stages a copy of a machine another host exported.
+    async fn import_machine(&self, _call: ImportMachine) -> Result<Machine> {
+        Err(AgentError::NotInCluster("moving machines between hosts"))
+    }
+    /// Ends a move on either of its hosts.
+    async fn settle_migration(&self, _call: SettleMigration) -> Result<()> {
+        Err(AgentError::NotInCluster("moving machines between hosts"))
+    }
+    /// Moves a machine to another host of its region (or the one asked for).
+    async fn migrate_machine(&self, _call: MigrateMachine) -> Result<Machine> {
+        Err(AgentError::NotInCluster("moving machines between hosts"))
+    }
+
+    /// The platform's hosts, with their drivers and status.
+    async fn hosts(&self) -> Result<Vec<HostSummary>> {
+        Ok(Vec::new())
     }
 
     /// The regions machines can be placed in. One host offers its own.

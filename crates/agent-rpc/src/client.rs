@@ -15,6 +15,7 @@ use midge_types::agent::{
     UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
+use midge_types::agent::{ExportMachine, ImportMachine, MachineExport, SettleMigration};
 use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, WaitResponse,
@@ -255,6 +256,18 @@ impl HostAgent for RemoteAgent {
 
     async fn cordon_machine(&self, call: CordonMachine) -> Result<()> {
         self.unary("cordon_machine", &call).await
+    }
+
+    async fn export_machine(&self, call: ExportMachine) -> Result<MachineExport> {
+        self.unary("export_machine", &call).await
+    }
+
+    async fn import_machine(&self, call: ImportMachine) -> Result<Machine> {
+        self.unary("import_machine", &call).await
+    }
+
+    async fn settle_migration(&self, call: SettleMigration) -> Result<()> {
+        self.unary("settle_migration", &call).await
     }
 
     async fn wait_machine(&self, call: WaitMachine) -> Result<WaitResponse> {

@@ -183,6 +183,9 @@ async fn call(
         "snapshot_volume" => unary(body, |c| async move { a.snapshot_volume(c).await }).await,
         "volume_snapshots" => unary(body, |c| async move { a.volume_snapshots(c).await }).await,
         "export_volume" => export_volume(body, a).await,
+        "export_machine" => unary(body, |c| async move { a.export_machine(c).await }).await,
+        "import_machine" => unary(body, |c| async move { a.import_machine(c).await }).await,
+        "settle_migration" => unary(body, |c| async move { a.settle_migration(c).await }).await,
         other => error_response(
             404,
             &WireError {

@@ -231,7 +231,10 @@ impl AgentCore {
 }
 
 pub(crate) fn state_is_alive(state: MachineState) -> bool {
-    !matches!(state, MachineState::Destroyed | MachineState::Destroying)
+    !matches!(
+        state,
+        MachineState::Destroyed | MachineState::Destroying | MachineState::Migrated
+    )
 }
 
 /// An error with its causes, for logs: "outer: inner: innermost".

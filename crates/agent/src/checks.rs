@@ -304,7 +304,7 @@ fn reconcile(core: &Arc<AgentCore>, checkers: &mut HashMap<String, (u64, JoinHan
         let config = record.current().config.clone();
         let ip = core
             .network
-            .plan(&record.id, record.net_slot, record.org_network)
+            .plan(&record.id, record.net_slot(), record.org_network)
             .map(|net| std::net::IpAddr::V4(net.ipv4));
         drop(record);
         let Ok(ip) = ip else { continue };

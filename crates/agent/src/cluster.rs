@@ -10,7 +10,7 @@ use midge_types::cluster::{HostLoad, MachineReport};
 use tokio::sync::broadcast;
 
 use crate::agent::{Agent, lock};
-use crate::record::MachineRecord;
+use crate::record::{MachineRecord, MigrationRole};
 
 fn report_of(record: &MachineRecord) -> MachineReport {
     MachineReport {
@@ -33,6 +33,10 @@ fn report_of(record: &MachineRecord) -> MachineReport {
     }
 }
 
+fn is_reported(record: &MachineRecord) -> bool {
+    record.migration != Some(MigrationRole::Incoming)
+}
+
 impl Agent {
     /// Ids of machines as their records change. A receiver that lags
     /// behind should report everything again.
@@ -40,12 +44,15 @@ impl Agent {
         self.core.changes.subscribe()
     }
 
-    /// The machine's report, if the host has it.
+    /// The machine's report, if the host has it (a copy staged for a
+    /// move is not the machine yet).
     pub fn report(&self, id: &str) -> Option<MachineReport> {
         let machines = self.core.machines.read().unwrap_or_else(|p| p.into_inner());
         machines
             .get(id)
-            .map(|entry| report_of(&lock(&entry.record)))
+            .map(|entry| lock(&entry.record).clone())
+            .filter(is_reported)
+            .map(|record| report_of(&record))
     }
 
     /// Every machine's report.
@@ -53,7 +60,9 @@ impl Agent {
         self.core
             .entries()
             .iter()
-            .map(|entry| report_of(&lock(&entry.record)))
+            .map(|entry| lock(&entry.record).clone())
+            .filter(is_reported)
+            .map(|record| report_of(&record))
             .collect()
     }
 
@@ -71,7 +80,11 @@ impl Agent {
         };
         let Some(entry) = entry else { return Ok(()) };
         let _guard = entry.op_lock.clone().lock_owned().await;
-        if entry.snapshot().state == MachineState::Destroyed {
+        // A copy left behind by a move is the old placement already.
+        if matches!(
+            entry.snapshot().state,
+            MachineState::Destroyed | MachineState::Migrated
+        ) {
             return Ok(());
         }
         tracing::info!(machine = %id, "destroying a copy the cluster placed elsewhere");

@@ -23,10 +23,7 @@ pub(crate) fn validated_config(
     Ok(config)
 }
 
-/// midge's extension field `config.guest.midge_driver`: the driver a
-/// machine asks for ("sandbox" or "microvm"). Fly's clients never send it
-/// and get the host's driver.
-pub(crate) const DRIVER_FIELD: &str = "midge_driver";
+pub(crate) use midge_types::config::DRIVER_FIELD;
 
 /// Refuses a config that asks for a driver this host does not run.
 pub(crate) fn check_requested_driver(
@@ -158,6 +155,10 @@ impl AgentCore {
         let mut used: Vec<u32> = Vec::new();
         for entry in self.entries() {
             let record = lock(&entry.record);
+            // A machine that moved away keeps its 6PN address, made from its slot here.
+            if record.state == MachineState::Migrated {
+                used.push(record.net_slot);
+            }
             if state_is_alive(record.state) {
                 used.push(record.net_slot);
                 name_taken |=
@@ -195,7 +196,7 @@ impl AgentCore {
     }
 
     /// Pulls the image and attaches the network of a machine being created.
-    async fn provision(
+    pub(crate) async fn provision(
         &self,
         entry: &MachineEntry,
         image: &str,
@@ -207,7 +208,7 @@ impl AgentCore {
             .await?;
         let record = entry.snapshot();
         self.network
-            .attach(&record.id, record.net_slot, record.org_network)
+            .attach(&record.id, record.net_slot(), record.org_network)
             .await
             .map_err(|e| AgentError::host("attaching the machine's network", e))?;
         // Before it runs, a machine of an app with egress addresses leaves from them.
@@ -270,6 +271,7 @@ impl MachineRecord {
             image_key: String::new(),
             private_ip,
             net_slot,
+            six_pn_home: None,
             created_at: now.clone(),
             updated_at: now,
             events: Vec::new(),
@@ -279,6 +281,7 @@ impl MachineRecord {
             restarts: Vec::new(),
             restart_count: 0,
             stop_request: None,
+            migration: None,
             generation: 0,
             epoch: 1,
             checks: Vec::new(),

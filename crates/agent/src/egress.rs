@@ -197,7 +197,7 @@ impl AgentCore {
             .filter_map(|record| {
                 let net = self
                     .network
-                    .plan(&record.id, record.net_slot, record.org_network)
+                    .plan(&record.id, record.net_slot(), record.org_network)
                     .ok()?;
                 Some(EgressMachine {
                     id: record.id,

@@ -8,11 +8,12 @@ use futures::stream::BoxStream;
 use midge_agent_api::{AgentError, HostAgent, PtySession, Result};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
-    Metadata, OpenPty, PruneImages, PullEvent, PullImage, ReadLogs, RegionCapacity, ReleaseLease,
-    RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine, UpdateMachine,
-    UpdateMetadata, WaitMachine,
+    GetMachine, HostSummary, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts,
+    MachineKey, Metadata, OpenPty, PruneImages, PullEvent, PullImage, ReadLogs, RegionCapacity,
+    ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
+    UpdateMachine, UpdateMetadata, WaitMachine,
 };
+use midge_types::agent::{ExportMachine, ImportMachine, MachineExport, SettleMigration};
 use midge_types::{
     ExecResponse, LeaseData, Machine, MachineEvent, MachineVersion, StartResponse, StopRequest,
     WaitResponse,
@@ -24,6 +25,10 @@ use midge_types::volume::{ExtendVolumeResponse, Volume, VolumeSnapshot};
 use crate::agent::Agent;
 use crate::queries::check_lease;
 use crate::transitions::{Op, transition};
+
+/// What a single host (`midge up`, outside a cluster) calls itself in the
+/// host list.
+const LOCAL_HOST_ID: &str = "this-host";
 
 #[async_trait]
 impl HostAgent for Agent {
@@ -138,6 +143,18 @@ impl HostAgent for Agent {
             return Err(AgentError::StillRunning { state });
         }
         self.core.destroy_locked(&entry).await
+    }
+
+    async fn export_machine(&self, call: ExportMachine) -> Result<MachineExport> {
+        self.core.export_machine(call).await
+    }
+
+    async fn import_machine(&self, call: ImportMachine) -> Result<Machine> {
+        self.core.import_machine(call).await
+    }
+
+    async fn settle_migration(&self, call: SettleMigration) -> Result<()> {
+        self.core.settle_migration(call).await
     }
 
     async fn cordon_machine(&self, call: CordonMachine) -> Result<()> {
@@ -255,6 +272,25 @@ impl HostAgent for Agent {
         call: midge_types::agent::ExportVolume,
     ) -> Result<midge_agent_api::VolumeExport> {
         self.core.export_volume(call).await
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostSummary>> {
+        let load = self.core.load();
+        let capacity = self.core.config.capacity;
+        let driver = self.core.driver.capabilities();
+        Ok(vec![HostSummary {
+            id: LOCAL_HOST_ID.to_string(),
+            number: self.core.config.host_id,
+            region: self.core.config.region.clone(),
+            status: "ok".to_string(),
+            driver: driver.name.to_string(),
+            accelerator: driver.accelerator.map(str::to_string),
+            cpus: capacity.map_or(0, |c| c.cpus),
+            memory_mb: capacity.map_or(0, |c| c.memory_mb),
+            used_millicpus: load.used_millicpus,
+            used_memory_mb: load.used_memory_mb,
+            machines: load.machines,
+        }])
     }
 
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

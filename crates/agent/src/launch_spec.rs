@@ -23,12 +23,12 @@ impl AgentCore {
         let image = self.image_for_run(&record.image_key_or_config()).await?;
         let mut net = self
             .network
-            .plan(&record.id, record.net_slot, record.org_network)
+            .plan(&record.id, record.net_slot(), record.org_network)
             .map_err(|e| AgentError::host("planning the machine's network", e))?;
         if !self.network.is_attached(&net).await {
             net = self
                 .network
-                .attach(&record.id, record.net_slot, record.org_network)
+                .attach(&record.id, record.net_slot(), record.org_network)
                 .await
                 .map_err(|e| AgentError::host("attaching the machine's network", e))?;
         }

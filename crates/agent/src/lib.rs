@@ -21,6 +21,7 @@ mod host_agent;
 mod images;
 mod launch_spec;
 mod lifecycle;
+mod migrate;
 mod next_run;
 mod queries;
 mod record;

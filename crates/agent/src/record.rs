@@ -55,6 +55,10 @@ pub struct MachineRecord {
     /// The machine's network slot on this host (picks its link and 6PN addresses).
     #[serde(alias = "slot")]
     pub net_slot: u32,
+    /// Where its 6PN address was made, when that was another host: a
+    /// machine that moved keeps its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub six_pn_home: Option<midge_net::SixPnHome>,
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<MachineEvent>,
@@ -69,6 +73,9 @@ pub struct MachineRecord {
     /// The stop request currently being carried out, if any.
     #[serde(default)]
     pub stop_request: Option<StopRequest>,
+    /// The machine's part in a move between hosts, while one is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationRole>,
     /// Grows with every change, so a cluster's catalog can order reports.
     #[serde(default)]
     pub generation: u64,
@@ -80,6 +87,18 @@ pub struct MachineRecord {
     /// looked at again after every start.
     #[serde(skip)]
     pub checks: Vec<midge_types::CheckStatus>,
+}
+
+/// Which end of a move a host's record of a machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationRole {
+    /// The source: the machine, stopped for the move; started again if
+    /// the move is abandoned and it ran before.
+    Outgoing { was_started: bool },
+    /// The destination's staged copy: not reported, started or routed
+    /// until the catalog moves the machine here.
+    Incoming,
 }
 
 fn first_epoch() -> u64 {
@@ -98,6 +117,14 @@ pub enum Detail {
 const EVENTS_KEPT: usize = 100;
 
 impl MachineRecord {
+    /// The slot its network is planned from on this host.
+    pub fn net_slot(&self) -> midge_net::NetSlot {
+        midge_net::NetSlot {
+            link: self.net_slot,
+            six_pn: self.six_pn_home,
+        }
+    }
+
     pub fn current(&self) -> &VersionEntry {
         self.versions
             .last()

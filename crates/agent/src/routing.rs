@@ -51,7 +51,7 @@ impl AgentCore {
     fn routed(&self, record: &MachineRecord) -> RoutedMachine {
         let link_ipv4 = self
             .network
-            .plan(&record.id, record.net_slot, record.org_network)
+            .plan(&record.id, record.net_slot(), record.org_network)
             .ok()
             .map(|net| net.ipv4);
         RoutedMachine {

@@ -69,6 +69,14 @@ impl Bed {
         }
     }
 
+    /// Another host of the cluster: its 6PN addresses carry `host_id`.
+    async fn host_number(host_id: u32) -> Bed {
+        let mut bed = Bed::new().await;
+        bed.agent.shutdown();
+        bed.agent = open_as_host(&bed.dir, &bed.driver, &bed.network, 64, None, host_id).await;
+        bed
+    }
+
     /// A second agent over the same records and "host" (after a crash).
     async fn reopen(&mut self) {
         self.agent.shutdown();
@@ -211,7 +219,19 @@ async fn open_with_grace(
     prepared_runs: usize,
     volume_grace: Option<Duration>,
 ) -> Agent {
+    open_as_host(dir, driver, network, prepared_runs, volume_grace, 1).await
+}
+
+async fn open_as_host(
+    dir: &tempfile::TempDir,
+    driver: &FakeDriver,
+    network: &FakeNetwork,
+    prepared_runs: usize,
+    volume_grace: Option<Duration>,
+    host_id: u32,
+) -> Agent {
     let mut config = AgentConfig::new(dir.path().join("agent"));
+    config.host_id = host_id;
     config.prepared_runs = prepared_runs;
     if let Some(grace) = volume_grace {
         config.volume_grace = grace;
@@ -1484,4 +1504,180 @@ async fn stop_and_destroy_discard_a_suspended_run_and_a_driver_without_suspend_r
     let error = suspend(&bed, &other).await.unwrap_err();
     assert!(matches!(error, AgentError::Unsupported { .. }), "{error}");
     assert_eq!(bed.state(&other).await, MachineState::Started);
+}
+
+fn key(id: &str) -> MachineKey {
+    MachineKey::new(APP, id)
+}
+
+#[tokio::test]
+async fn a_move_stops_the_machine_and_either_gives_it_back_or_leaves_it_migrated() {
+    use midge_types::agent::{ExportMachine, SettleMigration};
+    let bed = Bed::new().await;
+    let id = bed.create(config(), false).await;
+    bed.wait(&id, MachineState::Started).await;
+    let export = |id: String| ExportMachine {
+        machine: key(&id),
+        nonce: None,
+    };
+    let settle = |id: &str, moved| SettleMigration {
+        machine: key(id),
+        moved,
+    };
+
+    let handed = bed.agent.export_machine(export(id.clone())).await.unwrap();
+    assert!(handed.was_started);
+    assert_eq!(handed.record["id"], id.as_str());
+    assert_eq!(bed.state(&id).await, MachineState::Migrating);
+    assert_eq!(bed.driver.running(&id), 0, "it stopped for the move");
+    let refused = bed.start(&id).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            AgentError::WrongState {
+                state: MachineState::Migrating,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    // Abandoned: the machine is back, and runs as it did.
+    bed.agent
+        .settle_migration(settle(&id, false))
+        .await
+        .unwrap();
+    bed.wait(&id, MachineState::Started).await;
+
+    bed.agent.export_machine(export(id.clone())).await.unwrap();
+    bed.agent.settle_migration(settle(&id, true)).await.unwrap();
+    assert_eq!(bed.state(&id).await, MachineState::Migrated);
+    assert!(bed.event_kinds(&id).await.contains(&"migrate".to_string()));
+    assert!(!bed.network.is_attached_id(&id), "its network went");
+    // Told twice, the answer stands; the cluster's fence leaves it be.
+    bed.agent.settle_migration(settle(&id, true)).await.unwrap();
+    bed.agent.fence(&id).await.unwrap();
+    assert_eq!(bed.state(&id).await, MachineState::Migrated);
+    // Its 6PN address was made from its slot here: no new machine gets it.
+    let moved_ip = bed.agent.report(&id).unwrap().machine.private_ip;
+    let newcomer = bed.create(config(), true).await;
+    let newcomer_ip = bed.agent.report(&newcomer).unwrap().machine.private_ip;
+    assert_ne!(newcomer_ip, moved_ip);
+}
+
+#[tokio::test]
+async fn an_imported_copy_keeps_the_address_and_is_reported_only_once_settled() {
+    use midge_types::agent::{ExportMachine, ImportMachine, SettleMigration};
+    let source = Bed::new().await;
+    let target = Bed::host_number(2).await;
+    let id = source.create(config(), true).await;
+    let handed = source
+        .agent
+        .export_machine(ExportMachine {
+            machine: key(&id),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    let address = source.agent.report(&id).unwrap().machine.private_ip;
+    let handed = holding_the_image(&target, handed).await;
+    let import = || ImportMachine {
+        export: handed.clone(),
+        source_agent_url: "http://unused.invalid".into(),
+        epoch: 7,
+        registry_logins: Vec::new(),
+    };
+    let staged = target.agent.import_machine(import()).await.unwrap();
+    assert_eq!(staged.id, id);
+    assert_eq!(staged.private_ip, address);
+    assert_eq!(staged.state, MachineState::Created);
+    assert!(
+        staged.events.iter().any(|e| e.status == "migrated"),
+        "{:?}",
+        staged.events
+    );
+    assert!(
+        target.agent.report(&id).is_none(),
+        "staged copies are not reported"
+    );
+    assert!(
+        target.agent.import_machine(import()).await.is_err(),
+        "one copy per host"
+    );
+    target
+        .agent
+        .settle_migration(SettleMigration {
+            machine: key(&id),
+            moved: true,
+        })
+        .await
+        .unwrap();
+    let report = target.agent.report(&id).expect("reported once settled");
+    assert_eq!(report.epoch, 7);
+    assert_eq!(report.machine.private_ip, address);
+    assert!(report.generation > handed.record["generation"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn an_abandoned_copy_leaves_nothing_behind() {
+    use midge_types::agent::{ExportMachine, ImportMachine, SettleMigration};
+    let source = Bed::new().await;
+    let target = Bed::host_number(2).await;
+    let id = source.create(config(), true).await;
+    let handed = source
+        .agent
+        .export_machine(ExportMachine {
+            machine: key(&id),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    let handed = holding_the_image(&target, handed).await;
+    target
+        .agent
+        .import_machine(ImportMachine {
+            export: handed,
+            source_agent_url: "http://unused.invalid".into(),
+            epoch: 2,
+            registry_logins: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(target.network.is_attached_id(&id));
+    target
+        .agent
+        .settle_migration(SettleMigration {
+            machine: key(&id),
+            moved: false,
+        })
+        .await
+        .unwrap();
+    assert!(!target.network.is_attached_id(&id));
+    assert!(matches!(
+        target
+            .agent
+            .get_machine(GetMachine {
+                machine: key(&id),
+                version: None
+            })
+            .await,
+        Err(AgentError::MachineNotFound)
+    ));
+}
+
+/// The export pinned to the image as the target holds it (in a cluster,
+/// its blobs come from the source; each test bed imports its own copy).
+async fn holding_the_image(
+    target: &Bed,
+    mut handed: midge_types::agent::MachineExport,
+) -> midge_types::agent::MachineExport {
+    let probe = target.create(config(), true).await;
+    let digest = target
+        .agent
+        .report(&probe)
+        .unwrap()
+        .machine
+        .image_ref
+        .digest;
+    handed.record["image_ref"]["digest"] = digest.into();
+    handed
 }

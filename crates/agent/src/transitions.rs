@@ -31,6 +31,8 @@ pub(crate) enum Op {
     /// A signal or exec: needs the program running, changes no state.
     Signal,
     Exec,
+    /// A move to another host.
+    Migrate,
     /// The program exited on its own; `restart` when the policy restarts it.
     Exit {
         restart: bool,
@@ -48,6 +50,7 @@ impl Op {
             Op::Suspend => Operation::Suspend,
             Op::Signal => Operation::Signal,
             Op::Exec => Operation::Exec,
+            Op::Migrate => Operation::Migrate,
         }
     }
 }
@@ -67,6 +70,10 @@ pub(crate) fn transition(op: Op, from: MachineState) -> Result<Transition, Agent
     let to = |during, to| Ok(Transition { during, to });
     match (op, from) {
         (_, Destroyed) => Err(AgentError::MachineNotFound),
+        // Before the move the machine stops; it stays `migrating` until
+        // both hosts are told how the move ended.
+        (Op::Migrate, Created | Stopped | Failed) => to(Migrating, Migrating),
+        (Op::Migrate, Started | Suspended) => to(Stopping, Migrating),
         (Op::Start, Created | Stopped | Failed | Suspended) => to(Starting, Started),
         (Op::Stop, Started) => to(Stopping, Stopped),
         // Nothing runs, so nothing changes, but the answer is Fly's: ok.
@@ -100,7 +107,7 @@ mod tests {
     use super::*;
     use MachineState::*;
 
-    const OPS: [Op; 11] = [
+    const OPS: [Op; 12] = [
         Op::Start,
         Op::Stop,
         Op::Restart,
@@ -112,6 +119,7 @@ mod tests {
         Op::Exec,
         Op::Exit { restart: true },
         Op::Exit { restart: false },
+        Op::Migrate,
     ];
 
     /// Every (operation, state) pair, written out: `from>during>to` for an
@@ -146,6 +154,10 @@ mod tests {
         (Op::Exec, "started>started>started"),
         (Op::Exit { restart: true }, "started>restarting>started"),
         (Op::Exit { restart: false }, "started>started>stopped"),
+        (
+            Op::Migrate,
+            "created>migrating>migrating stopped>migrating>migrating failed>migrating>migrating started>stopping>migrating suspended>stopping>migrating",
+        ),
     ];
 
     fn allowed(op: Op) -> Vec<String> {
@@ -181,7 +193,10 @@ mod tests {
                 match transition(op, from) {
                     Ok(t) => {
                         assert!(from.is_settled(), "{op:?} from transient {from}");
-                        assert!(t.to.is_settled(), "{op:?} ends in transient {}", t.to);
+                        // A move rests in `migrating` until its hosts settle it.
+                        if op != Op::Migrate {
+                            assert!(t.to.is_settled(), "{op:?} ends in transient {}", t.to);
+                        }
                     }
                     Err(AgentError::MachineNotFound) => assert_eq!(from, Destroyed),
                     Err(AgentError::NotRunning { state }) => {

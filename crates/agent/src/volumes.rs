@@ -330,7 +330,7 @@ impl AgentCore {
     }
 
     /// Removes every trace of a volume (a failed create).
-    async fn forget_volume(&self, id: &str) {
+    pub(crate) async fn forget_volume(&self, id: &str) {
         let owned = id.to_string();
         if let Err(error) = on_pool(&self.volume_pool, "removing the volume", move |pool| {
             pool.delete(&owned)

@@ -115,6 +115,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(orgs::create_org, orgs::list_orgs))
         .routes(routes!(orgs::create_token))
         .routes(routes!(platform::regions))
+        .routes(routes!(platform::hosts))
+        .routes(routes!(lifecycle::migrate_machine))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::prune_images))
         .routes(routes!(registry_credentials::list_registry_credentials))

@@ -182,6 +182,29 @@ pub struct Region {
     pub used_memory_mb: u32,
 }
 
+/// midge extension: one host of the platform.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Host {
+    pub id: String,
+    /// Its field in machines' 6PN addresses.
+    pub number: u32,
+    pub region: String,
+    /// `ok`, `unknown` or `unreachable`, by the age of its last heartbeat.
+    pub status: String,
+    /// The driver its machines run with: `sandbox` or `microvm`.
+    pub driver: String,
+    /// How a microVM host runs guests: `kvm`, or `tcg` (emulation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    /// What machines hold, in CPUs (a shared vCPU holds 1/16).
+    pub used_cpus: f64,
+    pub used_memory_mb: u32,
+    /// Machines on the host that are not destroyed.
+    pub machines: u32,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegionsResponse {
     pub nearest: String,

@@ -204,6 +204,7 @@ fn machine_requests(
         ),
         ("POST", format!("{base}/kill"), None),
         ("POST", format!("{base}/suspend"), None),
+        ("POST", format!("{base}/migrate"), None),
         ("POST", format!("{base}/cordon"), None),
         ("POST", format!("{base}/uncordon"), None),
         ("GET", format!("{base}/wait?state=stopped&timeout=1"), None),

@@ -753,3 +753,21 @@ async fn a_create_retried_with_its_idempotency_key_returns_the_same_machine() {
         listed.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_listed_to_admins_with_their_driver() {
+    let h = Harness::new().await;
+    let reply = h.admin("GET", "/v1/platform/hosts", None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let hosts = reply.body.as_array().expect("a list");
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0]["region"], h.state.agent.region());
+    assert_eq!(hosts[0]["status"], "ok");
+    assert!(
+        hosts[0]["driver"].as_str().is_some_and(|d| !d.is_empty()),
+        "{hosts:?}"
+    );
+    let org = h.org_token("personal").await;
+    let refused = h.call("GET", "/v1/platform/hosts", Some(&org), None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}

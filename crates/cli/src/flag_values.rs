@@ -302,22 +302,7 @@ pub fn min_memory_per_cpu(cpu_kind: &str) -> u32 {
 
 /// The image a clone pins to: `registry/repository:tag@digest` of the resolved image.
 pub fn pinned_image(image_ref: &midge_types::ImageRef, fallback: &str) -> String {
-    if image_ref.repository.is_empty() || image_ref.digest.is_empty() {
-        return fallback.to_string();
-    }
-    let mut image = String::new();
-    if !image_ref.registry.is_empty() {
-        image.push_str(&image_ref.registry);
-        image.push('/');
-    }
-    image.push_str(&image_ref.repository);
-    if !image_ref.tag.is_empty() {
-        image.push(':');
-        image.push_str(&image_ref.tag);
-    }
-    image.push('@');
-    image.push_str(&image_ref.digest);
-    image
+    image_ref.pinned().unwrap_or_else(|| fallback.to_string())
 }
 
 #[cfg(test)]

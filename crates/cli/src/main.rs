@@ -55,6 +55,9 @@ enum Command {
     /// What the platform offers: regions
     #[command(subcommand)]
     Platform(commands::platform::PlatformCommand),
+    /// The platform's hosts, with their drivers (admin tokens)
+    #[command(subcommand, visible_alias = "hosts")]
+    Host(commands::hosts::HostCommand),
     /// Manage machines
     #[command(subcommand, visible_aliases = ["machines", "m"])]
     Machine(commands::machine::MachineCommand),
@@ -229,6 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Volumes(command) => commands::volumes::run(command, &cli.api).await,
         Command::Ips(command) => commands::ips::run(command, &cli.api).await,
         Command::Platform(command) => commands::platform::run(command, &cli.api).await,
+        Command::Host(command) => commands::hosts::run(command, &cli.api).await,
         Command::Registry(command) => commands::registry::run(command, &cli.api).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(args) => api_role::api(args).await,

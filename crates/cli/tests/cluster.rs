@@ -64,6 +64,26 @@ fn placement_follows_regions_lists_aliases_and_capacity_and_clones_into_a_region
     assert_eq!(region_entry(&regions, "ord")["hosts_up"], 2);
     assert_eq!(region_entry(&regions, "ord")["memory_mb"], 1024);
     assert_eq!(region_entry(&regions, "ams")["hosts"], 1);
+    let hosts = cluster
+        .midge(0, &["host", "list", "--json"])
+        .success()
+        .json();
+    let hosts = hosts.as_array().expect("a list of hosts");
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    assert!(
+        hosts
+            .iter()
+            .all(|host| host["driver"] == "sandbox" && host["status"] == "ok"),
+        "{hosts:?}"
+    );
+
+    // Placement goes only to hosts that run the driver a machine asks for.
+    let mut asks_for_a_vm = shell_config();
+    asks_for_a_vm["guest"] = json!({"midge_driver": "microvm"});
+    let (status, refused) = cluster.create(0, &app, json!({"config": asks_for_a_vm}));
+    assert_eq!(status, 412, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(message.contains("runs the microvm driver"), "{message}");
 
     // A region lands there.
     let run = cluster.midge(
@@ -1057,4 +1077,158 @@ fn every_host_serves_the_apps_addresses_and_flycast_starts_a_machine_on_another_
             cluster.get_from_host(number, &at, "any", "/cgi-bin/who").0 == 0
         });
     }
+}
+
+#[test]
+fn a_machine_moves_to_another_host_with_its_id_volume_data_metadata_and_6pn_address() {
+    // Hosts 1 and 3 in ord, host 2 in ams.
+    let cluster = Cluster::up(ClusterOptions::default());
+    let app = unique_app("move");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let (status, volume) = cluster.api(
+        0,
+        Method::POST,
+        &format!("/v1/apps/{app}/volumes"),
+        Some(json!({"name": "data", "region": "ord", "size_gb": 1})),
+    );
+    assert_eq!(status, 200, "{volume}");
+    let vol = volume["id"].as_str().expect("an id").to_string();
+    let run = cluster.midge(
+        0,
+        &[
+            "machine",
+            "run",
+            SHELL,
+            "-a",
+            &app,
+            "--region",
+            "ord",
+            "-v",
+            &format!("{vol}:/data"),
+            "--",
+            "httpd",
+            "-f",
+            "-p",
+            "7000",
+            "-h",
+            "/data",
+        ],
+    );
+    let web = machine_id_in(&run.success().stdout);
+    wait_started(&cluster, &app, &web);
+    let source = [1, 3]
+        .into_iter()
+        .find(|n| runs_on(&cluster, *n, &web))
+        .expect("the machine runs in ord");
+    let target = 4 - source;
+    let run = cluster.midge(
+        0,
+        &[
+            "machine", "run", SHELL, "-a", &app, "--region", "ams", "--", "sleep", "infinity",
+        ],
+    );
+    let caller = machine_id_in(&run.success().stdout);
+    wait_started(&cluster, &app, &caller);
+    let address = private_ip(&cluster, &app, &web);
+    cluster.eventually("the caller reaches the machine over 6PN", SETTLE, || {
+        reaches(&cluster, &app, &caller, &address)
+    });
+    let (status, _) = cluster.api(
+        0,
+        Method::POST,
+        &format!("{}/metadata/role", machine_path(&app, &web)),
+        Some(json!({"value": "primary"})),
+    );
+    assert_eq!(status, 204);
+    let before = cluster.get(0, &machine_path(&app, &web)).1;
+    // Written just before the move.
+    cluster
+        .midge(
+            0,
+            &[
+                "machine",
+                "exec",
+                &web,
+                "-a",
+                &app,
+                "sh -c 'echo written-before-the-move > /data/index.html && sync'",
+            ],
+        )
+        .success();
+
+    let moved = cluster
+        .midge(0, &["machine", "migrate", &web, "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    assert!(moved.contains(&address), "{moved}");
+
+    assert!(runs_on(&cluster, target, &web), "it runs on host {target}");
+    assert!(
+        !runs_on(&cluster, source, &web),
+        "and no longer on {source}"
+    );
+    let after = cluster.get(0, &machine_path(&app, &web)).1;
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["name"], before["name"]);
+    assert_eq!(after["state"], "started", "{after}");
+    assert_eq!(
+        after["private_ip"],
+        address.as_str(),
+        "the 6PN address stays"
+    );
+    assert_eq!(after["config"]["metadata"]["role"], "primary", "{after}");
+    let events = after["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["status"] == "migrated"),
+        "{events:?}"
+    );
+    assert!(
+        events.len() > before["events"].as_array().map_or(0, Vec::len),
+        "the events came along: {events:?}"
+    );
+    let data = cluster
+        .midge(
+            0,
+            &["machine", "exec", &web, "-a", &app, "cat /data/index.html"],
+        )
+        .success()
+        .stdout
+        .clone();
+    assert!(data.contains("written-before-the-move"), "{data}");
+    let (_, volume_after) = cluster.get(0, &format!("/v1/apps/{app}/volumes/{vol}"));
+    assert_eq!(
+        volume_after["attached_machine_id"],
+        web.as_str(),
+        "{volume_after}"
+    );
+    assert_ne!(volume_after["zone"], volume["zone"], "the volume moved too");
+    // The old address now routes to the new host, from every other host.
+    cluster.eventually(
+        "the caller reaches the moved machine at its address",
+        SETTLE,
+        || reaches(&cluster, &app, &caller, &address),
+    );
+
+    // Nowhere to go: a host that does not exist, or the one it is on.
+    let refused = cluster
+        .midge(
+            0,
+            &[
+                "machine",
+                "migrate",
+                &web,
+                "-a",
+                &app,
+                "--host",
+                "no-such-host",
+            ],
+        )
+        .failure()
+        .to_string();
+    assert!(refused.contains("no-such-host"), "{refused}");
+    assert!(
+        runs_on(&cluster, target, &web),
+        "a refused move leaves it running"
+    );
 }

@@ -54,6 +54,31 @@ pub struct PlatformRegion {
     pub used_memory_mb: u32,
 }
 
+/// A host of the platform (`GET /v1/platform/hosts`, midge's extension).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlatformHost {
+    pub id: String,
+    #[serde(default)]
+    pub number: u32,
+    pub region: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub driver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mb: u32,
+    #[serde(default)]
+    pub used_cpus: f64,
+    #[serde(default)]
+    pub used_memory_mb: u32,
+    #[serde(default)]
+    pub machines: u32,
+}
+
 /// Why a call to the API failed.
 #[derive(Debug)]
 pub enum ClientError {
@@ -548,6 +573,12 @@ impl ApiClient {
             .await
     }
 
+    pub async fn hosts(&self) -> ClientResult<Vec<PlatformHost>> {
+        let url = self.url(&["platform", "hosts"], &[]);
+        self.call("listing hosts", Method::GET, url, None, None)
+            .await
+    }
+
     // ---- volumes ----
 
     pub async fn list_volumes(&self, app: &str) -> ClientResult<Vec<Volume>> {
@@ -791,6 +822,28 @@ impl ApiClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// `POST …/migrate` (midge's extension): moves the machine to `host`,
+    /// else to a host placement picks in `region` (its own when unset).
+    pub async fn migrate_machine(
+        &self,
+        app: &str,
+        id: &str,
+        host: Option<&str>,
+        region: Option<&str>,
+        nonce: Option<&str>,
+    ) -> ClientResult<Machine> {
+        let url = self.machine_url(app, id, &["migrate"], &[]);
+        let body = serde_json::json!({ "host": host, "region": region });
+        self.call(
+            &format!("migrating machine {id}"),
+            Method::POST,
+            url,
+            Some(encode(&body)?),
+            nonce,
+        )
+        .await
     }
 
     pub async fn suspend_machine(

@@ -14,10 +14,10 @@ use midge_agent_rpc::RemoteAgent;
 use midge_store::{Catalog, HostRecord, IntentKind, MachineEntry, StoreError};
 use midge_types::agent::{
     AcquireLease, CordonMachine, CreateMachine, DestroyMachine, ExecMachine, FindMachine,
-    GetMachine, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts, MachineKey,
-    Metadata, OpenPty, Placement, PruneImages, PullEvent, PullImage, ReadLogs, RegionCapacity,
-    ReleaseLease, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
-    UpdateMachine, UpdateMetadata, WaitMachine,
+    GetMachine, HostSummary, ImagesPruned, ListEvents, ListMachines, LogLine, MachineCounts,
+    MachineKey, Metadata, MigrateMachine, OpenPty, Placement, PruneImages, PullEvent, PullImage,
+    ReadLogs, RegionCapacity, ReleaseLease, RestartMachine, SignalMachine, StartMachine,
+    StopMachine, SuspendMachine, UpdateMachine, UpdateMetadata, WaitMachine,
 };
 use midge_types::agent::{CreateVolume, ExtendVolume, ListVolumes, UpdateVolume, VolumeKey};
 use midge_types::cluster::MachineReport;
@@ -91,7 +91,7 @@ impl ClusterAgent {
     }
 
     /// The machine's catalog entry and its host.
-    async fn locate(&self, machine: &MachineKey) -> Result<(MachineEntry, HostRecord)> {
+    pub(crate) async fn locate(&self, machine: &MachineKey) -> Result<(MachineEntry, HostRecord)> {
         let entry = self
             .catalog
             .machine_entry(&machine.id)
@@ -151,10 +151,7 @@ impl ClusterAgent {
             .clone()
             .ok_or_else(|| AgentError::Invalid("config is required".into()))?;
         let guest = config.guest_or_default();
-        let needs = Needs {
-            millicpus: guest.millicpus(),
-            memory_mb: guest.memory_mb,
-        };
+        let needs = Needs::of(&guest);
         let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
         let mut known: Vec<String> = hosts.iter().map(|h| h.region.clone()).collect();
         known.sort();
@@ -778,6 +775,30 @@ impl HostAgent for ClusterAgent {
     ) -> Result<midge_agent_api::VolumeExport> {
         let (remote, _) = self.volume_agent(&call.volume).await?;
         remote.export_volume(call).await
+    }
+
+    async fn migrate_machine(&self, call: MigrateMachine) -> Result<Machine> {
+        self.migrate(call).await
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostSummary>> {
+        let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
+        Ok(hosts
+            .into_iter()
+            .map(|host| HostSummary {
+                status: self.status(&host).as_str().to_string(),
+                id: host.id,
+                number: host.number,
+                region: host.region,
+                driver: host.driver,
+                accelerator: host.accelerator,
+                cpus: host.cpus,
+                memory_mb: host.memory_mb,
+                used_millicpus: host.load.used_millicpus,
+                used_memory_mb: host.load.used_memory_mb,
+                machines: host.load.machines,
+            })
+            .collect())
     }
 
     async fn regions(&self) -> Result<Vec<RegionCapacity>> {

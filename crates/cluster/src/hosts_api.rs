@@ -4,6 +4,8 @@
 //! routing feed. A host authenticates with its own token and may write only
 //! its own machines; a new host joins with an admin token.
 
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -11,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use midge_net::{SixPnHome, six_pn_route_prefix};
 use midge_store::{Catalog, HostRecord, Principal, StoreError};
 
 use crate::routing_feed::{FeedQuery, RoutingFeed};
@@ -161,7 +164,9 @@ async fn heartbeat(
 }
 
 /// A route for every private network to every other host that has an
-/// underlay address: `fdaa:<net>:<host>::/80` via that host.
+/// underlay address: `fdaa:<net>:<host>::/80` via that host; and for every
+/// machine that moved away from the host its address was made on, its
+/// /112 via the host it runs on now (the longer prefix wins).
 async fn routes_for(
     catalog: &dyn Catalog,
     host: &HostRecord,
@@ -182,6 +187,29 @@ async fn routes_for(
             routes.push(PeerRoute {
                 prefix: six_pn_prefix(*network, peer.number),
                 via: via.clone(),
+            });
+        }
+    }
+    let underlay_of: HashMap<&str, (u32, &str)> = peers
+        .iter()
+        .filter(|p| p.id != host.id)
+        .filter_map(|p| Some((p.id.as_str(), (p.number, p.underlay.as_deref()?))))
+        .collect();
+    for entry in catalog.live_machine_entries().await? {
+        let Some((number, via)) = underlay_of.get(entry.host_id.as_str()) else {
+            continue;
+        };
+        let Some(address) = entry
+            .machine
+            .as_ref()
+            .and_then(|machine| machine.private_ip.parse::<Ipv6Addr>().ok())
+        else {
+            continue;
+        };
+        if SixPnHome::of(address).is_some_and(|home| home.host != *number) {
+            routes.push(PeerRoute {
+                prefix: six_pn_route_prefix(address),
+                via: via.to_string(),
             });
         }
     }

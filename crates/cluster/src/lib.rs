@@ -15,6 +15,7 @@
 mod agent;
 pub mod hosts_api;
 pub mod member;
+mod migrate;
 pub mod placement;
 pub mod regions;
 pub mod routing_feed;

@@ -17,6 +17,18 @@ pub struct Needs {
     /// Thousandths of a CPU.
     pub millicpus: u32,
     pub memory_mb: u32,
+    /// The driver the machine asks for; any host's when `None`.
+    pub driver: Option<&'static str>,
+}
+
+impl Needs {
+    pub fn of(guest: &midge_types::Guest) -> Needs {
+        Needs {
+            millicpus: guest.millicpus(),
+            memory_mb: guest.memory_mb,
+            driver: guest.requested_driver(),
+        }
+    }
 }
 
 /// Hosts to try, best first, and when there are none, why.
@@ -57,6 +69,19 @@ pub fn candidates(
     let in_region: Vec<&HostRecord> = hosts.iter().filter(|h| h.region == region).collect();
     if in_region.is_empty() {
         return Candidates::None(format!("no host in {region}"));
+    }
+    let in_region: Vec<&HostRecord> = match needs.driver {
+        Some(driver) => in_region
+            .into_iter()
+            .filter(|h| h.driver == driver)
+            .collect(),
+        None => in_region,
+    };
+    if in_region.is_empty() {
+        return Candidates::None(format!(
+            "no host in {region} runs the {} driver",
+            needs.driver.unwrap_or_default()
+        ));
     }
     let up: Vec<&HostRecord> = in_region
         .into_iter()
@@ -121,6 +146,8 @@ mod tests {
             underlay: None,
             cpus: 4,
             memory_mb: 1024,
+            driver: "sandbox".into(),
+            accelerator: None,
             load: HostLoad {
                 used_millicpus: 0,
                 used_memory_mb,
@@ -135,6 +162,7 @@ mod tests {
     const NEEDS: Needs = Needs {
         millicpus: 1000,
         memory_mb: 512,
+        driver: None,
     };
 
     fn ids(candidates: &Candidates) -> Vec<String> {
@@ -193,6 +221,41 @@ mod tests {
             NOW,
         );
         assert_eq!(ids(&none), ["none: no host in ord is answering"]);
+    }
+
+    #[test]
+    fn a_machine_that_asks_for_a_driver_goes_only_to_hosts_that_run_it() {
+        let mut vm_host = host("vm", "ord", 0, NOW);
+        vm_host.driver = "microvm".into();
+        let hosts = vec![host("a", "ord", 0, NOW), vm_host];
+        let asks = |driver| Needs { driver, ..NEEDS };
+        let place = |needs| {
+            candidates(
+                &hosts,
+                "ord",
+                needs,
+                &HashMap::new(),
+                &Liveness::default(),
+                NOW,
+            )
+        };
+        assert_eq!(ids(&place(asks(Some("microvm")))), ["vm"]);
+        assert_eq!(ids(&place(asks(Some("sandbox")))), ["a"]);
+        let mut either = ids(&place(asks(None)));
+        either.sort();
+        assert_eq!(either, ["a", "vm"]);
+        let sandboxes = vec![host("a", "ord", 0, NOW)];
+        assert_eq!(
+            ids(&candidates(
+                &sandboxes,
+                "ord",
+                asks(Some("microvm")),
+                &HashMap::new(),
+                &Liveness::default(),
+                NOW
+            )),
+            ["none: no host in ord runs the microvm driver"]
+        );
     }
 
     #[test]

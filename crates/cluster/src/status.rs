@@ -74,6 +74,8 @@ mod tests {
             underlay: None,
             cpus: 1,
             memory_mb: 1,
+            driver: "sandbox".into(),
+            accelerator: None,
             load: HostLoad::default(),
             heartbeat_at,
             registered_at: 0,

@@ -240,10 +240,7 @@ impl ClusterAgent {
             }
             // `compute`: the machine that will mount it must fit there too.
             if let Some(guest) = &call.request.compute {
-                let needs = Needs {
-                    millicpus: guest.millicpus(),
-                    memory_mb: guest.memory_mb,
-                };
+                let needs = Needs::of(guest);
                 in_region.retain(|h| has_room(h, needs));
                 if in_region.is_empty() {
                     why.push(format!(

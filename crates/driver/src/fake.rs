@@ -253,6 +253,7 @@ impl Driver for FakeDriver {
         Capabilities {
             name: "fake",
             suspend: !self.state().no_suspend,
+            accelerator: None,
         }
     }
 

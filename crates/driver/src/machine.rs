@@ -50,6 +50,8 @@ pub struct Capabilities {
     pub name: &'static str,
     /// Whether a running machine can be suspended and resumed.
     pub suspend: bool,
+    /// How a VM driver runs guests (`kvm`, `tcg`), for the host's status.
+    pub accelerator: Option<&'static str>,
 }
 
 /// What the driver found of a machine when the agent (re)started.

@@ -159,6 +159,7 @@ impl Driver for MicrovmDriver {
         Capabilities {
             name: "microvm",
             suspend: false,
+            accelerator: Some(self.host.accelerator.qemu_name()),
         }
     }
 

@@ -121,6 +121,57 @@ fn six_pn(host_id: u32, org_network: u32, slot: u32, last: u16) -> Ipv6Addr {
     )
 }
 
+/// Where a machine's network comes from on its host: the slot that picks
+/// its link (/30), and the 6PN /112 it keeps for life, which is the same
+/// slot's on this host unless the machine moved here from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSlot {
+    pub link: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub six_pn: Option<SixPnHome>,
+}
+
+/// The host and slot a machine's 6PN address was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SixPnHome {
+    pub host: u32,
+    pub slot: u32,
+}
+
+impl SixPnHome {
+    /// The host and slot fields of a 6PN address (`fdaa:net:host:slot::2`).
+    pub fn of(address: Ipv6Addr) -> Option<SixPnHome> {
+        let s = address.segments();
+        (s[0] == PRIVATE_NETWORK_TAG).then(|| SixPnHome {
+            host: (u32::from(s[3]) << 16) | u32::from(s[4]),
+            slot: (u32::from(s[5]) << 16) | u32::from(s[6]),
+        })
+    }
+}
+
+impl From<u32> for NetSlot {
+    fn from(link: u32) -> NetSlot {
+        NetSlot { link, six_pn: None }
+    }
+}
+
+impl NetSlot {
+    /// The host and slot of the 6PN /112 on host `host_id`.
+    pub fn six_pn_home(self, host_id: u32) -> SixPnHome {
+        self.six_pn.unwrap_or(SixPnHome {
+            host: host_id,
+            slot: self.link,
+        })
+    }
+}
+
+/// The /112 of a machine's 6PN address, as a route's destination.
+pub fn six_pn_route_prefix(address: Ipv6Addr) -> String {
+    let mut segments = address.segments();
+    segments[7] = 0;
+    format!("{}/{PRIVATE_PREFIX_LEN}", Ipv6Addr::from(segments))
+}
+
 /// A machine's 6PN address: `fdaa` | org network (32) | host (32) | slot (32) | `::2` in a /112.
 pub fn private_ip(host_id: u32, org_network: u32, slot: u32) -> Ipv6Addr {
     six_pn(host_id, org_network, slot, 2)

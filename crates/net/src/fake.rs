@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::{EgressPlan, MachineNet, MachineNetwork, NetError};
+use crate::{EgressPlan, MachineNet, MachineNetwork, NetError, NetSlot};
 
 /// Machine networking that only remembers which machines are attached.
 #[derive(Debug, Default, Clone)]
@@ -47,20 +47,31 @@ impl FakeNetwork {
 
 #[async_trait]
 impl MachineNetwork for FakeNetwork {
-    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError> {
+    fn plan(
+        &self,
+        machine_id: &str,
+        slot: NetSlot,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError> {
+        let home = slot.six_pn_home(1);
         Ok(MachineNet {
             netns: format!("fake-{machine_id}"),
             netns_path: PathBuf::from(format!("/nonexistent/netns/fake-{machine_id}")),
-            host_veth: format!("fake{slot}"),
+            host_veth: format!("fake{}", slot.link),
             ipv4: Ipv4Addr::new(10, 0, 0, 2),
             gateway_v4: Ipv4Addr::new(10, 0, 0, 1),
-            ipv6: crate::private_ip(1, org_network, slot),
+            ipv6: crate::private_ip(home.host, org_network, home.slot),
             gateway_v6: Ipv6Addr::LOCALHOST,
             mtu: 1420,
         })
     }
 
-    async fn attach(&self, machine_id: &str, slot: u32, org: u32) -> Result<MachineNet, NetError> {
+    async fn attach(
+        &self,
+        machine_id: &str,
+        slot: NetSlot,
+        org: u32,
+    ) -> Result<MachineNet, NetError> {
         self.attached
             .lock()
             .unwrap_or_else(|p| p.into_inner())

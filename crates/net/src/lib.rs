@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use addressing::{
-    IPV4_SLOT_PREFIX_LEN, Ipv4Pool, ORG_PREFIX_LEN, PRIVATE_PREFIX_LEN, org_prefix,
-    private_gateway, private_ip,
+    IPV4_SLOT_PREFIX_LEN, Ipv4Pool, NetSlot, ORG_PREFIX_LEN, PRIVATE_PREFIX_LEN, SixPnHome,
+    org_prefix, private_gateway, private_ip, six_pn_route_prefix,
 };
 pub use egress::{
     Announce, EgressConfig, EgressPlan, EgressSource, MachineEgress, PORT_BLOCKS, PORTS_PER_BLOCK,
@@ -160,13 +160,14 @@ impl Network {
     pub fn machine_net(
         &self,
         machine_id: &str,
-        slot: u32,
+        slot: impl Into<NetSlot>,
         org_network: u32,
     ) -> Result<MachineNet, NetError> {
         names::validate_machine_id(machine_id)?;
+        let slot: NetSlot = slot.into();
         let prefix = &self.config.prefix;
-        let host_id = self.config.host_id;
-        let (gateway_v4, ipv4) = self.config.ipv4_pool.slot_addresses(slot)?;
+        let home = slot.six_pn_home(self.config.host_id);
+        let (gateway_v4, ipv4) = self.config.ipv4_pool.slot_addresses(slot.link)?;
         let netns = names::netns_name(prefix, machine_id);
         Ok(MachineNet {
             netns_path: Path::new(NETNS_DIR).join(&netns),
@@ -174,8 +175,8 @@ impl Network {
             host_veth: names::host_veth_name(prefix, machine_id),
             ipv4,
             gateway_v4,
-            ipv6: private_ip(host_id, org_network, slot),
-            gateway_v6: private_gateway(host_id, org_network, slot),
+            ipv6: private_ip(home.host, org_network, home.slot),
+            gateway_v6: private_gateway(home.host, org_network, home.slot),
             mtu: MTU,
         })
     }
@@ -185,7 +186,7 @@ impl Network {
     pub async fn attach(
         &self,
         machine_id: &str,
-        slot: u32,
+        slot: impl Into<NetSlot>,
         org_network: u32,
     ) -> Result<MachineNet, NetError> {
         let net = self.machine_net(machine_id, slot, org_network)?;
@@ -332,12 +333,17 @@ impl Network {
 #[async_trait]
 pub trait MachineNetwork: Send + Sync + std::fmt::Debug {
     /// The names and addresses a machine gets, without touching the host.
-    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError>;
+    fn plan(
+        &self,
+        machine_id: &str,
+        slot: NetSlot,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError>;
     /// Creates (or repairs) the machine's network; idempotent.
     async fn attach(
         &self,
         machine_id: &str,
-        slot: u32,
+        slot: NetSlot,
         org_network: u32,
     ) -> Result<MachineNet, NetError>;
     /// Whether the machine's network is in place.
@@ -356,14 +362,19 @@ pub trait MachineNetwork: Send + Sync + std::fmt::Debug {
 
 #[async_trait]
 impl MachineNetwork for Network {
-    fn plan(&self, machine_id: &str, slot: u32, org_network: u32) -> Result<MachineNet, NetError> {
+    fn plan(
+        &self,
+        machine_id: &str,
+        slot: NetSlot,
+        org_network: u32,
+    ) -> Result<MachineNet, NetError> {
         self.machine_net(machine_id, slot, org_network)
     }
 
     async fn attach(
         &self,
         machine_id: &str,
-        slot: u32,
+        slot: NetSlot,
         org_network: u32,
     ) -> Result<MachineNet, NetError> {
         Network::attach(self, machine_id, slot, org_network).await

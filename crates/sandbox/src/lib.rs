@@ -193,6 +193,7 @@ impl Driver for SandboxDriver {
         Capabilities {
             name: "sandbox",
             suspend: self.host.freezer,
+            accelerator: None,
         }
     }
 

@@ -175,6 +175,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         underlay: args.underlay.clone(),
         cpus: capacity.cpus,
         memory_mb: capacity.memory_mb,
+        driver: args.driver.name().to_string(),
+        accelerator: args.driver.accelerator().map(str::to_string),
     };
     let member = join(&args, &identity, registration).await?;
 

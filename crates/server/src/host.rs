@@ -84,6 +84,15 @@ impl DriverKind {
             DriverKind::Microvm => "microvm",
         }
     }
+
+    /// How a microVM host would run guests (probed; `None` for sandboxes),
+    /// as the host tells the cluster when it joins.
+    pub fn accelerator(self) -> Option<&'static str> {
+        match self {
+            DriverKind::Sandbox => None,
+            DriverKind::Microvm => Some(midge_microvm::accel::probe().0.qemu_name()),
+        }
+    }
 }
 
 /// The host's registry credentials file: the one given, else where container

@@ -204,6 +204,19 @@ impl Catalog for CachedCatalog {
         epoch
     }
 
+    async fn move_machine(
+        &self,
+        id: &str,
+        from: &str,
+        epoch: u64,
+        to: &str,
+        volumes: &[String],
+    ) -> Result<Option<u64>> {
+        let moved = self.inner.move_machine(id, from, epoch, to, volumes).await;
+        self.forget_machines();
+        moved
+    }
+
     async fn record_machines(
         &self,
         host_id: &str,

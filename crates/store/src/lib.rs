@@ -92,6 +92,19 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Places a machine on a host (again, for a machine placed before:
     /// then with the next epoch). Returns the placement's epoch.
     async fn place_machine(&self, id: &str, app: &str, name: &str, host_id: &str) -> Result<u64>;
+    /// Moves a machine (and the volumes it mounts) from host `from` to
+    /// host `to` in one step, if it is still placed as the caller saw it
+    /// (`from`, `epoch`): the fence of a migration. Returns the new
+    /// placement's epoch, or `None` when the machine had moved on; from
+    /// then on `from`'s reports of it are refused.
+    async fn move_machine(
+        &self,
+        id: &str,
+        from: &str,
+        epoch: u64,
+        to: &str,
+        volumes: &[String],
+    ) -> Result<Option<u64>>;
     /// Takes a host's reports. A report older (by generation) than the
     /// entry is ignored; a report of a machine placed on another host, or
     /// of an older placement, is refused and its id returned: the host

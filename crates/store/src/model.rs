@@ -79,6 +79,9 @@ pub struct HostRecord {
     pub underlay: Option<String>,
     pub cpus: u32,
     pub memory_mb: u32,
+    /// The driver its machines run with, and a microVM host's accelerator.
+    pub driver: String,
+    pub accelerator: Option<String>,
     pub load: HostLoad,
     /// Unix milliseconds of the last heartbeat.
     pub heartbeat_at: i64,

@@ -111,7 +111,8 @@ fn org_from_row(row: &Row) -> Org {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator
+    FROM hosts";
 
 fn host_from_row(row: &Row) -> HostRecord {
     HostRecord {
@@ -127,6 +128,8 @@ fn host_from_row(row: &Row) -> HostRecord {
             used_memory_mb: to_u32(row.get(8)),
             machines: to_u32(row.get(9)),
         },
+        driver: row.get(12),
+        accelerator: row.get(13),
         heartbeat_at: row.get(10),
         registered_at: row.get(11),
     }
@@ -556,7 +559,8 @@ impl Catalog for PostgresCatalog {
                     .ok_or_else(|| StoreError::Unauthorized(registration.id.clone()))?;
                 tx.execute(
                     "UPDATE hosts SET region = $2, agent_url = $3, underlay = $4, cpus = $5,
-                        memory_mb = $6, heartbeat_at = $7 WHERE id = $1",
+                        memory_mb = $6, heartbeat_at = $7, driver = $8, accelerator = $9
+                     WHERE id = $1",
                     &[
                         &registration.id,
                         &registration.region,
@@ -565,6 +569,8 @@ impl Catalog for PostgresCatalog {
                         &cpus,
                         &memory,
                         &now,
+                        &registration.driver,
+                        &registration.accelerator,
                     ],
                 )
                 .await
@@ -575,9 +581,9 @@ impl Catalog for PostgresCatalog {
                 let token = new_token();
                 tx.execute(
                     "INSERT INTO hosts (id, number, region, agent_url, underlay, cpus, memory_mb,
-                        token_hash, heartbeat_at, registered_at)
+                        token_hash, heartbeat_at, registered_at, driver, accelerator)
                      VALUES ($1, (SELECT COALESCE(MAX(number), 0) + 1 FROM hosts), $2, $3, $4,
-                        $5, $6, $7, $8, $8)",
+                        $5, $6, $7, $8, $8, $9, $10)",
                     &[
                         &registration.id,
                         &registration.region,
@@ -587,6 +593,8 @@ impl Catalog for PostgresCatalog {
                         &memory,
                         &hash_token(&token).as_slice(),
                         &now,
+                        &registration.driver,
+                        &registration.accelerator,
                     ],
                 )
                 .await
@@ -702,6 +710,58 @@ impl Catalog for PostgresCatalog {
             .await
             .map_err(StoreError::postgres("placing machine"))?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn move_machine(
+        &self,
+        id: &str,
+        from: &str,
+        epoch: u64,
+        to: &str,
+        volumes: &[String],
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.client("moving machine").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(StoreError::postgres("starting a move"))?;
+        let host_known = tx
+            .query_opt("SELECT 1 FROM hosts WHERE id = $1", &[&to])
+            .await
+            .map_err(StoreError::postgres("looking up host"))?
+            .is_some();
+        if !host_known {
+            return Err(StoreError::HostNotFound(to.to_string()));
+        }
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let now = now_millis();
+        let moved = tx
+            .query_opt(
+                "UPDATE machines SET host_id = $3, epoch = epoch + 1, updated_at = $4
+                 WHERE id = $1 AND host_id = $2 AND epoch = $5 AND NOT destroyed
+                 RETURNING epoch",
+                &[&id, &from, &to, &now, &epoch],
+            )
+            .await
+            .map_err(StoreError::postgres("moving machine"))?;
+        let Some(moved) = moved else {
+            return Ok(None);
+        };
+        for volume in volumes {
+            tx.execute(
+                "UPDATE volumes SET host_id = $3, updated_at = $4 WHERE id = $1 AND host_id = $2",
+                &[volume, &from, &to, &now],
+            )
+            .await
+            .map_err(StoreError::postgres("moving volume"))?;
+        }
+        tx.execute(BUMP_ROUTING_REVISION, &[])
+            .await
+            .map_err(StoreError::postgres("counting the change"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::postgres("committing the move"))?;
+        Ok(Some(u64::try_from(moved.get::<_, i64>(0)).unwrap_or(0)))
     }
 
     async fn record_machines(

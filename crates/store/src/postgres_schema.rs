@@ -5,7 +5,7 @@ use deadpool_postgres::Client;
 
 use crate::StoreError;
 
-const VERSION: i32 = 5;
+const VERSION: i32 = 6;
 /// The advisory lock every schema change holds.
 const SCHEMA_LOCK: i64 = 0x6d69_6467_6500;
 
@@ -141,6 +141,10 @@ CREATE TABLE registry_credentials (
 /// Egress addresses of one machine name it (`NULL` for the app's own).
 const SCHEMA_V5: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
 
+/// The driver a host runs machines with (hosts that joined before run sandboxes).
+const SCHEMA_V6: &str = "ALTER TABLE hosts ADD COLUMN driver TEXT NOT NULL DEFAULT 'sandbox';
+ALTER TABLE hosts ADD COLUMN accelerator TEXT;";
+
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
         .transaction()
@@ -188,6 +192,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tx.batch_execute(SCHEMA_V5)
             .await
             .map_err(StoreError::postgres("adding the addresses' machines"))?;
+    }
+    if version < 6 {
+        tx.batch_execute(SCHEMA_V6)
+            .await
+            .map_err(StoreError::postgres("adding the hosts' drivers"))?;
     }
     if version < VERSION {
         tx.execute("DELETE FROM midge_schema", &[])

@@ -342,7 +342,8 @@ impl SqliteCatalog {
                     .ok_or_else(|| StoreError::Unauthorized(registration.id.clone()))?;
                 tx.execute(
                     "UPDATE hosts SET region = ?2, agent_url = ?3, underlay = ?4, cpus = ?5,
-                        memory_mb = ?6, heartbeat_at = ?7 WHERE id = ?1",
+                        memory_mb = ?6, heartbeat_at = ?7, driver = ?8, accelerator = ?9
+                     WHERE id = ?1",
                     params![
                         registration.id,
                         registration.region,
@@ -350,7 +351,9 @@ impl SqliteCatalog {
                         registration.underlay,
                         registration.cpus,
                         registration.memory_mb,
-                        now
+                        now,
+                        registration.driver,
+                        registration.accelerator
                     ],
                 )
                 .map_err(StoreError::sqlite("updating host"))?;
@@ -367,8 +370,8 @@ impl SqliteCatalog {
                 let token = new_token();
                 tx.execute(
                     "INSERT INTO hosts (id, number, region, agent_url, underlay, cpus, memory_mb,
-                        token_hash, heartbeat_at, registered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                        token_hash, heartbeat_at, registered_at, driver, accelerator)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
                     params![
                         registration.id,
                         number,
@@ -378,7 +381,9 @@ impl SqliteCatalog {
                         registration.cpus,
                         registration.memory_mb,
                         hash_token(&token).as_slice(),
-                        now
+                        now,
+                        registration.driver,
+                        registration.accelerator
                     ],
                 )
                 .map_err(StoreError::sqlite("inserting host"))?;
@@ -481,6 +486,47 @@ impl SqliteCatalog {
         tx.commit()
             .map_err(StoreError::sqlite("committing placement"))?;
         Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    fn move_machine(
+        &self,
+        id: &str,
+        from: &str,
+        epoch: u64,
+        to: &str,
+        volumes: &[String],
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(StoreError::sqlite("starting a move"))?;
+        require_host(&tx, to)?;
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let moved: Option<i64> = tx
+            .query_row(
+                "UPDATE machines SET host_id = ?3, epoch = epoch + 1, updated_at = ?4
+                 WHERE id = ?1 AND host_id = ?2 AND epoch = ?5 AND NOT destroyed
+                 RETURNING epoch",
+                params![id, from, to, now_millis(), epoch],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sqlite("moving machine"))?;
+        let Some(moved) = moved else {
+            return Ok(None);
+        };
+        for volume in volumes {
+            tx.execute(
+                "UPDATE volumes SET host_id = ?3, updated_at = ?4 WHERE id = ?1 AND host_id = ?2",
+                params![volume, from, to, now_millis()],
+            )
+            .map_err(StoreError::sqlite("moving volume"))?;
+        }
+        tx.execute(BUMP_ROUTING_REVISION, [])
+            .map_err(StoreError::sqlite("counting the change"))?;
+        tx.commit()
+            .map_err(StoreError::sqlite("committing the move"))?;
+        Ok(Some(u64::try_from(moved).unwrap_or(0)))
     }
 
     fn record_machines(
@@ -803,7 +849,8 @@ fn require_host(conn: &Connection, host_id: &str) -> Result<(), StoreError> {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator
+    FROM hosts";
 
 fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
     Ok(HostRecord {
@@ -819,6 +866,8 @@ fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
             used_memory_mb: row.get(8)?,
             machines: row.get(9)?,
         },
+        driver: row.get(12)?,
+        accelerator: row.get(13)?,
         heartbeat_at: row.get(10)?,
         registered_at: row.get(11)?,
     })
@@ -946,6 +995,16 @@ impl Catalog for SqliteCatalog {
         host_id: &str,
     ) -> Result<u64, StoreError> {
         SqliteCatalog::place_machine(self, id, app, name, host_id)
+    }
+    async fn move_machine(
+        &self,
+        id: &str,
+        from: &str,
+        epoch: u64,
+        to: &str,
+        volumes: &[String],
+    ) -> Result<Option<u64>, StoreError> {
+        SqliteCatalog::move_machine(self, id, from, epoch, to, volumes)
     }
     async fn record_machines(
         &self,

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-const VERSION: i64 = 6;
+const VERSION: i64 = 7;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE orgs (
@@ -143,6 +143,10 @@ CREATE TABLE registry_credentials (
 /// Egress addresses of one machine name it (`NULL` for the app's own).
 const SCHEMA_V6: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
 
+/// The driver a host runs machines with (hosts that joined before run sandboxes).
+const SCHEMA_V7: &str = "ALTER TABLE hosts ADD COLUMN driver TEXT NOT NULL DEFAULT 'sandbox';
+ALTER TABLE hosts ADD COLUMN accelerator TEXT;";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -179,6 +183,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if version < 6 {
             tx.execute_batch(SCHEMA_V6)
                 .map_err(StoreError::sqlite("adding the addresses' machines"))?;
+        }
+        if version < 7 {
+            tx.execute_batch(SCHEMA_V7)
+                .map_err(StoreError::sqlite("adding the hosts' drivers"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)
             .map_err(StoreError::sqlite("recording schema version"))?;

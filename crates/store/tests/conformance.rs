@@ -27,6 +27,8 @@ fn host(id: &str, region: &str) -> HostRegistration {
         underlay: Some(format!("fd00::{}", id.len())),
         cpus: 4,
         memory_mb: 2048,
+        driver: midge_types::cluster::DEFAULT_DRIVER.into(),
+        accelerator: None,
     }
 }
 
@@ -224,14 +226,23 @@ async fn hosts_keep_their_number_and_need_their_token(catalog: Arc<dyn Catalog>)
     assert_eq!((first.host.number, second.host.number), (1, 2));
     assert_ne!(first.token, second.token);
 
+    assert_eq!(first.host.driver, "sandbox");
     let mut moved = host("h-a", "ord");
     moved.agent_url = "http://elsewhere:4290".into();
+    moved.driver = "microvm".into();
+    moved.accelerator = Some("tcg".into());
     let again = catalog
         .register_host(&moved, Some(&first.token))
         .await
         .unwrap();
     assert_eq!(again.host.number, 1, "a host keeps its number");
     assert_eq!(again.host.agent_url, "http://elsewhere:4290");
+    let listed = catalog.get_host("h-a").await.unwrap().unwrap();
+    assert_eq!(
+        (listed.driver.as_str(), listed.accelerator.as_deref()),
+        ("microvm", Some("tcg")),
+        "a host's driver is what it said at its last join"
+    );
     assert!(matches!(
         catalog.register_host(&moved, Some(&second.token)).await,
         Err(StoreError::Unauthorized(_))

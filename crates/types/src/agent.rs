@@ -203,6 +203,68 @@ pub struct DestroyMachine {
     pub nonce: Option<String>,
 }
 
+/// Stops a machine on its host for a move to another, and hands over what
+/// the destination needs: from the call on, the machine is `migrating`
+/// there and refuses every other operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportMachine {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub nonce: Option<String>,
+}
+
+/// A machine as its source host hands it to the destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineExport {
+    /// The agent's own record of the machine (versions, events, metadata,
+    /// its 6PN address), read only by agents.
+    pub record: serde_json::Value,
+    /// Whether it ran before the move: the destination starts it again.
+    pub was_started: bool,
+    /// The volumes it mounts, as their host knows them.
+    pub volumes: Vec<crate::volume::Volume>,
+}
+
+/// Makes a staged copy of a machine from its source host's export: the
+/// image, the volumes' data and the record, keeping its id and 6PN
+/// address. The copy is not reported, started or routed until
+/// [`SettleMigration`] says the catalog moved the machine here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportMachine {
+    pub export: MachineExport,
+    /// The source host's agent, for the image's blobs and the volumes.
+    pub source_agent_url: String,
+    /// The placement the catalog is about to give the machine here.
+    pub epoch: u64,
+    #[serde(default)]
+    pub registry_logins: Vec<RegistryLogin>,
+}
+
+/// Moves a machine to another host (`POST …/machines/{id}/migrate`,
+/// midge's extension): the one named, else placement's pick in `region`
+/// (the machine's own when unset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateMachine {
+    pub machine: MachineKey,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub registry_logins: Vec<RegistryLogin>,
+}
+
+/// How a move ended, told to both hosts: with `moved`, the destination's
+/// copy is the machine and the source's becomes `migrated`; without, the
+/// destination drops its copy and the source takes the machine back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleMigration {
+    pub machine: MachineKey,
+    pub moved: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CordonMachine {
     pub machine: MachineKey,
@@ -411,6 +473,27 @@ pub struct RegionCapacity {
     /// Thousandths of a CPU that machines hold.
     pub used_millicpus: u32,
     pub used_memory_mb: u32,
+}
+
+/// A host as the platform's status shows it (midge's extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    pub id: String,
+    /// Its field in 6PN addresses.
+    pub number: u32,
+    pub region: String,
+    /// `ok`, `unknown` or `unreachable`, by the age of its last heartbeat.
+    pub status: String,
+    /// The driver its machines run with (`sandbox`, `microvm`).
+    pub driver: String,
+    /// How a microVM host runs guests: `kvm`, or `tcg` (emulation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub used_millicpus: u32,
+    pub used_memory_mb: u32,
+    pub machines: u32,
 }
 
 #[cfg(test)]

@@ -18,6 +18,20 @@ pub struct HostRegistration {
     pub underlay: Option<String>,
     pub cpus: u32,
     pub memory_mb: u32,
+    /// The driver its machines run with (`sandbox`, `microvm`); hosts that
+    /// joined before it was said run sandboxes.
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    /// How a microVM host runs guests (`kvm`, `tcg`).
+    #[serde(default)]
+    pub accelerator: Option<String>,
+}
+
+/// The driver a host runs when it does not say.
+pub const DEFAULT_DRIVER: &str = "sandbox";
+
+fn default_driver() -> String {
+    DEFAULT_DRIVER.to_string()
 }
 
 /// A host's load, reported with every heartbeat.

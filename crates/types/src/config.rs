@@ -160,6 +160,13 @@ impl Default for Guest {
     }
 }
 
+/// midge's extension field `config.guest.midge_driver`: the driver a
+/// machine asks for. Fly's clients never send it and get the host's driver.
+pub const DRIVER_FIELD: &str = "midge_driver";
+
+/// The drivers a machine may ask for.
+pub const DRIVERS: [&str; 2] = ["sandbox", "microvm"];
+
 /// A shared vCPU gets this share of a core (in thousandths), as on Fly
 /// where a shared vCPU is guaranteed 1/16 of one.
 pub const SHARED_CPU_MILLICPUS: u32 = 1000 / 16;
@@ -174,6 +181,12 @@ impl Guest {
             SHARED_CPU_MILLICPUS
         };
         self.cpus.saturating_mul(per_cpu)
+    }
+
+    /// The driver the guest asks for, when it names one midge has.
+    pub fn requested_driver(&self) -> Option<&'static str> {
+        let asked = self.extra.get(DRIVER_FIELD)?.as_str()?;
+        DRIVERS.into_iter().find(|driver| *driver == asked)
     }
 
     fn default_cpu_kind() -> String {

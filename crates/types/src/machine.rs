@@ -31,10 +31,15 @@ pub enum MachineState {
     Failed,
     LaunchFailed,
     Replaced,
+    /// midge's: the machine is being moved to another host (its source
+    /// copy, stopped, while its data is copied).
+    Migrating,
+    /// The source copy of a machine that now runs on another host.
+    Migrated,
 }
 
 impl MachineState {
-    pub const ALL: [MachineState; 16] = [
+    pub const ALL: [MachineState; 18] = [
         MachineState::Creating,
         MachineState::Created,
         MachineState::Starting,
@@ -51,6 +56,8 @@ impl MachineState {
         MachineState::Failed,
         MachineState::LaunchFailed,
         MachineState::Replaced,
+        MachineState::Migrating,
+        MachineState::Migrated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +78,8 @@ impl MachineState {
             MachineState::Failed => "failed",
             MachineState::LaunchFailed => "launch_failed",
             MachineState::Replaced => "replaced",
+            MachineState::Migrating => "migrating",
+            MachineState::Migrated => "migrated",
         }
     }
 
@@ -85,6 +94,7 @@ impl MachineState {
                 | MachineState::Failed
                 | MachineState::Destroyed
                 | MachineState::Replaced
+                | MachineState::Migrated
         )
     }
 }
@@ -112,6 +122,29 @@ pub struct ImageRef {
     pub digest: String,
     #[serde(default, deserialize_with = "or_default")]
     pub labels: BTreeMap<String, String>,
+}
+
+impl ImageRef {
+    /// `registry/repository:tag@digest`, what a copy of the machine pins
+    /// to; `None` before the image is resolved.
+    pub fn pinned(&self) -> Option<String> {
+        if self.repository.is_empty() || self.digest.is_empty() {
+            return None;
+        }
+        let mut image = String::new();
+        if !self.registry.is_empty() {
+            image.push_str(&self.registry);
+            image.push('/');
+        }
+        image.push_str(&self.repository);
+        if !self.tag.is_empty() {
+            image.push(':');
+            image.push_str(&self.tag);
+        }
+        image.push('@');
+        image.push_str(&self.digest);
+        Some(image)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

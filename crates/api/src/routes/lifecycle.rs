@@ -1,15 +1,17 @@
-//! Machine lifecycle: start, stop, restart, signal, kill, suspend, cordon, wait.
+//! Machine lifecycle: start, stop, restart, signal, kill, suspend, cordon,
+//! wait, and (midge's extension) migrate.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use midge_types::agent::{
-    CordonMachine, RestartMachine, SignalMachine, StartMachine, StopMachine, SuspendMachine,
-    WaitMachine, WaitTarget,
+    CordonMachine, MigrateMachine, RestartMachine, SignalMachine, StartMachine, StopMachine,
+    SuspendMachine, WaitMachine, WaitTarget,
 };
 use midge_types::{
-    GoDuration, MachineState, Signal, SignalRequest, StartResponse, StopRequest, WaitResponse,
+    GoDuration, Machine, MachineState, Signal, SignalRequest, StartResponse, StopRequest,
+    WaitResponse,
 };
 
 use crate::ApiState;
@@ -313,4 +315,49 @@ fn wait_timeout(params: &Params) -> Result<Duration> {
         )));
     }
     Ok(timeout)
+}
+
+/// Where a machine should move to (midge's extension).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+pub struct MigrateBody {
+    /// A host id (`midge host list`); else placement picks one.
+    pub host: Option<String>,
+    /// The region to pick a host in; the machine's own when unset.
+    pub region: Option<String>,
+}
+
+/// midge extension: moves the machine to another host, keeping its id,
+/// name, config versions, events, metadata, volume data and 6PN address.
+/// A started machine stops for the copy and starts again on the new host.
+#[utoipa::path(
+    post, path = "/v1/apps/{app_name}/machines/{machine_id}/migrate", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body(content = MigrateBody, description = "Optional; may be empty"),
+    responses(
+        (status = 200, body = Object, description = "The machine on its new host"),
+        (status = 400, body = ErrorResponse, description = "No such host, or a single host"),
+        (status = 409, body = ErrorResponse, description = "It was placed again while it moved"),
+        (status = 412, body = ErrorResponse, description = "No other host has room, or its state does not allow it"),
+    )
+)]
+pub async fn migrate_machine(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: MachinePath,
+    nonce: LeaseNonce,
+    OptionalJson(body): OptionalJson<MigrateBody>,
+) -> Result<Json<Machine>> {
+    let target = state.machine(&caller, &path).await?;
+    let registry_logins = state.registry_logins(&target.app.org_slug).await?;
+    let machine = state
+        .agent
+        .migrate_machine(MigrateMachine {
+            machine: target.key(),
+            host: body.host.filter(|h| !h.is_empty()),
+            region: body.region.filter(|r| !r.is_empty()),
+            nonce: nonce.0,
+            registry_logins,
+        })
+        .await?;
+    Ok(Json(machine))
 }

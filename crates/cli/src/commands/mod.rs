@@ -1,6 +1,7 @@
 //! Client subcommands, one module per area.
 
 pub mod apps;
+pub mod hosts;
 pub mod images;
 pub mod ips;
 pub mod machine;

@@ -8,6 +8,7 @@ mod leases;
 mod lifecycle;
 mod list;
 mod logs;
+mod migrate;
 mod pull;
 mod run;
 mod shell;
@@ -49,6 +50,8 @@ pub enum MachineCommand {
     Update(update::UpdateArgs),
     /// Run a command on a machine
     Exec(exec::ExecArgs),
+    /// Move a machine to another host, keeping its id, volumes and 6PN address
+    Migrate(migrate::MigrateArgs),
     /// Take machines out of proxy routing
     Cordon(lifecycle::MachinesArgs),
     /// Put machines back into proxy routing
@@ -81,6 +84,7 @@ pub async fn run(command: MachineCommand, api: &ApiOptions) -> Result<()> {
         MachineCommand::Clone(args) => clone::clone(&client, args).await,
         MachineCommand::Update(args) => update::update(&client, args).await,
         MachineCommand::Exec(args) => exec::exec(&client, args).await,
+        MachineCommand::Migrate(args) => migrate::migrate(&client, args).await,
         MachineCommand::Cordon(args) => lifecycle::cordon(&client, args, true).await,
         MachineCommand::Uncordon(args) => lifecycle::cordon(&client, args, false).await,
         MachineCommand::Leases(command) => leases::run(&client, command).await,
