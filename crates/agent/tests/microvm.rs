@@ -244,7 +244,7 @@ while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_suspend_keeps_memory_and_a_tcp_connection() {
-    let t = TestAgent::start_with(DriverKind::Microvm).await;
+    let mut t = TestAgent::start_with(DriverKind::Microvm).await;
     let mut config = t.config();
     config.restart = Some(RestartConfig {
         policy: "no".into(),
@@ -274,13 +274,7 @@ async fn microvm_suspend_keeps_memory_and_a_tcp_connection() {
     let running_gain = before - first;
     assert!(running_gain >= 3, "it counts: {first} then {before}");
 
-    t.agent
-        .suspend_machine(midge_types::agent::SuspendMachine {
-            machine: midge_types::agent::MachineKey::new(support::APP, &id),
-            nonce: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("suspend: {}", e.chain()));
+    suspend(&t, &id).await;
     assert_eq!(t.get(&id).await.state, MachineState::Suspended);
     let (run_dir, pid) = suspended_run(&t, &id);
     assert!(
@@ -329,20 +323,41 @@ async fn microvm_suspend_keeps_memory_and_a_tcp_connection() {
     assert_eq!(t.get(&id).await.state, MachineState::Started);
     assert!(count(&t, &id).await > after, "it counts on");
 
+    // An agent that restarts finds the suspended run (no QEMU runs for it)
+    // and resumes it.
+    let before_restart = count(&t, &id).await;
+    suspend(&t, &id).await;
+    t.agent.shutdown();
+    t.reopen().await;
+    assert_eq!(t.get(&id).await.state, MachineState::Suspended);
+    t.start_machine(&id).await;
+    assert_eq!(t.get(&id).await.state, MachineState::Started);
+    let after_restart = count(&t, &id).await;
+    assert!(
+        after_restart >= before_restart,
+        "resumed after the agent's restart, not started cold: {before_restart} then {after_restart}"
+    );
+    let answer = ask(&mut connection, "three").await;
+    assert!(answer.starts_with("got:three count:"), "{answer}");
+
     // A suspended machine stops: its saved state is discarded with the run.
-    t.agent
-        .suspend_machine(midge_types::agent::SuspendMachine {
-            machine: midge_types::agent::MachineKey::new(support::APP, &id),
-            nonce: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("suspend again: {}", e.chain()));
+    suspend(&t, &id).await;
     let (run_dir, _) = suspended_run(&t, &id);
     t.stop(&id, Default::default()).await;
     assert_eq!(t.get(&id).await.state, MachineState::Stopped);
     assert!(!run_dir.exists(), "the stopped run's files are gone");
     drop(connection);
     t.destroy(&id, true).await;
+}
+
+async fn suspend(t: &TestAgent, id: &str) {
+    t.agent
+        .suspend_machine(midge_types::agent::SuspendMachine {
+            machine: midge_types::agent::MachineKey::new(support::APP, id),
+            nonce: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("suspend: {}", e.chain()));
 }
 
 /// The count the machine's counting loop last wrote.
