@@ -18,6 +18,9 @@ use tokio::net::UnixStream;
 const MAX_MESSAGE: usize = 1 << 20;
 /// How often a migration's progress is asked for.
 const MIGRATION_POLL: Duration = Duration::from_millis(10);
+/// How long QEMU may take to greet, or to answer one command (a migration
+/// is waited for by polling, each poll answered at once).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -25,6 +28,8 @@ pub enum QmpError {
     Io(#[from] std::io::Error),
     #[error("QEMU's monitor closed the connection")]
     Closed,
+    #[error("QEMU's monitor did not answer {0} within {ANSWER_TIMEOUT:?}")]
+    NoAnswer(String),
     #[error("QEMU's monitor sent something that is not QMP: {0}")]
     Protocol(String),
     #[error("QEMU refused {command}: {class}: {description}")]
@@ -62,7 +67,9 @@ impl QmpClient {
             buffer: Vec::new(),
             next_id: 0,
         };
-        let greeting = client.read_message().await?;
+        let greeting = tokio::time::timeout(ANSWER_TIMEOUT, client.read_message())
+            .await
+            .map_err(|_| QmpError::NoAnswer("the connection".into()))??;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Protocol(format!("no greeting: {greeting}")));
         }
@@ -95,12 +102,42 @@ impl QmpClient {
         let mut bytes = serde_json::to_vec(&message)
             .map_err(|error| QmpError::Protocol(format!("encoding {command}: {error}")))?;
         bytes.push(b'\n');
-        match fd {
-            Some(fd) => self.send_with_fd(&bytes, fd).await?,
-            None => self.stream.write_all(&bytes).await?,
+        let answer = async {
+            match fd {
+                Some(fd) => self.send_with_fd(&bytes, fd).await?,
+                None => self.stream.write_all(&bytes).await?,
+            }
+            self.read_answer(id).await
+        };
+        let mut reply = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+            .await
+            .map_err(|_| QmpError::NoAnswer(command.to_string()))??;
+        if let Some(error) = reply.get("error") {
+            let text = |key: &str| {
+                error
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Err(QmpError::Refused {
+                command: command.to_string(),
+                class: text("class"),
+                description: text("desc"),
+            });
         }
+        match reply.get_mut("return") {
+            Some(value) => Ok(value.take()),
+            None => Err(QmpError::Protocol(format!(
+                "neither return nor error: {reply}"
+            ))),
+        }
+    }
+
+    /// The answer to command `id`, past the events sent before it.
+    async fn read_answer(&mut self, id: u64) -> Result<Value, QmpError> {
         loop {
-            let mut reply = self.read_message().await?;
+            let reply = self.read_message().await?;
             if reply.get("event").is_some() {
                 continue;
             }
@@ -109,26 +146,7 @@ impl QmpClient {
                     "an answer to another command: {reply}"
                 )));
             }
-            if let Some(error) = reply.get("error") {
-                let text = |key: &str| {
-                    error
-                        .get(key)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                return Err(QmpError::Refused {
-                    command: command.to_string(),
-                    class: text("class"),
-                    description: text("desc"),
-                });
-            }
-            return match reply.get_mut("return") {
-                Some(value) => Ok(value.take()),
-                None => Err(QmpError::Protocol(format!(
-                    "neither return nor error: {reply}"
-                ))),
-            };
+            return Ok(reply);
         }
     }
 

@@ -780,6 +780,12 @@ impl RunningMachine for MicrovmRun {
                 return Err(MicrovmError::while_doing("saving the VM's state")(error));
             }
         };
+        // The channels open now end: their host ends read as ended once
+        // this QEMU quits, and the next mux closes their guest ends. A
+        // frame in flight at the `stop` (one over 32 KiB takes the guest
+        // two writes) can be torn, and the mux has no point to resync at:
+        // an exec streaming at the suspend may leave the resumed run's
+        // init port unusable.
         let handover = mux.handover();
         let suspended = self.phase.send_if_modified(|phase| {
             let running = *phase == Phase::Running { generation };
