@@ -1,9 +1,10 @@
 //! Suspend and resume. A suspended machine's run is held by the driver
-//! with nothing of it running (the sandbox freezes it; its memory stays
-//! resident) and out of the machine's `current` slot, so neither its
-//! monitor nor signals, execs or checks act on it. The next start resumes
-//! that same run; a resume that fails falls back to a cold start. A stop,
-//! update or destroy discards it. The machine keeps its reservation.
+//! with nothing of it running (the sandbox freezes it, its memory
+//! resident; a microVM's state goes to a file and its QEMU ends) and out
+//! of the machine's `current` slot, so neither its monitor nor signals,
+//! execs or checks act on it. The next start resumes that same run; a
+//! resume that fails falls back to a cold start. A stop, update or destroy
+//! discards it. The machine keeps its reservation.
 
 use std::sync::Arc;
 use std::time::Duration;

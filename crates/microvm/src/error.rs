@@ -26,6 +26,8 @@ pub enum MicrovmError {
     NoKernel(PathBuf),
     #[error("qemu-system-x86_64 is not installed or does not run")]
     NoQemu,
+    #[error(transparent)]
+    Qmp(#[from] crate::qmp::QmpError),
 }
 
 impl MicrovmError {

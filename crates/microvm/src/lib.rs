@@ -8,8 +8,11 @@
 //! speaks the same protocol as in a sandbox, multiplexed over one
 //! virtio-serial port ([`midge_init::mux`]); two more ports carry the log
 //! and the exit report to files on the host. KVM is used when the host
-//! can run a vCPU with it, else TCG. Nothing of QEMU leaks out of this
-//! crate: the agent sees [`midge_driver`]'s handles only.
+//! can run a vCPU with it, else TCG. A run is suspended by QEMU's own
+//! migration of its memory and devices into a file of the run (that QEMU
+//! then ends, freeing the guest's memory), and resumed by a new QEMU that
+//! loads it. Nothing of QEMU leaks out of this crate: the agent sees
+//! [`midge_driver`]'s handles only.
 
 pub mod accel;
 mod disk;
@@ -18,6 +21,7 @@ pub mod initramfs;
 mod mux;
 mod netns;
 pub mod qemu;
+mod qmp;
 mod run;
 
 use std::collections::HashMap;
@@ -158,7 +162,7 @@ impl Driver for MicrovmDriver {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             name: "microvm",
-            suspend: false,
+            suspend: true,
             accelerator: Some(self.host.accelerator.qemu_name()),
         }
     }
@@ -168,14 +172,23 @@ impl Driver for MicrovmDriver {
     }
 
     /// A VM does not outlive its agent's view of it: whatever still runs
-    /// is powered off and reported as killed (or as its report says).
+    /// is powered off and reported as killed (or as its report says). A
+    /// suspended run has no QEMU to lose: one whose snapshot is complete is
+    /// reported as suspended, to be resumed.
     async fn recover(&self) -> Result<HashMap<String, Recovered>, DriverError> {
         let mut recovered = HashMap::new();
         for machine_id in self.machines()? {
             for run in self.runs(&machine_id) {
                 let launched = run.launched_marker().exists();
                 kill_leftover(&run).await;
-                if launched {
+                if let Some(suspended) = run::MicrovmRun::recover_suspended(&run) {
+                    recovered.insert(
+                        machine_id.clone(),
+                        Recovered::Suspended(Arc::new(suspended)),
+                    );
+                    continue;
+                }
+                if launched && !recovered.contains_key(&machine_id) {
                     let status = run::read_exit_status(&run);
                     recovered.insert(machine_id.clone(), Recovered::Exited(status));
                 }

@@ -4,7 +4,6 @@
 //! speaks init's framed protocol unchanged.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +16,15 @@ use tokio::sync::mpsc;
 const CHANNEL_BUFFER: usize = 256 * 1024;
 
 type Inbound = mpsc::UnboundedSender<Option<Vec<u8>>>;
+
+/// What a mux leaves to the one that follows it on a resumed VM: the
+/// guest's init still holds the channels that were open at the suspend,
+/// and its channel numbers must not be used again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct MuxHandover {
+    next_channel: u32,
+    open_channels: Vec<u32>,
+}
 
 /// One VM's multiplexed port.
 #[derive(Debug)]
@@ -87,9 +95,34 @@ impl HostMux {
         }
     }
 
-    /// Connects to the port at `path`, which QEMU serves once it runs.
-    pub async fn connect(path: &Path) -> std::io::Result<HostMux> {
-        Ok(HostMux::start(UnixStream::connect(path).await?))
+    /// What the next mux of this VM must know (taken before the VM is
+    /// suspended, while the channels are still open).
+    pub fn handover(&self) -> MuxHandover {
+        let mut open_channels: Vec<u32> = lock(&self.channels)
+            .keys()
+            .copied()
+            .filter(|&channel| channel != CONTROL_CHANNEL)
+            .collect();
+        open_channels.sort_unstable();
+        MuxHandover {
+            next_channel: self.next_channel.load(Ordering::Relaxed),
+            open_channels,
+        }
+    }
+
+    /// Carries the port of a resumed VM over `socket`: the channels its
+    /// last mux had open are closed on the guest (their host ends are gone),
+    /// and numbering goes on where it stopped.
+    pub fn start_after(socket: UnixStream, handover: &MuxHandover) -> HostMux {
+        let mux = HostMux::start(socket);
+        mux.next_channel.store(
+            handover.next_channel.max(CONTROL_CHANNEL + 1),
+            Ordering::Relaxed,
+        );
+        for &channel in &handover.open_channels {
+            let _ = mux.outgoing.send(MuxFrame::Close(channel));
+        }
+        mux
     }
 
     /// The control channel (open from the start).
@@ -215,5 +248,44 @@ mod tests {
         let (opened, closed) = guest.await.unwrap();
         assert_eq!(opened, [1, 2]);
         assert_eq!(closed, 2);
+    }
+
+    /// The mux of a resumed VM closes on the guest what the last one left
+    /// open, and numbers its channels after the last one's.
+    #[tokio::test]
+    async fn a_mux_after_a_resume_goes_on_from_the_last() {
+        let (host, _guest) = UnixStream::pair().unwrap();
+        let first = HostMux::start(host);
+        let _control = first.control();
+        let _one = first.open();
+        let two = first.open();
+        drop(two);
+        // The dropped channel's task removes it in its own time.
+        for _ in 0..100 {
+            if first.handover().open_channels == [1] {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let handover = first.handover();
+        assert_eq!(handover.open_channels, [1]);
+
+        let (host, guest) = UnixStream::pair().unwrap();
+        let second = HostMux::start_after(host, &handover);
+        let _three = second.open();
+        let (mut read, _write) = guest.into_split();
+        let mut frames = Vec::new();
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 256];
+        while frames.len() < 2 {
+            let n = read.read(&mut chunk).await.unwrap();
+            buffer.extend_from_slice(&chunk[..n]);
+            while let Some((frame, used)) = MuxFrame::decode(&buffer).unwrap() {
+                buffer.drain(..used);
+                frames.push(frame);
+            }
+        }
+        assert!(matches!(frames[0], MuxFrame::Close(1)), "{frames:?}");
+        assert!(matches!(frames[1], MuxFrame::Open(3)), "{frames:?}");
     }
 }

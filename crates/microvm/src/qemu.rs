@@ -79,7 +79,11 @@ pub fn arguments(spec: &VmSpec) -> Vec<OsString> {
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", path(&spec.console_file)),
+        // Appended to: a resumed run's QEMU opens it again.
+        &format!(
+            "file,id=console,path={},append=on",
+            path(&spec.console_file)
+        ),
     ]);
     push(&["-serial", "chardev:console"]);
     push(&[

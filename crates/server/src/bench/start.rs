@@ -10,7 +10,8 @@
 //! - cold: nothing prepared (a host with prepared runs turned off), with
 //!   and without the machine's own user namespace (what idmapping the
 //!   layers and making the namespace cost);
-//! - suspend (the cgroup freezer) and the start that resumes it;
+//! - suspend (the sandbox's cgroup freezer; a microVM's state saved to a
+//!   file and its QEMU ended) and the start that resumes it;
 //! - create → started.
 //!
 //! Bare `runc run` runs back to back, so the cases without a pause do too:
@@ -250,9 +251,7 @@ async fn measure_prepared(
     }
     rows.push(("restart (POST restart → started)".into(), Samples(restarts)));
 
-    if options.driver == DriverKind::Sandbox {
-        suspend_and_resume(client, &id, n, rows).await?;
-    }
+    suspend_and_resume(client, &id, n, rows).await?;
 
     eprintln!("first start after an update: {n} updates");
     let mut after_update = Vec::with_capacity(n);
@@ -286,7 +285,7 @@ async fn measure_prepared(
     Ok(())
 }
 
-/// Suspend (the cgroup freezer), then the start that resumes the run.
+/// Suspend, then the start that resumes the run.
 async fn suspend_and_resume(
     client: &ApiClient,
     id: &str,
