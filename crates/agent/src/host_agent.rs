@@ -285,6 +285,7 @@ impl HostAgent for Agent {
             status: "ok".to_string(),
             driver: driver.name.to_string(),
             accelerator: driver.accelerator.map(str::to_string),
+            cordoned: false,
             cpus: capacity.map_or(0, |c| c.cpus),
             memory_mb: capacity.map_or(0, |c| c.memory_mb),
             used_millicpus: load.used_millicpus,

@@ -188,6 +188,14 @@ impl AgentCore {
         volume: &midge_types::volume::Volume,
         source_agent_url: &str,
     ) -> Result<(), AgentError> {
+        // What a move away left here (destroyed softly) makes way for the
+        // volume's current data.
+        let left_behind = lock(&self.volumes)
+            .get(&volume.id)
+            .is_some_and(|v| v.state.is_destroyed());
+        if left_behind {
+            self.forget_volume(&volume.id).await;
+        }
         let request = CreateVolumeRequest {
             name: Some(volume.name.clone()),
             size_gb: Some(volume.size_gb),

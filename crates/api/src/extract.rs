@@ -180,6 +180,22 @@ impl<S: Send + Sync> FromRequestParts<S> for AppPath {
     }
 }
 
+/// `/v1/platform/hosts/{host_id}/…`.
+pub struct HostPath {
+    pub host: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for HostPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let mut params = PathParams::extract(parts, state).await?;
+        Ok(HostPath {
+            host: params.take("host_id")?,
+        })
+    }
+}
+
 /// `/v1/orgs/{org_slug}/…`.
 pub struct OrgPath {
     pub org: String,

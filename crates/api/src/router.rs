@@ -116,6 +116,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(orgs::create_token))
         .routes(routes!(platform::regions))
         .routes(routes!(platform::hosts))
+        .routes(routes!(platform::drain_host))
+        .routes(routes!(platform::uncordon_host))
         .routes(routes!(lifecycle::migrate_machine))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::prune_images))

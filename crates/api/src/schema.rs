@@ -196,6 +196,8 @@ pub struct Host {
     /// How a microVM host runs guests: `kvm`, or `tcg` (emulation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// Takes no new machines (`midge host drain` cordons it).
+    pub cordoned: bool,
     pub cpus: u32,
     pub memory_mb: u32,
     /// What machines hold, in CPUs (a shared vCPU holds 1/16).
@@ -203,6 +205,23 @@ pub struct Host {
     pub used_memory_mb: u32,
     /// Machines on the host that are not destroyed.
     pub machines: u32,
+}
+
+/// midge extension: what a drain moved, and what it could not.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrainResponse {
+    pub host: String,
+    pub moved: Vec<DrainedMachine>,
+    pub failed: Vec<DrainedMachine>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrainedMachine {
+    pub id: String,
+    pub app: String,
+    /// Why it could not move (failed ones only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

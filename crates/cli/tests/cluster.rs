@@ -1210,6 +1210,62 @@ fn a_machine_moves_to_another_host_with_its_id_volume_data_metadata_and_6pn_addr
         || reaches(&cluster, &app, &caller, &address),
     );
 
+    // Draining its new host cordons it and moves the machine back: the
+    // only other host of ord. Host 2 (ams) and its machine are untouched.
+    let target_id = cluster.host_id(target);
+    let drained = cluster
+        .midge(0, &["host", "drain", &target_id])
+        .success()
+        .stdout
+        .clone();
+    assert!(drained.contains(&format!("moved  {web}")), "{drained}");
+    assert!(runs_on(&cluster, source, &web), "back on host {source}");
+    assert!(!runs_on(&cluster, target, &web));
+    assert!(runs_on(&cluster, 2, &caller), "ams is not drained");
+    let hosts = cluster
+        .midge(0, &["host", "list", "--json"])
+        .success()
+        .json();
+    let cordoned: Vec<&str> = hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["cordoned"] == true)
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(cordoned, [target_id.as_str()]);
+    let back = cluster.get(0, &machine_path(&app, &web)).1;
+    assert_eq!(back["private_ip"], address.as_str());
+    assert_eq!(back["state"], "started", "{back}");
+    let data = cluster
+        .midge(
+            0,
+            &["machine", "exec", &web, "-a", &app, "cat /data/index.html"],
+        )
+        .success()
+        .stdout
+        .clone();
+    assert!(data.contains("written-before-the-move"), "{data}");
+    cluster.eventually("the caller reaches it back home", SETTLE, || {
+        reaches(&cluster, &app, &caller, &address)
+    });
+    // A cordoned host takes no new machines; uncordoned, it does again.
+    let (status, refused) = cluster.create(
+        0,
+        &app,
+        json!({"region": "ord", "config": shell_config(), "name": "elsewhere"}),
+    );
+    assert_eq!(status, 200, "{refused}");
+    let placed = refused["id"].as_str().expect("an id").to_string();
+    wait_started(&cluster, &app, &placed);
+    assert!(
+        runs_on(&cluster, source, &placed),
+        "not on the cordoned host"
+    );
+    cluster
+        .midge(0, &["host", "uncordon", &target_id])
+        .success();
+
     // Nowhere to go: a host that does not exist, or the one it is on.
     let refused = cluster
         .midge(
@@ -1228,7 +1284,7 @@ fn a_machine_moves_to_another_host_with_its_id_volume_data_metadata_and_6pn_addr
         .to_string();
     assert!(refused.contains("no-such-host"), "{refused}");
     assert!(
-        runs_on(&cluster, target, &web),
+        runs_on(&cluster, source, &web),
         "a refused move leaves it running"
     );
 }

@@ -68,6 +68,8 @@ pub struct PlatformHost {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
     #[serde(default)]
+    pub cordoned: bool,
+    #[serde(default)]
     pub cpus: u32,
     #[serde(default)]
     pub memory_mb: u32,
@@ -77,6 +79,24 @@ pub struct PlatformHost {
     pub used_memory_mb: u32,
     #[serde(default)]
     pub machines: u32,
+}
+
+/// What `POST /v1/platform/hosts/{id}/drain` moved, and what it could not.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HostDrained {
+    pub host: String,
+    #[serde(default)]
+    pub moved: Vec<DrainedMachine>,
+    #[serde(default)]
+    pub failed: Vec<DrainedMachine>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrainedMachine {
+    pub id: String,
+    pub app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why a call to the API failed.
@@ -577,6 +597,32 @@ impl ApiClient {
         let url = self.url(&["platform", "hosts"], &[]);
         self.call("listing hosts", Method::GET, url, None, None)
             .await
+    }
+
+    /// Cordons the host and moves its machines away (midge's extension).
+    pub async fn drain_host(&self, host: &str) -> ClientResult<HostDrained> {
+        let url = self.url(&["platform", "hosts", host, "drain"], &[]);
+        self.call(
+            &format!("draining host {host}"),
+            Method::POST,
+            url,
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn uncordon_host(&self, host: &str) -> ClientResult<()> {
+        let url = self.url(&["platform", "hosts", host, "uncordon"], &[]);
+        self.send(
+            &format!("uncordoning host {host}"),
+            Method::POST,
+            url,
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     // ---- volumes ----

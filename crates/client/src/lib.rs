@@ -10,8 +10,8 @@ mod api_client;
 mod config;
 
 pub use api_client::{
-    ApiClient, ApiFailure, ClientError, ClientResult, PlatformHost, PlatformRegion,
-    PlatformRegions, error_chain, install_crypto_provider,
+    ApiClient, ApiFailure, ClientError, ClientResult, DrainedMachine, HostDrained, PlatformHost,
+    PlatformRegion, PlatformRegions, error_chain, install_crypto_provider,
 };
 pub use config::{ClientConfig, DEFAULT_API_URL};
 pub use midge_types::headers::{LEASE_NONCE_HEADER, REQUEST_ID_HEADER};

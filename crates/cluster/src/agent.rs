@@ -792,6 +792,7 @@ impl HostAgent for ClusterAgent {
                 region: host.region,
                 driver: host.driver,
                 accelerator: host.accelerator,
+                cordoned: host.cordoned,
                 cpus: host.cpus,
                 memory_mb: host.memory_mb,
                 used_millicpus: host.load.used_millicpus,

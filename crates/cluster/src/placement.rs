@@ -90,6 +90,10 @@ pub fn candidates(
     if up.is_empty() {
         return Candidates::None(format!("no host in {region} is answering"));
     }
+    let up: Vec<&HostRecord> = up.into_iter().filter(|h| !h.cordoned).collect();
+    if up.is_empty() {
+        return Candidates::None(format!("every answering host in {region} is cordoned"));
+    }
     let fits = |h: &HostRecord| {
         let (cpus, memory) = free(h);
         cpus >= needs.millicpus && memory >= needs.memory_mb
@@ -148,6 +152,7 @@ mod tests {
             memory_mb: 1024,
             driver: "sandbox".into(),
             accelerator: None,
+            cordoned: false,
             load: HostLoad {
                 used_millicpus: 0,
                 used_memory_mb,
@@ -221,6 +226,28 @@ mod tests {
             NOW,
         );
         assert_eq!(ids(&none), ["none: no host in ord is answering"]);
+    }
+
+    #[test]
+    fn cordoned_hosts_take_no_new_machines() {
+        let mut drained = host("a", "ord", 0, NOW);
+        drained.cordoned = true;
+        let hosts = vec![drained.clone(), host("bb", "ord", 0, NOW)];
+        let place = |hosts: &[HostRecord]| {
+            candidates(
+                hosts,
+                "ord",
+                NEEDS,
+                &HashMap::new(),
+                &Liveness::default(),
+                NOW,
+            )
+        };
+        assert_eq!(ids(&place(&hosts)), ["bb"]);
+        assert_eq!(
+            ids(&place(&[drained])),
+            ["none: every answering host in ord is cordoned"]
+        );
     }
 
     #[test]

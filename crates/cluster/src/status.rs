@@ -76,6 +76,7 @@ mod tests {
             memory_mb: 1,
             driver: "sandbox".into(),
             accelerator: None,
+            cordoned: false,
             load: HostLoad::default(),
             heartbeat_at,
             registered_at: 0,

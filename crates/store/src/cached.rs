@@ -204,6 +204,12 @@ impl Catalog for CachedCatalog {
         epoch
     }
 
+    async fn cordon_host(&self, id: &str, cordoned: bool) -> Result<()> {
+        let cordoned = self.inner.cordon_host(id, cordoned).await;
+        self.hosts.forget_all();
+        cordoned
+    }
+
     async fn move_machine(
         &self,
         id: &str,

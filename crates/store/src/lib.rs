@@ -83,6 +83,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// The host `id` if `token` is its token.
     async fn authenticate_host(&self, id: &str, token: &str) -> Result<Option<HostRecord>>;
     async fn heartbeat(&self, id: &str, load: &HostLoad) -> Result<()>;
+    /// A cordoned host takes no new machines (placement passes it by);
+    /// its own stay until they are moved. `HostNotFound` for no such host.
+    async fn cordon_host(&self, id: &str, cordoned: bool) -> Result<()>;
     /// Every host, by number.
     async fn list_hosts(&self) -> Result<Vec<HostRecord>>;
     async fn get_host(&self, id: &str) -> Result<Option<HostRecord>>;

@@ -82,6 +82,8 @@ pub struct HostRecord {
     /// The driver its machines run with, and a microVM host's accelerator.
     pub driver: String,
     pub accelerator: Option<String>,
+    /// Takes no new machines (a host being drained).
+    pub cordoned: bool,
     pub load: HostLoad,
     /// Unix milliseconds of the last heartbeat.
     pub heartbeat_at: i64,

@@ -111,8 +111,8 @@ fn org_from_row(row: &Row) -> Org {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator
-    FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator,
+    cordoned FROM hosts";
 
 fn host_from_row(row: &Row) -> HostRecord {
     HostRecord {
@@ -130,6 +130,7 @@ fn host_from_row(row: &Row) -> HostRecord {
         },
         driver: row.get(12),
         accelerator: row.get(13),
+        cordoned: row.get(14),
         heartbeat_at: row.get(10),
         registered_at: row.get(11),
     }
@@ -655,6 +656,21 @@ impl Catalog for PostgresCatalog {
             )
             .await
             .map_err(StoreError::postgres("recording heartbeat"))?;
+        if updated == 0 {
+            return Err(StoreError::HostNotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn cordon_host(&self, id: &str, cordoned: bool) -> Result<(), StoreError> {
+        let client = self.client("cordoning host").await?;
+        let updated = client
+            .execute(
+                "UPDATE hosts SET cordoned = $2 WHERE id = $1",
+                &[&id, &cordoned],
+            )
+            .await
+            .map_err(StoreError::postgres("cordoning host"))?;
         if updated == 0 {
             return Err(StoreError::HostNotFound(id.to_string()));
         }

@@ -141,9 +141,11 @@ CREATE TABLE registry_credentials (
 /// Egress addresses of one machine name it (`NULL` for the app's own).
 const SCHEMA_V5: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
 
-/// The driver a host runs machines with (hosts that joined before run sandboxes).
+/// The driver a host runs machines with (hosts that joined before run
+/// sandboxes), and whether it is cordoned (takes no new machines).
 const SCHEMA_V6: &str = "ALTER TABLE hosts ADD COLUMN driver TEXT NOT NULL DEFAULT 'sandbox';
-ALTER TABLE hosts ADD COLUMN accelerator TEXT;";
+ALTER TABLE hosts ADD COLUMN accelerator TEXT;
+ALTER TABLE hosts ADD COLUMN cordoned BOOLEAN NOT NULL DEFAULT FALSE;";
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client

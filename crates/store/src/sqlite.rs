@@ -439,6 +439,20 @@ impl SqliteCatalog {
         Ok(())
     }
 
+    fn cordon_host(&self, id: &str, cordoned: bool) -> Result<(), StoreError> {
+        let updated = self
+            .lock()
+            .execute(
+                "UPDATE hosts SET cordoned = ?2 WHERE id = ?1",
+                params![id, cordoned],
+            )
+            .map_err(StoreError::sqlite("cordoning host"))?;
+        if updated == 0 {
+            return Err(StoreError::HostNotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
     fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let conn = self.lock();
         let mut statement = conn
@@ -849,8 +863,8 @@ fn require_host(conn: &Connection, host_id: &str) -> Result<(), StoreError> {
 }
 
 const HOST_SELECT: &str = "SELECT id, number, region, agent_url, underlay, cpus, memory_mb,
-    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator
-    FROM hosts";
+    used_millicpus, used_memory_mb, machines, heartbeat_at, registered_at, driver, accelerator,
+    cordoned FROM hosts";
 
 fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
     Ok(HostRecord {
@@ -868,6 +882,7 @@ fn host_from_row(row: &Row) -> rusqlite::Result<HostRecord> {
         },
         driver: row.get(12)?,
         accelerator: row.get(13)?,
+        cordoned: row.get(14)?,
         heartbeat_at: row.get(10)?,
         registered_at: row.get(11)?,
     })
@@ -980,6 +995,9 @@ impl Catalog for SqliteCatalog {
     }
     async fn heartbeat(&self, id: &str, load: &HostLoad) -> Result<(), StoreError> {
         SqliteCatalog::heartbeat(self, id, load)
+    }
+    async fn cordon_host(&self, id: &str, cordoned: bool) -> Result<(), StoreError> {
+        SqliteCatalog::cordon_host(self, id, cordoned)
     }
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         SqliteCatalog::list_hosts(self)

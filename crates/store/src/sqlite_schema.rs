@@ -143,9 +143,11 @@ CREATE TABLE registry_credentials (
 /// Egress addresses of one machine name it (`NULL` for the app's own).
 const SCHEMA_V6: &str = "ALTER TABLE ip_assignments ADD COLUMN machine_id TEXT;";
 
-/// The driver a host runs machines with (hosts that joined before run sandboxes).
+/// The driver a host runs machines with (hosts that joined before run
+/// sandboxes), and whether it is cordoned (takes no new machines).
 const SCHEMA_V7: &str = "ALTER TABLE hosts ADD COLUMN driver TEXT NOT NULL DEFAULT 'sandbox';
-ALTER TABLE hosts ADD COLUMN accelerator TEXT;";
+ALTER TABLE hosts ADD COLUMN accelerator TEXT;
+ALTER TABLE hosts ADD COLUMN cordoned INTEGER NOT NULL DEFAULT 0;";
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn

@@ -243,6 +243,22 @@ async fn hosts_keep_their_number_and_need_their_token(catalog: Arc<dyn Catalog>)
         ("microvm", Some("tcg")),
         "a host's driver is what it said at its last join"
     );
+    assert!(!listed.cordoned);
+    catalog.cordon_host("h-a", true).await.unwrap();
+    catalog
+        .register_host(&moved, Some(&first.token))
+        .await
+        .unwrap();
+    assert!(
+        catalog.get_host("h-a").await.unwrap().unwrap().cordoned,
+        "a cordon outlasts the host's next join"
+    );
+    catalog.cordon_host("h-a", false).await.unwrap();
+    assert!(!catalog.get_host("h-a").await.unwrap().unwrap().cordoned);
+    assert!(matches!(
+        catalog.cordon_host("h-none", true).await,
+        Err(StoreError::HostNotFound(_))
+    ));
     assert!(matches!(
         catalog.register_host(&moved, Some(&second.token)).await,
         Err(StoreError::Unauthorized(_))
@@ -876,6 +892,86 @@ macro_rules! on_both_engines {
     };
 }
 
+async fn a_move_switches_machine_and_volumes_only_from_the_placement_seen(
+    catalog: Arc<dyn Catalog>,
+) {
+    catalog
+        .register_host(&host("h-a", "ord"), None)
+        .await
+        .unwrap();
+    catalog
+        .register_host(&host("h-b", "ord"), None)
+        .await
+        .unwrap();
+    let epoch = catalog
+        .place_machine("m-move", "web", "web", "h-a")
+        .await
+        .unwrap();
+    catalog
+        .record_machines("h-a", &[report("m-move", epoch, 3, MachineState::Started)])
+        .await
+        .unwrap();
+    catalog
+        .place_volume("vol_m", "web", "data", "h-a")
+        .await
+        .unwrap();
+    let revision = catalog.routing_revision().await.unwrap();
+    let volumes = ["vol_m".to_string()];
+
+    let stale = catalog
+        .move_machine("m-move", "h-a", epoch + 5, "h-b", &volumes)
+        .await
+        .unwrap();
+    assert_eq!(stale, None, "not as the mover saw it: nothing moves");
+    let elsewhere = catalog
+        .move_machine("m-move", "h-b", epoch, "h-a", &volumes)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, None);
+    assert_eq!(
+        catalog
+            .machine_entry("m-move")
+            .await
+            .unwrap()
+            .unwrap()
+            .host_id,
+        "h-a"
+    );
+
+    let moved = catalog
+        .move_machine("m-move", "h-a", epoch, "h-b", &volumes)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(epoch + 1));
+    let entry = catalog.machine_entry("m-move").await.unwrap().unwrap();
+    assert_eq!((entry.host_id.as_str(), entry.epoch), ("h-b", epoch + 1));
+    assert_eq!(
+        catalog
+            .volume_entry("vol_m")
+            .await
+            .unwrap()
+            .unwrap()
+            .host_id,
+        "h-b",
+        "its volume moved with it"
+    );
+    assert!(catalog.routing_revision().await.unwrap() > revision);
+    // The old host's reports of it are refused (it must not run it).
+    let fenced = catalog
+        .record_machines("h-a", &[report("m-move", epoch, 9, MachineState::Started)])
+        .await
+        .unwrap();
+    assert_eq!(fenced, ["m-move"]);
+    // Twice from the same view: the second finds it moved on.
+    assert_eq!(
+        catalog
+            .move_machine("m-move", "h-a", epoch, "h-b", &volumes)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 on_both_engines!(
     personal_org_exists_once,
     orgs_get_unique_networks_and_refuse_duplicates,
@@ -895,4 +991,5 @@ on_both_engines!(
     addresses_are_assigned_once_unless_shared,
     egress_addresses_keep_their_machine_and_are_never_shared,
     certificates_belong_to_one_app_per_host_name,
+    a_move_switches_machine_and_volumes_only_from_the_placement_seen,
 );

@@ -489,6 +489,9 @@ pub struct HostSummary {
     /// How a microVM host runs guests: `kvm`, or `tcg` (emulation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// Takes no new machines.
+    #[serde(default)]
+    pub cordoned: bool,
     pub cpus: u32,
     pub memory_mb: u32,
     pub used_millicpus: u32,

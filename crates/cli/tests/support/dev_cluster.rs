@@ -256,6 +256,19 @@ impl Cluster {
         midge_testkit::containers_of(prefix)
     }
 
+    /// The id host `number` chose when it first joined (`midge host list`).
+    pub fn host_id(&self, number: u32) -> String {
+        let identity = self
+            .dir
+            .join("hosts")
+            .join(format!("h{number}"))
+            .join("host.json");
+        let text = std::fs::read_to_string(&identity)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", identity.display()));
+        let identity: Value = serde_json::from_str(&text).expect("host.json is JSON");
+        identity["id"].as_str().expect("an id").to_string()
+    }
+
     /// Machines with a running container on host `number` (a machine may
     /// have two: its run and its prepared next run).
     pub fn machines_on(&self, number: u32) -> std::collections::BTreeSet<String> {
