@@ -11,6 +11,8 @@
 //!                          │                  │   stop ──▶ stopping ──▶ stopped
 //!   update (any settled) ──▶ replacing ──▶ started | stopped | created
 //!   destroy (any settled) ──▶ destroying ──▶ destroyed
+//!   migrate (created, stopped, failed; started or suspended stop first)
+//!            ──▶ migrating ──▶ migrated, or given back (`migrate.rs`)
 //! ```
 
 use midge_agent_api::{AgentError, Operation};
