@@ -1566,20 +1566,9 @@ async fn a_move_stops_the_machine_and_either_gives_it_back_or_leaves_it_migrated
 
 #[tokio::test]
 async fn an_imported_copy_keeps_the_address_and_is_reported_only_once_settled() {
-    use midge_types::agent::{ExportMachine, ImportMachine, SettleMigration};
-    let source = Bed::new().await;
-    let target = Bed::host_number(2).await;
-    let id = source.create(config(), true).await;
-    let handed = source
-        .agent
-        .export_machine(ExportMachine {
-            machine: key(&id),
-            nonce: None,
-        })
-        .await
-        .unwrap();
+    use midge_types::agent::{ImportMachine, SettleMigration};
+    let (source, target, id, handed) = a_move_under_way().await;
     let address = source.agent.report(&id).unwrap().machine.private_ip;
-    let handed = holding_the_image(&target, handed).await;
     let import = || ImportMachine {
         export: handed.clone(),
         source_agent_url: "http://unused.invalid".into(),
@@ -1619,19 +1608,8 @@ async fn an_imported_copy_keeps_the_address_and_is_reported_only_once_settled() 
 
 #[tokio::test]
 async fn an_abandoned_copy_leaves_nothing_behind() {
-    use midge_types::agent::{ExportMachine, ImportMachine, SettleMigration};
-    let source = Bed::new().await;
-    let target = Bed::host_number(2).await;
-    let id = source.create(config(), true).await;
-    let handed = source
-        .agent
-        .export_machine(ExportMachine {
-            machine: key(&id),
-            nonce: None,
-        })
-        .await
-        .unwrap();
-    let handed = holding_the_image(&target, handed).await;
+    use midge_types::agent::{ImportMachine, SettleMigration};
+    let (_source, target, id, handed) = a_move_under_way().await;
     target
         .agent
         .import_machine(ImportMachine {
@@ -1662,6 +1640,23 @@ async fn an_abandoned_copy_leaves_nothing_behind() {
             .await,
         Err(AgentError::MachineNotFound)
     ));
+}
+
+/// A machine exported by host 1 for host 2: both beds, its id, the export.
+async fn a_move_under_way() -> (Bed, Bed, String, midge_types::agent::MachineExport) {
+    let source = Bed::new().await;
+    let target = Bed::host_number(2).await;
+    let id = source.create(config(), true).await;
+    let handed = source
+        .agent
+        .export_machine(midge_types::agent::ExportMachine {
+            machine: key(&id),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    let handed = holding_the_image(&target, handed).await;
+    (source, target, id, handed)
 }
 
 /// The export pinned to the image as the target holds it (in a cluster,

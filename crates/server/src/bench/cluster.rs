@@ -4,7 +4,8 @@
 //! runs) and to an API server of a dev cluster of three hosts, which places
 //! the machines across the hosts and forwards every call to the machine's
 //! host. Then one host's agent is killed and the time until its machines
-//! read `unknown` is measured.
+//! read `unknown` is measured. In between, a machine with a volume moves
+//! between hosts (`migration.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use midge_types::apps::CreateAppRequest;
 
 use crate::bench::LocalApi;
 use crate::bench::measure::{Bench, Timings, create_many, ms, timed_gets};
+use crate::bench::migration::MoveFigures;
 use crate::dev_cluster::{self, UpArgs};
 use crate::host::{Host, HostConfig};
 use crate::shell_image::ensure_shell_image;
@@ -54,8 +56,9 @@ pub async fn run(options: ClusterBenchOptions) -> anyhow::Result<()> {
     eprintln!("one host (the API and agent in one process, as `midge up`)");
     let local = measure_local(&options).await?;
     eprintln!("dev cluster of three hosts behind an API server");
-    let (cluster, unknown_after) = measure_cluster(&options).await?;
+    let (cluster, unknown_after, moves) = measure_cluster(&options).await?;
     println!("{}", report(&options, &local, &cluster, unknown_after));
+    println!("{}", crate::bench::migration::report(&moves));
     Ok(())
 }
 
@@ -86,7 +89,9 @@ async fn measure_local(options: &ClusterBenchOptions) -> anyhow::Result<Figures>
     measured
 }
 
-async fn measure_cluster(options: &ClusterBenchOptions) -> anyhow::Result<(Figures, Duration)> {
+async fn measure_cluster(
+    options: &ClusterBenchOptions,
+) -> anyhow::Result<(Figures, Duration, MoveFigures)> {
     let dir = tempfile::Builder::new()
         .prefix("midge-bench-cluster-")
         .tempdir()
@@ -111,11 +116,13 @@ async fn measure_cluster(options: &ClusterBenchOptions) -> anyhow::Result<(Figur
         let running = dev_cluster::start(&args).await?;
         let client = ApiClient::new(&running.api_urls[0], Some(running.token.clone()))?;
         let figures = measure(&client, options).await?;
+        eprintln!("moves between hosts");
+        let moves = crate::bench::migration::measure(&client).await?;
         eprintln!("killing host 1's agent");
         let killed = Instant::now();
         running.kill("host-1").await;
         wait_for_unknown(&client).await?;
-        anyhow::Ok((figures, killed.elapsed()))
+        anyhow::Ok((figures, killed.elapsed(), moves))
     }
     .await;
     dev_cluster::down(&args.dir).await?;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod chaos;
 pub mod cluster;
 mod measure;
+mod migration;
 pub mod proxy;
 pub mod start;
 pub mod volumes;
