@@ -224,8 +224,10 @@ fn initdb(bin: &Path, options: &PostgresOptions, data: &Path, uid: u32, gid: u32
 
 /// The postmaster, killed with this process (PR_SET_PDEATHSIG from a thread
 /// that lives as long as the server does) unless detached. In a namespace it runs under
-/// `ip netns exec` and `setpriv`, which exec without forking, so the
-/// process started is the postmaster itself.
+/// `nsenter --net` and `setpriv`, which exec without forking, so the
+/// process started is the postmaster itself. Only the network namespace:
+/// `ip netns exec` would also give it a copy of the host's mounts, and a
+/// volume mounted at that moment would then stay held by the postmaster.
 fn spawn(
     bin: &Path,
     options: &PostgresOptions,
@@ -261,9 +263,11 @@ fn spawn(
     let postgres = bin.join("postgres");
     let mut command = match &options.netns {
         Some(netns) => {
-            let mut command = Command::new("ip");
+            let mut command = Command::new("nsenter");
             command
-                .args(["netns", "exec", netns, "setpriv"])
+                .arg(format!("--net={}/{netns}", midge_net::NETNS_DIR))
+                .arg("--")
+                .arg("setpriv")
                 .arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={gid}"))
                 .arg("--clear-groups")
