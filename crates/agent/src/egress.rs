@@ -17,6 +17,7 @@ use midge_types::agent::{
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentCore, lock, state_is_alive};
+use crate::record::MigrationRole;
 
 /// An egress address the host took from its pools.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +90,7 @@ impl AgentCore {
                 }
                 let ip = pool
                     .hosts()
-                    .find(|ip| records.iter().all(|r| r.ip != *ip))
+                    .find(|ip| records.iter().all(|r| r.ip != *ip) && !call.taken.contains(ip))
                     .ok_or_else(|| {
                         AgentError::Invalid(format!("no free egress address is left in {pool}"))
                     })?;
@@ -158,6 +159,63 @@ impl AgentCore {
         Ok(())
     }
 
+    /// The machine's own addresses: what moves with it to another host.
+    pub(crate) fn machine_egress(&self, machine_id: &str) -> Vec<EgressAddress> {
+        lock(&self.egress)
+            .iter()
+            .filter(|r| r.machine_id.as_deref() == Some(machine_id))
+            .map(EgressRecord::address)
+            .collect()
+    }
+
+    /// Takes over the addresses a machine brings from another host. They
+    /// are used once the machine is settled here (a staged copy has no
+    /// egress), so the old host has withdrawn them first.
+    pub(crate) async fn adopt_machine_egress(
+        &self,
+        machine_id: &str,
+        addresses: &[EgressAddress],
+    ) -> Result<(), AgentError> {
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        let pools = self.network.egress_pools();
+        let _applying = self.egress_apply.lock().await;
+        let mut records = lock(&self.egress);
+        for address in addresses {
+            if !pools.iter().any(|pool| pool.contains(&address.ip)) {
+                return Err(AgentError::Invalid(format!(
+                    "machine {machine_id} leaves from {}, which is in none of this host's egress pools",
+                    address.ip
+                )));
+            }
+            if records
+                .iter()
+                .any(|r| r.ip == address.ip && r.machine_id.as_deref() != Some(machine_id))
+            {
+                return Err(AgentError::Invalid(format!(
+                    "egress address {} is held by another machine on this host",
+                    address.ip
+                )));
+            }
+        }
+        for address in addresses {
+            let record = EgressRecord {
+                ip: address.ip,
+                app: address.app.clone(),
+                region: address.region.clone(),
+                machine_id: Some(machine_id.to_string()),
+                blocks: BTreeMap::new(),
+            };
+            self.store
+                .save_egress(&record)
+                .map_err(|e| AgentError::host("recording an egress address", e))?;
+            records.retain(|r| r.ip != record.ip);
+            records.push(record);
+        }
+        Ok(())
+    }
+
     /// Whether a machine of this app may leave from an app address.
     pub(crate) fn app_has_egress(&self, app: &str) -> bool {
         lock(&self.egress).iter().any(|r| r.app == app)
@@ -194,6 +252,8 @@ impl AgentCore {
             .iter()
             .map(|entry| entry.snapshot())
             .filter(|record| state_is_alive(record.state))
+            // A copy staged for a move leaves from nothing until it is the machine.
+            .filter(|record| record.migration != Some(MigrationRole::Incoming))
             .filter_map(|record| {
                 let net = self
                     .network

@@ -61,6 +61,7 @@ impl AgentCore {
                 .map_err(|e| AgentError::host("writing the machine's record", e))?,
             was_started,
             volumes,
+            egress: self.machine_egress(&record.id),
         })
     }
 
@@ -85,6 +86,8 @@ impl AgentCore {
         let record = self.stage(exported, call.epoch)?;
         let entry = self.insert_entry(record);
         let staged = async {
+            self.adopt_machine_egress(&entry.id(), &call.export.egress)
+                .await?;
             for volume in &call.export.volumes {
                 self.copy_volume(&owner, volume, &call.source_agent_url)
                     .await?;
@@ -245,6 +248,10 @@ impl AgentCore {
         match (record.migration, call.moved) {
             (Some(MigrationRole::Incoming), true) => {
                 self.update_record(&entry, |record| record.migration = None)?;
+                // Its addresses: owned and announced here from now on.
+                if self.app_has_egress(&record.app) {
+                    self.apply_egress().await?;
+                }
                 drop(guard);
                 self.prepare_next(&entry);
             }

@@ -1312,6 +1312,7 @@ async fn egress_addresses_go_to_one_machine_or_the_apps_machines_by_port_block()
         app: APP.into(),
         scope,
         families: EgressFamilies::Pair,
+        taken: Vec::new(),
     };
     let own = bed
         .agent
@@ -1387,6 +1388,7 @@ async fn egress_addresses_go_to_one_machine_or_the_apps_machines_by_port_block()
         .release_egress(ReleaseEgress {
             app: APP.into(),
             ip: again[0].ip,
+            machine_id: None,
         })
         .await
         .unwrap();
@@ -1395,6 +1397,7 @@ async fn egress_addresses_go_to_one_machine_or_the_apps_machines_by_port_block()
         .release_egress(ReleaseEgress {
             app: APP.into(),
             ip: again[0].ip,
+            machine_id: None,
         })
         .await;
     assert!(matches!(missing, Err(AgentError::AddressNotFound(_))));

@@ -1288,3 +1288,194 @@ fn a_machine_moves_to_another_host_with_its_id_volume_data_metadata_and_6pn_addr
         "a refused move leaves it running"
     );
 }
+
+/// The address the control namespace's server sees a connection from the
+/// machine come from (`server` is `ip` or `[ip6]`).
+fn egress_source(
+    cluster: &Cluster,
+    seen: &midge_testkit::SourceServer,
+    app: &str,
+    id: &str,
+    server: &str,
+) -> std::net::IpAddr {
+    let command = format!(
+        "nc -w 3 {} {}",
+        server.trim_matches(['[', ']']),
+        seen.port()
+    );
+    std::thread::scope(|scope| {
+        let client =
+            scope.spawn(|| cluster.midge(0, &["machine", "exec", id, "-a", app, &command]));
+        let source = seen.next_source(Duration::from_secs(15));
+        let _ = client.join();
+        source
+            .unwrap_or_else(|| panic!("machine {id} never reached {server}"))
+            .ip()
+    })
+}
+
+fn allocated(output: &str, family: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("Allocated egress {family} ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {family} in {output}"))
+        .to_string()
+}
+
+#[test]
+fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
+    // Two hosts of ord sharing one pair of egress pools.
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        regions: "ord",
+        egress: true,
+        ..ClusterOptions::default()
+    });
+    let seen = midge_testkit::SourceServer::in_netns(cluster.control_netns());
+    let (internet_v4, internet_v6) = ("198.18.0.1", "[fd00:77::1]");
+    let app = unique_app("egress");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let run = |cluster: &Cluster| {
+        let run = cluster.midge(
+            0,
+            &[
+                "machine", "run", SHELL, "-a", &app, "--", "sleep", "infinity",
+            ],
+        );
+        let id = machine_id_in(&run.success().stdout);
+        wait_started(cluster, &app, &id);
+        id
+    };
+    let (first, second) = (run(&cluster), run(&cluster));
+    let home = [1, 2]
+        .into_iter()
+        .find(|n| runs_on(&cluster, *n, &first))
+        .expect("the machine runs");
+    let other = 3 - home;
+    let home_address = cluster.host(home)["address"].as_str().expect("address");
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
+        home_address,
+        "without an egress address, the host's"
+    );
+
+    let given = cluster
+        .midge(0, &["machine", "egress-ip", "allocate", &first, "-a", &app])
+        .success()
+        .stdout
+        .clone();
+    let (own_v4, own_v6) = (allocated(&given, "v4"), allocated(&given, "v6"));
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
+        own_v4
+    );
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &first, internet_v6).to_string(),
+        own_v6
+    );
+    // Both hosts take from the same pools: never an address given already.
+    let given = cluster
+        .midge(
+            0,
+            &["machine", "egress-ip", "allocate", &second, "-a", &app],
+        )
+        .success()
+        .stdout
+        .clone();
+    let (second_v4, second_v6) = (allocated(&given, "v4"), allocated(&given, "v6"));
+    assert_ne!(second_v4, own_v4);
+    assert_ne!(second_v6, own_v6);
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &second, internet_v4).to_string(),
+        second_v4
+    );
+
+    // The addresses move with the machine: the old host withdraws them,
+    // the new one owns and announces them.
+    cluster
+        .midge(
+            0,
+            &[
+                "machine",
+                "migrate",
+                &first,
+                "-a",
+                &app,
+                "--host",
+                &cluster.host_id(other),
+            ],
+        )
+        .success();
+    assert!(runs_on(&cluster, other, &first));
+    assert!(
+        !cluster
+            .addresses_on_lo(home)
+            .contains(&format!(" {own_v4}/")),
+        "{}",
+        cluster.addresses_on_lo(home)
+    );
+    assert!(
+        cluster
+            .addresses_on_lo(other)
+            .contains(&format!(" {own_v4}/")),
+        "{}",
+        cluster.addresses_on_lo(other)
+    );
+    assert_eq!(
+        cluster.control_neighbour(&own_v4),
+        Some(cluster.host_mac(other)),
+        "announced by the new host"
+    );
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
+        own_v4
+    );
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &first, internet_v6).to_string(),
+        own_v6
+    );
+    let listed = cluster
+        .midge(
+            0,
+            &["machine", "egress-ip", "list", &first, "-a", &app, "--json"],
+        )
+        .success()
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    // A release gives the host's address back; a destroy frees its own.
+    let second_host = [1, 2]
+        .into_iter()
+        .find(|n| runs_on(&cluster, *n, &second))
+        .expect("the second machine runs");
+    cluster
+        .midge(0, &["machine", "egress-ip", "release", &second, "-a", &app])
+        .success();
+    assert_eq!(
+        egress_source(&cluster, &seen, &app, &second, internet_v4).to_string(),
+        cluster.host(second_host)["address"]
+            .as_str()
+            .expect("address")
+    );
+    cluster
+        .midge(0, &["machine", "destroy", &first, "-a", &app, "--force"])
+        .success();
+    assert!(
+        !cluster
+            .addresses_on_lo(other)
+            .contains(&format!(" {own_v4}/"))
+    );
+    let (_, ips) = cluster.get(0, &format!("/v1/apps/{app}/ip_assignments"));
+    assert!(!ips.to_string().contains(&own_v4), "{ips}");
+    // An app's addresses of a region need one host to carry the traffic
+    // of machines on others: refused in a cluster, with the reason.
+    let refused = cluster
+        .midge(
+            0,
+            &["ips", "allocate-egress", "-a", &app, "--region", "ord"],
+        )
+        .failure()
+        .to_string();
+    assert!(refused.contains("per machine"), "{refused}");
+}

@@ -781,6 +781,17 @@ impl HostAgent for ClusterAgent {
         self.migrate(call).await
     }
 
+    async fn allocate_egress(
+        &self,
+        call: midge_types::agent::AllocateEgress,
+    ) -> Result<Vec<midge_types::agent::EgressAddress>> {
+        self.allocate_machine_egress(call).await
+    }
+
+    async fn release_egress(&self, call: midge_types::agent::ReleaseEgress) -> Result<()> {
+        self.release_machine_egress(call).await
+    }
+
     async fn hosts(&self) -> Result<Vec<HostSummary>> {
         let hosts = self.catalog.list_hosts().await.map_err(catalog_error)?;
         Ok(hosts

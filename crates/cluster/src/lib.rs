@@ -13,6 +13,7 @@
 //!   reports, intents, routes and the feed.
 
 mod agent;
+mod egress;
 pub mod hosts_api;
 pub mod member;
 mod migrate;

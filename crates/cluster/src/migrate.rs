@@ -81,11 +81,13 @@ impl ClusterAgent {
             machine: call.machine.clone(),
             moved: true,
         };
-        target_agent.settle_migration(settled.clone()).await?;
-        if let Err(error) = source_agent.settle_migration(settled).await {
+        // The source first: it withdraws the machine's egress addresses
+        // before the destination takes and announces them.
+        if let Err(error) = source_agent.settle_migration(settled.clone()).await {
             // Its reports are refused from now on; it learns at its next one.
             tracing::warn!(machine = %entry.id, host = %source.id, "telling the source a move ended: {}", error.chain());
         }
+        target_agent.settle_migration(settled).await?;
         if was_started {
             target_agent
                 .start_machine(StartMachine {

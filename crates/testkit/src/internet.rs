@@ -16,7 +16,42 @@ pub struct TestInternet {
     /// The host's end of the link: the egress interface.
     pub uplink: String,
     pub link: EgressLink,
-    server: TcpListener,
+    server: SourceServer,
+}
+
+/// A TCP server in a network namespace that tells the source address of
+/// each connection it takes.
+#[derive(Debug)]
+pub struct SourceServer(TcpListener);
+
+impl SourceServer {
+    /// Listens on every address of the namespace `netns`.
+    pub fn in_netns(netns: &str) -> SourceServer {
+        SourceServer(listen_in(netns))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().expect("bound").port()
+    }
+
+    /// The source of the next connection the server takes within `timeout`;
+    /// the connection is closed at once.
+    pub fn next_source(&self, timeout: Duration) -> Option<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.0.accept() {
+                // The dual-stack listener shows IPv4 peers as mapped IPv6 addresses.
+                Ok((_stream, peer)) => {
+                    return Some(SocketAddr::new(peer.ip().to_canonical(), peer.port()));
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(error) => panic!("accepting: {error}"),
+            }
+        }
+        None
+    }
 }
 
 impl TestInternet {
@@ -35,7 +70,7 @@ impl TestInternet {
         ip_batch(None, &format!("netns add {netns}\n"));
         // The guard first, so a failing setup is removed too.
         let internet = TestInternet {
-            server: listen_in(&netns),
+            server: SourceServer::in_netns(&netns),
             netns: netns.clone(),
             uplink: uplink.clone(),
             link: link.clone(),
@@ -72,26 +107,13 @@ link set eth0 up
     }
 
     fn port(&self) -> u16 {
-        self.server.local_addr().expect("bound").port()
+        self.server.port()
     }
 
     /// The source of the next connection the server takes within `timeout`;
     /// the connection is closed at once.
     pub fn next_source(&self, timeout: Duration) -> Option<SocketAddr> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            match self.server.accept() {
-                // The dual-stack listener shows IPv4 peers as mapped IPv6 addresses.
-                Ok((_stream, peer)) => {
-                    return Some(SocketAddr::new(peer.ip().to_canonical(), peer.port()));
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(error) => panic!("accepting: {error}"),
-            }
-        }
-        None
+        self.server.next_source(timeout)
     }
 
     /// A client in the internet connecting to `target` (killed when dropped).

@@ -17,7 +17,7 @@ pub use busybox::busybox_rootfs;
 pub use egress_link::{EgressLink, remove_test_egress_addresses, test_egress_leftovers};
 pub use harness_check::{assert_machines_gone, assert_prefix_gone};
 pub use ids::{unique_host_id, unique_org_network};
-pub use internet::{KilledOnDrop, TestInternet};
+pub use internet::{KilledOnDrop, SourceServer, TestInternet};
 pub use leak_scan::{
     TEST_CLUSTER_DIR_PREFIX, TEST_PREFIX_FAMILY, containers_of, leftovers,
     remove_all_test_resources, remove_host_resources,

@@ -223,6 +223,9 @@ pub struct MachineExport {
     pub was_started: bool,
     /// The volumes it mounts, as their host knows them.
     pub volumes: Vec<crate::volume::Volume>,
+    /// Its own egress addresses: they move with it.
+    #[serde(default)]
+    pub egress: Vec<EgressAddress>,
 }
 
 /// Makes a staged copy of a machine from its source host's export: the
@@ -661,6 +664,10 @@ pub struct AllocateEgress {
     #[serde(flatten)]
     pub scope: EgressScope,
     pub families: EgressFamilies,
+    /// Addresses given out elsewhere in the cluster: the host takes none
+    /// of them (hosts of a region share their pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<std::net::IpAddr>,
 }
 
 /// An egress address a host holds.
@@ -678,4 +685,8 @@ pub struct EgressAddress {
 pub struct ReleaseEgress {
     pub app: String,
     pub ip: std::net::IpAddr,
+    /// The machine whose host took it, when the caller knows (a cluster
+    /// finds the host by it; else by the catalog's record of the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
 }

@@ -84,6 +84,7 @@ pub async fn allocate_machine_egress(
                 machine_id: target.id.clone(),
             },
             families: EgressFamilies::Pair,
+            taken: Vec::new(),
         })
         .await?;
     record_egress(&state, &target.app, &addresses).await?;
@@ -185,6 +186,7 @@ pub(crate) async fn record_egress(
                         .release_egress(ReleaseEgress {
                             app: app.name.clone(),
                             ip: address.ip,
+                            machine_id: address.machine_id.clone(),
                         })
                         .await;
                     return Err(StoreError::IpTaken(assignment.ip).into());
@@ -204,6 +206,7 @@ pub(crate) async fn release_egress(state: &ApiState, app: &AppRecord, ip: IpAddr
         .release_egress(ReleaseEgress {
             app: app.name.clone(),
             ip,
+            machine_id: None,
         })
         .await?;
     state.catalog.release_ip(&app.name, &ip.to_string()).await?;

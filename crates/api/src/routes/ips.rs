@@ -316,6 +316,7 @@ async fn assign_egress(
                 region: region.clone(),
             },
             families,
+            taken: Vec::new(),
         })
         .await?;
     record_egress(state, app, &addresses).await?;

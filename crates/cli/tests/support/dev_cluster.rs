@@ -29,6 +29,8 @@ pub struct ClusterOptions {
     pub registry: bool,
     /// Other loopback registries (`127.0.0.1:PORT`) to relay into the hosts.
     pub extra_registries: Vec<String>,
+    /// Egress pools on every host (`dev-cluster up --egress`).
+    pub egress: bool,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +45,7 @@ impl Default for ClusterOptions {
             unreachable_after: 15,
             registry: false,
             extra_registries: Vec::new(),
+            egress: false,
         }
     }
 }
@@ -94,6 +97,9 @@ impl Cluster {
         }
         for address in &options.extra_registries {
             command.args(["--insecure-registry", address]);
+        }
+        if options.egress {
+            command.arg("--egress");
         }
         eprintln!("dev cluster {prefix} in {}", dir.display());
         let mut cluster = Cluster {
@@ -234,6 +240,43 @@ impl Cluster {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line in {raw:?}"));
         (status, body.to_string())
+    }
+
+    /// The control namespace: PostgreSQL, the API servers and the bridge
+    /// every host's `eth0` is on (the internet of an `egress` cluster).
+    pub fn control_netns(&self) -> &str {
+        self.topology["control"]["netns"].as_str().expect("netns")
+    }
+
+    /// The addresses on host `number`'s `lo` (where it owns egress addresses).
+    pub fn addresses_on_lo(&self, number: u32) -> String {
+        let netns = self.host(number)["netns"].as_str().expect("netns");
+        let output = std::process::Command::new("ip")
+            .args(["-n", netns, "-o", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("running ip");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The link-layer address of host `number`'s `eth0`.
+    pub fn host_mac(&self, number: u32) -> String {
+        let netns = self.host(number)["netns"].as_str().expect("netns");
+        let output = std::process::Command::new("ip")
+            .args(["-n", netns, "-j", "link", "show", "dev", "eth0"])
+            .output()
+            .expect("running ip");
+        let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j is JSON");
+        links[0]["address"].as_str().expect("a MAC").to_string()
+    }
+
+    /// The link-layer address the control namespace holds for `ip`.
+    pub fn control_neighbour(&self, ip: &str) -> Option<String> {
+        let output = std::process::Command::new("ip")
+            .args(["-n", self.control_netns(), "-j", "neigh", "show", ip])
+            .output()
+            .expect("running ip");
+        let entries: Value = serde_json::from_slice(&output.stdout).ok()?;
+        entries[0]["lladdr"].as_str().map(str::to_string)
     }
 
     /// Takes host `number`'s link to the cluster down or up.

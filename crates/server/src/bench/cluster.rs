@@ -106,6 +106,7 @@ async fn measure_cluster(
         memory_mb: None,
         heartbeat_ms: 1000,
         proxy_autostop_ms: 10_000,
+        egress: false,
         host_unknown_after: 5,
         host_unreachable_after: 15,
         insecure_registries: Vec::new(),

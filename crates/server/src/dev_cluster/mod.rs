@@ -93,6 +93,11 @@ pub struct UpArgs {
     /// A region alias for the API servers, `NAME=REGION[,REGION…]`; repeatable.
     #[arg(long = "region-alias")]
     pub region_aliases: Vec<String>,
+    /// Give every host the cluster's egress pools (on the control
+    /// network, whose namespace plays the internet) for static egress
+    /// addresses.
+    #[arg(long)]
+    pub egress: bool,
     /// Do not write the client config file (~/.config/midge/config.json).
     #[arg(long)]
     pub no_client_config: bool,
@@ -245,6 +250,7 @@ fn new_topology(args: &UpArgs, dir: &Path) -> Result<Topology> {
             insecure_registries: args.insecure_registries.clone(),
             region_aliases: args.region_aliases.clone(),
             proxy_autostop_ms: args.proxy_autostop_ms.max(100),
+            egress: args.egress,
         },
     };
     let topology = (0..200)
@@ -427,6 +433,15 @@ fn start_agents(topology: &Topology, processes: &Processes, token: &str) -> Resu
         }
         if let Some(memory) = settings.memory_mb {
             args.extend(["--memory-mb".into(), memory.to_string()]);
+        }
+        if settings.egress {
+            let pools = topology.egress_pools().map(|pool| pool.to_string());
+            args.extend([
+                "--egress-pool".into(),
+                pools.join(","),
+                "--egress-interface".into(),
+                "eth0".into(),
+            ]);
         }
         if !settings.insecure_registries.is_empty() {
             args.extend([

@@ -86,6 +86,9 @@ pub struct Settings {
     /// Milliseconds between the hosts' proxies' autostop passes.
     #[serde(default = "default_autostop_ms")]
     pub proxy_autostop_ms: u64,
+    /// Every host has the cluster's egress pools.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 fn default_autostop_ms() -> u64 {
@@ -234,6 +237,18 @@ impl Topology {
         Ipv4Addr::new(CONTROL_NET[0], CONTROL_NET[1], CONTROL_NET[2], 1)
     }
 
+    /// The egress pools every host shares (so a machine keeps its
+    /// addresses on any host): parts of the control network, which the
+    /// control namespace reaches by ARP and NDP.
+    pub fn egress_pools(&self) -> [ipnet::IpNet; 2] {
+        let v4 = Ipv4Addr::new(CONTROL_NET[0], CONTROL_NET[1], CONTROL_NET[2], 192);
+        let v6 = Ipv6Addr::new(UNDERLAY_NET[0], UNDERLAY_NET[1], 0, 0, 0, 0, 0, 0xe000);
+        [
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4, 27).expect("a /27")),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(v6, 124).expect("a /124")),
+        ]
+    }
+
     pub fn bridge_underlay(&self) -> Ipv6Addr {
         Ipv6Addr::new(UNDERLAY_NET[0], UNDERLAY_NET[1], 0, 0, 0, 0, 0, 1)
     }
@@ -293,6 +308,7 @@ mod tests {
                 insecure_registries: Vec::new(),
                 region_aliases: Vec::new(),
                 proxy_autostop_ms: default_autostop_ms(),
+                egress: false,
             },
         }
     }
