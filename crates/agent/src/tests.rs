@@ -1679,3 +1679,74 @@ async fn holding_the_image(
     handed.record["image_ref"]["digest"] = digest.into();
     handed
 }
+
+#[tokio::test]
+async fn a_machines_own_egress_addresses_move_with_it_once_the_move_is_settled() {
+    use midge_types::agent::{
+        AllocateEgress, EgressFamilies, EgressScope, ImportMachine, SettleMigration,
+    };
+    let pools = || {
+        FakeNetwork::with_egress_pools(vec![
+            "198.18.0.64/29".parse().unwrap(),
+            "2001:db8::100/125".parse().unwrap(),
+        ])
+    };
+    let source = Bed::on(64, pools()).await;
+    let mut target = Bed::on(64, pools()).await;
+    target.agent.shutdown();
+    target.agent = open_as_host(&target.dir, &target.driver, &target.network, 64, None, 2).await;
+    let id = source.create(config(), true).await;
+    // The cluster has given out the pool's first address elsewhere.
+    let own = source
+        .agent
+        .allocate_egress(AllocateEgress {
+            app: APP.into(),
+            scope: EgressScope::Machine {
+                machine_id: id.clone(),
+            },
+            families: EgressFamilies::Pair,
+            taken: vec!["198.18.0.65".parse().unwrap()],
+        })
+        .await
+        .unwrap();
+    let own_ips: Vec<std::net::IpAddr> = own.iter().map(|a| a.ip).collect();
+    assert_eq!(
+        own_ips,
+        [
+            "198.18.0.66".parse::<std::net::IpAddr>().unwrap(),
+            "2001:db8::100".parse().unwrap()
+        ]
+    );
+    let handed = source
+        .agent
+        .export_machine(midge_types::agent::ExportMachine {
+            machine: key(&id),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(handed.egress, own, "the export carries them");
+    let handed = holding_the_image(&target, handed).await;
+    target
+        .agent
+        .import_machine(ImportMachine {
+            export: handed,
+            source_agent_url: "http://unused.invalid".into(),
+            epoch: 7,
+            registry_logins: Vec::new(),
+        })
+        .await
+        .unwrap();
+    // Staged: still the source's, not yet the destination's.
+    assert_eq!(source.network.egress().addresses(), own_ips);
+    assert!(target.network.egress().addresses().is_empty());
+
+    let settle = SettleMigration {
+        machine: key(&id),
+        moved: true,
+    };
+    source.agent.settle_migration(settle.clone()).await.unwrap();
+    assert!(source.network.egress().addresses().is_empty(), "withdrawn");
+    target.agent.settle_migration(settle).await.unwrap();
+    assert_eq!(target.network.egress().addresses(), own_ips, "taken over");
+}
