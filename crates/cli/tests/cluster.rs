@@ -1479,3 +1479,62 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
         .to_string();
     assert!(refused.contains("per machine"), "{refused}");
 }
+
+#[test]
+fn a_start_on_a_host_without_room_moves_the_machine_within_its_region() {
+    // Two hosts of ord with room for two machines each.
+    let cluster = Cluster::up(ClusterOptions {
+        hosts: 2,
+        regions: "ord",
+        memory_mb: 512,
+        ..ClusterOptions::default()
+    });
+    let app = unique_app("full");
+    cluster.midge(0, &["apps", "create", &app]).success();
+    let run = |cluster: &Cluster| {
+        let run = cluster.midge(
+            0,
+            &[
+                "machine", "run", SHELL, "-a", &app, "--", "sleep", "infinity",
+            ],
+        );
+        let id = machine_id_in(&run.success().stdout);
+        wait_started(cluster, &app, &id);
+        id
+    };
+    let stopped = run(&cluster);
+    let home = [1, 2]
+        .into_iter()
+        .find(|n| runs_on(&cluster, *n, &stopped))
+        .expect("the machine runs");
+    cluster
+        .midge(0, &["machine", "stop", &stopped, "-a", &app])
+        .success();
+    // Its host fills up while it is stopped.
+    let home_id = cluster.host_id(home);
+    for _ in 0..2 {
+        let other = run(&cluster);
+        if !runs_on(&cluster, home, &other) {
+            cluster
+                .midge(
+                    0,
+                    &["machine", "migrate", &other, "-a", &app, "--host", &home_id],
+                )
+                .success();
+        }
+        assert!(runs_on(&cluster, home, &other));
+    }
+
+    cluster
+        .midge(0, &["machine", "start", &stopped, "-a", &app])
+        .success();
+    wait_started(&cluster, &app, &stopped);
+    assert!(runs_on(&cluster, 3 - home, &stopped), "started elsewhere");
+    assert!(!runs_on(&cluster, home, &stopped));
+    let machine = cluster.get(0, &machine_path(&app, &stopped)).1;
+    let events = machine["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["status"] == "migrated"),
+        "{events:?}"
+    );
+}

@@ -524,10 +524,7 @@ impl HostAgent for ClusterAgent {
     }
 
     async fn start_machine(&self, call: StartMachine) -> Result<StartResponse> {
-        self.agent_of(&call.machine)
-            .await?
-            .start_machine(call)
-            .await
+        self.start_or_move(call).await
     }
 
     async fn stop_machine(&self, call: StopMachine) -> Result<()> {

@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 
-use midge_agent_api::{AgentError, HostAgent, Result};
+use midge_agent_api::{AgentError, ErrorKind, HostAgent, Result};
 use midge_agent_rpc::RemoteAgent;
 use midge_store::HostRecord;
-use midge_types::Machine;
 use midge_types::agent::{
     ExportMachine, GetMachine, ImportMachine, MigrateMachine, SettleMigration, StartMachine,
 };
+use midge_types::{Machine, StartResponse};
 
 use crate::agent::{ClusterAgent, catalog_error};
 use crate::placement::{Candidates, Needs, candidates, has_room};
@@ -100,6 +100,54 @@ impl ClusterAgent {
             .get_machine(GetMachine {
                 machine: call.machine.clone(),
                 version: None,
+            })
+            .await
+    }
+
+    /// Starts the machine on its host; a host without room for it moves it
+    /// to another host of its region first and starts it there, as Fly
+    /// does. Not a machine with volumes: their data stays where it is
+    /// unless a move is asked for.
+    pub(crate) async fn start_or_move(&self, call: StartMachine) -> Result<StartResponse> {
+        let (_, host) = self.locate(&call.machine).await?;
+        let agent = self.answering(&host)?;
+        let refused = match agent.start_machine(call.clone()).await {
+            Err(error) if error.kind() == ErrorKind::InsufficientCapacity => error,
+            answer => return answer,
+        };
+        let machine = agent
+            .get_machine(GetMachine {
+                machine: call.machine.clone(),
+                version: None,
+            })
+            .await?;
+        let has_volumes = machine
+            .config
+            .as_ref()
+            .is_some_and(|config| !config.mounts.is_empty());
+        if has_volumes {
+            return Err(refused);
+        }
+        tracing::info!(machine = %call.machine.id, host = %host.id, "no room to start: moving the machine within its region");
+        self.migrate(MigrateMachine {
+            machine: call.machine.clone(),
+            host: None,
+            region: None,
+            nonce: call.nonce.clone(),
+            registry_logins: Vec::new(),
+        })
+        .await
+        .map_err(|error| match error.kind() {
+            // Nowhere else either: the refusal the caller asked about.
+            ErrorKind::InsufficientCapacity => refused,
+            _ => error,
+        })?;
+        let (_, moved_to) = self.locate(&call.machine).await?;
+        self.answering(&moved_to)?
+            .start_machine(StartMachine {
+                machine: call.machine,
+                // The lease stayed with the old host's record.
+                nonce: None,
             })
             .await
     }
