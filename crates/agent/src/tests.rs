@@ -1650,16 +1650,21 @@ async fn a_move_under_way() -> (Bed, Bed, String, midge_types::agent::MachineExp
     let source = Bed::new().await;
     let target = Bed::host_number(2).await;
     let id = source.create(config(), true).await;
-    let handed = source
+    let handed = export(&source, &id).await;
+    let handed = holding_the_image(&target, handed).await;
+    (source, target, id, handed)
+}
+
+/// The source's export of the machine for a move.
+async fn export(source: &Bed, id: &str) -> midge_types::agent::MachineExport {
+    source
         .agent
         .export_machine(midge_types::agent::ExportMachine {
-            machine: key(&id),
+            machine: key(id),
             nonce: None,
         })
         .await
-        .unwrap();
-    let handed = holding_the_image(&target, handed).await;
-    (source, target, id, handed)
+        .unwrap()
 }
 
 /// The export pinned to the image as the target holds it (in a cluster,
@@ -1717,14 +1722,7 @@ async fn a_machines_own_egress_addresses_move_with_it_once_the_move_is_settled()
             "2001:db8::100".parse().unwrap()
         ]
     );
-    let handed = source
-        .agent
-        .export_machine(midge_types::agent::ExportMachine {
-            machine: key(&id),
-            nonce: None,
-        })
-        .await
-        .unwrap();
+    let handed = export(&source, &id).await;
     assert_eq!(handed.egress, own, "the export carries them");
     let handed = holding_the_image(&target, handed).await;
     target

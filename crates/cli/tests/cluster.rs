@@ -1289,6 +1289,27 @@ fn a_machine_moves_to_another_host_with_its_id_volume_data_metadata_and_6pn_addr
     );
 }
 
+/// A started machine of `app` that sleeps, wherever placement puts it.
+fn run_sleeper(cluster: &Cluster, app: &str) -> String {
+    let run = cluster.midge(
+        0,
+        &[
+            "machine", "run", SHELL, "-a", app, "--", "sleep", "infinity",
+        ],
+    );
+    let id = machine_id_in(&run.success().stdout);
+    wait_started(cluster, app, &id);
+    id
+}
+
+/// The host (of 1 and 2) the machine runs on.
+fn host_running(cluster: &Cluster, id: &str) -> u32 {
+    [1, 2]
+        .into_iter()
+        .find(|n| runs_on(cluster, *n, id))
+        .unwrap_or_else(|| panic!("machine {id} runs on neither host"))
+}
+
 /// The address the control namespace's server sees a connection from the
 /// machine come from (`server` is `ip` or `[ip6]`).
 fn egress_source(
@@ -1336,22 +1357,8 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
     let (internet_v4, internet_v6) = ("198.18.0.1", "[fd00:77::1]");
     let app = unique_app("egress");
     cluster.midge(0, &["apps", "create", &app]).success();
-    let run = |cluster: &Cluster| {
-        let run = cluster.midge(
-            0,
-            &[
-                "machine", "run", SHELL, "-a", &app, "--", "sleep", "infinity",
-            ],
-        );
-        let id = machine_id_in(&run.success().stdout);
-        wait_started(cluster, &app, &id);
-        id
-    };
-    let (first, second) = (run(&cluster), run(&cluster));
-    let home = [1, 2]
-        .into_iter()
-        .find(|n| runs_on(&cluster, *n, &first))
-        .expect("the machine runs");
+    let (first, second) = (run_sleeper(&cluster, &app), run_sleeper(&cluster, &app));
+    let home = host_running(&cluster, &first);
     let other = 3 - home;
     let home_address = cluster.host(home)["address"].as_str().expect("address");
     assert_eq!(
@@ -1445,10 +1452,7 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
     // A release gives the host's address back; a destroy frees its own.
-    let second_host = [1, 2]
-        .into_iter()
-        .find(|n| runs_on(&cluster, *n, &second))
-        .expect("the second machine runs");
+    let second_host = host_running(&cluster, &second);
     cluster
         .midge(0, &["machine", "egress-ip", "release", &second, "-a", &app])
         .success();
@@ -1491,29 +1495,15 @@ fn a_start_on_a_host_without_room_moves_the_machine_within_its_region() {
     });
     let app = unique_app("full");
     cluster.midge(0, &["apps", "create", &app]).success();
-    let run = |cluster: &Cluster| {
-        let run = cluster.midge(
-            0,
-            &[
-                "machine", "run", SHELL, "-a", &app, "--", "sleep", "infinity",
-            ],
-        );
-        let id = machine_id_in(&run.success().stdout);
-        wait_started(cluster, &app, &id);
-        id
-    };
-    let stopped = run(&cluster);
-    let home = [1, 2]
-        .into_iter()
-        .find(|n| runs_on(&cluster, *n, &stopped))
-        .expect("the machine runs");
+    let stopped = run_sleeper(&cluster, &app);
+    let home = host_running(&cluster, &stopped);
     cluster
         .midge(0, &["machine", "stop", &stopped, "-a", &app])
         .success();
     // Its host fills up while it is stopped.
     let home_id = cluster.host_id(home);
     for _ in 0..2 {
-        let other = run(&cluster);
+        let other = run_sleeper(&cluster, &app);
         if !runs_on(&cluster, home, &other) {
             cluster
                 .midge(
