@@ -1361,12 +1361,15 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
     let home = host_running(&cluster, &first);
     let other = 3 - home;
     let home_address = cluster.host(home)["address"].as_str().expect("address");
+    let baseline_started = std::time::Instant::now();
     assert_eq!(
         egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
         home_address,
         "without an egress address, the host's"
     );
+    let baseline = baseline_started.elapsed();
 
+    let allocate_started = std::time::Instant::now();
     let given = cluster
         .midge(0, &["machine", "egress-ip", "allocate", &first, "-a", &app])
         .success()
@@ -1376,6 +1379,13 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
     assert_eq!(
         egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
         own_v4
+    );
+    let allocate_to_connection = allocate_started.elapsed();
+    println!(
+        "cluster: allocate through the CLI → the first connection from {own_v4}: \
+         {allocate_to_connection:?}; a connection through exec without a change: {baseline:?} \
+         (ratio {:.2})",
+        allocate_to_connection.as_secs_f64() / baseline.as_secs_f64()
     );
     assert_eq!(
         egress_source(&cluster, &seen, &app, &first, internet_v6).to_string(),
@@ -1400,6 +1410,7 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
 
     // The addresses move with the machine: the old host withdraws them,
     // the new one owns and announces them.
+    let move_started = std::time::Instant::now();
     cluster
         .midge(
             0,
@@ -1437,6 +1448,12 @@ fn a_machines_egress_address_is_unique_across_hosts_and_moves_with_it() {
     assert_eq!(
         egress_source(&cluster, &seen, &app, &first, internet_v4).to_string(),
         own_v4
+    );
+    let move_to_connection = move_started.elapsed();
+    println!(
+        "cluster: migrate through the CLI → the first connection from {own_v4} on the new host: \
+         {move_to_connection:?} (ratio {:.2} to the connection without a change)",
+        move_to_connection.as_secs_f64() / baseline.as_secs_f64()
     );
     assert_eq!(
         egress_source(&cluster, &seen, &app, &first, internet_v6).to_string(),
