@@ -248,24 +248,26 @@ impl Cluster {
         self.topology["control"]["netns"].as_str().expect("netns")
     }
 
-    /// The addresses on host `number`'s `lo` (where it owns egress addresses).
-    pub fn addresses_on_lo(&self, number: u32) -> String {
+    /// What `ip <args>` prints inside host `number`'s namespace.
+    fn ip_on_host(&self, number: u32, args: &[&str]) -> String {
         let netns = self.host(number)["netns"].as_str().expect("netns");
         let output = std::process::Command::new("ip")
-            .args(["-n", netns, "-o", "addr", "show", "dev", "lo"])
+            .args(["-n", netns])
+            .args(args)
             .output()
             .expect("running ip");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The addresses on host `number`'s `lo` (where it owns egress addresses).
+    pub fn addresses_on_lo(&self, number: u32) -> String {
+        self.ip_on_host(number, &["-o", "addr", "show", "dev", "lo"])
+    }
+
     /// The link-layer address of host `number`'s `eth0`.
     pub fn host_mac(&self, number: u32) -> String {
-        let netns = self.host(number)["netns"].as_str().expect("netns");
-        let output = std::process::Command::new("ip")
-            .args(["-n", netns, "-j", "link", "show", "dev", "eth0"])
-            .output()
-            .expect("running ip");
-        let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j is JSON");
+        let links = self.ip_on_host(number, &["-j", "link", "show", "dev", "eth0"]);
+        let links: Value = serde_json::from_str(&links).expect("ip -j is JSON");
         links[0]["address"].as_str().expect("a MAC").to_string()
     }
 
